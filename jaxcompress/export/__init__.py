@@ -1,0 +1,1 @@
+"""jaxcompress.export."""
