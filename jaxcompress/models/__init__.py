@@ -1,1 +1,17 @@
-"""jaxcompress.models."""
+"""Reference models (Flax nnx; linen twins in :mod:`jaxcompress.models.linen`)."""
+
+from jaxcompress.models import linen
+from jaxcompress.models._functional import ApplyFn, functional
+from jaxcompress.models._nnx import CNN1D, MLP, MLP1D, LeNet5, LeNet300100, TinyTransformer
+
+__all__ = [
+    "ApplyFn",
+    "CNN1D",
+    "LeNet5",
+    "LeNet300100",
+    "MLP",
+    "MLP1D",
+    "TinyTransformer",
+    "functional",
+    "linen",
+]
