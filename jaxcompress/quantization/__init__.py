@@ -1,1 +1,33 @@
-"""jaxcompress.quantization."""
+"""jaxcompress.quantization: integer grids, PTQ, QAT (fake quant + STE), observers, sensitivity.
+
+Grid semantics are pinned down in :mod:`jaxcompress.quantization._numerics`.
+"""
+
+from jaxcompress.quantization._fake_quant import FakeQuantize, fake_quant, fake_quantize, qat_step
+from jaxcompress.quantization._numerics import SCHEMES, code_range
+from jaxcompress.quantization._qarray import QuantizedArray, validate_quantized_array
+from jaxcompress.quantization._quantize import (
+    QuantSpec,
+    dequantize,
+    dequantize_params,
+    is_compressed,
+    quantize,
+    quantize_params,
+)
+
+__all__ = [
+    "SCHEMES",
+    "FakeQuantize",
+    "QuantSpec",
+    "QuantizedArray",
+    "code_range",
+    "dequantize",
+    "dequantize_params",
+    "fake_quant",
+    "fake_quantize",
+    "is_compressed",
+    "qat_step",
+    "quantize",
+    "quantize_params",
+    "validate_quantized_array",
+]
