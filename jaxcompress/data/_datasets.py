@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,7 @@ def load_mnist1d(
                 stored = str(z["sha256"])
             if _digest(arrays) == stored:
                 return _mnist1d_dataset(arrays)
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # unreadable or stale cache: regenerate below
     args = m1d.get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
