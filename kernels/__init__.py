@@ -4,6 +4,7 @@ Import name: ``jaxcompress_kernels`` (the folder is ``kernels/``; the PyPI name 
 to an unrelated project).
 """
 
+from jaxcompress_kernels import reference
 from jaxcompress_kernels.errors import (
     ArtifactError,
     DataError,
@@ -11,6 +12,32 @@ from jaxcompress_kernels.errors import (
     JaxCompressTypeError,
     JaxCompressValueError,
 )
+from jaxcompress_kernels.formats import (
+    BSRMatrix,
+    CSRMatrix,
+    Int8Weight,
+    NMSparse,
+    PackedWeight,
+    bsr_from_dense,
+    csr_from_dense,
+    csr_from_quantized,
+    int8_weight,
+    nm_from_dense,
+    nm_from_quantized,
+    pack_weight,
+    to_dense,
+    unpack_weight,
+)
+from jaxcompress_kernels.packing import (
+    from_matmulnbits,
+    pack_bits,
+    packed_size,
+    to_matmulnbits,
+    unpack_bits,
+)
+from jaxcompress_kernels.quantized import Requantization, qmatmul, qmatmul_int8, requantization
+from jaxcompress_kernels.runtime_config import get_num_threads, set_num_threads, warmup
+from jaxcompress_kernels.sparse import spmm_bsr, spmm_csr, spmm_nm
 
 __all__ = [
     "ArtifactError",
@@ -18,4 +45,38 @@ __all__ = [
     "JaxCompressError",
     "JaxCompressTypeError",
     "JaxCompressValueError",
+    # containers and conversions
+    "PackedWeight",
+    "Int8Weight",
+    "CSRMatrix",
+    "NMSparse",
+    "BSRMatrix",
+    "pack_weight",
+    "unpack_weight",
+    "int8_weight",
+    "csr_from_dense",
+    "csr_from_quantized",
+    "nm_from_dense",
+    "nm_from_quantized",
+    "bsr_from_dense",
+    "to_dense",
+    # bit packing and ONNX Runtime layout
+    "pack_bits",
+    "unpack_bits",
+    "packed_size",
+    "to_matmulnbits",
+    "from_matmulnbits",
+    # kernels
+    "qmatmul",
+    "qmatmul_int8",
+    "Requantization",
+    "requantization",
+    "spmm_csr",
+    "spmm_nm",
+    "spmm_bsr",
+    # runtime
+    "set_num_threads",
+    "get_num_threads",
+    "warmup",
+    "reference",
 ]

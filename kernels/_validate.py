@@ -1,0 +1,117 @@
+"""Argument checks shared by every public kernel wrapper.
+
+The compiled kernels do no bounds checks, so every public entry point runs these checks first and
+raises `JaxCompressValueError` / `JaxCompressTypeError` with a message naming the argument.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
+
+__all__ = [
+    "check_array",
+    "check_bits",
+    "check_int",
+    "check_codes_range",
+]
+
+
+def check_array(
+    name: str,
+    a,
+    *,
+    dtype=None,
+    kind: str | None = None,
+    ndim: int | tuple[int, ...] | None = None,
+    shape: tuple | None = None,
+    contiguous: bool = True,
+) -> np.ndarray:
+    """Checks that `a` is a NumPy array with the given dtype / kind / rank / shape / contiguity.
+
+    Args:
+      name: the argument's name, used in messages.
+      a: the value to check.
+      dtype: an exact dtype or a tuple of allowed dtypes.
+      kind: allowed `dtype.kind` letters, e.g. ``"iu"`` for integers, ``"f"`` for floats.
+      ndim: the required rank (or a tuple of allowed ranks).
+      shape: the required shape; ``None`` entries match any size.
+      contiguous: require C-contiguity (kernels read raw memory).
+
+    Returns:
+      `a`, unchanged.
+    """
+    if not isinstance(a, np.ndarray):
+        raise JaxCompressTypeError(
+            f"{name} must be a numpy.ndarray, got {type(a).__name__}"
+        )
+    if dtype is not None:
+        allowed = dtype if isinstance(dtype, tuple) else (dtype,)
+        allowed = tuple(np.dtype(d) for d in allowed)
+        if a.dtype not in allowed:
+            names = ", ".join(str(d) for d in allowed)
+            raise JaxCompressTypeError(f"{name}.dtype={a.dtype} must be {names}")
+    if kind is not None and a.dtype.kind not in kind:
+        raise JaxCompressTypeError(
+            f"{name}.dtype={a.dtype} must be of kind {kind!r} (i: signed int, u: unsigned int, "
+            "f: float)"
+        )
+    if ndim is not None:
+        allowed_nd = ndim if isinstance(ndim, tuple) else (ndim,)
+        if a.ndim not in allowed_nd:
+            raise JaxCompressValueError(f"{name}.ndim={a.ndim} must be in {allowed_nd}")
+    if shape is not None:
+        ok = len(shape) == a.ndim and all(s is None or s == d for s, d in zip(shape, a.shape))
+        if not ok:
+            want = tuple("*" if s is None else s for s in shape)
+            raise JaxCompressValueError(f"{name}.shape={a.shape} must be {want}")
+    if contiguous and not a.flags.c_contiguous:
+        raise JaxCompressValueError(
+            f"{name} must be C-contiguous (got strides {a.strides}); pass np.ascontiguousarray({name})"
+        )
+    return a
+
+
+def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
+    """Checks that `v` is an int (not a bool) in ``[lo, hi]``; returns it as a Python int."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise JaxCompressTypeError(f"{name}={v!r} must be an int")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        lo_s = "-inf" if lo is None else str(lo)
+        hi_s = "inf" if hi is None else str(hi)
+        raise JaxCompressValueError(f"{name}={v} must be in {lo_s}..{hi_s}")
+    return v
+
+
+def check_bits(bits, allowed: tuple[int, ...] = tuple(range(1, 9)), name: str = "bits") -> int:
+    """Checks a bit width against the supported set."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise JaxCompressTypeError(f"{name}={bits!r} must be an int")
+    bits = int(bits)
+    if bits not in allowed:
+        if allowed == tuple(range(allowed[0], allowed[-1] + 1)):
+            rng = f"{allowed[0]}..{allowed[-1]}"
+        else:
+            rng = str(allowed)
+        raise JaxCompressValueError(f"{name}={bits} must be in {rng}")
+    return bits
+
+
+def check_codes_range(name: str, a: np.ndarray, lo: int, hi: int) -> None:
+    """Checks that every integer in `a` lies in ``[lo, hi]`` (no-op for an empty array)."""
+    if a.size == 0:
+        return
+    amin = int(a.min())
+    amax = int(a.max())
+    if amin < lo or amax > hi:
+        raise JaxCompressValueError(
+            f"{name} has codes in [{amin}, {amax}], outside the allowed range [{lo}, {hi}]"
+        )
+
+
+def check_finite(name: str, a: np.ndarray) -> None:
+    """Checks that a float array has no NaN or inf."""
+    if a.size and not np.isfinite(a).all():
+        raise JaxCompressValueError(f"{name} must be finite (found NaN or inf)")

@@ -1,0 +1,771 @@
+"""Weight containers for the edge kernels and exact conversions to and from dense arrays.
+
+Every container describes a weight that is *logically* the Flax kernel ``W`` of shape ``(K, N)``
+= ``(in, out)``, used as ``y = x @ W`` with ``x`` of shape ``(M, K)``. Internally each container
+stores the layout its kernel reads fastest (output-channel-major, blocked, interleaved); the
+conversion happens once, in the ``*_from_*`` / `pack_weight` constructors, never per call.
+
+Containers are frozen dataclasses whose arrays are read-only views. Their ``__post_init__`` checks
+every invariant the compiled kernels rely on (dtypes, shapes, C-contiguity, monotone ``indptr``,
+in-range indices), so a container that exists is safe to hand to a kernel: no kernel reads out of
+bounds. Do not mutate the arrays behind a container's back.
+
+| container      | built by                                   | kernel    | bits / weight (payload)        |
+|----------------|--------------------------------------------|-----------|--------------------------------|
+| `PackedWeight` | `pack_weight(codes, scales, zero_points)`  | `qmatmul` | b + 32/g (+ zero points)       |
+| `Int8Weight`   | `int8_weight(codes)`                       | `qmatmul_int8` | 8                         |
+| `CSRMatrix`    | `csr_from_dense`, `csr_from_quantized`     | `spmm_csr`| density * (32 or 8 + 16 index) |
+| `NMSparse`     | `nm_from_dense`, `nm_from_quantized`       | `spmm_nm` | n/m * (32 or 4 + 2 position)   |
+| `BSRMatrix`    | `bsr_from_dense`                           | `spmm_bsr`| block density * 32 + indices   |
+
+`to_dense(container)` inverts every constructor exactly (float32 results are bit-identical to the
+dequantization formula evaluated in float32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxcompress_kernels._validate import (
+    check_array,
+    check_bits,
+    check_codes_range,
+    check_int,
+)
+from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
+
+__all__ = [
+    "PackedWeight",
+    "Int8Weight",
+    "CSRMatrix",
+    "NMSparse",
+    "BSRMatrix",
+    "pack_weight",
+    "unpack_weight",
+    "int8_weight",
+    "csr_from_dense",
+    "csr_from_quantized",
+    "nm_from_dense",
+    "nm_from_quantized",
+    "bsr_from_dense",
+    "to_dense",
+]
+
+QMATMUL_BITS = (2, 3, 4, 8)
+_PER_CHANNEL_ALIGN = 32  # K is zero-padded to this multiple for per-channel packed weights
+NM_LANES = 16  # output channels interleaved per N:M tile
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _round_up(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+# ----------------------------------------------------------------------------------------------
+# packed low-bit weights
+#
+# Layout of one group of g consecutive K values of output channel n (g = group_size, or the
+# zero-padded K for per-channel scales), as bytes data[n, group_offset : group_offset + g*b/8]:
+#   b = 8: byte j = code of k0 + j.
+#   b = 4: byte j (j < g/2): low nibble = k0 + j, high nibble = k0 + g/2 + j.
+#   b = 2: byte j (j < g/4): bits 2p..2p+1 = k0 + p*g/4 + j, p = 0..3.
+#   b = 3: first g/4 bytes = the low two bits, laid out as b = 2; then g/8 bytes of high bits:
+#          bit t of byte j = high bit of k0 + t*g/8 + j.
+# Each plane therefore reads x contiguously, which lets LLVM vectorise the fused decode + dot.
+# This departs from the LSB-first stream of `pack_bits` (used for export) on purpose.
+
+
+def _encode_group_layout(u: np.ndarray, bits: int, g: int) -> np.ndarray:
+    """u: (N, Kp) uint8 codes -> (N, Kp*bits/8) uint8 in the layout above."""
+    n, kp = u.shape
+    G = kp // g
+    ug = u.reshape(n, G, g).astype(np.uint8)
+    if bits == 8:
+        out = ug
+    elif bits == 4:
+        h = g // 2
+        out = ug[:, :, :h] | (ug[:, :, h:] << 4)
+    elif bits == 2:
+        q = g // 4
+        out = ug[:, :, :q] | (ug[:, :, q : 2 * q] << 2) | (ug[:, :, 2 * q : 3 * q] << 4)
+        out = out | (ug[:, :, 3 * q :] << 6)
+    else:  # 3
+        lo = _encode_group_layout((ug & 3).reshape(n, kp), 2, g).reshape(n, G, g // 4)
+        e = g // 8
+        hb = (ug >> 2) & 1
+        hi = np.zeros((n, G, e), np.uint8)
+        for t in range(8):
+            hi |= hb[:, :, t * e : (t + 1) * e] << t
+        out = np.concatenate([lo, hi], axis=2)
+    return np.ascontiguousarray(out.reshape(n, -1).astype(np.uint8))
+
+
+def _decode_group_layout(data: np.ndarray, bits: int, g: int, kp: int) -> np.ndarray:
+    """Inverse of `_encode_group_layout` (NumPy): -> (N, Kp) uint8 codes."""
+    n = data.shape[0]
+    G = kp // g
+    d = data.reshape(n, G, g * bits // 8)
+    if bits == 8:
+        u = d
+    elif bits == 4:
+        u = np.concatenate([d & 15, d >> 4], axis=2)
+    elif bits == 2:
+        u = np.concatenate([(d >> (2 * p)) & 3 for p in range(4)], axis=2)
+    else:
+        lo = _decode_group_layout(np.ascontiguousarray(d[:, :, : g // 4]).reshape(n, -1), 2, g, kp)
+        hi = d[:, :, g // 4 :]
+        hb = np.concatenate([(hi >> t) & 1 for t in range(8)], axis=2).reshape(n, kp)
+        u = lo | (hb << 2)
+    return np.ascontiguousarray(u.reshape(n, kp))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PackedWeight:
+    """A b-bit quantized weight ``W (K, N)`` packed for `qmatmul`.
+
+    ``W[k, n] = scales[n, k // group] * (u[k, n] - zero_points[n, k // group])`` where ``u`` are
+    the unsigned codes and ``group`` is `group_size` (per-group) or the padded K (per-channel).
+
+    Attributes:
+      shape: the logical ``(K, N)``.
+      bits: 2, 3, 4 or 8.
+      group_size: codes per scale along K, or None for per-channel (one scale per output channel).
+      symmetric: True if built from signed codes (then ``zero_points == 2**(bits-1)``).
+      data: ``(N, Kp * bits // 8)`` uint8, output-channel-major, group layout documented in the
+        module source; ``Kp`` is K (per-group) or K rounded up to 32 (per-channel; padded codes
+        equal the zero point, so they dequantize to exactly 0).
+      scales: ``(N, G)`` float32, G groups per output channel.
+      zero_points: ``(N, G)`` float32 holding small integers (exact in float32).
+
+    Invariants (checked at construction): dtypes and shapes as above, C-contiguous, finite scales.
+    """
+
+    shape: tuple[int, int]
+    bits: int
+    group_size: int | None
+    symmetric: bool
+    data: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray
+
+    def __post_init__(self):
+        k, n = self.shape
+        bits = check_bits(self.bits, QMATMUL_BITS)
+        g = self.group_len
+        kp = self.padded_k
+        if self.group_size is not None and (k % g or g % 8):
+            raise JaxCompressValueError(
+                f"group_size={self.group_size} must divide K={k} and be a multiple of 8"
+            )
+        G = kp // g if g else 0
+        check_array("data", self.data, dtype=np.uint8, shape=(n, kp * bits // 8))
+        check_array("scales", self.scales, dtype=np.float32, shape=(n, G))
+        check_array("zero_points", self.zero_points, dtype=np.float32, shape=(n, G))
+        for f in ("data", "scales", "zero_points"):
+            object.__setattr__(self, f, _ro(getattr(self, f)))
+
+    @property
+    def padded_k(self) -> int:
+        k = self.shape[0]
+        return k if self.group_size is not None else _round_up(k, _PER_CHANNEL_ALIGN)
+
+    @property
+    def group_len(self) -> int:
+        return self.group_size if self.group_size is not None else self.padded_k
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.scales.nbytes + (0 if self.symmetric else self.zero_points.nbytes)
+
+
+def pack_weight(
+    codes: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None = None,
+    *,
+    bits: int,
+    group_size: int | None = None,
+) -> PackedWeight:
+    """Packs a quantized ``(K, N)`` weight for `qmatmul` (done once, at load time).
+
+    ``W[k, n] = scales[k // group_size, n] * (codes[k, n] - zero_points[k // group_size, n])``,
+    zero point 0 when `zero_points` is None (symmetric codes).
+
+    Args:
+      codes: ``(K, N)`` integer codes: signed in ``[-2**(bits-1), 2**(bits-1) - 1]`` when
+        `zero_points` is None (symmetric), else unsigned in ``[0, 2**bits - 1]`` (affine).
+      scales: float32 ``(N,)`` or ``(1, N)`` per channel, or ``(K // group_size, N)`` per group.
+      zero_points: optional integer array shaped like `scales`, values in ``[0, 2**bits - 1]``.
+      bits: 2, 3, 4 or 8.
+      group_size: codes per scale along K (a multiple of 8 dividing K); None for per-channel.
+
+    Returns:
+      A `PackedWeight`.
+    """
+    bits = check_bits(bits, QMATMUL_BITS)
+    check_array("codes", codes, kind="iu", ndim=2, contiguous=False)
+    k, n = codes.shape
+    if group_size is not None:
+        group_size = check_int("group_size", group_size, 8)
+        if k % group_size or group_size % 8:
+            raise JaxCompressValueError(
+                f"{group_size=} must be a multiple of 8 that divides K={k}"
+            )
+        G = k // group_size
+    else:
+        G = 1
+    check_array("scales", scales, dtype=np.float32, ndim=(1, 2), contiguous=False)
+    if scales.ndim == 1:
+        scales = scales.reshape(1, -1)
+    if scales.shape != (G, n):
+        raise JaxCompressValueError(
+            f"scales.shape={scales.shape} must be ({G}, {n}) for K={k}, N={n}, {group_size=}"
+        )
+    if scales.size and not np.isfinite(scales).all():
+        raise JaxCompressValueError("scales must be finite (found NaN or inf)")
+    half = 1 << (bits - 1)
+    if zero_points is None:
+        check_codes_range("codes", codes, -half, half - 1)
+        u = (codes.astype(np.int16) + half).astype(np.uint8)
+        zp = np.full((G, n), half, np.float32)
+        symmetric = True
+    else:
+        check_array("zero_points", zero_points, kind="iu", ndim=(1, 2), contiguous=False)
+        zero_points = zero_points.reshape(1, -1) if zero_points.ndim == 1 else zero_points
+        if zero_points.shape != (G, n):
+            raise JaxCompressValueError(
+                f"zero_points.shape={zero_points.shape} must equal scales shape ({G}, {n})"
+            )
+        check_codes_range("codes", codes, 0, (1 << bits) - 1)
+        check_codes_range("zero_points", zero_points, 0, (1 << bits) - 1)
+        u = codes.astype(np.uint8)
+        zp = zero_points.astype(np.float32)
+        symmetric = False
+    g = group_size if group_size is not None else _round_up(k, _PER_CHANNEL_ALIGN)
+    kp = k if group_size is not None else g
+    ut = np.empty((n, kp), np.uint8)
+    ut[:, :k] = u.T
+    if kp > k:  # padding dequantizes to exactly 0
+        ut[:, k:] = zp[0].astype(np.uint8)[:, None]
+    data = _encode_group_layout(ut, bits, g) if n and kp else np.zeros((n, kp * bits // 8), np.uint8)
+    return PackedWeight(
+        shape=(k, n),
+        bits=bits,
+        group_size=group_size,
+        symmetric=symmetric,
+        data=data,
+        scales=np.ascontiguousarray(scales.T, dtype=np.float32),
+        zero_points=np.ascontiguousarray(zp.T),
+    )
+
+
+def unpack_weight(w: PackedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inverse of `pack_weight`: ``(codes (K, N), scales (G, N), zero_points (G, N) or None)``.
+
+    Codes are int8 signed for symmetric weights, uint8 for affine ones; zero points uint8.
+    """
+    if not isinstance(w, PackedWeight):
+        raise JaxCompressTypeError(f"w must be a PackedWeight, got {type(w).__name__}")
+    k, n = w.shape
+    kp = w.padded_k
+    if n and kp:
+        u = _decode_group_layout(np.asarray(w.data), w.bits, w.group_len, kp)[:, :k].T
+    else:
+        u = np.zeros((k, n), np.uint8)
+    scales = np.ascontiguousarray(w.scales.T)
+    if w.symmetric:
+        codes = (u.astype(np.int16) - (1 << (w.bits - 1))).astype(np.int8)
+        return np.ascontiguousarray(codes), scales, None
+    return np.ascontiguousarray(u), scales, np.ascontiguousarray(w.zero_points.T.astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------
+# int8 weights for full-integer inference
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Int8Weight:
+    """Signed int8 weight codes ``W (K, N)`` for `qmatmul_int8` (zero point 0, Jacob et al. 2018
+    with symmetric weights).
+
+    Attributes:
+      shape: the logical ``(K, N)``; K <= 65536 so int32 accumulation cannot overflow.
+      data: ``(N, K)`` int8, output-channel-major.
+      col_sums: ``(N,)`` int32, ``sum_k W[k, n]`` (for the input zero-point correction).
+    """
+
+    shape: tuple[int, int]
+    data: np.ndarray
+    col_sums: np.ndarray
+
+    def __post_init__(self):
+        k, n = self.shape
+        check_int("K", k, 0, 65536)
+        check_array("data", self.data, dtype=np.int8, shape=(n, k))
+        check_array("col_sums", self.col_sums, dtype=np.int32, shape=(n,))
+        object.__setattr__(self, "data", _ro(self.data))
+        object.__setattr__(self, "col_sums", _ro(self.col_sums))
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+
+def int8_weight(codes: np.ndarray) -> Int8Weight:
+    """Builds an `Int8Weight` from ``(K, N)`` int8 codes (K <= 65536)."""
+    check_array("codes", codes, dtype=np.int8, ndim=2, contiguous=False)
+    k, n = codes.shape
+    check_int("K", k, 0, 65536)
+    data = np.ascontiguousarray(codes.T)
+    return Int8Weight(shape=(k, n), data=data, col_sums=codes.astype(np.int32).sum(0, dtype=np.int32))
+
+
+# ----------------------------------------------------------------------------------------------
+# CSR
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CSRMatrix:
+    """A sparse ``W (K, N)`` stored as CSR over *output channels* (i.e. the CSR of ``W.T``).
+
+    Row ``n`` holds the nonzeros of output channel ``n``: ``indices[indptr[n]:indptr[n+1]]`` are
+    their input positions ``k`` (strictly increasing) and ``values`` their values, so a batch-1
+    product is one sparse dot per output, parallel over outputs without write conflicts.
+
+    Attributes:
+      shape: logical ``(K, N)``.
+      indptr: ``(N + 1,)`` int64, ``indptr[0] == 0``, non-decreasing, ``indptr[N] == nnz``.
+      indices: ``(nnz,)`` uint16 when K <= 65536 (half the index traffic), else int32; in ``[0, K)``.
+      values: ``(nnz,)`` float32, or int8 codes when `scales` is given.
+      scales: None, or ``(N,)`` float32: ``W[k, n] = scales[n] * values[p]`` (quantized CSR).
+    """
+
+    shape: tuple[int, int]
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    scales: np.ndarray | None = None
+
+    def __post_init__(self):
+        k, n = self.shape
+        check_int("K", k, 0)
+        check_int("N", n, 0)
+        check_array("indptr", self.indptr, dtype=np.int64, shape=(n + 1,))
+        check_array("indices", self.indices, dtype=(np.uint16, np.int32), ndim=1)
+        nnz = self.indices.shape[0]
+        if self.scales is None:
+            check_array("values", self.values, dtype=np.float32, shape=(nnz,))
+        else:
+            check_array("values", self.values, dtype=np.int8, shape=(nnz,))
+            check_array("scales", self.scales, dtype=np.float32, shape=(n,))
+        ip = self.indptr
+        if ip[0] != 0 or ip[-1] != nnz:
+            raise JaxCompressValueError(
+                f"indptr must start at 0 and end at nnz={nnz} (got {int(ip[0])}..{int(ip[-1])})"
+            )
+        if n and (np.diff(ip) < 0).any():
+            raise JaxCompressValueError("indptr must be non-decreasing (monotone)")
+        if nnz:
+            idx = self.indices
+            if int(idx.min()) < 0 or int(idx.max()) >= k:
+                raise JaxCompressValueError(
+                    f"indices must be in [0, K={k}) (got {int(idx.min())}..{int(idx.max())})"
+                )
+        for f in ("indptr", "indices", "values", "scales"):
+            if getattr(self, f) is not None:
+                object.__setattr__(self, f, _ro(getattr(self, f)))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        s = 0 if self.scales is None else self.scales.nbytes
+        return self.indptr.nbytes + self.indices.nbytes + self.values.nbytes + s
+
+
+def _index_dtype(k: int):
+    return np.uint16 if k <= 65536 else np.int32
+
+
+def _check_mask(mask, shape):
+    if mask is None:
+        return None
+    check_array("mask", mask, dtype=np.bool_, contiguous=False)
+    if mask.shape != shape:
+        raise JaxCompressValueError(f"mask.shape={mask.shape} must equal w.shape={shape}")
+    return mask
+
+
+def csr_from_dense(w: np.ndarray, *, mask: np.ndarray | None = None) -> CSRMatrix:
+    """Builds a float32 `CSRMatrix` from a dense ``(K, N)`` float32 weight.
+
+    Args:
+      w: ``(K, N)`` float32.
+      mask: optional ``(K, N)`` bool; kept entries (even exact zeros) are where it is True.
+        Without a mask the nonzeros of `w` are kept.
+    """
+    check_array("w", w, dtype=np.float32, ndim=2, contiguous=False)
+    mask = _check_mask(mask, w.shape)
+    k, n = w.shape
+    keep = (w != 0) if mask is None else mask
+    wt = w.T
+    kt = keep.T
+    counts = kt.sum(1)
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    rows, cols = np.nonzero(kt)  # row-major order: sorted by n, then k
+    return CSRMatrix(
+        shape=(k, n),
+        indptr=indptr,
+        indices=cols.astype(_index_dtype(k)),
+        values=np.ascontiguousarray(wt[rows, cols], dtype=np.float32),
+    )
+
+
+def csr_from_quantized(
+    codes: np.ndarray, scales: np.ndarray, *, mask: np.ndarray | None = None
+) -> CSRMatrix:
+    """Builds a quantized `CSRMatrix` (int8 codes + per-output-channel scales).
+
+    ``W[k, n] = scales[n] * codes[k, n]``; entries with code 0 (or mask False) are dropped.
+
+    Args:
+      codes: ``(K, N)`` int8 symmetric codes.
+      scales: ``(N,)`` float32 per output channel.
+      mask: optional ``(K, N)`` bool of kept entries.
+    """
+    check_array("codes", codes, dtype=np.int8, ndim=2, contiguous=False)
+    k, n = codes.shape
+    check_array("scales", scales, dtype=np.float32, shape=(n,), contiguous=False)
+    mask = _check_mask(mask, codes.shape)
+    keep = (codes != 0) if mask is None else mask
+    kt = keep.T
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(kt.sum(1), out=indptr[1:])
+    rows, cols = np.nonzero(kt)
+    return CSRMatrix(
+        shape=(k, n),
+        indptr=indptr,
+        indices=cols.astype(_index_dtype(k)),
+        values=np.ascontiguousarray(codes.T[rows, cols]),
+        scales=np.ascontiguousarray(scales),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# N:M structured sparsity
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NMSparse:
+    """``W (K, N)`` with at most `n` nonzeros in every group of `m` = 4 consecutive K values
+    (the reduction axis), stored as kept values + 2-bit positions.
+
+    Storage interleaves 16 output channels (a "tile", one AVX-512 vector of lanes). With
+    ``Kp = round_up(K, 16)``, ``Np = round_up(N, 16)``, ``T = Np // 16`` tiles and ``S = Kp // 4 * n``
+    slots per channel (slot ``s`` is the ``s % n``-th kept value of group ``s // n``):
+
+    - ``positions``: ``(T, S // 4, 16)`` uint8; position of slot s, lane l is
+      ``(positions[t, s // 4, l] >> (2 * (s % 4))) & 3`` (2 bits per kept value).
+    - ``values``: ``(T, S, 16)`` float32 (when `bits` is None), or
+    - ``values``: ``(T, S // 2, 16)`` uint8 holding 4-bit codes (`bits` = 4): code of slot s is
+      ``(values[t, s // 2, l] >> (4 * (s % 2))) & 15`` and
+      ``W = scales[n] * (code - 8)``; `scales` is ``(Np,)`` float32.
+
+    Padding (K beyond the true K, channels beyond N) holds value 0 / code 8.
+    """
+
+    shape: tuple[int, int]
+    n: int
+    m: int
+    positions: np.ndarray
+    values: np.ndarray
+    bits: int | None = None
+    scales: np.ndarray | None = None
+
+    def __post_init__(self):
+        k, nout = self.shape
+        check_int("K", k, 0)
+        check_int("N", nout, 0)
+        if self.m != 4 or self.n not in (1, 2):
+            raise JaxCompressValueError(f"n:m={self.n}:{self.m} must be 1:4 or 2:4")
+        if k % 4:
+            raise JaxCompressValueError(f"K={k} must be a multiple of m=4")
+        kp, np_ = _round_up(k, 16), _round_up(nout, NM_LANES)
+        t = np_ // NM_LANES
+        s = kp // 4 * self.n
+        check_array("positions", self.positions, dtype=np.uint8, shape=(t, s // 4, NM_LANES))
+        if self.bits is None:
+            check_array("values", self.values, dtype=np.float32, shape=(t, s, NM_LANES))
+            if self.scales is not None:
+                raise JaxCompressValueError("scales must be None for float32 values")
+        elif self.bits == 4:
+            check_array("values", self.values, dtype=np.uint8, shape=(t, s // 2, NM_LANES))
+            check_array("scales", self.scales, dtype=np.float32, shape=(np_,))
+        else:
+            raise JaxCompressValueError(f"bits={self.bits} must be None (float32) or 4")
+        for f in ("positions", "values", "scales"):
+            if getattr(self, f) is not None:
+                object.__setattr__(self, f, _ro(getattr(self, f)))
+
+    @property
+    def nbytes(self) -> int:
+        s = 0 if self.scales is None else self.scales.nbytes
+        return self.positions.nbytes + self.values.nbytes + s
+
+
+def _nm_select(w_like: np.ndarray, keep: np.ndarray, n: int, m: int):
+    """-> (pos (Np, G, n) uint8, sel (Np, G, n) int) for kept entries of each group, padded."""
+    k, nout = keep.shape
+    kp, np_ = _round_up(k, 16), _round_up(nout, NM_LANES)
+    kk = np.zeros((np_, kp), bool)
+    kk[:nout, :k] = keep.T
+    grp = kk.reshape(np_, kp // m, m)
+    cnt = grp.sum(2)
+    if (cnt > n).any():
+        bad = np.argwhere(cnt > n)[0]
+        raise JaxCompressValueError(
+            f"the weight is not {n}:{m} sparse: group k={bad[1] * m}..{bad[1] * m + m - 1} of "
+            f"output channel {bad[0]} keeps {int(cnt[bad[0], bad[1]])} values"
+        )
+    # positions of kept entries in increasing order, padded with unused slots
+    order = np.argsort(~grp, axis=2, kind="stable")[:, :, :n]  # kept first, by position
+    taken = np.take_along_axis(grp, order, axis=2)
+    # unused slots: point at a position not kept (value 0 there)
+    return order.astype(np.uint8), taken
+
+
+def _nm_interleave(a: np.ndarray) -> np.ndarray:
+    """(Np, S) -> (T, S, 16)."""
+    np_, s = a.shape
+    return np.ascontiguousarray(a.reshape(np_ // NM_LANES, NM_LANES, s).transpose(0, 2, 1))
+
+
+def _nm_pack_positions(pos: np.ndarray) -> np.ndarray:
+    """(Np, S) uint8 in 0..3 -> (T, S//4, 16)."""
+    np_, s = pos.shape
+    p = pos.reshape(np_, s // 4, 4).astype(np.uint8)
+    b = p[:, :, 0] | (p[:, :, 1] << 2) | (p[:, :, 2] << 4) | (p[:, :, 3] << 6)
+    return _nm_interleave(b)
+
+
+def nm_from_dense(
+    w: np.ndarray, *, n: int = 2, m: int = 4, mask: np.ndarray | None = None
+) -> NMSparse:
+    """Builds a float32 `NMSparse` from a dense ``(K, N)`` weight that is already n:m sparse along K.
+
+    Args:
+      w: ``(K, N)`` float32 with at most `n` nonzeros (or mask-True entries) per group of `m`
+        consecutive K values in every column; K % 4 == 0.
+      n: kept values per group, 1 or 2.
+      m: group size, 4.
+      mask: optional ``(K, N)`` bool of kept entries.
+
+    Raises:
+      JaxCompressValueError: a group keeps more than `n` values, or bad n, m, K.
+    """
+    check_array("w", w, dtype=np.float32, ndim=2, contiguous=False)
+    return _nm_build(w, n, m, mask, None)
+
+
+def nm_from_quantized(
+    codes: np.ndarray,
+    scales: np.ndarray,
+    *,
+    n: int = 2,
+    m: int = 4,
+    mask: np.ndarray | None = None,
+) -> NMSparse:
+    """Builds a 4-bit `NMSparse`: ``W[k, c] = scales[c] * codes[k, c]``, codes int8 in [-8, 7].
+
+    Args:
+      codes: ``(K, N)`` int8 in ``[-8, 7]``, n:m sparse along K (zeros or mask-False dropped).
+      scales: ``(N,)`` float32 per output channel.
+    """
+    check_array("codes", codes, dtype=np.int8, ndim=2, contiguous=False)
+    check_array("scales", scales, dtype=np.float32, shape=(codes.shape[1],), contiguous=False)
+    check_codes_range("codes", codes, -8, 7)
+    return _nm_build(codes, n, m, mask, scales)
+
+
+def _nm_build(w, n, m, mask, scales):
+    n = check_int("n", n, 1, 2)
+    m = check_int("m", m, 4, 4)
+    k, nout = w.shape
+    if k % m:
+        raise JaxCompressValueError(f"K={k} must be a multiple of {m=}")
+    mask = _check_mask(mask, w.shape)
+    keep = (w != 0) if mask is None else mask
+    order, taken = _nm_select(w, keep, n, m)
+    np_, G, _ = order.shape
+    kp = G * m
+    wp = np.zeros((np_, kp), w.dtype)
+    wp[:nout, :k] = w.T
+    vals = np.take_along_axis(wp.reshape(np_, G, m), order.astype(np.int64), axis=2)
+    vals = np.where(taken, vals, 0).reshape(np_, G * n)
+    pos = _nm_pack_positions(order.reshape(np_, G * n))
+    if scales is None:
+        return NMSparse(shape=(k, nout), n=n, m=m, positions=pos,
+                        values=_nm_interleave(vals.astype(np.float32)))
+    u = (vals.astype(np.int16) + 8).astype(np.uint8)
+    s = u.shape[1]
+    u2 = u.reshape(np_, s // 2, 2)
+    packed = u2[:, :, 0] | (u2[:, :, 1] << 4)
+    sc = np.zeros(np_, np.float32)
+    sc[:nout] = scales
+    return NMSparse(shape=(k, nout), n=n, m=m, positions=pos, values=_nm_interleave(packed),
+                    bits=4, scales=sc)
+
+
+# ----------------------------------------------------------------------------------------------
+# block sparse
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BSRMatrix:
+    """Block-sparse ``W (K, N)`` stored as BSR of ``W.T`` with blocks of ``(r, c)`` =
+    (output channels, input positions).
+
+    Attributes:
+      shape: logical ``(K, N)``; ``N % r == 0`` and ``K % c == 0``.
+      block: ``(r, c)``.
+      indptr: ``(N // r + 1,)`` int64, monotone, from 0 to nblocks.
+      indices: ``(nblocks,)`` int32 block columns in ``[0, K // c)``.
+      blocks: ``(nblocks, r, c)`` float32; ``W.T[br*r + i, bc*c + j] = blocks[p, i, j]``.
+    """
+
+    shape: tuple[int, int]
+    block: tuple[int, int]
+    indptr: np.ndarray
+    indices: np.ndarray
+    blocks: np.ndarray
+
+    def __post_init__(self):
+        k, n = self.shape
+        r, c = self.block
+        check_int("block[0]", r, 1)
+        check_int("block[1]", c, 1)
+        if n % r or k % c:
+            raise JaxCompressValueError(f"block={self.block} must divide (N, K)=({n}, {k})")
+        check_array("indptr", self.indptr, dtype=np.int64, shape=(n // r + 1,))
+        check_array("indices", self.indices, dtype=np.int32, ndim=1)
+        nb = self.indices.shape[0]
+        check_array("blocks", self.blocks, dtype=np.float32, shape=(nb, r, c))
+        ip = self.indptr
+        if ip[0] != 0 or ip[-1] != nb:
+            raise JaxCompressValueError(f"indptr must start at 0 and end at nblocks={nb}")
+        if (np.diff(ip) < 0).any():
+            raise JaxCompressValueError("indptr must be non-decreasing (monotone)")
+        if nb and (int(self.indices.min()) < 0 or int(self.indices.max()) >= k // c):
+            raise JaxCompressValueError(f"indices must be in [0, K/c={k // c})")
+        for f in ("indptr", "indices", "blocks"):
+            object.__setattr__(self, f, _ro(getattr(self, f)))
+
+    @property
+    def nbytes(self) -> int:
+        return self.indptr.nbytes + self.indices.nbytes + self.blocks.nbytes
+
+
+def bsr_from_dense(
+    w: np.ndarray, *, block: tuple[int, int] = (4, 16), mask: np.ndarray | None = None
+) -> BSRMatrix:
+    """Builds a `BSRMatrix` keeping every ``(r, c)`` block of ``W.T`` with any nonzero (or mask True).
+
+    Args:
+      w: ``(K, N)`` float32.
+      block: ``(r, c)`` = (output channels, input positions) per block; must divide (N, K).
+      mask: optional ``(K, N)`` bool of kept entries.
+    """
+    check_array("w", w, dtype=np.float32, ndim=2, contiguous=False)
+    if not (isinstance(block, tuple) and len(block) == 2):
+        raise JaxCompressTypeError(f"{block=} must be a tuple (r, c)")
+    r = check_int("block[0]", block[0], 1)
+    c = check_int("block[1]", block[1], 1)
+    k, n = w.shape
+    if n % r or k % c:
+        raise JaxCompressValueError(f"{block=} must divide (N, K)=({n}, {k})")
+    mask = _check_mask(mask, w.shape)
+    keep = (w != 0) if mask is None else mask
+    wt = np.ascontiguousarray(w.T).reshape(n // r, r, k // c, c).transpose(0, 2, 1, 3)
+    kb = keep.T.reshape(n // r, r, k // c, c).any(axis=(1, 3))
+    br, bc = np.nonzero(kb)
+    indptr = np.zeros(n // r + 1, np.int64)
+    np.cumsum(kb.sum(1), out=indptr[1:])
+    blocks = np.ascontiguousarray(wt[br, bc], dtype=np.float32).reshape(-1, r, c)
+    if mask is not None:
+        mb = keep.T.reshape(n // r, r, k // c, c).transpose(0, 2, 1, 3)[br, bc].reshape(-1, r, c)
+        blocks = np.where(mb, blocks, np.float32(0))
+    return BSRMatrix(shape=(k, n), block=(r, c), indptr=indptr, indices=bc.astype(np.int32),
+                     blocks=np.ascontiguousarray(blocks))
+
+
+# ----------------------------------------------------------------------------------------------
+# back to dense (NumPy; exact)
+
+
+def to_dense(w) -> np.ndarray:
+    """Dequantizes / densifies any container to a float32 ``(K, N)`` array.
+
+    Quantized values are evaluated in float32 as ``scale * (code - zero_point)``.
+    """
+    if isinstance(w, PackedWeight):
+        codes, scales, zp = unpack_weight(w)
+        k, n = w.shape
+        g = w.group_size if w.group_size is not None else max(k, 1)
+        s = np.repeat(scales, g, axis=0)[:k]
+        c = codes.astype(np.float32)
+        if zp is not None:
+            c = c - np.repeat(zp.astype(np.float32), g, axis=0)[:k]
+        return (s * c).astype(np.float32)
+    if isinstance(w, Int8Weight):
+        return np.ascontiguousarray(w.data.T.astype(np.float32))
+    if isinstance(w, CSRMatrix):
+        k, n = w.shape
+        out = np.zeros((n, k), np.float32)
+        rows = np.repeat(np.arange(n), np.diff(w.indptr))
+        v = w.values.astype(np.float32)
+        if w.scales is not None:
+            v = w.scales[rows] * v
+        out[rows, w.indices.astype(np.int64)] = v
+        return np.ascontiguousarray(out.T)
+    if isinstance(w, NMSparse):
+        return _nm_dense(w)
+    if isinstance(w, BSRMatrix):
+        k, n = w.shape
+        r, c = w.block
+        out = np.zeros((n // r, k // c, r, c), np.float32)
+        br = np.repeat(np.arange(n // r), np.diff(w.indptr))
+        out[br, w.indices] = w.blocks
+        return np.ascontiguousarray(out.transpose(0, 2, 1, 3).reshape(n, k).T)
+    raise JaxCompressTypeError(f"to_dense does not know {type(w).__name__}")
+
+
+def _nm_dense(w: NMSparse) -> np.ndarray:
+    k, nout = w.shape
+    t, sq, lanes = w.positions.shape
+    s = sq * 4
+    np_ = t * lanes
+    pb = w.positions.transpose(0, 2, 1).reshape(np_, sq)
+    pos = np.stack([(pb >> (2 * i)) & 3 for i in range(4)], axis=2).reshape(np_, s)
+    if w.bits is None:
+        vals = w.values.transpose(0, 2, 1).reshape(np_, s)
+    else:
+        vb = w.values.transpose(0, 2, 1).reshape(np_, s // 2)
+        u = np.stack([vb & 15, vb >> 4], axis=2).reshape(np_, s).astype(np.float32)
+        vals = w.scales[:, None] * (u - np.float32(8))
+    G = s // w.n
+    kp = G * w.m
+    out = np.zeros((np_, G, w.m), np.float32)
+    gi = np.repeat(np.arange(G), w.n)[None, :].repeat(np_, 0)
+    ri = np.arange(np_)[:, None].repeat(s, 1)
+    np.add.at(out, (ri, gi, pos.astype(np.int64)), vals.astype(np.float32))
+    return np.ascontiguousarray(out.reshape(np_, kp)[:nout, :k].T)

@@ -1,0 +1,359 @@
+"""Bit packing of unsigned integer codes (1..8 bits) and ONNX Runtime's ``MatMulNBits`` layout.
+
+Stream format (`pack_bits`): code ``i`` occupies bits ``[i*b, (i+1)*b)`` of an LSB-first bit
+stream; stream bit ``j`` is bit ``j % 8`` of byte ``j // 8``. So for ``b = 4`` code ``2i`` is the
+low nibble of byte ``i`` and code ``2i+1`` the high nibble; for ``b = 3`` eight codes fill exactly
+three bytes. The stream has ``ceil(n * b / 8)`` bytes; unused high bits of the last byte are zero.
+
+| b | codes / byte | n = 5 gives bytes |
+|---|--------------|-------------------|
+| 1 | 8            | 1                 |
+| 3 | 8/3          | 2 (15 bits)       |
+| 4 | 2            | 3                 |
+| 8 | 1            | 5                 |
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from jaxcompress_kernels._validate import check_array, check_bits, check_codes_range, check_int
+from jaxcompress_kernels.errors import JaxCompressValueError
+
+__all__ = [
+    "pack_bits",
+    "unpack_bits",
+    "packed_size",
+    "to_matmulnbits",
+    "from_matmulnbits",
+]
+
+# Below this many codes the parallel kernels are not worth their thread launch.
+_PARALLEL_MIN = 1 << 16
+
+
+def packed_size(n: int, bits: int) -> int:
+    """Bytes needed for `n` codes of `bits` bits: ``ceil(n * bits / 8)``."""
+    return (int(n) * int(bits) + 7) // 8
+
+
+# ----------------------------------------------------------------------------------------------
+# compiled kernels (no bounds checks: the wrappers validate)
+
+
+@njit(cache=True, nogil=True)
+def _pack_tail(codes, bits, start, out, out_start):
+    # Generic bit loop for the last (< 8) codes.
+    acc = np.uint64(0)
+    nb = 0
+    for i in range(start, codes.shape[0]):
+        acc |= np.uint64(codes[i]) << np.uint64(nb)
+        nb += bits
+    j = out_start
+    while nb > 0:
+        out[j] = np.uint8(acc & np.uint64(0xFF))
+        acc >>= np.uint64(8)
+        nb -= 8
+        j += 1
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _pack_bits_kernel_par(codes, bits, out):
+    n = codes.shape[0]
+    ngroups = n // 8
+    b = np.uint64(bits)
+    for g in prange(ngroups):
+        base = g * 8
+        acc = np.uint64(0)
+        for j in range(8):
+            acc |= np.uint64(codes[base + j]) << (b * np.uint64(j))
+        o = g * bits
+        for t in range(bits):
+            out[o + t] = np.uint8((acc >> np.uint64(8 * t)) & np.uint64(0xFF))
+    _pack_tail(codes, bits, ngroups * 8, out, ngroups * bits)
+
+
+@njit(cache=True, nogil=True)
+def _pack_bits_kernel(codes, bits, out):
+    n = codes.shape[0]
+    ngroups = n // 8
+    b = np.uint64(bits)
+    for g in range(ngroups):
+        base = g * 8
+        acc = np.uint64(0)
+        for j in range(8):
+            acc |= np.uint64(codes[base + j]) << (b * np.uint64(j))
+        o = g * bits
+        for t in range(bits):
+            out[o + t] = np.uint8((acc >> np.uint64(8 * t)) & np.uint64(0xFF))
+    _pack_tail(codes, bits, ngroups * 8, out, ngroups * bits)
+
+
+@njit(cache=True, nogil=True)
+def _unpack_tail(packed, bits, start, n, out):
+    mask = np.uint64((1 << bits) - 1)
+    bitpos = start * bits
+    for i in range(start, n):
+        byte = bitpos >> 3
+        sh = bitpos & 7
+        v = np.uint64(packed[byte]) >> np.uint64(sh)
+        if sh + bits > 8:
+            v |= np.uint64(packed[byte + 1]) << np.uint64(8 - sh)
+        out[i] = np.uint8(v & mask)
+        bitpos += bits
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _unpack_bits_kernel_par(packed, bits, n, out):
+    ngroups = n // 8
+    b = np.uint64(bits)
+    mask = np.uint64((1 << bits) - 1)
+    for g in prange(ngroups):
+        o = g * bits
+        acc = np.uint64(0)
+        for t in range(bits):
+            acc |= np.uint64(packed[o + t]) << np.uint64(8 * t)
+        base = g * 8
+        for j in range(8):
+            out[base + j] = np.uint8((acc >> (b * np.uint64(j))) & mask)
+    _unpack_tail(packed, bits, ngroups * 8, n, out)
+
+
+@njit(cache=True, nogil=True)
+def _unpack_bits_kernel(packed, bits, n, out):
+    ngroups = n // 8
+    b = np.uint64(bits)
+    mask = np.uint64((1 << bits) - 1)
+    for g in range(ngroups):
+        o = g * bits
+        acc = np.uint64(0)
+        for t in range(bits):
+            acc |= np.uint64(packed[o + t]) << np.uint64(8 * t)
+        base = g * 8
+        for j in range(8):
+            out[base + j] = np.uint8((acc >> (b * np.uint64(j))) & mask)
+    _unpack_tail(packed, bits, ngroups * 8, n, out)
+
+
+# Specialised 1/2/4-bit kernels: one output byte per iteration, which LLVM vectorises.
+@njit(cache=True, nogil=True, parallel=True)
+def _pack_pow2_kernel(codes, bits, out):
+    per = 8 // bits
+    nfull = codes.shape[0] // per
+    nchunks = (nfull + 4095) // 4096
+    for c in prange(nchunks):
+        lo = c * 4096
+        hi = min(lo + 4096, nfull)
+        if per == 2:
+            for i in range(lo, hi):
+                out[i] = codes[2 * i] | (codes[2 * i + 1] << 4)
+        elif per == 4:
+            for i in range(lo, hi):
+                out[i] = (
+                    codes[4 * i]
+                    | (codes[4 * i + 1] << 2)
+                    | (codes[4 * i + 2] << 4)
+                    | (codes[4 * i + 3] << 6)
+                )
+        else:
+            for i in range(lo, hi):
+                v = np.uint8(0)
+                for j in range(8):
+                    v |= codes[8 * i + j] << j
+                out[i] = v
+    _pack_tail(codes, bits, nfull * per, out, nfull)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _unpack_pow2_kernel(packed, bits, n, out):
+    per = 8 // bits
+    nfull = n // per
+    mask = np.uint8((1 << bits) - 1)
+    nchunks = (nfull + 4095) // 4096
+    for c in prange(nchunks):
+        lo = c * 4096
+        hi = min(lo + 4096, nfull)
+        if per == 2:
+            for i in range(lo, hi):
+                v = packed[i]
+                out[2 * i] = v & np.uint8(15)
+                out[2 * i + 1] = v >> np.uint8(4)
+        elif per == 4:
+            for i in range(lo, hi):
+                v = packed[i]
+                out[4 * i] = v & np.uint8(3)
+                out[4 * i + 1] = (v >> np.uint8(2)) & np.uint8(3)
+                out[4 * i + 2] = (v >> np.uint8(4)) & np.uint8(3)
+                out[4 * i + 3] = v >> np.uint8(6)
+        else:
+            for i in range(lo, hi):
+                v = packed[i]
+                for j in range(8):
+                    out[8 * i + j] = (v >> np.uint8(j)) & mask
+    _unpack_tail(packed, bits, nfull * per, n, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# public wrappers
+
+
+def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Packs unsigned codes into an LSB-first byte stream.
+
+    Args:
+      codes: ``(n,)`` uint8, C-contiguous, every value in ``[0, 2**bits)``.
+      bits: code width, 1..8.
+
+    Returns:
+      ``(ceil(n * bits / 8),)`` uint8.
+
+    Raises:
+      JaxCompressTypeError: `codes` is not a uint8 array.
+      JaxCompressValueError: bad `bits`, rank, contiguity or a code out of range.
+
+    Example:
+      >>> pack_bits(np.array([1, 2, 3], np.uint8), 4)
+      array([33,  3], dtype=uint8)
+    """
+    bits = check_bits(bits)
+    check_array("codes", codes, dtype=np.uint8, ndim=1)
+    check_codes_range("codes", codes, 0, (1 << bits) - 1)
+    n = codes.shape[0]
+    out = np.zeros(packed_size(n, bits), np.uint8)
+    if n == 0:
+        return out
+    if bits == 8:
+        out[:] = codes
+    elif bits in (1, 2, 4) and n >= _PARALLEL_MIN:
+        _pack_pow2_kernel(codes, bits, out)
+    elif n >= _PARALLEL_MIN:
+        _pack_bits_kernel_par(codes, bits, out)
+    else:
+        _pack_bits_kernel(codes, bits, out)
+    return out
+
+
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Unpacks `count` codes of `bits` bits from an LSB-first byte stream (inverse of `pack_bits`).
+
+    Args:
+      packed: ``(ceil(count * bits / 8),)`` uint8, C-contiguous.
+      bits: code width, 1..8.
+      count: number of codes to read.
+
+    Returns:
+      ``(count,)`` uint8 codes in ``[0, 2**bits)``.
+
+    Raises:
+      JaxCompressValueError: `packed` has the wrong length for `count` and `bits`.
+    """
+    bits = check_bits(bits)
+    count = check_int("count", count, 0)
+    check_array("packed", packed, dtype=np.uint8, ndim=1)
+    need = packed_size(count, bits)
+    if packed.shape[0] != need:
+        raise JaxCompressValueError(
+            f"packed has {packed.shape[0]} bytes but {count=} codes of {bits=} need {need}"
+        )
+    out = np.empty(count, np.uint8)
+    if count == 0:
+        return out
+    if bits == 8:
+        out[:] = packed
+    elif bits in (1, 2, 4) and count >= _PARALLEL_MIN:
+        _unpack_pow2_kernel(packed, bits, count, out)
+    elif count >= _PARALLEL_MIN:
+        _unpack_bits_kernel_par(packed, bits, count, out)
+    else:
+        _unpack_bits_kernel(packed, bits, count, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX Runtime MatMulNBits
+
+
+def to_matmulnbits(
+    codes: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None = None,
+    *,
+    bits: int,
+    block_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Converts unsigned block-quantized weights to ONNX Runtime ``com.microsoft.MatMulNBits`` inputs.
+
+    ``W[k, n] = scales[k // block_size, n] * (codes[k, n] - zero_points[k // block_size, n])``
+    (zero point ``2**(bits-1)`` when `zero_points` is None, as ONNX Runtime assumes).
+
+    Args:
+      codes: ``(K, N)`` uint8 codes in ``[0, 2**bits)`` (the Flax kernel layout ``(in, out)``).
+      scales: ``(ceil(K / block_size), N)`` float32.
+      zero_points: optional ``(ceil(K / block_size), N)`` uint8 in ``[0, 2**bits)``.
+      bits: 2, 4 or 8.
+      block_size: a power of two >= 16.
+
+    Returns:
+      ``(B, scales, zero_points)``: ``B`` uint8 ``(N, k_blocks, block_size * bits // 8)`` with the
+      codes of each block packed LSB-first along K (for 4 bits: low nibble first), K zero-padded to
+      a whole block; ``scales`` float32 ``(N * k_blocks,)``; ``zero_points`` uint8
+      ``(N * ceil(k_blocks * bits / 8),)`` packed LSB-first per row, or None.
+    """
+    bits = check_bits(bits, (2, 4, 8))
+    block_size = check_int("block_size", block_size, 16)
+    if block_size & (block_size - 1):
+        raise JaxCompressValueError(f"{block_size=} must be a power of two")
+    check_array("codes", codes, dtype=np.uint8, ndim=2, contiguous=False)
+    k, n = codes.shape
+    kb = -(-k // block_size)
+    check_array("scales", scales, dtype=np.float32, shape=(kb, n), contiguous=False)
+    check_codes_range("codes", codes, 0, (1 << bits) - 1)
+    if zero_points is not None:
+        check_array("zero_points", zero_points, dtype=np.uint8, shape=(kb, n), contiguous=False)
+        check_codes_range("zero_points", zero_points, 0, (1 << bits) - 1)
+    padded = np.zeros((n, kb * block_size), np.uint8)
+    padded[:, :k] = codes.T
+    flat = np.ascontiguousarray(padded.reshape(-1))
+    blob = block_size * bits // 8
+    b = pack_bits(flat, bits).reshape(n, kb, blob)
+    s = np.ascontiguousarray(scales.T).reshape(-1)
+    zp = None
+    if zero_points is not None:
+        zrow = packed_size(kb, bits)
+        zp = np.zeros((n, zrow), np.uint8)
+        zt = np.ascontiguousarray(zero_points.T)
+        for i in range(n):
+            zp[i] = pack_bits(zt[i], bits)
+        zp = zp.reshape(-1)
+    return b, s, zp
+
+
+def from_matmulnbits(
+    b: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None = None,
+    *,
+    k: int,
+    bits: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inverse of `to_matmulnbits`: returns ``(codes (K, N), scales (k_blocks, N), zero_points)``."""
+    bits = check_bits(bits, (2, 4, 8))
+    check_array("b", b, dtype=np.uint8, ndim=3)
+    n, kb, blob = b.shape
+    block_size = blob * 8 // bits
+    k = check_int("k", k, 0, kb * block_size)
+    if kb != -(-k // block_size) if block_size else kb != 0:
+        raise JaxCompressValueError(f"b.shape={b.shape} does not match {k=} and {bits=}")
+    check_array("scales", scales, dtype=np.float32, shape=(n * kb,))
+    codes = unpack_bits(np.ascontiguousarray(b.reshape(-1)), bits, n * kb * block_size)
+    codes = np.ascontiguousarray(codes.reshape(n, kb * block_size)[:, :k].T)
+    s = np.ascontiguousarray(scales.reshape(n, kb).T)
+    zp = None
+    if zero_points is not None:
+        zrow = packed_size(kb, bits)
+        check_array("zero_points", zero_points, dtype=np.uint8, shape=(n * zrow,))
+        zr = zero_points.reshape(n, zrow)
+        zp = np.stack([unpack_bits(np.ascontiguousarray(zr[i]), bits, kb) for i in range(n)])
+        zp = np.ascontiguousarray(zp.reshape(n, kb).T)
+    return codes, s, zp

@@ -1,0 +1,433 @@
+"""Packed low-bit matmul ``y = x @ dequant(W) (+ bias)`` and int8 x int8 -> int32 matmul.
+
+`qmatmul` never materialises a dense float copy of W: batch sizes below `BLAS_MIN_BATCH` run a
+fused decode + dot per output channel (parallel over output channels); larger batches decode a
+tile of at most `TILE_BYTES` of W at a time into a reused buffer and hand it to BLAS, so the extra
+memory is the output plus one tile.
+
+`qmatmul_int8` follows Jacob et al. 2018: int8 activations with a zero point, symmetric int8
+weights, int32 accumulation, an int32 bias, and requantization by a fixed-point multiplier and a
+right shift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numba import njit, prange
+
+from jaxcompress_kernels._validate import check_array, check_int
+from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
+from jaxcompress_kernels.formats import Int8Weight, PackedWeight
+
+__all__ = [
+    "qmatmul",
+    "qmatmul_int8",
+    "Requantization",
+    "requantization",
+    "BLAS_MIN_BATCH",
+]
+
+# Batches at least this large use the decode-a-tile + BLAS path.
+BLAS_MIN_BATCH = 32
+# Size of the dequantized tile handed to BLAS on the large-batch path.
+TILE_BYTES = 1 << 20
+
+_FM = {"reassoc", "contract"}  # float kernels: reorder sums (vectorise); tests allow 1e-5 rel.
+
+
+# ----------------------------------------------------------------------------------------------
+# group decode helpers: code of position k0 + r (r < g) of a group starting at byte offset bo
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _dot_group(row, bo, bits, g, x, xo, z):
+    """sum_r x[xo + r] * (u_r - z) over one group of g codes."""
+    acc = np.float32(0.0)
+    if bits == 4:
+        h = g // 2
+        for j in range(h):
+            b = row[bo + j]
+            acc += x[xo + j] * (np.float32(b & 15) - z) + x[xo + h + j] * (np.float32(b >> 4) - z)
+    elif bits == 8:
+        for j in range(g):
+            acc += x[xo + j] * (np.float32(row[bo + j]) - z)
+    elif bits == 2:
+        q = g // 4
+        for j in range(q):
+            b = row[bo + j]
+            acc += (
+                x[xo + j] * (np.float32(b & 3) - z)
+                + x[xo + q + j] * (np.float32((b >> 2) & 3) - z)
+                + x[xo + 2 * q + j] * (np.float32((b >> 4) & 3) - z)
+                + x[xo + 3 * q + j] * (np.float32(b >> 6) - z)
+            )
+    else:  # 3 bits: 2-bit plane (g/4 bytes) + 1-bit plane (g/8 bytes)
+        q = g // 4
+        e = g // 8
+        ho = bo + q
+        for j in range(e):
+            b0 = np.int32(row[bo + j])
+            b1 = np.int32(row[bo + e + j])
+            h = np.int32(row[ho + j])
+            acc += (
+                x[xo + j] * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
+                + x[xo + e + j] * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
+                + x[xo + 2 * e + j] * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
+                + x[xo + 3 * e + j] * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
+                + x[xo + 4 * e + j] * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
+                + x[xo + 5 * e + j] * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
+                + x[xo + 6 * e + j] * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
+                + x[xo + 7 * e + j] * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
+            )
+    return acc
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
+def _decode_group(row, bo, bits, g, s, z, out, oo):
+    """out[oo + r] = s * (u_r - z) for one group."""
+    if bits == 4:
+        h = g // 2
+        for j in range(h):
+            b = row[bo + j]
+            out[oo + j] = s * (np.float32(b & 15) - z)
+            out[oo + h + j] = s * (np.float32(b >> 4) - z)
+    elif bits == 8:
+        for j in range(g):
+            out[oo + j] = s * (np.float32(row[bo + j]) - z)
+    elif bits == 2:
+        q = g // 4
+        for j in range(q):
+            b = row[bo + j]
+            out[oo + j] = s * (np.float32(b & 3) - z)
+            out[oo + q + j] = s * (np.float32((b >> 2) & 3) - z)
+            out[oo + 2 * q + j] = s * (np.float32((b >> 4) & 3) - z)
+            out[oo + 3 * q + j] = s * (np.float32(b >> 6) - z)
+    else:
+        q = g // 4
+        e = g // 8
+        ho = bo + q
+        for j in range(e):
+            b0 = np.int32(row[bo + j])
+            b1 = np.int32(row[bo + e + j])
+            h = np.int32(row[ho + j])
+            out[oo + j] = s * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
+            out[oo + e + j] = s * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
+            out[oo + 2 * e + j] = s * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
+            out[oo + 3 * e + j] = s * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
+            out[oo + 4 * e + j] = s * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
+            out[oo + 5 * e + j] = s * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
+            out[oo + 6 * e + j] = s * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
+            out[oo + 7 * e + j] = s * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _rows_dot(x, w, out, n):
+    """out[m, n] += dot(x[m], w) for every row m, four rows at a time (one load of w each)."""
+    mm = x.shape[0]
+    kk = w.shape[0]
+    m = 0
+    while m + 4 <= mm:
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for k in range(kk):
+            wk = w[k]
+            a0 += x[m, k] * wk
+            a1 += x[m + 1, k] * wk
+            a2 += x[m + 2, k] * wk
+            a3 += x[m + 3, k] * wk
+        out[m, n] += a0
+        out[m + 1, n] += a1
+        out[m + 2, n] += a2
+        out[m + 3, n] += a3
+        m += 4
+    while m < mm:
+        a0 = np.float32(0.0)
+        for k in range(kk):
+            a0 += x[m, k] * w[k]
+        out[m, n] += a0
+        m += 1
+
+
+# ----------------------------------------------------------------------------------------------
+# qmatmul kernels
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _qmatmul_gemv_kernel(x, data, scales, zps, bits, g, out):
+    """Batch 1: out[0, n] += sum_g s[n,g] * sum_{k in g} x[k] (u - z)."""
+    nn = data.shape[0]
+    ng = scales.shape[1]
+    gb = g * bits // 8
+    xr = x[0]
+    for n in prange(nn):
+        row = data[n]
+        acc = np.float32(0.0)
+        for gi in range(ng):
+            acc += scales[n, gi] * _dot_group(row, gi * gb, bits, g, xr, gi * g, zps[n, gi])
+        out[0, n] += acc
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _qmatmul_small_kernel(x, data, scales, zps, bits, g, nchunks, out):
+    """Small batch: decode one output channel into a per-thread buffer, then dot every row."""
+    nn = data.shape[0]
+    ng = scales.shape[1]
+    kp = x.shape[1]
+    gb = g * bits // 8
+    per = (nn + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        buf = np.empty(kp, np.float32)
+        for n in range(c * per, min(nn, (c + 1) * per)):
+            row = data[n]
+            for gi in range(ng):
+                _decode_group(row, gi * gb, bits, g, scales[n, gi], zps[n, gi], buf, gi * g)
+            _rows_dot(x, buf, out, n)
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _qmatmul_decode_tile_kernel(data, scales, zps, bits, g, n0, n1, buf):
+    """buf[i, :] = dequantized output channel n0 + i, for n0 <= n < n1."""
+    ng = scales.shape[1]
+    gb = g * bits // 8
+    for i in prange(n1 - n0):
+        n = n0 + i
+        row = data[n]
+        bi = buf[i]
+        for gi in range(ng):
+            _decode_group(row, gi * gb, bits, g, scales[n, gi], zps[n, gi], bi, gi * g)
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _check_x(x, k: int):
+    check_array("x", x, dtype=np.float32, ndim=(1, 2))
+    if x.shape[-1] != k:
+        raise JaxCompressValueError(f"x.shape={x.shape} must end in K={k} (W is (K, N))")
+    if x.size and not np.isfinite(x).all():
+        pass  # NaN/inf propagate like in BLAS; no error
+
+
+def _check_bias(bias, n: int, dtype=np.float32):
+    if bias is not None:
+        check_array("bias", bias, dtype=dtype, shape=(n,))
+
+
+def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> np.ndarray:
+    """Packed low-bit matmul ``y = x @ dequant(W) + bias``, dequantizing on the fly.
+
+    ``dequant(W)[k, n] = scales[n, g(k)] * (u[k, n] - zero_points[n, g(k)])``; accumulation is in
+    float32. Extra memory: the output, plus (batch >= `BLAS_MIN_BATCH`) one decoded tile of at
+    most 1 MiB, plus a K-float buffer per thread; never a dense copy of W.
+
+    Args:
+      x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
+      w: a `PackedWeight` of logical shape ``(K, N)`` (see `pack_weight`).
+      bias: optional ``(N,)`` float32.
+
+    Returns:
+      ``(M, N)`` (or ``(N,)``) float32.
+
+    Raises:
+      JaxCompressTypeError: wrong types or dtypes.
+      JaxCompressValueError: shape mismatch or non-contiguous input.
+
+    Example:
+      >>> w = pack_weight(np.array([[1], [-2]], np.int8), np.array([0.5], np.float32), bits=4)
+      >>> qmatmul(np.array([[1.0, 1.0]], np.float32), w)
+      array([[-0.5]], dtype=float32)
+    """
+    if not isinstance(w, PackedWeight):
+        raise JaxCompressTypeError(f"w must be a PackedWeight, got {type(w).__name__}")
+    k, n = w.shape
+    _check_x(x, k)
+    _check_bias(bias, n)
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x
+    m = x2.shape[0]
+    kp = w.padded_k
+    out = np.zeros((m, n), np.float32)
+    if m and n and k:
+        if kp != k:
+            xp = np.zeros((m, kp), np.float32)
+            xp[:, :k] = x2
+        else:
+            xp = x2
+        g = w.group_len
+        if m == 1:
+            _qmatmul_gemv_kernel(xp, w.data, w.scales, w.zero_points, w.bits, g, out)
+        elif m < BLAS_MIN_BATCH:
+            nchunks = min(n, 8 * _threads())
+            _qmatmul_small_kernel(xp, w.data, w.scales, w.zero_points, w.bits, g, nchunks, out)
+        else:
+            tile = max(16, min(n, TILE_BYTES // (4 * kp)))
+            buf = np.empty((tile, kp), np.float32)
+            for n0 in range(0, n, tile):
+                n1 = min(n, n0 + tile)
+                b = buf[: n1 - n0]
+                _qmatmul_decode_tile_kernel(w.data, w.scales, w.zero_points, w.bits, g, n0, n1, b)
+                out[:, n0:n1] = xp @ b.T
+    if bias is not None:
+        out += bias
+    return out[0] if squeeze else out
+
+
+# ----------------------------------------------------------------------------------------------
+# int8 x int8 -> int32 with requantization
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Requantization:
+    """Fixed-point requantization of int32 accumulators to int8 (Jacob et al. 2018, eq. 5-6).
+
+    ``y = clamp(out_zero_point + ((acc * multiplier + 2**(r-1)) >> r), -128, 127)`` with
+    ``r = 31 + shift``, in exact int64 arithmetic, which approximates
+    ``round(acc * real_multiplier)`` where ``real_multiplier ~= multiplier * 2**-(31 + shift)``.
+
+    Departs from gemmlowp (SaturatingRoundingDoublingHighMul then RoundingDivideByPOT, two
+    roundings) by rounding once, half up; results can differ by one code on exact ties.
+
+    Attributes:
+      multiplier: ``(N,)`` int32 in ``[2**30, 2**31)`` (or 0 for a zero real multiplier).
+      shift: ``(N,)`` int32 in ``[-30, 31]`` (right shift applied after the 31-bit one).
+      out_zero_point: int in ``[-128, 127]``.
+    """
+
+    multiplier: np.ndarray
+    shift: np.ndarray
+    out_zero_point: int = 0
+
+    def __post_init__(self):
+        check_array("multiplier", self.multiplier, dtype=np.int32, ndim=1)
+        check_array("shift", self.shift, dtype=np.int32, shape=self.multiplier.shape)
+        check_int("out_zero_point", self.out_zero_point, -128, 127)
+        if self.multiplier.size:
+            if int(self.multiplier.min()) < 0:
+                raise JaxCompressValueError("multiplier must be >= 0")
+            if int(self.shift.min()) < -30 or int(self.shift.max()) > 31:
+                raise JaxCompressValueError("shift must be in -30..31")
+
+
+def requantization(real_multiplier: np.ndarray, *, out_zero_point: int = 0) -> Requantization:
+    """Builds a `Requantization` from real multipliers ``x_scale * w_scale[n] / y_scale``.
+
+    Args:
+      real_multiplier: ``(N,)`` (or scalar) float, each in ``[0, 2**30)``; values below
+        ``2**-32`` round to 0.
+      out_zero_point: the output's zero point in ``[-128, 127]``.
+    """
+    rm = np.atleast_1d(np.asarray(real_multiplier, dtype=np.float64))
+    if rm.ndim != 1:
+        raise JaxCompressValueError(f"real_multiplier.ndim={rm.ndim} must be 0 or 1")
+    if not np.isfinite(rm).all() or (rm < 0).any() or (rm >= 2.0**30).any():
+        raise JaxCompressValueError("real_multiplier must be finite and in [0, 2**30)")
+    mant, exp = np.frexp(rm)  # rm = mant * 2**exp, mant in [0.5, 1)
+    q = np.round(mant * 2.0**31).astype(np.int64)
+    over = q == (1 << 31)
+    q[over] //= 2
+    exp = exp + over
+    shift = -exp.astype(np.int64)
+    tiny = (shift > 31) | (rm == 0)
+    q[tiny] = 0
+    shift[tiny] = 0
+    return Requantization(
+        multiplier=q.astype(np.int32), shift=shift.astype(np.int32), out_zero_point=out_zero_point
+    )
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _qmatmul_int8_kernel(x, data, col_sums, x_zp, bias, out):
+    """out[m, n] = sum_k x[m,k] w[n,k] - x_zp * col_sums[n] + bias[n] (int32)."""
+    mm = x.shape[0]
+    nn = data.shape[0]
+    kk = data.shape[1]
+    for n in prange(nn):
+        row = data[n]
+        corr = bias[n] - x_zp * col_sums[n]
+        for m in range(mm):
+            acc = np.int32(0)
+            for k in range(kk):
+                acc += np.int32(x[m, k]) * np.int32(row[k])
+            out[m, n] = acc + corr
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _requantize_kernel(acc, mult, shift, zp, out):
+    mm, nn = acc.shape
+    for m in prange(mm):
+        for n in range(nn):
+            r = np.int64(31) + np.int64(shift[n])
+            v = np.int64(acc[m, n]) * np.int64(mult[n]) + (np.int64(1) << (r - np.int64(1)))
+            v = (v >> r) + np.int64(zp)
+            if v < -128:
+                v = -128
+            elif v > 127:
+                v = 127
+            out[m, n] = np.int8(v)
+
+
+def qmatmul_int8(
+    x: np.ndarray,
+    w: Int8Weight,
+    bias: np.ndarray | None = None,
+    *,
+    x_zero_point: int = 0,
+    requant: Requantization | None = None,
+) -> np.ndarray:
+    """Full-integer matmul: ``acc = (x - x_zero_point) @ W + bias`` in int32, optionally
+    requantized to int8 (Jacob et al. 2018).
+
+    ``acc[m, n] = sum_k (x[m, k] - x_zero_point) * W[k, n] + bias[n]``; with `requant`, returns
+    ``clamp(zy + round_fixed(acc * multiplier[n], 31 + shift[n]), -128, 127)`` as int8.
+
+    Args:
+      x: ``(M, K)`` or ``(K,)`` int8, C-contiguous.
+      w: an `Int8Weight` (logical ``(K, N)``, K <= 65536).
+      bias: optional ``(N,)`` int32 (quantized with scale ``x_scale * w_scale[n]``, zero point 0).
+      x_zero_point: int in ``[-128, 127]``.
+      requant: optional `Requantization` with ``(N,)`` multipliers.
+
+    Returns:
+      ``(M, N)`` int32 accumulators, or int8 when `requant` is given.
+
+    References:
+      Jacob et al., "Quantization and Training of Neural Networks for Efficient
+      Integer-Arithmetic-Only Inference", CVPR 2018.
+    """
+    if not isinstance(w, Int8Weight):
+        raise JaxCompressTypeError(f"w must be an Int8Weight, got {type(w).__name__}")
+    k, n = w.shape
+    check_array("x", x, dtype=np.int8, ndim=(1, 2))
+    if x.shape[-1] != k:
+        raise JaxCompressValueError(f"x.shape={x.shape} must end in K={k} (W is (K, N))")
+    _check_bias(bias, n, np.int32)
+    x_zero_point = check_int("x_zero_point", x_zero_point, -128, 127)
+    if requant is not None:
+        if not isinstance(requant, Requantization):
+            raise JaxCompressTypeError(
+                f"requant must be a Requantization, got {type(requant).__name__}"
+            )
+        if requant.multiplier.shape != (n,):
+            raise JaxCompressValueError(
+                f"requant.multiplier.shape={requant.multiplier.shape} must be ({n},)"
+            )
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x
+    m = x2.shape[0]
+    acc = np.zeros((m, n), np.int32)
+    b = bias if bias is not None else np.zeros(n, np.int32)
+    if m and n:
+        _qmatmul_int8_kernel(x2, w.data, w.col_sums, np.int32(x_zero_point), b, acc)
+    if requant is None:
+        return acc[0] if squeeze else acc
+    out = np.empty((m, n), np.int8)
+    if m and n:
+        _requantize_kernel(acc, requant.multiplier, requant.shift, requant.out_zero_point, out)
+    return out[0] if squeeze else out

@@ -1,0 +1,345 @@
+"""Sparse matmul ``y = x @ W (+ bias)`` for CSR, N:M (2:4, 1:4) and block-sparse (BSR) weights.
+
+All three are parallel over output channels (no write conflicts, no atomics). The containers
+(`CSRMatrix`, `NMSparse`, `BSRMatrix`) were validated when built, so the kernels index without
+bounds checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from jaxcompress_kernels._validate import check_array
+from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
+from jaxcompress_kernels.formats import NM_LANES, BSRMatrix, CSRMatrix, NMSparse
+
+__all__ = ["spmm_csr", "spmm_nm", "spmm_bsr", "NM_BLAS_MIN_BATCH"]
+
+_FM = {"reassoc", "contract"}
+
+# N:M batches at least this large decode a tile of W and use BLAS.
+NM_BLAS_MIN_BATCH = 16
+_TILE_BYTES = 1 << 20
+
+
+def _prep(x, k: int, n: int, bias):
+    check_array("x", x, dtype=np.float32, ndim=(1, 2))
+    if x.shape[-1] != k:
+        raise JaxCompressValueError(f"x.shape={x.shape} must end in K={k} (W is (K, N))")
+    if bias is not None:
+        check_array("bias", bias, dtype=np.float32, shape=(n,))
+    squeeze = x.ndim == 1
+    return (x.reshape(1, -1) if squeeze else x), squeeze
+
+
+def _finish(out, bias, squeeze):
+    if bias is not None:
+        out += bias
+    return out[0] if squeeze else out
+
+
+# ----------------------------------------------------------------------------------------------
+# CSR
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _spmv_csr_kernel(x, indptr, indices, values, out):
+    xr = x[0]
+    nn = indptr.shape[0] - 1
+    for n in prange(nn):
+        acc = np.float32(0.0)
+        for p in range(indptr[n], indptr[n + 1]):
+            acc += values[p] * xr[indices[p]]
+        out[0, n] = acc
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _spmv_csr_q_kernel(x, indptr, indices, values, scales, out):
+    xr = x[0]
+    nn = indptr.shape[0] - 1
+    for n in prange(nn):
+        acc = np.float32(0.0)
+        for p in range(indptr[n], indptr[n + 1]):
+            acc += np.float32(values[p]) * xr[indices[p]]
+        out[0, n] = acc * scales[n]
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _spmm_csr_kernel(xt, indptr, indices, values, scales, quantized, out_t):
+    """out_t[n, :] = sum_p v[p] * xt[indices[p], :]  (xt is x transposed, (K, M))."""
+    nn = indptr.shape[0] - 1
+    mm = xt.shape[1]
+    for n in prange(nn):
+        o = out_t[n]
+        for p in range(indptr[n], indptr[n + 1]):
+            v = np.float32(values[p])
+            xrow = xt[indices[p]]
+            for m in range(mm):
+                o[m] += v * xrow[m]
+        if quantized:
+            s = scales[n]
+            for m in range(mm):
+                o[m] *= s
+
+
+def spmm_csr(x: np.ndarray, w: CSRMatrix, bias: np.ndarray | None = None) -> np.ndarray:
+    """CSR sparse matmul ``y = x @ W + bias``; W float32 or int8 codes x per-channel scales.
+
+    Args:
+      x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
+      w: a `CSRMatrix` of logical shape ``(K, N)``.
+      bias: optional ``(N,)`` float32.
+
+    Returns:
+      ``(M, N)`` (or ``(N,)``) float32.
+    """
+    if not isinstance(w, CSRMatrix):
+        raise JaxCompressTypeError(f"w must be a CSRMatrix, got {type(w).__name__}")
+    k, n = w.shape
+    x2, squeeze = _prep(x, k, n, bias)
+    m = x2.shape[0]
+    if m == 0 or n == 0:
+        return _finish(np.zeros((m, n), np.float32), bias, squeeze)
+    q = w.scales is not None
+    if m == 1:
+        out = np.empty((1, n), np.float32)
+        if q:
+            _spmv_csr_q_kernel(x2, w.indptr, w.indices, w.values, w.scales, out)
+        else:
+            _spmv_csr_kernel(x2, w.indptr, w.indices, w.values, out)
+        return _finish(out, bias, squeeze)
+    xt = np.ascontiguousarray(x2.T)
+    out_t = np.zeros((n, m), np.float32)
+    sc = w.scales if q else np.ones(1, np.float32)
+    _spmm_csr_kernel(xt, w.indptr, w.indices, w.values, sc, q, out_t)
+    return _finish(np.ascontiguousarray(out_t.T), bias, squeeze)
+
+
+# ----------------------------------------------------------------------------------------------
+# N:M
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sel4(p, x0, x1, x2, x3):
+    return x0 if p == 0 else (x1 if p == 1 else (x2 if p == 2 else x3))
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _spmv_nm_kernel(x, positions, values, codes, scales, n_keep, q4, out):
+    """Batch 1, lanes = 16 interleaved output channels.
+
+    For slot s of lane l: out[l] += value[s, l] * x[4 * (s // n) + pos[s, l]].
+    """
+    ntiles = positions.shape[0]
+    nq = positions.shape[1]  # slots // 4
+    xr = x[0]
+    nout = out.shape[1]
+    for t in prange(ntiles):
+        acc = np.zeros(16, np.float32)
+        for qi in range(nq):
+            for sub in range(4):
+                s = qi * 4 + sub
+                g = s // n_keep
+                x0 = xr[4 * g]
+                x1 = xr[4 * g + 1]
+                x2 = xr[4 * g + 2]
+                x3 = xr[4 * g + 3]
+                sh = 2 * sub
+                if q4:
+                    csh = 4 * (s & 1)
+                    for lane in range(16):
+                        p = (positions[t, qi, lane] >> sh) & 3
+                        v = np.float32((codes[t, s >> 1, lane] >> csh) & 15) - np.float32(8.0)
+                        acc[lane] += v * _sel4(p, x0, x1, x2, x3)
+                else:
+                    for lane in range(16):
+                        p = (positions[t, qi, lane] >> sh) & 3
+                        acc[lane] += values[t, s, lane] * _sel4(p, x0, x1, x2, x3)
+        for lane in range(16):
+            c = t * 16 + lane
+            if c < nout:
+                out[0, c] = acc[lane] * scales[c] if q4 else acc[lane]
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _nm_decode_tiles_kernel(positions, values, codes, scales, n_keep, q4, t0, t1, buf):
+    """buf[(t - t0) * 16 + lane, :] = dense output channel t*16+lane (Kp floats), t0 <= t < t1."""
+    nq = positions.shape[1]
+    for ti in prange(t1 - t0):
+        t = t0 + ti
+        for lane in range(16):
+            r = buf[ti * 16 + lane]
+            r[:] = 0.0
+            sc = scales[t * 16 + lane] if q4 else np.float32(1.0)
+            for qi in range(nq):
+                pb = positions[t, qi, lane]
+                for sub in range(4):
+                    s = qi * 4 + sub
+                    g = s // n_keep
+                    p = (pb >> (2 * sub)) & 3
+                    if q4:
+                        v = sc * (np.float32((codes[t, s >> 1, lane] >> (4 * (s & 1))) & 15) - np.float32(8.0))
+                    else:
+                        v = values[t, s, lane]
+                    r[4 * g + p] += v
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _spmm_nm_small_kernel(x, positions, values, codes, scales, n_keep, q4, out):
+    """Small batches: decode a 16-channel tile to a per-thread buffer, then dot every row."""
+    ntiles = positions.shape[0]
+    kp = x.shape[1]
+    nout = out.shape[1]
+    for t in prange(ntiles):
+        buf = np.empty((16, kp), np.float32)
+        _nm_decode_one(positions, values, codes, scales, n_keep, q4, t, buf)
+        for lane in range(16):
+            c = t * 16 + lane
+            if c < nout:
+                _rows_dot_nm(x, buf[lane], out, c)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _nm_decode_one(positions, values, codes, scales, n_keep, q4, t, buf):
+    nq = positions.shape[1]
+    for lane in range(16):
+        r = buf[lane]
+        r[:] = 0.0
+        sc = scales[t * 16 + lane] if q4 else np.float32(1.0)
+        for qi in range(nq):
+            pb = positions[t, qi, lane]
+            for sub in range(4):
+                s = qi * 4 + sub
+                g = s // n_keep
+                p = (pb >> (2 * sub)) & 3
+                if q4:
+                    v = sc * (np.float32((codes[t, s >> 1, lane] >> (4 * (s & 1))) & 15) - np.float32(8.0))
+                else:
+                    v = values[t, s, lane]
+                r[4 * g + p] += v
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _rows_dot_nm(x, w, out, n):
+    mm = x.shape[0]
+    kk = w.shape[0]
+    m = 0
+    while m + 4 <= mm:
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for k in range(kk):
+            wk = w[k]
+            a0 += x[m, k] * wk
+            a1 += x[m + 1, k] * wk
+            a2 += x[m + 2, k] * wk
+            a3 += x[m + 3, k] * wk
+        out[m, n] = a0
+        out[m + 1, n] = a1
+        out[m + 2, n] = a2
+        out[m + 3, n] = a3
+        m += 4
+    while m < mm:
+        a0 = np.float32(0.0)
+        for k in range(kk):
+            a0 += x[m, k] * w[k]
+        out[m, n] = a0
+        m += 1
+
+
+def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.ndarray:
+    """N:M structured-sparse matmul ``y = x @ W + bias`` (2:4 or 1:4; float32 or 4-bit values).
+
+    Batch 1 selects, for 16 output channels at once, the x value each kept weight multiplies
+    (2-bit position -> one of the group's four x values) and accumulates; larger batches decode
+    16-channel tiles (batch < `NM_BLAS_MIN_BATCH`) or 1 MiB tiles for BLAS.
+
+    Args:
+      x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
+      w: an `NMSparse` of logical shape ``(K, N)``.
+      bias: optional ``(N,)`` float32.
+
+    Returns:
+      ``(M, N)`` (or ``(N,)``) float32.
+    """
+    if not isinstance(w, NMSparse):
+        raise JaxCompressTypeError(f"w must be an NMSparse, got {type(w).__name__}")
+    k, n = w.shape
+    x2, squeeze = _prep(x, k, n, bias)
+    m = x2.shape[0]
+    out = np.zeros((m, n), np.float32)
+    if m == 0 or n == 0 or k == 0:
+        return _finish(out, bias, squeeze)
+    kp = w.positions.shape[1] * 4 // w.n * w.m
+    if kp != k:
+        xp = np.zeros((m, kp), np.float32)
+        xp[:, :k] = x2
+    else:
+        xp = x2
+    q4 = w.bits == 4
+    values = w.values if not q4 else np.zeros((1, 1, 1), np.float32)
+    codes = w.values if q4 else np.zeros((1, 1, 1), np.uint8)
+    scales = w.scales if q4 else np.ones(1, np.float32)
+    if m == 1:
+        _spmv_nm_kernel(xp, w.positions, values, codes, scales, w.n, q4, out)
+    elif m < NM_BLAS_MIN_BATCH:
+        _spmm_nm_small_kernel(xp, w.positions, values, codes, scales, w.n, q4, out)
+    else:
+        ntiles = w.positions.shape[0]
+        tt = max(1, _TILE_BYTES // (4 * kp * NM_LANES))
+        buf = np.empty((tt * NM_LANES, kp), np.float32)
+        for t0 in range(0, ntiles, tt):
+            t1 = min(ntiles, t0 + tt)
+            b = buf[: (t1 - t0) * NM_LANES]
+            _nm_decode_tiles_kernel(w.positions, values, codes, scales, w.n, q4, t0, t1, b)
+            c0, c1 = t0 * NM_LANES, min(n, t1 * NM_LANES)
+            out[:, c0:c1] = xp @ b[: c1 - c0].T
+    return _finish(out, bias, squeeze)
+
+
+# ----------------------------------------------------------------------------------------------
+# BSR
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _spmm_bsr_kernel(x, indptr, indices, blocks, out):
+    """out[m, br*r + i] = sum_blocks sum_j blocks[p, i, j] * x[m, bc*c + j]."""
+    nbr = indptr.shape[0] - 1
+    r = blocks.shape[1]
+    c = blocks.shape[2]
+    mm = x.shape[0]
+    for br in prange(nbr):
+        for m in range(mm):
+            xr = x[m]
+            for i in range(r):
+                acc = np.float32(0.0)
+                for p in range(indptr[br], indptr[br + 1]):
+                    xo = indices[p] * c
+                    blk = blocks[p, i]
+                    for j in range(c):
+                        acc += blk[j] * xr[xo + j]
+                out[m, br * r + i] = acc
+
+
+def spmm_bsr(x: np.ndarray, w: BSRMatrix, bias: np.ndarray | None = None) -> np.ndarray:
+    """Block-sparse matmul ``y = x @ W + bias`` with W a `BSRMatrix` of ``(r, c)`` blocks.
+
+    Args:
+      x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
+      w: a `BSRMatrix` of logical shape ``(K, N)``.
+      bias: optional ``(N,)`` float32.
+
+    Returns:
+      ``(M, N)`` (or ``(N,)``) float32.
+    """
+    if not isinstance(w, BSRMatrix):
+        raise JaxCompressTypeError(f"w must be a BSRMatrix, got {type(w).__name__}")
+    k, n = w.shape
+    x2, squeeze = _prep(x, k, n, bias)
+    m = x2.shape[0]
+    out = np.zeros((m, n), np.float32)
+    if m and n:
+        _spmm_bsr_kernel(x2, w.indptr, w.indices, w.blocks, out)
+    return _finish(out, bias, squeeze)
