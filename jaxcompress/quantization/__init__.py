@@ -4,6 +4,20 @@ Grid semantics are pinned down in :mod:`jaxcompress.quantization._numerics`.
 """
 
 from jaxcompress.quantization._fake_quant import FakeQuantize, fake_quant, fake_quantize, qat_step
+from jaxcompress.quantization._observers import (
+    OBSERVERS,
+    ActivationRanges,
+    activation_sites,
+    observe_activations,
+    quantize_activations,
+)
+from jaxcompress.quantization._ptq import PTQResult, ptq
+from jaxcompress.quantization._sensitivity import (
+    LayerSensitivity,
+    SensitivityReport,
+    mixed_precision,
+    sensitivity,
+)
 from jaxcompress.quantization._numerics import SCHEMES, code_range
 from jaxcompress.quantization._qarray import QuantizedArray, validate_quantized_array
 from jaxcompress.quantization._quantize import (
@@ -16,7 +30,20 @@ from jaxcompress.quantization._quantize import (
 )
 
 __all__ = [
+    "OBSERVERS",
     "SCHEMES",
+    "ActivationRanges",
+    "LayerSensitivity",
+    "PTQResult",
+    "SensitivityReport",
+    "SizeReport",
+    "activation_sites",
+    "mixed_precision",
+    "observe_activations",
+    "ptq",
+    "quantize_activations",
+    "sensitivity",
+    "size_report",
     "FakeQuantize",
     "QuantSpec",
     "QuantizedArray",
@@ -31,3 +58,6 @@ __all__ = [
     "quantize_params",
     "validate_quantized_array",
 ]
+
+# size accounting covers QuantizedArray and ClusteredArray alike; it lives with clustering
+from jaxcompress.clustering._size import SizeReport, size_report  # noqa: E402

@@ -318,8 +318,10 @@ def dequantize_params(tree: Any) -> Any:
 def _lookup(value: Any, path: str, name: str) -> Any:
     if not isinstance(value, Mapping):
         return value
+    if path in value:  # exact paths first, then regexes in order
+        return value[path]
     for pattern, v in value.items():
-        if pattern == path or re.search(pattern, path):
+        if re.search(pattern, path):
             return v
     raise JaxCompressValueError(f"{name} mapping has no entry matching the selected leaf {path!r}")
 
