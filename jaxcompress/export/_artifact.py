@@ -108,6 +108,17 @@ def _nm_slots(vals2: np.ndarray, nk: int, m: int = 4):
     return order.astype(np.uint8).reshape(-1), vals.reshape(-1)
 
 
+def _unwrap(leaf: Any) -> Any:
+    """The array (or QuantizedArray/ClusteredArray) inside an ``nnx.Variable``."""
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover
+        return leaf
+    if isinstance(leaf, nnx.Variable):
+        return leaf.get_value() if hasattr(leaf, "get_value") else leaf.value
+    return leaf
+
+
 def _pack_unsigned(u: np.ndarray, bits: int) -> np.ndarray:
     return pack_bits(np.ascontiguousarray(u.reshape(-1), np.uint8), bits)
 
@@ -125,6 +136,7 @@ class _Writer:
         return name
 
     def add(self, name: str, leaf: Any) -> None:
+        leaf = _unwrap(leaf)
         if isinstance(leaf, QuantizedArray):
             self.quantized(name, leaf)
         elif is_compressed(leaf):  # ClusteredArray
