@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcompress.quantization._quantize import COMPRESSED_TYPES
 from jaxcompress._core import (
     JaxCompressTypeError,
     JaxCompressValueError,
@@ -236,6 +237,8 @@ def cluster_array(
         dtype=jnp.dtype(x.dtype).name,
     )
 
+
+COMPRESSED_TYPES.append(ClusteredArray)
 
 _cluster_rows_jit = jax.jit(_cluster_rows, static_argnums=(1, 2, 3, 5))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from jaxcompress.quantization._quantize import (
 __all__ = ["fake_quant", "fake_quantize", "FakeQuantize", "qat_step"]
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
 def _fake_quant_core(
     x: jax.Array, spec: QuantSpec, clip_range: tuple[Any, Any] | None = None
 ) -> jax.Array:

@@ -69,11 +69,19 @@ class QuantizedArray:
         return self.qvalue.astype(jnp.int32) - stored_offset(self.bits, self.scheme)
 
     def _dequantize(self) -> jax.Array:
+        return _dequantize_jit(self)
+
+    def _dequantize_impl(self) -> jax.Array:
         rows = to_rows(self.qvalue.astype(jnp.int32), self.axis, self.group_size)
         s = self.scale.reshape(-1, 1)
         z = self.zero_point.astype(jnp.int32).reshape(-1, 1)
         out = (rows - z).astype(jnp.float32) * s
         return from_rows(out, self.shape, self.axis, self.group_size).astype(self.dtype)
+
+
+@jax.jit
+def _dequantize_jit(q: QuantizedArray) -> jax.Array:
+    return q._dequantize_impl()
 
 
 def row_shape(shape: tuple[int, ...], axis: int | None, group_size: int | None) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -191,6 +192,7 @@ def _qparams_rows(
     return scale, zp
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
 def _quantize_core(
     x: jax.Array, spec: QuantSpec, clip_range: tuple[Any, Any] | None = None
 ) -> QuantizedArray:
@@ -297,17 +299,21 @@ def dequantize(q: Any) -> jax.Array:
     Raises:
       JaxCompressTypeError: ``q`` is neither.
     """
-    fn = getattr(q, "_dequantize", None)
-    if fn is None:
+    if not is_compressed(q):
         raise JaxCompressTypeError(
             f"dequantize expects a QuantizedArray or ClusteredArray, got {type(q).__name__}"
         )
-    return fn()
+    return q._dequantize()
+
+
+# Types that ``dequantize`` understands; jaxcompress.clustering registers ClusteredArray on import.
+# (An isinstance check, not ``hasattr``: nnx.Variable forwards attribute access to its value.)
+COMPRESSED_TYPES: list[type] = [QuantizedArray]
 
 
 def is_compressed(x: Any) -> bool:
     """True for the leaves ``dequantize`` understands (QuantizedArray, ClusteredArray)."""
-    return hasattr(x, "_dequantize")
+    return isinstance(x, tuple(COMPRESSED_TYPES))
 
 
 def dequantize_params(tree: Any) -> Any:
