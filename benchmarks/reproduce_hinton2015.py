@@ -8,8 +8,9 @@ makes 74. A 2x30 student works best at T in 2.5-4.
 Stages (each one fits in one locked run of <= ~15 min on 2 cores; run them in order):
 
     flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_hinton2015.py --stage teacher
-    flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_hinton2015.py --stage student800
-    flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_hinton2015.py --stage sweep30
+    flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_hinton2015.py --stage students
+
+(``students`` = ``student800`` then ``sweep30``; each can also run on its own.)
 
 ``teacher`` trains epoch by epoch and checkpoints the params and optimizer state under
 ``~/.cache/jaxcompress/hinton2015/`` after every epoch; if ``--time-budget`` runs out it stops and
@@ -305,9 +306,9 @@ def render(results: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["teacher", "student800", "sweep30", "report"], required=True)
+    p.add_argument("--stage", choices=["teacher", "students", "student800", "sweep30", "report"], required=True)
     p.add_argument("--data-dir", default=str((HERE / ".." / ".." / "shared" / "data" / "mnist").resolve()))
-    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--teacher-epochs", type=int, default=24)
     p.add_argument("--student-epochs", type=int, default=20)
     p.add_argument("--sweep-epochs", type=int, default=20)
     p.add_argument("--temperatures", type=float, nargs="+", default=[1, 2.5, 4, 8, 20])
@@ -330,6 +331,7 @@ def main(argv=None) -> int:
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     t0 = time.perf_counter()
     stage = {"teacher": stage_teacher, "student800": stage_student800, "sweep30": stage_sweep30,
+             "students": lambda ds, args: {**stage_student800(ds, args), **stage_sweep30(ds, args)},
              "report": lambda ds, args: {}}[args.stage]
     out = stage(ds, args)
     wall = time.perf_counter() - t0
@@ -353,7 +355,8 @@ def main(argv=None) -> int:
     RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
     RESULTS_MD.write_text(render(results))
     print(render(results))
-    return 0
+    t = out.get("teacher")
+    return 3 if t and t["epochs"] < t["epochs_planned"] else 0  # 3: rerun to resume the teacher
 
 
 if __name__ == "__main__":
