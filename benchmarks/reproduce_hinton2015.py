@@ -45,7 +45,9 @@ from jaxcompress.training import evaluate, fit
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "reproduce_hinton2015.json"
 RESULTS_MD = HERE / "results" / "reproduce_hinton2015.md"
-CACHE = Path(os.environ.get("JAXCOMPRESS_CACHE", Path.home() / ".cache" / "jaxcompress")) / "hinton2015"
+CACHE = (
+    Path(os.environ.get("JAXCOMPRESS_CACHE", Path.home() / ".cache" / "jaxcompress")) / "hinton2015"
+)
 
 # The paper's test errors (out of 10,000).
 PAPER = {"teacher": 67, "student800_alone": 146, "student800_distilled": 74}
@@ -55,7 +57,7 @@ STUDENT = dict(lr=1e-3, batch=128)
 
 
 def jitter(x: jax.Array, key: jax.Array, pixels: int = 2) -> jax.Array:
-    """Shift each image ``(B, H, W, C)`` by an independent random offset in ``[-pixels, pixels]^2``."""
+    """Shift each image ``(B, H, W, C)`` by its own random offset in ``[-pixels, pixels]^2``."""
     b, h, w, _ = x.shape
     padded = jnp.pad(x, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
     offsets = jax.random.randint(key, (b, 2), 0, 2 * pixels + 1)
@@ -99,7 +101,9 @@ def cosine_adam(lr: float, total_steps: int) -> optax.GradientTransformation:
 def _save(path: Path, tree_leaves: list, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, meta=json.dumps(meta), **{f"a{i}": np.asarray(v) for i, v in enumerate(tree_leaves)})
+    np.savez(
+        tmp, meta=json.dumps(meta), **{f"a{i}": np.asarray(v) for i, v in enumerate(tree_leaves)}
+    )
     os.replace(tmp, path)
 
 
@@ -151,7 +155,9 @@ def stage_teacher(ds, args) -> dict:
     n_p = len(jax.tree.leaves(params))
     if path.exists():
         leaves, meta = _load(path)
-        params = jax.tree.unflatten(jax.tree.structure(params), [jnp.asarray(v) for v in leaves[:n_p]])
+        params = jax.tree.unflatten(
+            jax.tree.structure(params), [jnp.asarray(v) for v in leaves[:n_p]]
+        )
         opt_state = jax.tree.unflatten(
             jax.tree.structure(opt_state), [jnp.asarray(v) for v in leaves[n_p:]]
         )
@@ -183,8 +189,11 @@ def stage_teacher(ds, args) -> dict:
         meta["seconds"] += rec["seconds"]
         meta["history"].append(rec)
         _save(path, jax.tree.leaves(params) + jax.tree.leaves(opt_state), meta)
-        print(f"teacher epoch {e + 1}/{args.teacher_epochs}: loss {rec['loss']:.4f} "
-              f"test errors {rec['test_errors']} ({rec['seconds']:.0f} s)", flush=True)
+        print(
+            f"teacher epoch {e + 1}/{args.teacher_epochs}: loss {rec['loss']:.4f} "
+            f"test errors {rec['test_errors']} ({rec['seconds']:.0f} s)",
+            flush=True,
+        )
     return {
         "teacher": {
             "model": "MLP 784-1200-1200-10, ReLU, dropout 0.5 hidden / 0.2 input, +-2 px jitter",
@@ -207,14 +216,33 @@ def train_student(ds, features, epochs, args, *, teacher=None, temperature=None,
     key = jax.random.key(args.seed + 1)
     t0 = time.perf_counter()
     if teacher is None:
-        res = fit(apply_fn, params, (ds.x_train, ds.y_train), optimizer=opt, epochs=epochs,
-                  batch_size=STUDENT["batch"], key=key, progress=args.progress)
+        res = fit(
+            apply_fn,
+            params,
+            (ds.x_train, ds.y_train),
+            optimizer=opt,
+            epochs=epochs,
+            batch_size=STUDENT["batch"],
+            key=key,
+            progress=args.progress,
+        )
     else:
         t_apply, t_params = teacher
-        res = distill(apply_fn, params, t_apply, t_params, (ds.x_train, ds.y_train),
-                      optimizer=opt, epochs=epochs, batch_size=STUDENT["batch"], key=key,
-                      temperature=temperature, alpha=alpha, precompute_teacher=True,
-                      progress=args.progress)
+        res = distill(
+            apply_fn,
+            params,
+            t_apply,
+            t_params,
+            (ds.x_train, ds.y_train),
+            optimizer=opt,
+            epochs=epochs,
+            batch_size=STUDENT["batch"],
+            key=key,
+            temperature=temperature,
+            alpha=alpha,
+            precompute_teacher=True,
+            progress=args.progress,
+        )
     seconds = time.perf_counter() - t0
     return errors(apply_fn, res.params, ds.x_test, ds.y_test), seconds
 
@@ -224,13 +252,28 @@ def stage_student800(ds, args) -> dict:
     out = {}
     e_alone, s_alone = train_student(ds, (800, 800), args.student_epochs, args)
     print(f"2x800 alone: {e_alone} errors ({s_alone:.0f} s)", flush=True)
-    out["student800_alone"] = {"epochs": args.student_epochs, "train_seconds": round(s_alone, 1),
-                               "test_errors": e_alone}
-    e_kd, s_kd = train_student(ds, (800, 800), args.student_epochs, args,
-                               teacher=(t_apply, t_params), temperature=20.0, alpha=args.alpha)
+    out["student800_alone"] = {
+        "epochs": args.student_epochs,
+        "train_seconds": round(s_alone, 1),
+        "test_errors": e_alone,
+    }
+    e_kd, s_kd = train_student(
+        ds,
+        (800, 800),
+        args.student_epochs,
+        args,
+        teacher=(t_apply, t_params),
+        temperature=20.0,
+        alpha=args.alpha,
+    )
     print(f"2x800 distilled T=20: {e_kd} errors ({s_kd:.0f} s)", flush=True)
-    out["student800_distilled"] = {"epochs": args.student_epochs, "train_seconds": round(s_kd, 1),
-                                   "test_errors": e_kd, "temperature": 20.0, "alpha": args.alpha}
+    out["student800_distilled"] = {
+        "epochs": args.student_epochs,
+        "train_seconds": round(s_kd, 1),
+        "test_errors": e_kd,
+        "temperature": 20.0,
+        "alpha": args.alpha,
+    }
     return out
 
 
@@ -241,8 +284,15 @@ def stage_sweep30(ds, args) -> dict:
     print(f"2x30 alone: {e} errors ({s:.0f} s)", flush=True)
     rows.append({"temperature": None, "test_errors": e, "train_seconds": round(s, 1)})
     for temp in args.temperatures:
-        e, s = train_student(ds, (30, 30), args.sweep_epochs, args, teacher=(t_apply, t_params),
-                             temperature=temp, alpha=args.alpha)
+        e, s = train_student(
+            ds,
+            (30, 30),
+            args.sweep_epochs,
+            args,
+            teacher=(t_apply, t_params),
+            temperature=temp,
+            alpha=args.alpha,
+        )
         print(f"2x30 T={temp}: {e} errors ({s:.0f} s)", flush=True)
         rows.append({"temperature": temp, "test_errors": e, "train_seconds": round(s, 1)})
     return {"sweep30": {"epochs": args.sweep_epochs, "alpha": args.alpha, "rows": rows}}
@@ -255,9 +305,9 @@ def render(results: dict) -> str:
         "Test errors out of 10,000 on the real MNIST test set. Optimizer: Adam with cosine decay "
         f"(teacher lr {TEACHER['lr']}, batch {TEACHER['batch']}; students lr {STUDENT['lr']}, "
         f"batch {STUDENT['batch']}). Students train on the 60k training images without jitter or "
-        "dropout; the distilled student uses `distill(..., precompute_teacher=True)` (the teacher's "
-        "logits are computed once) with `kd_loss(temperature=T, alpha)`. The alone and distilled "
-        "students share the init seed, optimizer, schedule and epochs.",
+        "dropout; the distilled student uses `distill(..., precompute_teacher=True)` (the "
+        "teacher's logits are computed once) with `kd_loss(temperature=T, alpha)`. The alone and "
+        "distilled students share the init seed, optimizer, schedule and epochs.",
         "",
         "| model | paper errors | our errors | epochs | train wall time |",
         "|---|---:|---:|---:|---:|",
@@ -265,49 +315,78 @@ def render(results: dict) -> str:
     t = results.get("teacher")
     if t:
         note = "" if t["epochs"] >= t["epochs_planned"] else f" (of {t['epochs_planned']} planned)"
-        lines.append(f"| teacher 2x1200, dropout, +-2 px jitter | 67 | {t['test_errors']} | "
-                     f"{t['epochs']}{note} | {t['train_seconds']:.0f} s |")
+        lines.append(
+            f"| teacher 2x1200, dropout, +-2 px jitter | 67 | {t['test_errors']} | "
+            f"{t['epochs']}{note} | {t['train_seconds']:.0f} s |"
+        )
     a = results.get("student800_alone")
     d = results.get("student800_distilled")
     if a:
-        lines.append(f"| student 2x800 alone (no regularization) | 146 | {a['test_errors']} | "
-                     f"{a['epochs']} | {a['train_seconds']:.0f} s |")
+        lines.append(
+            f"| student 2x800 alone (no regularization) | 146 | {a['test_errors']} | "
+            f"{a['epochs']} | {a['train_seconds']:.0f} s |"
+        )
     if d:
-        lines.append(f"| student 2x800 distilled, T = 20, alpha = {d['alpha']} | 74 | "
-                     f"{d['test_errors']} | {d['epochs']} | {d['train_seconds']:.0f} s |")
+        lines.append(
+            f"| student 2x800 distilled, T = 20, alpha = {d['alpha']} | 74 | "
+            f"{d['test_errors']} | {d['epochs']} | {d['train_seconds']:.0f} s |"
+        )
     if a and d:
         red = 1 - d["test_errors"] / max(a["test_errors"], 1)
         verdict = "met" if red >= 0.20 else "MISSED"
-        lines += ["", f"Distillation removes {100 * red:.0f}% of the alone student's errors "
-                  f"(paper: {100 * (1 - 74 / 146):.0f}%; target >= 20%: {verdict})."]
+        lines += [
+            "",
+            f"Distillation removes {100 * red:.0f}% of the alone student's errors "
+            f"(paper: {100 * (1 - 74 / 146):.0f}%; target >= 20%: {verdict}).",
+        ]
     sw = results.get("sweep30")
     if sw:
-        lines += ["", f"## 2x30 student, temperature sweep ({sw['epochs']} epochs each, "
-                  f"alpha = {sw['alpha']})", "",
-                  "Paper: T in 2.5-4 works significantly better than higher or lower temperatures.",
-                  "", "| T | test errors | train wall time |", "|---|---:|---:|"]
+        lines += [
+            "",
+            f"## 2x30 student, temperature sweep ({sw['epochs']} epochs each, "
+            f"alpha = {sw['alpha']})",
+            "",
+            "Paper: T in 2.5-4 works significantly better than higher or lower temperatures.",
+            "",
+            "| T | test errors | train wall time |",
+            "|---|---:|---:|",
+        ]
         for r in sw["rows"]:
             name = "alone (CE)" if r["temperature"] is None else f"{r['temperature']:g}"
             lines.append(f"| {name} | {r['test_errors']} | {r['train_seconds']:.0f} s |")
-        best = min((r for r in sw["rows"] if r["temperature"] is not None),
-                   key=lambda r: r["test_errors"], default=None)
+        best = min(
+            (r for r in sw["rows"] if r["temperature"] is not None),
+            key=lambda r: r["test_errors"],
+            default=None,
+        )
         if best:
-            lines += ["", f"Best temperature here: T = {best['temperature']:g} "
-                      f"({best['test_errors']} errors)."]
+            lines += [
+                "",
+                f"Best temperature here: T = {best['temperature']:g} "
+                f"({best['test_errors']} errors).",
+            ]
     lines += ["", "## Runs", ""]
     runs = results.get("_runs", [])
     runs = [dict(stage=k, **v) for k, v in runs.items()] if isinstance(runs, dict) else runs
     for meta in runs:
         lines.append(f"- {meta['date']}: `{meta['command']}` ({meta['wall_seconds']:.0f} s wall)")
-    lines += ["", f"Machine: {results.get('_machine', machine())}.  ",
-              f"Versions: {results.get('_versions', versions())}.", ""]
+    lines += [
+        "",
+        f"Machine: {results.get('_machine', machine())}.  ",
+        f"Versions: {results.get('_versions', versions())}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["teacher", "students", "student800", "sweep30", "report"], required=True)
-    p.add_argument("--data-dir", default=str((HERE / ".." / ".." / "shared" / "data" / "mnist").resolve()))
+    p.add_argument(
+        "--stage", choices=["teacher", "students", "student800", "sweep30", "report"], required=True
+    )
+    p.add_argument(
+        "--data-dir", default=str((HERE / ".." / ".." / "shared" / "data" / "mnist").resolve())
+    )
     p.add_argument("--teacher-epochs", type=int, default=24)
     p.add_argument("--student-epochs", type=int, default=20)
     p.add_argument("--sweep-epochs", type=int, default=20)
@@ -323,16 +402,25 @@ def main(argv=None) -> int:
     if args.quick:
         from dataclasses import replace
 
-        ds = replace(ds, x_train=ds.x_train[:5000], y_train=ds.y_train[:5000],
-                     x_test=ds.x_test[:2000], y_test=ds.y_test[:2000])
+        ds = replace(
+            ds,
+            x_train=ds.x_train[:5000],
+            y_train=ds.y_train[:5000],
+            x_test=ds.x_test[:2000],
+            y_test=ds.y_test[:2000],
+        )
         args.teacher_epochs = args.student_epochs = args.sweep_epochs = 1
         args.temperatures = args.temperatures[:2]
 
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     t0 = time.perf_counter()
-    stage = {"teacher": stage_teacher, "student800": stage_student800, "sweep30": stage_sweep30,
-             "students": lambda ds, args: {**stage_student800(ds, args), **stage_sweep30(ds, args)},
-             "report": lambda ds, args: {}}[args.stage]
+    stage = {
+        "teacher": stage_teacher,
+        "student800": stage_student800,
+        "sweep30": stage_sweep30,
+        "students": lambda ds, args: {**stage_student800(ds, args), **stage_sweep30(ds, args)},
+        "report": lambda ds, args: {},
+    }[args.stage]
     out = stage(ds, args)
     wall = time.perf_counter() - t0
     if args.quick:
@@ -344,12 +432,14 @@ def main(argv=None) -> int:
         if isinstance(runs, dict):
             runs = [dict(stage=k, **v) for k, v in runs.items()]
         results["_runs"] = runs
-        runs.append({
-            "stage": args.stage,
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/reproduce_hinton2015.py " + " ".join(sys.argv[1:]),
-            "wall_seconds": round(wall, 1),
-        })
+        runs.append(
+            {
+                "stage": args.stage,
+                "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": "python benchmarks/reproduce_hinton2015.py " + " ".join(sys.argv[1:]),
+                "wall_seconds": round(wall, 1),
+            }
+        )
     results["_machine"], results["_versions"] = machine(), versions()
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")

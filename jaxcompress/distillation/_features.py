@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-from flax import linen
-from flax import nnx
+from flax import linen, nnx
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError, key_path_str
 
@@ -71,8 +70,9 @@ def feature_extractor(model: Any, paths: Sequence[str] | str) -> FeatureFn:
       model: an ``nnx.Module`` whose ``__call__(x, *, train=False, rngs=None)`` returns logits (the
         dropout key is passed as ``rngs=key``, as :func:`jaxcompress.models.functional` does; its
         Params are the ``params`` argument, the rest of its state is taken as is); or a
-        ``linen.Module`` whose ``__call__(x, *, train=False)`` returns logits (``params`` is then the
-        variables dict ``{"params": ...}``; the dropout key is passed as ``rngs={"dropout": key}``).
+        ``linen.Module`` whose ``__call__(x, *, train=False)`` returns logits (``params`` is then
+        the variables dict ``{"params": ...}``; the dropout key goes in as
+        ``rngs={"dropout": key}``).
       paths: one path or a sequence of paths, e.g. ``("layers/0",)``.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Data parallelism on ``jax.sharding``: batch sharded along a ``"data"`` mesh axis, params replicated.
+"""Data parallelism on ``jax.sharding``: batch sharded along a ``"data"`` axis, params replicated.
 
 There is no distribution layer here, only JAX's own pieces:
 
@@ -31,7 +31,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -223,4 +222,3 @@ def make_train_step(
 
     rep = NamedSharding(mesh, P())
     return jax.jit(smap_step, out_shardings=(rep, rep, rep), donate_argnums=donate_argnums)
-

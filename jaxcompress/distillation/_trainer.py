@@ -71,7 +71,9 @@ def _make_loss(
                 f"hint distillation needs as many student features ({len(s_feats)}), teacher "
                 f"features ({len(t_feats)}) and projections ({len(projections)})"
             )
-        hint = sum(hint_loss(s, t, p) for s, t, p in zip(s_feats, t_feats, projections))
+        hint = sum(
+            hint_loss(s, t, p) for s, t, p in zip(s_feats, t_feats, projections, strict=True)
+        )
         kd = kd_loss(s_logits, t_logits, temperature=temperature, alpha=alpha, labels=y)
         return kd + hint_weight * hint / len(projections)
 
@@ -233,7 +235,9 @@ def distill(
     if not isinstance(epochs, int) or epochs < 0:
         raise JaxCompressValueError(f"{epochs=} must be an int >= 0")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
-        raise JaxCompressValueError(f"{batch_size=} must be an int in 1..{n} (the number of examples)")
+        raise JaxCompressValueError(
+            f"{batch_size=} must be an int in 1..{n} (the number of examples)"
+        )
     if not hint_weight >= 0:
         raise JaxCompressValueError(f"{hint_weight=} must be >= 0")
     if hint_weight > 0:

@@ -43,9 +43,19 @@ def run_distill(mesh):
 
     x, y, (t_apply, t_params), (s_apply, s_params), _ = problem()
     res = distill(
-        s_apply, s_params, t_apply, t_params, (x, y),
-        optimizer=optax.adam(1e-2), epochs=2, batch_size=24, key=jax.random.key(7),
-        temperature=3.0, alpha=0.8, mesh=mesh, progress=False,
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        epochs=2,
+        batch_size=24,
+        key=jax.random.key(7),
+        temperature=3.0,
+        alpha=0.8,
+        mesh=mesh,
+        progress=False,
     )
     return res
 
@@ -58,7 +68,11 @@ def devices_mode(n, out):
     import optax
 
     from jaxcompress.distillation import (
-        data_mesh, kd_loss, make_train_step, replicate, shard_batch,
+        data_mesh,
+        kd_loss,
+        make_train_step,
+        replicate,
+        shard_batch,
     )
 
     assert len(jax.devices()) == n, jax.devices()
@@ -72,15 +86,18 @@ def devices_mode(n, out):
     opt = optax.adam(1e-2)
     facts = {}
     results = {}
-    for name, kwargs in [("single", {}), ("jit", {"mesh": mesh}),
-                         ("shard_map", {"mesh": mesh, "use_shard_map": True})]:
+    for name, kwargs in [
+        ("single", {}),
+        ("jit", {"mesh": mesh}),
+        ("shard_map", {"mesh": mesh, "use_shard_map": True}),
+    ]:
         step = make_train_step(loss_fn, opt, **kwargs)
         params, opt_state, teacher = s_params, opt.init(s_params), t_params
         if kwargs:
             params, opt_state, teacher = replicate((params, opt_state, teacher), mesh)
         losses = []
         for i in range(6):
-            xb, yb = x[16 * i: 16 * (i + 1)], y[16 * i: 16 * (i + 1)]
+            xb, yb = x[16 * i : 16 * (i + 1)], y[16 * i : 16 * (i + 1)]
             if kwargs:
                 xb, yb = shard_batch((xb, yb), mesh)
                 if i == 0:
@@ -109,7 +126,9 @@ def process_mode(i, p, port, out):
     import jax
 
     jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}", num_processes=p, process_id=i,
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=p,
+        process_id=i,
         initialization_timeout=60,
     )
     import numpy as np
@@ -119,9 +138,12 @@ def process_mode(i, p, port, out):
     mesh = data_mesh()
     res = run_distill(mesh)
     params = flat(res.params)  # fully replicated: every process can read them
-    facts = {"process_count": jax.process_count(), "global_devices": len(jax.devices()),
-             "local_devices": len(jax.local_devices()),
-             "loss": [h["loss"] for h in res.history]}
+    facts = {
+        "process_count": jax.process_count(),
+        "global_devices": len(jax.devices()),
+        "local_devices": len(jax.local_devices()),
+        "loss": [h["loss"] for h in res.history],
+    }
     np.savez(out, facts=json.dumps(facts), **{f"p_{k}": a for k, a in enumerate(params)})
     jax.distributed.shutdown()
 
@@ -130,8 +152,11 @@ def single_mode(out):
     import numpy as np
 
     res = run_distill(None)
-    np.savez(out, facts=json.dumps({"loss": [h["loss"] for h in res.history]}),
-             **{f"p_{k}": a for k, a in enumerate(flat(res.params))})
+    np.savez(
+        out,
+        facts=json.dumps({"loss": [h["loss"] for h in res.history]}),
+        **{f"p_{k}": a for k, a in enumerate(flat(res.params))},
+    )
 
 
 if __name__ == "__main__":

@@ -149,7 +149,10 @@ def test_mean_over_leading_axes_and_bfloat16():
     )
     assert float(flat) == pytest.approx(float(nested), rel=1e-6)
     bf = kd_loss(
-        jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16), temperature=2.0, alpha=0.5,
+        jnp.asarray(s, jnp.bfloat16),
+        jnp.asarray(t, jnp.bfloat16),
+        temperature=2.0,
+        alpha=0.5,
         labels=y,
     )
     assert bf.dtype == jnp.float32
@@ -160,9 +163,9 @@ def test_jit_matches_eager_and_traced_hyperparameters():
     s, t, y = _case(4, 8, 6)
     eager = kd_loss(s, t, temperature=3.0, alpha=0.4, labels=y)
     jitted = jax.jit(lambda a, b, c: kd_loss(a, b, temperature=3.0, alpha=0.4, labels=c))(s, t, y)
-    traced = jax.jit(
-        lambda a, b, c, temp, al: kd_loss(a, b, temperature=temp, alpha=al, labels=c)
-    )(s, t, y, 3.0, 0.4)
+    traced = jax.jit(lambda a, b, c, temp, al: kd_loss(a, b, temperature=temp, alpha=al, labels=c))(
+        s, t, y, 3.0, 0.4
+    )
     assert float(jitted) == pytest.approx(float(eager), rel=1e-6)
     assert float(traced) == pytest.approx(float(eager), rel=1e-6)
 
@@ -184,15 +187,25 @@ def test_bad_temperature_raises(temperature):
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
 def test_bad_alpha_raises(alpha):
     with pytest.raises(JaxCompressValueError, match="alpha"):
-        kd_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), temperature=1.0, alpha=alpha,
-                labels=jnp.zeros(2, jnp.int32))
+        kd_loss(
+            jnp.zeros((2, 3)),
+            jnp.zeros((2, 3)),
+            temperature=1.0,
+            alpha=alpha,
+            labels=jnp.zeros(2, jnp.int32),
+        )
 
 
 @pytest.mark.parametrize("labels", [[0, 3], [-1, 0]])
 def test_labels_out_of_range_raise(labels):
     with pytest.raises(JaxCompressValueError, match=r"labels must be in \[0, 3\)"):
-        kd_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), temperature=1.0, alpha=0.5,
-                labels=np.array(labels, np.int32))
+        kd_loss(
+            jnp.zeros((2, 3)),
+            jnp.zeros((2, 3)),
+            temperature=1.0,
+            alpha=0.5,
+            labels=np.array(labels, np.int32),
+        )
 
 
 def test_labels_missing_wrong_shape_or_dtype_raise():
@@ -209,8 +222,11 @@ def test_labels_missing_wrong_shape_or_dtype_raise():
 
 def test_out_of_range_labels_under_jit_give_nan_not_a_wrong_number():
     # Values of traced labels cannot be checked; the documented behaviour is a NaN loss.
-    f = jax.jit(lambda y: kd_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), temperature=1.0,
-                                  alpha=0.5, labels=y))
+    f = jax.jit(
+        lambda y: kd_loss(
+            jnp.zeros((2, 3)), jnp.zeros((2, 3)), temperature=1.0, alpha=0.5, labels=y
+        )
+    )
     assert np.isnan(float(f(jnp.array([0, 7], jnp.int32))))
     assert np.isfinite(float(f(jnp.array([0, 2], jnp.int32))))
 
@@ -222,8 +238,10 @@ def test_hint_loss_math_and_gradients():
     ft = jax.random.normal(jax.random.key(1), (5, 6))
     proj = init_hint_projection(jax.random.key(2), 4, 6)
     assert proj["kernel"].shape == (4, 6) and proj["bias"].shape == (6,)
-    want = np.mean((np.asarray(fs) @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
-                    - np.asarray(ft)) ** 2)
+    want = np.mean(
+        (np.asarray(fs) @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"]) - np.asarray(ft))
+        ** 2
+    )
     assert float(hint_loss(fs, ft, proj)) == pytest.approx(float(want), rel=1e-5)
     # perfect projection -> zero loss
     w = jax.random.normal(jax.random.key(3), (4, 6))

@@ -70,7 +70,7 @@ def runs(tmp_path_factory):
 
 def _maxdiff(a, b):
     assert len(a) == len(b) and len(a) > 0
-    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True))
 
 
 def test_sharded_step_on_4_devices_matches_single_device(runs):
@@ -82,8 +82,9 @@ def test_sharded_step_on_4_devices_matches_single_device(runs):
         assert _maxdiff(params["single"], params[name]) < 1e-6, name
         np.testing.assert_allclose(facts[f"{name}_losses"], facts["single_losses"], rtol=1e-6)
     # and training moved the params (the comparison is not trivially between two inits)
-    assert _maxdiff(params["single"], params["jit"]) < _maxdiff(params["single"], [
-        np.zeros_like(p) for p in params["single"]])
+    assert _maxdiff(params["single"], params["jit"]) < _maxdiff(
+        params["single"], [np.zeros_like(p) for p in params["single"]]
+    )
 
 
 def test_distill_with_dropout_on_4_devices_matches_single_device(runs):

@@ -41,7 +41,9 @@ def _leaves(tree):
 
 
 def _same(a, b, atol=0.0):
-    return all(np.allclose(u, v, atol=atol, rtol=0) for u, v in zip(_leaves(a), _leaves(b)))
+    return all(
+        np.allclose(u, v, atol=atol, rtol=0) for u, v in zip(_leaves(a), _leaves(b), strict=True)
+    )
 
 
 KW = dict(epochs=2, batch_size=16, temperature=3.0, alpha=0.8, progress=False)
@@ -51,15 +53,35 @@ def test_distill_equals_fit_with_distillation_loss_and_is_deterministic(nets):
     t_apply, t_params, s_apply, s_params = nets
     x, y = _data()
     opt = optax.adam(1e-2)
-    a = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=opt,
-                key=jax.random.key(3), eval_data=(x, y), **KW)
-    b = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=opt,
-                key=jax.random.key(3), **KW)
-    c = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=opt,
-                key=jax.random.key(4), **KW)
+    a = distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=opt,
+        key=jax.random.key(3),
+        eval_data=(x, y),
+        **KW,
+    )
+    b = distill(
+        s_apply, s_params, t_apply, t_params, (x, y), optimizer=opt, key=jax.random.key(3), **KW
+    )
+    c = distill(
+        s_apply, s_params, t_apply, t_params, (x, y), optimizer=opt, key=jax.random.key(4), **KW
+    )
     loss_fn = distillation_loss(s_apply, t_apply, t_params, temperature=3.0, alpha=0.8)
-    f = fit(s_apply, s_params, (x, y), optimizer=opt, epochs=2, batch_size=16,
-            key=jax.random.key(3), loss_fn=loss_fn, progress=False)
+    f = fit(
+        s_apply,
+        s_params,
+        (x, y),
+        optimizer=opt,
+        epochs=2,
+        batch_size=16,
+        key=jax.random.key(3),
+        loss_fn=loss_fn,
+        progress=False,
+    )
     assert _same(a.params, b.params)  # bitwise deterministic under a seed
     assert not _same(a.params, c.params, atol=1e-6)  # and the seed matters
     assert _same(a.params, f.params, atol=1e-7)  # the trainer is fit's loop
@@ -73,13 +95,22 @@ def test_teacher_is_frozen_and_gets_no_gradient(nets):
     t_apply, t_params, s_apply, s_params = nets
     x, y = _data()
     before = _leaves(t_params)
-    distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=optax.sgd(0.1),
-            key=jax.random.key(0), **KW)
-    assert all(np.array_equal(u, v) for u, v in zip(before, _leaves(t_params)))
+    distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=optax.sgd(0.1),
+        key=jax.random.key(0),
+        **KW,
+    )
+    assert all(np.array_equal(u, v) for u, v in zip(before, _leaves(t_params), strict=True))
 
     def loss_of_teacher(tp):
         return distillation_loss(s_apply, t_apply, tp, temperature=2.0, alpha=0.5)(
-            s_params, x, y, jax.random.key(0))
+            s_params, x, y, jax.random.key(0)
+        )
 
     grads = jax.grad(loss_of_teacher)(t_params)
     assert all(np.all(g == 0.0) for g in _leaves(grads))
@@ -88,10 +119,27 @@ def test_teacher_is_frozen_and_gets_no_gradient(nets):
 def test_precomputed_teacher_logits_give_the_same_result(nets):
     t_apply, t_params, s_apply, s_params = nets
     x, y = _data()
-    a = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=optax.adam(1e-2),
-                key=jax.random.key(5), **KW)
-    b = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=optax.adam(1e-2),
-                key=jax.random.key(5), precompute_teacher=True, **KW)
+    a = distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        key=jax.random.key(5),
+        **KW,
+    )
+    b = distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        key=jax.random.key(5),
+        precompute_teacher=True,
+        **KW,
+    )
     assert _same(a.params, b.params, atol=1e-5)
 
 
@@ -103,8 +151,17 @@ def test_distil_into_a_pruned_and_quantized_student(nets):
     x, y = _data()
     opt = optax.chain(optax.adam(1e-2), magnitude_pruning(0.75))
     fq = fake_quantize(bits=4)
-    res = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=opt,
-                  key=jax.random.key(1), param_transform=fq, **KW)
+    res = distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=opt,
+        key=jax.random.key(1),
+        param_transform=fq,
+        **KW,
+    )
     kernels = [np.asarray(a) for a in jax.tree.leaves(res.params) if a.ndim >= 2]
     for k in kernels:  # 75% of every kernel is exactly zero (pruning state lives in opt_state)
         assert np.sum(k == 0) == round(0.75 * k.size)
@@ -122,10 +179,27 @@ def test_augment_runs_inside_the_step(nets):
         seen.append(xb.shape)
         return xb + 0.1 * jax.random.normal(key, xb.shape)
 
-    a = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=optax.adam(1e-2),
-                key=jax.random.key(2), augment=augment, **KW)
-    b = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=optax.adam(1e-2),
-                key=jax.random.key(2), **KW)
+    a = distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        key=jax.random.key(2),
+        augment=augment,
+        **KW,
+    )
+    b = distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        key=jax.random.key(2),
+        **KW,
+    )
     assert seen and seen[0] == (16, 4, 4, 1)
     assert not _same(a.params, b.params, atol=1e-6)
 
@@ -136,10 +210,27 @@ def test_one_device_mesh_equals_no_mesh(nets):
     mesh = data_mesh(jax.devices()[:1])
     assert mesh.axis_names == ("data",)
     assert process_slice(16, mesh) == slice(0, 16)
-    a = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=optax.adam(1e-2),
-                key=jax.random.key(2), mesh=mesh, **KW)
-    b = distill(s_apply, s_params, t_apply, t_params, (x, y), optimizer=optax.adam(1e-2),
-                key=jax.random.key(2), **KW)
+    a = distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        key=jax.random.key(2),
+        mesh=mesh,
+        **KW,
+    )
+    b = distill(
+        s_apply,
+        s_params,
+        t_apply,
+        t_params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        key=jax.random.key(2),
+        **KW,
+    )
     assert _same(a.params, b.params, atol=1e-7)
 
 
@@ -183,12 +274,23 @@ def test_hint_distillation_trains_projection_and_student():
     student = MLP(16, (6,), 4, rngs=nnx.Rngs(1))
     t_feat = feature_extractor(teacher, "hidden/0")
     s_feat = feature_extractor(student, "hidden/0")
-    params = {"student": nnx.state(student, nnx.Param),
-              "projections": (init_hint_projection(jax.random.key(0), 6, 12),)}
+    params = {
+        "student": nnx.state(student, nnx.Param),
+        "projections": (init_hint_projection(jax.random.key(0), 6, 12),),
+    }
     t_params = nnx.state(teacher, nnx.Param)
-    res = distill(s_feat, params, t_feat, t_params, (x, y), optimizer=optax.adam(1e-2),
-                  key=jax.random.key(0), hint_weight=1.0, eval_data=(x, y),
-                  **{**KW, "epochs": 4})
+    res = distill(
+        s_feat,
+        params,
+        t_feat,
+        t_params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        key=jax.random.key(0),
+        hint_weight=1.0,
+        eval_data=(x, y),
+        **{**KW, "epochs": 4},
+    )
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     assert not _same(res.params["projections"], params["projections"], atol=1e-4)
 
@@ -200,8 +302,17 @@ def test_hint_distillation_trains_projection_and_student():
 
     assert hint_only(res.params) < hint_only(params)
     with pytest.raises(JaxCompressTypeError, match="projections"):
-        distill(s_feat, params["student"], t_feat, t_params, (x, y), optimizer=optax.adam(1e-2),
-                key=jax.random.key(0), hint_weight=1.0, **KW)
+        distill(
+            s_feat,
+            params["student"],
+            t_feat,
+            t_params,
+            (x, y),
+            optimizer=optax.adam(1e-2),
+            key=jax.random.key(0),
+            hint_weight=1.0,
+            **KW,
+        )
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -212,11 +323,20 @@ def test_trainer_rejects_bad_input(nets):
     common = dict(optimizer=opt, key=jax.random.key(0), batch_size=16, epochs=1, progress=False)
     other_apply, other_params = functional(MLP(16, (8,), 5, rngs=nnx.Rngs(2)))
     with pytest.raises(JaxCompressValueError, match="student logits .* teacher logits"):
-        distill(other_apply, other_params, t_apply, t_params, (x, y), temperature=2.0,
-                alpha=0.5, **common)
+        distill(
+            other_apply,
+            other_params,
+            t_apply,
+            t_params,
+            (x, y),
+            temperature=2.0,
+            alpha=0.5,
+            **common,
+        )
     with pytest.raises(JaxCompressValueError, match=r"labels must be in \[0, 4\)"):
-        distill(s_apply, s_params, t_apply, t_params, (x, y + 3), temperature=2.0, alpha=0.5,
-                **common)
+        distill(
+            s_apply, s_params, t_apply, t_params, (x, y + 3), temperature=2.0, alpha=0.5, **common
+        )
     with pytest.raises(JaxCompressValueError, match="temperature"):
         distill(s_apply, s_params, t_apply, t_params, (x, y), temperature=0.0, alpha=0.5, **common)
     with pytest.raises(JaxCompressValueError, match="alpha"):
@@ -224,14 +344,40 @@ def test_trainer_rejects_bad_input(nets):
     with pytest.raises(JaxCompressValueError, match="alpha"):
         distillation_loss(s_apply, t_apply, t_params, temperature=1.0, alpha=-0.5)
     with pytest.raises(JaxCompressValueError, match="precompute_teacher"):
-        distill(s_apply, s_params, t_apply, t_params, (x, y), temperature=1.0, alpha=0.5,
-                precompute_teacher=True, augment=lambda a, k: a, **common)
+        distill(
+            s_apply,
+            s_params,
+            t_apply,
+            t_params,
+            (x, y),
+            temperature=1.0,
+            alpha=0.5,
+            precompute_teacher=True,
+            augment=lambda a, k: a,
+            **common,
+        )
     with pytest.raises(JaxCompressValueError, match="batch_size"):
-        distill(s_apply, s_params, t_apply, t_params, (x, y), temperature=1.0, alpha=0.5,
-                **{**common, "batch_size": 0})
+        distill(
+            s_apply,
+            s_params,
+            t_apply,
+            t_params,
+            (x, y),
+            temperature=1.0,
+            alpha=0.5,
+            **{**common, "batch_size": 0},
+        )
     with pytest.raises(JaxCompressTypeError, match="labels must be integers"):
-        distill(s_apply, s_params, t_apply, t_params, (x, y.astype(np.float32)),
-                temperature=1.0, alpha=0.5, **common)
+        distill(
+            s_apply,
+            s_params,
+            t_apply,
+            t_params,
+            (x, y.astype(np.float32)),
+            temperature=1.0,
+            alpha=0.5,
+            **common,
+        )
 
 
 def test_kd_loss_shape_error_surfaces_at_trace_time_under_jit():
