@@ -59,5 +59,12 @@ __all__ = [
     "validate_quantized_array",
 ]
 
-# size accounting covers QuantizedArray and ClusteredArray alike; it lives with clustering
-from jaxcompress.clustering._size import SizeReport, size_report  # noqa: E402
+
+def __getattr__(name):
+    # size accounting covers QuantizedArray and ClusteredArray alike and lives in clustering;
+    # imported lazily because clustering itself imports this package.
+    if name in ("size_report", "SizeReport"):
+        from jaxcompress.clustering import _size
+
+        return getattr(_size, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
