@@ -173,13 +173,19 @@ def _magnitude_keep(xs, ks, scope, prev=None):
     ``prev`` (optional keep-masks): entries already pruned rank below every live weight, so they
     stay pruned whenever the new count is at least the old one.
     """
-    if scope == "global":
-        dt = _select.common_key_dtype([x.dtype for x in xs])
-        keys = [_select.magnitude_keys(x, dt) for x in xs]
-    else:
-        keys = [_select.magnitude_keys(x) for x in xs]
-    if prev is not None:
-        keys = [jnp.where(p, k + 1, jnp.zeros((), k.dtype)) for k, p in zip(keys, prev)]
+    dt = _select.common_key_dtype([x.dtype for x in xs]) if scope == "global" else None
+
+    def key(x, p=None):
+        # Recomputed where used (inside every pass) rather than materialised for all leaves.
+        k = _select.magnitude_keys(x, dt)
+        if p is not None:
+            k = jnp.where(p, k + 1, jnp.zeros((), k.dtype))
+        return k
+
+    keys = [
+        _select.LazyKey(key, (x,) if prev is None else (x, p))
+        for x, p in zip(xs, prev if prev is not None else xs)
+    ]
     if scope == "global":
         return _select.smallest_k_masks(keys, ks)
     return [_select.smallest_k_masks([k], kk)[0] for k, kk in zip(keys, ks)]

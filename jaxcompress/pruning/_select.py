@@ -26,13 +26,15 @@ array that XLA may materialise (at most one copy of the magnitudes), the histogr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["magnitude_keys", "common_key_dtype", "smallest_k_masks", "kth_smallest_key"]
+__all__ = ["LazyKey", "magnitude_keys", "common_key_dtype", "smallest_k_masks", "kth_smallest_key"]
 
 _UINT_OF_BITS = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
 _SAMPLE = 16384  # sample size for the first bracket
@@ -64,12 +66,38 @@ def magnitude_keys(x: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
     return lax.bitcast_convert_type(jnp.abs(x), _UINT_OF_BITS[bits])
 
 
-def _histogram(keys, lo, s, nbins):
+class LazyKey(NamedTuple):
+    """Keys computed on use: ``fn(*operands)``; lets each pass recompute keys leaf by leaf."""
+
+    fn: Callable[..., jax.Array]
+    operands: tuple[Any, ...]
+
+    def __call__(self):
+        return self.fn(*self.operands)
+
+
+def _materialize(key):
+    return key() if callable(key) else key
+
+
+def _after(dep, key):
+    """``key`` whose computation XLA must schedule after ``dep`` is computed."""
+    if isinstance(key, LazyKey):
+        dep, ops = lax.optimization_barrier((dep, key.operands))
+        return dep, LazyKey(key.fn, ops)
+    return lax.optimization_barrier((dep, key))
+
+
+def _histogram(keys, lo, s, nbins, kdt):
     """Counts of ``keys`` in ``nbins`` bins of width ``2**s`` from ``lo``, plus below / above."""
-    kdt = keys[0].dtype
     hist = jnp.zeros(nbins + 2, jnp.int32)
     s_k = s.astype(kdt)
     for key in keys:
+        # A (never taken) data dependency on the histogram so far orders this leaf's index
+        # computation after the previous leaf's scatter: XLA then keeps one leaf's indices alive
+        # at a time instead of all of them (an optimization_barrier is not enough on CPU).
+        lo = jnp.where(hist[nbins] < 0, lo + 1, lo)
+        key = _materialize(key)
         d = (key - lo) >> s_k  # wraps for key < lo; those go to the "below" bin
         if jnp.dtype(kdt).itemsize <= 2:
             d = d.astype(jnp.int32)
@@ -88,26 +116,34 @@ def _sample(keys, total):
     """A strided sample of about ``_SAMPLE`` keys, taken from every leaf in proportion to its size."""
     parts = []
     for key in keys:
-        flat = key.reshape(-1)
+        flat = _materialize(key).reshape(-1)
         take = max(1, round(_SAMPLE * flat.size / total))
         stride = max(1, flat.size // take)
         parts.append(flat[::stride])
     return jnp.sort(jnp.concatenate(parts))
 
 
-def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int):
+def _shape_dtype(key):
+    out = jax.eval_shape(key.fn, *key.operands) if isinstance(key, LazyKey) else key
+    return tuple(out.shape), jnp.dtype(out.dtype)
+
+
+def kth_smallest_key(keys: Sequence[Any], k: jax.Array | int):
     """Exact ``k``-th smallest key (1-based) over all ``keys``.
 
     Args:
-      keys: arrays of one unsigned dtype (``magnitude_keys`` output), any shapes.
+      keys: arrays of one unsigned dtype (``magnitude_keys`` output), any shapes; or zero-argument
+        functions returning them (recomputed inside each pass, so XLA never keeps a copy of all
+        keys alive at once -- the memory-lean form).
       k: rank in ``1..N`` (``N`` the total size); may be traced.
 
     Returns:
       ``(t, n_lt, n_eq)``: the key value, the number of keys ``< t`` and the number ``== t``.
     """
-    kdt = keys[0].dtype
+    specs = [_shape_dtype(x) for x in keys]
+    kdt = specs[0][1]
     kbits = jnp.dtype(kdt).itemsize * 8
-    total = sum(int(x.size) for x in keys)
+    total = sum(math.prod(sh) for sh, _ in specs)
     # Bins per pass: 2**20 for big inputs (one pass usually), fewer for small ones.
     b = min(kbits, 20, max(8, total.bit_length() - 2))
     nbins = 1 << b
@@ -128,7 +164,7 @@ def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int):
 
     def body(state):
         lo, s, _, t, n_lt, n_eq = state
-        hist = _histogram(keys, lo, s, nbins)
+        hist = _histogram(keys, lo, s, nbins, kdt)
         below = hist[nbins]
         inr = hist[:nbins]
         cum = below + jnp.cumsum(inr)
@@ -149,30 +185,37 @@ def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int):
             jnp.where(done, inr[j], n_eq),
         )
 
-    init = (lo0, s0, jnp.bool_(False), jnp.zeros((), kdt), jnp.int32(0), jnp.int32(0))
-    _, _, _, t, n_lt, n_eq = lax.while_loop(lambda st: ~st[2], body, init)
+    # Passes are unrolled (each after the first under lax.cond, skipped once done) rather than a
+    # while_loop: a while_loop would copy every leaf into its loop state (one more copy of the
+    # model). Worst case: the bracket pass misses, then a full-range radix search.
+    state = (lo0, s0, jnp.bool_(False), jnp.zeros((), kdt), jnp.int32(0), jnp.int32(0))
+    max_passes = 2 + -(-(kbits - b) // b)
+    state = body(state)
+    for _ in range(max_passes - 1):
+        state = lax.cond(state[2], lambda st: st, body, state)
+    _, _, _, t, n_lt, n_eq = state
     return t, n_lt, n_eq
 
 
-def smallest_k_masks(keys: Sequence[jax.Array], k: jax.Array | int) -> list[jax.Array]:
+def smallest_k_masks(keys: Sequence[Any], k: jax.Array | int) -> list[jax.Array]:
     """Keep-masks that drop exactly the ``k`` smallest keys over all ``keys``.
 
     Ties at the cut are broken by position: leaves in the given order, each in C (row-major) order;
     the earlier entries are dropped first.
 
     Args:
-      keys: unsigned key arrays of one dtype (see :func:`magnitude_keys`), any shapes.
+      keys: unsigned key arrays of one dtype (see :func:`magnitude_keys`), any shapes, or
+        zero-argument functions returning them (see :func:`kth_smallest_key`).
       k: number to drop, ``0 <= k <= N``; a Python int or a traced int32 scalar.
 
     Returns:
       One bool array per input with its shape; ``False`` = dropped. Exactly ``k`` are ``False``.
     """
-    keys = [jnp.asarray(x) for x in keys]
-    total = sum(int(x.size) for x in keys)
-    if isinstance(k, int) and k == 0:
-        return [jnp.ones(x.shape, bool) for x in keys]
-    if total == 0:
-        return [jnp.ones(x.shape, bool) for x in keys]
+    keys = [x if isinstance(x, LazyKey) else jnp.asarray(x) for x in keys]
+    shapes = [_shape_dtype(x)[0] for x in keys]
+    total = sum(math.prod(sh) for sh in shapes)
+    if (isinstance(k, int) and k == 0) or total == 0:
+        return [jnp.ones(sh, bool) for sh in shapes]
     k = jnp.asarray(k, jnp.int32)
     k1 = jnp.clip(k, 1, total)
     t, n_lt, n_eq = kth_smallest_key(keys, k1)
@@ -180,15 +223,18 @@ def smallest_k_masks(keys: Sequence[jax.Array], k: jax.Array | int) -> list[jax.
     active = k > 0
 
     def no_split():
-        return [~(active & (x <= t)) for x in keys]
+        return [~(active & (_materialize(x) <= t)) for x in keys]
 
     def split():
         out = []
         offset = jnp.int32(0)
         for x in keys:
-            eq = (x == t).reshape(-1)
+            x = _materialize(x)
+            # never-taken dependency on the previous leaf: one leaf's temporaries alive at a time
+            t_i = jnp.where(offset < 0, t + 1, t)
+            eq = (x == t_i).reshape(-1)
             rank = jnp.cumsum(eq.astype(jnp.int32)) - 1 + offset  # rank among ties, flat order
-            drop = (x.reshape(-1) < t) | (eq & (rank < r))
+            drop = (x.reshape(-1) < t_i) | (eq & (rank < r))
             out.append(~(active & drop).reshape(x.shape))
             offset = offset + jnp.sum(eq, dtype=jnp.int32)
         return out
