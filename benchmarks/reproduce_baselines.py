@@ -43,8 +43,16 @@ def run(name, ctor, ds, *, epochs, lr, batch_size, seed):
     steps = epochs * (ds.x_train.shape[0] // batch_size)
     opt = optax.adam(optax.cosine_decay_schedule(lr, steps))
     t0 = time.perf_counter()
-    r = fit(apply_fn, params, ds, optimizer=opt, epochs=epochs, batch_size=batch_size,
-            key=jax.random.key(seed), progress=True)
+    r = fit(
+        apply_fn,
+        params,
+        ds,
+        optimizer=opt,
+        epochs=epochs,
+        batch_size=batch_size,
+        key=jax.random.key(seed),
+        progress=True,
+    )
     secs = time.perf_counter() - t0
     acc = evaluate(apply_fn, r.params, ds.x_test, ds.y_test)
     print(f"{name}: test accuracy {acc:.4f} ({epochs} epochs, {secs:.1f} s)", flush=True)
@@ -56,16 +64,26 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--quick", action="store_true", help="1 epoch each (smoke run)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reproduce_baselines.md"))
+    ap.add_argument(
+        "--out", default=str(ROOT / "benchmarks" / "results" / "reproduce_baselines.md")
+    )
     args = ap.parse_args()
 
     mnist = load_dataset("mnist", data_dir=args.data_dir)
     m1d = load_dataset("mnist1d")
     e_mnist, e_1d = (1, 1) if args.quick else (20, 60)
-    acc_l, s_l = run("LeNet-300-100", models.LeNet300100, mnist, epochs=e_mnist, lr=1e-3,
-                     batch_size=100, seed=args.seed)
-    acc_c, s_c = run("CNN1D", models.CNN1D, m1d, epochs=e_1d, lr=1e-2, batch_size=100,
-                     seed=args.seed)
+    acc_l, s_l = run(
+        "LeNet-300-100",
+        models.LeNet300100,
+        mnist,
+        epochs=e_mnist,
+        lr=1e-3,
+        batch_size=100,
+        seed=args.seed,
+    )
+    acc_c, s_c = run(
+        "CNN1D", models.CNN1D, m1d, epochs=e_1d, lr=1e-2, batch_size=100, seed=args.seed
+    )
     cmd = "python benchmarks/reproduce_baselines.py" + (" --quick" if args.quick else "")
     table = f"""# Dense baselines (jaxcompress.training.fit)
 

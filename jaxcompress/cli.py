@@ -24,14 +24,19 @@ _MODELS = {
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="jaxcompress", description="Compress JAX/Flax networks and emulate them on edge devices."
+        prog="jaxcompress",
+        description="Compress JAX/Flax networks and emulate them on edge devices.",
     )
     sub = p.add_subparsers(dest="command")
-    t = sub.add_parser("train", help="train a reference model and print its test accuracy (default)")
+    t = sub.add_parser(
+        "train", help="train a reference model and print its test accuracy (default)"
+    )
     for parser in (p, t):
         parser.add_argument("--dataset", default="mnist1d", choices=sorted(_MODELS))
         parser.add_argument("--data-dir", default=None, help="folder with the IDX files (mnist)")
-        parser.add_argument("--model", default=None, help="cnn1d | mlp1d | transformer | lenet300100 | lenet5")
+        parser.add_argument(
+            "--model", default=None, help="cnn1d | mlp1d | transformer | lenet300100 | lenet5"
+        )
         parser.add_argument("--epochs", type=int, default=None)
         parser.add_argument("--batch-size", type=int, default=100)
         parser.add_argument("--lr", type=float, default=None)

@@ -71,9 +71,14 @@ def key_path_str(path: tuple[Any, ...]) -> str:
       e.g. ``"params/Dense_0/kernel"``; the trailing ``.value`` of an ``nnx.Variable`` is dropped.
     """
     keys = list(path)
-    if len(keys) > 1 and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name in (
-        "value",
-        "raw_value",
+    if (
+        len(keys) > 1
+        and isinstance(keys[-1], jax.tree_util.GetAttrKey)
+        and keys[-1].name
+        in (
+            "value",
+            "raw_value",
+        )
     ):
         keys = keys[:-1]
     return "/".join(_key_name(k) for k in keys)
@@ -149,12 +154,13 @@ def selection_mask(tree: Any, where: Where = None, *, require_float: bool = True
         try:
             pattern = re.compile(where)
         except re.error as e:
-            raise JaxCompressValueError(f"where={where!r} is not a valid regular expression: {e}")
+            raise JaxCompressValueError(
+                f"where={where!r} is not a valid regular expression: {e}"
+            ) from None
         sel = [pattern.search(p) is not None for p, _ in leaves]
         if not any(sel):
             raise JaxCompressValueError(
-                f"where={where!r} matches no leaf; paths are like "
-                f"{[p for p, _ in leaves[:4]]}"
+                f"where={where!r} matches no leaf; paths are like {[p for p, _ in leaves[:4]]}"
             )
     elif callable(where) and not _looks_like_tree(where):
         sel = [bool(where(p, x)) for p, x in leaves]
@@ -164,7 +170,7 @@ def selection_mask(tree: Any, where: Where = None, *, require_float: bool = True
             flags = treedef.flatten_up_to(where)
         except (ValueError, TypeError) as e:
             raise JaxCompressValueError(
-                "where, given as a pytree of bools, must have the structure of params: " f"{e}"
+                f"where, given as a pytree of bools, must have the structure of params: {e}"
             ) from None
         sel = []
         for (p, _), f in zip(leaves, flags, strict=True):

@@ -57,7 +57,10 @@ class TreeStats:
 
     def table(self) -> str:
         """A Markdown table: one row per leaf and a total row."""
-        rows = ["| leaf | shape | dtype | params | bytes | zeros | sparsity |", "|---|---|---|---:|---:|---:|---:|"]
+        rows = [
+            "| leaf | shape | dtype | params | bytes | zeros | sparsity |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
         for s in self.leaves:
             rows.append(
                 f"| {s.path} | {s.shape} | {s.dtype} | {s.size} | {s.nbytes} | {s.zeros} | "

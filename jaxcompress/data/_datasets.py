@@ -147,11 +147,11 @@ def load_mnist1d(
             pass  # unreadable or stale cache: regenerate below
     args = m1d.get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
-    state = np.random.get_state()
+    state = np.random.get_state()  # noqa: NPY002 (mnist1d seeds the legacy global RNG)
     try:
         raw = m1d.make_dataset(args)  # seeds NumPy's global RNG; restored below
     finally:
-        np.random.set_state(state)
+        np.random.set_state(state)  # noqa: NPY002
     arrays = {
         "x": raw["x"].astype(np.float32),
         "y": raw["y"].astype(np.int32),

@@ -52,9 +52,7 @@ def _as_xy(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
         )
     x, y = np.asarray(data[0]), np.asarray(data[1])
     if x.shape[0] != y.shape[0]:
-        raise JaxCompressValueError(
-            f"{name}: x has {x.shape[0]} examples but y has {y.shape[0]}"
-        )
+        raise JaxCompressValueError(f"{name}: x has {x.shape[0]} examples but y has {y.shape[0]}")
     if not np.issubdtype(y.dtype, np.integer):
         raise JaxCompressTypeError(f"{name}: labels must be integers, got {y.dtype}")
     return x, y
@@ -121,7 +119,9 @@ def fit(
     if not isinstance(epochs, int) or epochs < 0:
         raise JaxCompressValueError(f"{epochs=} must be an int >= 0")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
-        raise JaxCompressValueError(f"{batch_size=} must be an int in 1..{n} (the number of examples)")
+        raise JaxCompressValueError(
+            f"{batch_size=} must be an int in 1..{n} (the number of examples)"
+        )
     if eval_data is not None and hasattr(eval_data, "x_test"):
         eval_data = (eval_data.x_test, eval_data.y_test)
     if progress is None:

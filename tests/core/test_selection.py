@@ -74,7 +74,13 @@ def test_regex_callable_and_bool_tree_agree(nnx_params):
 
 def test_bool_tree_on_linen(linen_params):
     flags = jax.tree.map(lambda x: x.ndim == 1, linen_params)
-    paths = [p for (p, _), s in zip(named_leaves(linen_params), selection_mask(linen_params, flags)) if s]
+    paths = [
+        p
+        for (p, _), s in zip(
+            named_leaves(linen_params), selection_mask(linen_params, flags), strict=True
+        )
+        if s
+    ]
     assert all(p.endswith(("bias", "scale")) for p in paths) and len(paths) == 4
 
 

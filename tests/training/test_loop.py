@@ -26,8 +26,17 @@ def test_fit_learns_and_reports_history():
     x, y = _toy()
     apply_fn, params = _model()
     before = evaluate(apply_fn, params, x, y)
-    r = fit(apply_fn, params, (x, y), optimizer=optax.adam(1e-2), epochs=5, batch_size=32,
-            key=jax.random.key(0), eval_data=(x, y), progress=False)
+    r = fit(
+        apply_fn,
+        params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        epochs=5,
+        batch_size=32,
+        key=jax.random.key(0),
+        eval_data=(x, y),
+        progress=False,
+    )
     assert len(r.history) == 5 and r.history[-1]["loss"] < r.history[0]["loss"]
     assert r.history[-1]["eval_accuracy"] > 0.95 > before
     assert evaluate(apply_fn, r.params, x, y) == r.history[-1]["eval_accuracy"]
@@ -49,8 +58,17 @@ def test_param_transform_is_applied_in_the_forward_pass():
     apply_fn, params = _model()
     # Zeroing every weight makes all gradients w.r.t. the raw params vanish except through biases.
     zero_kernels = lambda p: jax.tree.map(lambda v: v * 0 if v.ndim == 2 else v, p)  # noqa: E731
-    r = fit(apply_fn, params, (x, y), optimizer=optax.sgd(0.1), epochs=1, batch_size=32,
-            key=jax.random.key(0), param_transform=zero_kernels, progress=False)
+    r = fit(
+        apply_fn,
+        params,
+        (x, y),
+        optimizer=optax.sgd(0.1),
+        epochs=1,
+        batch_size=32,
+        key=jax.random.key(0),
+        param_transform=zero_kernels,
+        progress=False,
+    )
     k0 = params["hidden"][0]["kernel"][...]
     np.testing.assert_array_equal(r.params["hidden"][0]["kernel"][...], k0)
 
@@ -59,14 +77,34 @@ def test_opt_state_round_trips_and_augment_runs():
     x, y = _toy()
     apply_fn, params = _model()
     seen = []
+
     def augment(xb, key):
         seen.append(xb.shape)
         return xb + 0.01 * jax.random.normal(key, xb.shape)
-    r = fit(apply_fn, params, (x, y), optimizer=optax.adam(1e-2), epochs=1, batch_size=64,
-            key=jax.random.key(0), augment=augment, progress=False)
+
+    r = fit(
+        apply_fn,
+        params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        epochs=1,
+        batch_size=64,
+        key=jax.random.key(0),
+        augment=augment,
+        progress=False,
+    )
     assert seen == [(64, 8)]  # traced once, shape of one batch
-    r2 = fit(apply_fn, r.params, (x, y), optimizer=optax.adam(1e-2), epochs=1, batch_size=64,
-             key=jax.random.key(1), opt_state=r.opt_state, progress=False)
+    r2 = fit(
+        apply_fn,
+        r.params,
+        (x, y),
+        optimizer=optax.adam(1e-2),
+        epochs=1,
+        batch_size=64,
+        key=jax.random.key(1),
+        opt_state=r.opt_state,
+        progress=False,
+    )
     assert int(r2.opt_state[0].count) == 8
 
 
@@ -87,7 +125,9 @@ def test_predict_shapes():
 def test_fit_bad_arguments(kwargs, err, match):
     x, y = _toy(n=20)
     apply_fn, params = _model()
-    kw = dict(optimizer=optax.sgd(0.1), epochs=1, batch_size=4, key=jax.random.key(0), progress=False)
+    kw = dict(
+        optimizer=optax.sgd(0.1), epochs=1, batch_size=4, key=jax.random.key(0), progress=False
+    )
     kw.update(kwargs)
     with pytest.raises(err, match=match):
         fit(apply_fn, params, (x, y), **kw)
@@ -95,7 +135,9 @@ def test_fit_bad_arguments(kwargs, err, match):
 
 def test_fit_bad_data():
     apply_fn, params = _model()
-    kw = dict(optimizer=optax.sgd(0.1), epochs=1, batch_size=4, key=jax.random.key(0), progress=False)
+    kw = dict(
+        optimizer=optax.sgd(0.1), epochs=1, batch_size=4, key=jax.random.key(0), progress=False
+    )
     x, y = _toy(n=20)
     with pytest.raises(JaxCompressValueError, match="20 examples but y has 19"):
         fit(apply_fn, params, (x, y[:-1]), **kw)
