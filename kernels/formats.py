@@ -165,6 +165,8 @@ class PackedWeight:
                 f"group_size={self.group_size} must divide K={k} and be a multiple of 8"
             )
         G = kp // g if g else 0
+        if self.group_size is None:
+            G = 1
         check_array("data", self.data, dtype=np.uint8, shape=(n, kp * bits // 8))
         check_array("scales", self.scales, dtype=np.float32, shape=(n, G))
         check_array("zero_points", self.zero_points, dtype=np.float32, shape=(n, G))
@@ -174,7 +176,7 @@ class PackedWeight:
     @property
     def padded_k(self) -> int:
         k = self.shape[0]
-        return k if self.group_size is not None else _round_up(k, _PER_CHANNEL_ALIGN)
+        return k if self.group_size is not None else _round_up(max(k, 1), _PER_CHANNEL_ALIGN)
 
     @property
     def group_len(self) -> int:
@@ -248,7 +250,7 @@ def pack_weight(
         u = codes.astype(np.uint8)
         zp = zero_points.astype(np.float32)
         symmetric = False
-    g = group_size if group_size is not None else _round_up(k, _PER_CHANNEL_ALIGN)
+    g = group_size if group_size is not None else _round_up(max(k, 1), _PER_CHANNEL_ALIGN)
     kp = k if group_size is not None else g
     ut = np.empty((n, kp), np.uint8)
     ut[:, :k] = u.T

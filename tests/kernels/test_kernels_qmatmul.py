@@ -1,0 +1,109 @@
+"""Packed low-bit matmul and int8 x int8 matmul against their NumPy twins."""
+
+import numpy as np
+import pytest
+
+import jaxcompress_kernels as jk
+from jaxcompress_kernels import quantized, reference
+
+BATCHES = (0, 1, 3, 7, quantized.BLAS_MIN_BATCH + 5)
+
+
+def _rel_close(y, yr, rtol=1e-5):
+    assert y.dtype == np.float32 and y.shape == yr.shape
+    scale = max(float(np.abs(yr).max()) if yr.size else 0.0, 1e-30)
+    assert float(np.abs(y - yr).max() if y.size else 0.0) <= rtol * scale
+
+
+def _weight(rng, bits, k, n, group_size, affine):
+    g = 1 if group_size is None else k // group_size
+    scales = (rng.random((g, n)) + 0.1).astype(np.float32)
+    if affine:
+        codes = rng.integers(0, 1 << bits, (k, n)).astype(np.uint8)
+        zps = rng.integers(0, 1 << bits, (g, n)).astype(np.uint8)
+    else:
+        half = 1 << (bits - 1)
+        codes = rng.integers(-half, half, (k, n)).astype(np.int8)
+        zps = None
+    return codes, scales, zps
+
+
+@pytest.mark.parametrize("bits", (2, 3, 4, 8))
+@pytest.mark.parametrize(
+    "k,n,group_size",
+    [(1, 1, None), (37, 5, None), (64, 17, 32), (96, 3, 8), (0, 4, None), (40, 0, None)],
+)
+@pytest.mark.parametrize("affine", (False, True))
+def test_qmatmul_matches_twin(bits, k, n, group_size, affine):
+    rng = np.random.default_rng(bits * 7 + k + n)
+    codes, scales, zps = _weight(rng, bits, k, n, group_size, affine)
+    w = jk.pack_weight(codes, scales, zps, bits=bits, group_size=group_size)
+    c2, s2, z2 = jk.unpack_weight(w)
+    np.testing.assert_array_equal(c2, codes)
+    np.testing.assert_array_equal(s2, scales)
+    if affine:
+        np.testing.assert_array_equal(z2, zps)
+    else:
+        assert z2 is None
+    bias = rng.standard_normal(n).astype(np.float32)
+    for m in BATCHES:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        _rel_close(jk.qmatmul(x, w, bias), reference.qmatmul(x, w, bias))
+    x1 = rng.standard_normal(k).astype(np.float32)
+    y1 = jk.qmatmul(x1, w)
+    assert y1.shape == (n,)
+    _rel_close(y1, reference.qmatmul(x1[None], w)[0])
+
+
+def test_qmatmul_dense_formula_exact_values():
+    # W = scale * code: [[0.5 * 1], [0.5 * -2]]; x = [1, 1] -> -0.5 exactly
+    w = jk.pack_weight(np.array([[1], [-2]], np.int8), np.array([0.5], np.float32), bits=4)
+    np.testing.assert_array_equal(jk.qmatmul(np.ones((1, 2), np.float32), w), [[-0.5]])
+    np.testing.assert_array_equal(
+        jk.to_dense(w), np.array([[0.5], [-1.0]], np.float32)
+    )
+
+
+def test_qmatmul_group_scales_apply_to_their_group():
+    k, n, gs = 64, 2, 32
+    codes = np.ones((k, n), np.int8)
+    scales = np.array([[1.0, 2.0], [10.0, 20.0]], np.float32)
+    w = jk.pack_weight(codes, scales, bits=4, group_size=gs)
+    x = np.zeros((1, k), np.float32)
+    x[0, 40] = 1.0  # second group
+    np.testing.assert_array_equal(jk.qmatmul(x, w), [[10.0, 20.0]])
+
+
+def test_int8_matmul_and_requant_exact():
+    rng = np.random.default_rng(0)
+    for k, n, m in [(1, 1, 1), (70, 9, 4), (33, 16, 0), (129, 3, 11)]:
+        w = jk.int8_weight(rng.integers(-128, 128, (k, n)).astype(np.int8))
+        x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+        bias = rng.integers(-5000, 5000, n).astype(np.int32)
+        for zp in (0, 3, -128):
+            acc = jk.qmatmul_int8(x, w, bias, x_zero_point=zp)
+            assert acc.dtype == np.int32
+            np.testing.assert_array_equal(acc, reference.qmatmul_int8(x, w, bias, x_zero_point=zp))
+            want = (x.astype(np.int64) - zp) @ jk.to_dense(w).astype(np.int64) + bias
+            np.testing.assert_array_equal(acc, want)
+            rq = jk.requantization(rng.random(n) * 2e-3, out_zero_point=-7)
+            y = jk.qmatmul_int8(x, w, bias, x_zero_point=zp, requant=rq)
+            assert y.dtype == np.int8
+            np.testing.assert_array_equal(
+                y, reference.qmatmul_int8(x, w, bias, x_zero_point=zp, requant=rq)
+            )
+
+
+def test_requantization_multiplier_approximates_real():
+    real = np.array([0.75, 1e-3, 0.3, 2.5, 0.0])
+    rq = jk.requantization(real)
+    approx = rq.multiplier.astype(np.float64) * 2.0 ** (-31 - rq.shift.astype(np.float64))
+    np.testing.assert_allclose(approx, real, rtol=2**-30)
+    assert ((rq.multiplier[:-1] >= 2**30) & (rq.multiplier[:-1] < 2**31)).all()
+    # fixed-point result equals round-half-up of acc * real for exact dyadic multipliers
+    w = jk.int8_weight(np.eye(4, dtype=np.int8))
+    x = np.array([[3, -3, 5, 100]], np.int8)
+    rq = jk.requantization(np.full(4, 0.5))
+    np.testing.assert_array_equal(jk.qmatmul_int8(x, w, requant=rq), [[2, -1, 3, 50]])
+    rq = jk.requantization(np.full(4, 4.0))  # saturates
+    np.testing.assert_array_equal(jk.qmatmul_int8(x, w, requant=rq), [[12, -12, 20, 127]])
