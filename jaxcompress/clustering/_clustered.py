@@ -164,20 +164,24 @@ def kmeans_1d(
     return cents, _assign(v, cents)
 
 
-def _cluster_rows(rows: jax.Array, k: int, zero: bool, init: str, key: jax.Array, iters: int):
-    """Cluster each row of ``rows (R, n)``; returns ``(codebook (R, k), indices (R, n))``."""
+def _cluster_rows(
+    rows: jax.Array, valid: jax.Array, k: int, zero: bool, init: str, key: jax.Array, iters: int
+):
+    """Cluster each row of ``rows (R, n)`` (``valid`` masks padding); returns
+    ``(codebook (R, k), indices (R, n))``."""
     kk = k - 1 if zero else k
     keys = jax.random.split(key, rows.shape[0])
 
-    def one(v, key):
-        m = (v != 0).astype(jnp.float32) if zero else jnp.ones_like(v)
+    def one(v, ok, key):
+        m = ok & (v != 0) if zero else ok
+        m = m.astype(jnp.float32)
         cents, a = kmeans_1d(v, m, kk, init=init, key=key, iters=iters)
         if zero:
             cents = jnp.concatenate([jnp.zeros((1,), cents.dtype), cents])
             a = jnp.where(v == 0, 0, a + 1)
         return cents, a
 
-    return jax.vmap(one)(rows, keys)
+    return jax.vmap(one)(rows, valid, keys)
 
 
 def _to_rows(x, axis):
@@ -224,7 +228,13 @@ def cluster_array(
         raise JaxCompressValueError(f"{n_clusters=} must be >= 2 to keep zeros at zero")
     rows = _to_rows(xf, axis)
     key = jax.random.key(0) if key is None else key
-    cb, idx = _cluster_rows_jit(rows, n_clusters, zero, init, key, iters)
+    # pad to power-of-two buckets so leaves of similar size share one compilation
+    r, n = rows.shape
+    rp, n_p = _bucket(r), _bucket(n)
+    valid = jnp.zeros((rp, n_p), bool).at[:r, :n].set(True)
+    padded = jnp.zeros((rp, n_p), jnp.float32).at[:r, :n].set(rows)
+    cb, idx = _cluster_rows_jit(padded, valid, n_clusters, zero, init, key, iters)
+    cb, idx = cb[:r], idx[:r, :n]
     indices = _from_rows(idx.astype(jnp.uint8), shape, axis)
     codebook = cb[0] if axis is None else cb
     return ClusteredArray(
@@ -240,7 +250,11 @@ def cluster_array(
 
 COMPRESSED_TYPES.append(ClusteredArray)
 
-_cluster_rows_jit = jax.jit(_cluster_rows, static_argnums=(1, 2, 3, 5))
+_cluster_rows_jit = jax.jit(_cluster_rows, static_argnums=(2, 3, 4, 6))
+
+
+def _bucket(n: int) -> int:
+    return max(8, 1 << (int(n) - 1).bit_length())
 
 
 def cluster(

@@ -152,7 +152,8 @@ def mixed_precision(
 
     Greedy (a standard knapsack heuristic): start every layer at its widest measured width, then
     repeatedly narrow the layer whose next-narrower width adds the least error per bit saved,
-    until the budget holds. Errors are assumed additive across layers (they are measured with one
+    until the budget holds; then widen layers again where the remaining slack allows (largest
+    error reduction per added bit first). Errors are assumed additive across layers (they are measured with one
     layer quantized at a time).
 
     Args:
@@ -205,4 +206,26 @@ def mixed_precision(
         _, p, b2, saved = best
         choice[p] = b2
         size -= saved
+    # refill: the last narrowing step may overshoot; widen back where the slack allows, best
+    # error reduction per added bit first
+    improved = True
+    while improved:
+        improved = False
+        best = None
+        for p in paths:
+            k = options[p].index(choice[p])
+            if k == len(options[p]) - 1:
+                continue
+            b2 = options[p][k + 1]
+            added = report.get(p, b2).size_bits - report.get(p, choice[p]).size_bits
+            if size + added > budget:
+                continue
+            gain = max(err(p, choice[p]) - err(p, b2), 0.0) / max(added, 1)
+            if best is None or gain > best[0]:
+                best = (gain, p, b2, added)
+        if best is not None:
+            _, p, b2, added = best
+            choice[p] = b2
+            size += added
+            improved = True
     return choice
