@@ -71,7 +71,7 @@ def main() -> None:
 
     mnist = load_dataset("mnist", data_dir=args.data_dir)
     m1d = load_dataset("mnist1d")
-    e_mnist, e_1d = (1, 1) if args.quick else (20, 60)
+    e_mnist, e_1d = (1, 1) if args.quick else (20, 150)
     acc_l, s_l = run(
         "LeNet-300-100",
         models.LeNet300100,

@@ -72,7 +72,7 @@ def _train(args: argparse.Namespace) -> dict:
     }[model_name]
     apply_fn, params = models.functional(ctor(rngs=rngs))
     mnist1d = args.dataset == "mnist1d"
-    epochs = args.epochs if args.epochs is not None else (60 if mnist1d else 10)
+    epochs = args.epochs if args.epochs is not None else (150 if mnist1d else 10)
     lr = args.lr if args.lr is not None else (1e-2 if mnist1d and model_name == "cnn1d" else 1e-3)
     t0 = time.perf_counter()
     result = fit(
