@@ -1,9 +1,11 @@
 """Packed low-bit matmul ``y = x @ dequant(W) (+ bias)`` and int8 x int8 -> int32 matmul.
 
-`qmatmul` never materialises a dense float copy of W: batch sizes below `BLAS_MIN_BATCH` run a
-fused decode + dot per output channel (parallel over output channels); larger batches decode a
-tile of at most `TILE_BYTES` of W at a time into a reused buffer and hand it to BLAS, so the extra
-memory is the output plus one tile.
+`qmatmul` never materialises a dense float copy of W. Batch 1 runs a fused decode + dot per
+output channel; larger batches decode one output channel at a time into a K-float per-thread
+buffer (L1/L2 resident) and dot it with four rows of x at a time. Both are one parallel region
+over output channels: no BLAS call, so no hand-over between two thread pools (which, on a loaded
+2-core machine, cost more than the matmul). Extra memory: the output plus one K-float buffer per
+chunk of output channels.
 
 `qmatmul_int8` follows Jacob et al. 2018: int8 activations with a zero point, symmetric int8
 weights, int32 accumulation, an int32 bias, and requantization by a fixed-point multiplier and a
@@ -26,13 +28,8 @@ __all__ = [
     "qmatmul_int8",
     "Requantization",
     "requantization",
-    "BLAS_MIN_BATCH",
 ]
 
-# Batches at least this large use the decode-a-tile + BLAS path.
-BLAS_MIN_BATCH = 32
-# Size of the dequantized tile handed to BLAS on the large-batch path.
-TILE_BYTES = 1 << 20
 
 _FM = {"reassoc", "contract"}  # float kernels: reorder sums (vectorise); tests allow 1e-5 rel.
 
@@ -188,19 +185,6 @@ def _qmatmul_small_kernel(x, data, scales, zps, bits, g, nchunks, out):
             _rows_dot(x, buf, out, n)
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _qmatmul_decode_tile_kernel(data, scales, zps, bits, g, n0, n1, buf):
-    """buf[i, :] = dequantized output channel n0 + i, for n0 <= n < n1."""
-    ng = scales.shape[1]
-    gb = g * bits // 8
-    for i in prange(n1 - n0):
-        n = n0 + i
-        row = data[n]
-        bi = buf[i]
-        for gi in range(ng):
-            _decode_group(row, gi * gb, bits, g, scales[n, gi], zps[n, gi], bi, gi * g)
-
-
 def _threads() -> int:
     import numba
 
@@ -224,8 +208,8 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
     """Packed low-bit matmul ``y = x @ dequant(W) + bias``, dequantizing on the fly.
 
     ``dequant(W)[k, n] = scales[n, g(k)] * (u[k, n] - zero_points[n, g(k)])``; accumulation is in
-    float32. Extra memory: the output, plus (batch >= `BLAS_MIN_BATCH`) one decoded tile of at
-    most 1 MiB, plus a K-float buffer per thread; never a dense copy of W.
+    float32. Extra memory: the output plus a K-float buffer per chunk of output channels (at most
+    8 chunks per thread); never a dense copy of W.
 
     Args:
       x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
@@ -263,17 +247,9 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
         g = w.group_len
         if m == 1:
             _qmatmul_gemv_kernel(xp, w.data, w.scales, w.zero_points, w.bits, g, out)
-        elif m < BLAS_MIN_BATCH:
+        else:
             nchunks = min(n, 8 * _threads())
             _qmatmul_small_kernel(xp, w.data, w.scales, w.zero_points, w.bits, g, nchunks, out)
-        else:
-            tile = max(16, min(n, TILE_BYTES // (4 * kp)))
-            buf = np.empty((tile, kp), np.float32)
-            for n0 in range(0, n, tile):
-                n1 = min(n, n0 + tile)
-                b = buf[: n1 - n0]
-                _qmatmul_decode_tile_kernel(w.data, w.scales, w.zero_points, w.bits, g, n0, n1, b)
-                out[:, n0:n1] = xp @ b.T
     if bias is not None:
         out += bias
     return out[0] if squeeze else out

@@ -21,8 +21,8 @@ __all__ = ["set_num_threads", "get_num_threads", "warmup"]
 def set_num_threads(n: int) -> None:
     """Sets the number of threads the parallel kernels use (1..`numba.config.NUMBA_NUM_THREADS`).
 
-    Only Numba's pool is changed; a BLAS library (used by the large-batch path of `qmatmul` and
-    `spmm_nm`) keeps its own setting (use threadpoolctl to change it).
+    Only Numba's pool is changed; the kernels never call BLAS, and NumPy's BLAS (used by dense
+    layers elsewhere) keeps its own setting (use threadpoolctl to change it).
     """
     n = check_int("n", n, 1, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
@@ -54,7 +54,7 @@ def warmup() -> float:
         for gs in (None, 32):
             g = 1 if gs is None else k // gs
             w = formats.pack_weight(codes, np.ones((g, n), np.float32), bits=bits, group_size=gs)
-            for m in (1, 3, quantized.BLAS_MIN_BATCH):
+            for m in (1, 5):
                 quantized.qmatmul(np.ones((m, k), np.float32), w)
     wi = formats.int8_weight(rng.integers(-127, 128, (k, n)).astype(np.int8))
     rq = quantized.requantization(np.full(n, 1e-3))
@@ -69,7 +69,7 @@ def warmup() -> float:
     nm4[::4] = 3
     nms = [formats.nm_from_dense(nm, n=2), formats.nm_from_quantized(nm4, np.ones(n, np.float32), n=1)]
     bsr = formats.bsr_from_dense(dense, block=(4, 16))
-    for m in (1, 3, sparse.NM_BLAS_MIN_BATCH):
+    for m in (1, 5):
         x = np.ones((m, k), np.float32)
         for c in csrs:
             sparse.spmm_csr(x, c)

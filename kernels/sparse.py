@@ -14,13 +14,10 @@ from jaxcompress_kernels._validate import check_array
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import NM_LANES, BSRMatrix, CSRMatrix, NMSparse
 
-__all__ = ["spmm_csr", "spmm_nm", "spmm_bsr", "NM_BLAS_MIN_BATCH"]
+__all__ = ["spmm_csr", "spmm_nm", "spmm_bsr"]
 
 _FM = {"reassoc", "contract"}
 
-# N:M batches at least this large decode a tile of W and use BLAS.
-NM_BLAS_MIN_BATCH = 16
-_TILE_BYTES = 1 << 20
 
 
 def _prep(x, k: int, n: int, bias):
@@ -163,29 +160,6 @@ def _spmv_nm_kernel(x, positions, values, codes, scales, n_keep, q4, out):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _nm_decode_tiles_kernel(positions, values, codes, scales, n_keep, q4, t0, t1, buf):
-    """buf[(t - t0) * 16 + lane, :] = dense output channel t*16+lane (Kp floats), t0 <= t < t1."""
-    nq = positions.shape[1]
-    for ti in prange(t1 - t0):
-        t = t0 + ti
-        for lane in range(16):
-            r = buf[ti * 16 + lane]
-            r[:] = 0.0
-            sc = scales[t * 16 + lane] if q4 else np.float32(1.0)
-            for qi in range(nq):
-                pb = positions[t, qi, lane]
-                for sub in range(4):
-                    s = qi * 4 + sub
-                    g = s // n_keep
-                    p = (pb >> (2 * sub)) & 3
-                    if q4:
-                        v = sc * (np.float32((codes[t, s >> 1, lane] >> (4 * (s & 1))) & 15) - np.float32(8.0))
-                    else:
-                        v = values[t, s, lane]
-                    r[4 * g + p] += v
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
 def _spmm_nm_small_kernel(x, positions, values, codes, scales, n_keep, q4, out):
     """Small batches: decode a 16-channel tile to a per-thread buffer, then dot every row."""
     ntiles = positions.shape[0]
@@ -254,7 +228,7 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
 
     Batch 1 selects, for 16 output channels at once, the x value each kept weight multiplies
     (2-bit position -> one of the group's four x values) and accumulates; larger batches decode
-    16-channel tiles (batch < `NM_BLAS_MIN_BATCH`) or 1 MiB tiles for BLAS.
+    a 16-channel tile into a per-thread buffer and dot it with every row of x.
 
     Args:
       x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
@@ -284,18 +258,8 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
     scales = w.scales if q4 else np.ones(1, np.float32)
     if m == 1:
         _spmv_nm_kernel(xp, w.positions, values, codes, scales, w.n, q4, out)
-    elif m < NM_BLAS_MIN_BATCH:
-        _spmm_nm_small_kernel(xp, w.positions, values, codes, scales, w.n, q4, out)
     else:
-        ntiles = w.positions.shape[0]
-        tt = max(1, _TILE_BYTES // (4 * kp * NM_LANES))
-        buf = np.empty((tt * NM_LANES, kp), np.float32)
-        for t0 in range(0, ntiles, tt):
-            t1 = min(ntiles, t0 + tt)
-            b = buf[: (t1 - t0) * NM_LANES]
-            _nm_decode_tiles_kernel(w.positions, values, codes, scales, w.n, q4, t0, t1, b)
-            c0, c1 = t0 * NM_LANES, min(n, t1 * NM_LANES)
-            out[:, c0:c1] = xp @ b[: c1 - c0].T
+        _spmm_nm_small_kernel(xp, w.positions, values, codes, scales, w.n, q4, out)
     return _finish(out, bias, squeeze)
 
 
