@@ -49,7 +49,7 @@ class ExportInfo:
     graph_ops: dict
 
 
-def resolve_apply(model_or_apply: Any, params: Any = None):
+def resolve_apply(model_or_apply: Any):
     """``apply(params, x) -> logits`` for an nnx module, a linen module or a callable."""
     try:
         import flax.linen as nn
@@ -71,10 +71,24 @@ def resolve_apply(model_or_apply: Any, params: Any = None):
     )
 
 
+_JIT_CACHE: dict[int, tuple[Any, Any]] = {}
+
+
+def _jitted(model_or_apply):
+    """One ``jax.jit`` of the forward function per model object (no recompiles across calls)."""
+    hit = _JIT_CACHE.get(id(model_or_apply))
+    if hit is None or hit[0] is not model_or_apply:
+        if len(_JIT_CACHE) > 64:
+            _JIT_CACHE.clear()
+        hit = (model_or_apply, jax.jit(resolve_apply(model_or_apply)))
+        _JIT_CACHE[id(model_or_apply)] = hit
+    return hit[1]
+
+
 def reference_output(model_or_apply, params, x) -> np.ndarray:
     """The JAX model's output with compressed leaves dequantized (what the runtime must match)."""
-    apply = resolve_apply(model_or_apply, params)
-    return np.asarray(jax.jit(apply)(dequantize_params(params), np.asarray(x)), np.float32)
+    x = np.asarray(x, np.float32)
+    return np.asarray(_jitted(model_or_apply)(dequantize_params(params), x), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +340,7 @@ def save(
     if not 0.0 <= float(sparse_threshold) <= 1.0:
         raise JaxCompressValueError(f"{sparse_threshold=} must be in [0, 1]")
     path = os.fspath(path)
-    apply = resolve_apply(model_or_apply, params)
+    apply = resolve_apply(model_or_apply)
     x = np.asarray(example_input)
     if x.dtype.kind != "f":
         raise JaxCompressValueError(f"example_input.dtype={x.dtype} must be floating")
@@ -340,7 +354,7 @@ def save(
         w.add(name, leaves[name])
     for name, arr in cap.consts.items():
         w.dense(name, arr)
-    y = np.asarray(jax.jit(apply)(dense_params, x), np.float32)
+    y = np.asarray(_jitted(model_or_apply)(dense_params, x), np.float32)
     w.parts[SAMPLE_INPUT] = np.ascontiguousarray(x)
     w.parts[SAMPLE_OUTPUT] = np.ascontiguousarray(y)
     import jaxcompress

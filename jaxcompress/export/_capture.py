@@ -384,19 +384,21 @@ def capture(apply_fn, params: Any, example_input: Any, *, is_leaf=None) -> Captu
     if x.ndim < 1 or x.shape[0] < 1:
         raise JaxCompressValueError(f"example_input.shape={x.shape} must be (batch >= 1, ...)")
     x = x.astype(np.float32) if x.dtype.kind == "f" else x
-    main = _trace(apply_fn, leaves, treedef, names, x)
-    nodes, batch_mode = main.nodes, "static"
+    main = None
     try:
         b1, b2 = 2, 3
         t1 = _trace(apply_fn, leaves, treedef, names, np.zeros((b1, *x.shape[1:]), x.dtype))
         t2 = _trace(apply_fn, leaves, treedef, names, np.zeros((b2, *x.shape[1:]), x.dtype))
         merged = _merge_symbolic(t1, t2, b1, b2)
-        if merged is not None and len(merged) == len(main.nodes):
-            nodes, batch_mode = merged, "symbolic"
+        if merged is not None:
+            main, nodes, batch_mode = t1, merged, "symbolic"
     except JaxCompressError:
         raise
     except Exception:  # a model that cannot be traced at other batch sizes stays static
         pass
+    if main is None:
+        main = _trace(apply_fn, leaves, treedef, names, x)
+        nodes, batch_mode = main.nodes, "static"
     outputs = main.outputs
     for o in outputs:
         if isinstance(o, dict) or main.kind.get(o) != "value":
