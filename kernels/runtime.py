@@ -200,7 +200,10 @@ class Runtime:
         try:
             self.env0 = {name: _artifact.decode_dense(tensors[name]) for name in other}
             self.weights = {name: self._weight(tensors[name]) for name in weight_names}
-        except JaxCompressValueError as e:  # a container invariant failed: the file is bad
+        except ArtifactError:
+            raise
+        except (JaxCompressValueError, ValueError, TypeError, IndexError, KeyError) as e:
+            # a container invariant failed while decoding: the file is bad
             raise ArtifactError(f"artifact {artifact.path!r} refused: {e}") from None
 
     # -- weights -------------------------------------------------------------------------
