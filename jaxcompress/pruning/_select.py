@@ -197,6 +197,23 @@ def kth_smallest_key(keys: Sequence[Any], k: jax.Array | int):
     return t, n_lt, n_eq
 
 
+SMALL = 4096  # up to this many keys a stable sort is cheaper to compile and to run
+
+
+def _smallest_k_masks_by_sort(keys, shapes, k):
+    """Small inputs: a stable argsort (ties keep position order), then rank >= k is kept."""
+    flat = jnp.concatenate([_materialize(x).reshape(-1) for x in keys])
+    order = jnp.argsort(flat, stable=True)
+    rank = jnp.zeros(flat.shape[0], jnp.int32).at[order].set(jnp.arange(flat.shape[0], dtype=jnp.int32))
+    keep = rank >= k
+    out, o = [], 0
+    for sh in shapes:
+        n = math.prod(sh)
+        out.append(keep[o : o + n].reshape(sh))
+        o += n
+    return out
+
+
 def smallest_k_masks(keys: Sequence[Any], k: jax.Array | int) -> list[jax.Array]:
     """Keep-masks that drop exactly the ``k`` smallest keys over all ``keys``.
 
@@ -217,6 +234,8 @@ def smallest_k_masks(keys: Sequence[Any], k: jax.Array | int) -> list[jax.Array]
     if (isinstance(k, int) and k == 0) or total == 0:
         return [jnp.ones(sh, bool) for sh in shapes]
     k = jnp.asarray(k, jnp.int32)
+    if total <= SMALL:
+        return _smallest_k_masks_by_sort(keys, shapes, k)
     k1 = jnp.clip(k, 1, total)
     t, n_lt, n_eq = kth_smallest_key(keys, k1)
     r = k1 - n_lt  # how many of the keys equal to t are dropped, 1 <= r <= n_eq

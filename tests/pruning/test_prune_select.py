@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxcompress.pruning._select import LazyKey, magnitude_keys, smallest_k_masks
+from jaxcompress.pruning._select import SMALL, LazyKey, magnitude_keys, smallest_k_masks
 
-SHAPES = [(37, 11), (5, 3, 4), (129,)]
+SHAPES = [(67, 61), (5, 3, 4), (129,)]  # > SMALL keys: the radix path
 N = sum(int(np.prod(s)) for s in SHAPES)
 
 
@@ -91,6 +91,14 @@ def test_select_bracket_miss_falls_back_to_full_search():
     for arr in (a, b):
         for k in (int(0.9 * n), n // 4 + 5, 3):
             _check([arr], k, fn=f)
+
+
+def test_small_inputs_use_sort_path_exactly():
+    assert sum(int(np.prod(s)) for s in [(9, 7), (13,)]) <= SMALL
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(-2, 3, s).astype(np.float32) for s in [(9, 7), (13,)]]
+    for k in (0, 1, 30, 76):
+        _check(arrays, k)
 
 
 def test_select_jit_equals_eager():
