@@ -462,12 +462,12 @@ def _check_graph(g, tensors, xin, path) -> None:
             w = node["weight"]
             if not isinstance(w, str) or w not in tensors or len(tensors[w].shape) < 2:
                 raise _fail(f"graph node {i} has a bad weight {w!r}", path)
-        for key in ("shape",):
+        for key in ("shape", "limit"):
             if key in node and not (isinstance(node[key], list) and len(node[key]) <= 8
                                     and all(_is_dim(d) for d in node[key])):
                 raise _fail(f"graph node {i} has a malformed {key}", path)
         for key, val in node.items():
-            if key in ("op", "in", "out", "weight", "shape", "value", "dtype"):
+            if key in ("op", "in", "out", "weight", "shape", "limit", "value", "dtype"):
                 continue
             if not _int_tree(val):
                 raise _fail(f"graph node {i} attribute {key!r} is malformed", path)

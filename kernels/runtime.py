@@ -357,7 +357,7 @@ class Runtime:
             return np.flip(ins[0], axis=tuple(node["axes"]))
         if op == "slice":
             sl = tuple(slice(s, e, st) for s, e, st in
-                       zip(node["start"], node["limit"], node["strides"], strict=True))
+                       zip(node["start"], _dims(node["limit"], b), node["strides"], strict=True))
             return ins[0][sl]
         raise ArtifactError(f"unknown op {op!r}")  # unreachable: load() checks ops
 

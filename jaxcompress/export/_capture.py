@@ -324,7 +324,7 @@ def _trace(apply_fn, leaves, treedef, names, x) -> _Tracer:
     return t
 
 
-_SHAPE_ATTRS = ("shape",)
+_SHAPE_ATTRS = ("shape", "limit")
 
 
 def _merge_symbolic(a: _Tracer, b: _Tracer, ba: int, bb: int) -> list[dict] | None:

@@ -254,6 +254,16 @@ class _Builder:
         if op == "pad":
             pads = [p[0] for p in node["pads"]] + [p[1] for p in node["pads"]]
             return self.node("Pad", [ins[0], self.i64(pads), self.ref(node["value"])])
+        if op == "slice":
+            lim = self.dims(node["limit"])
+            axes = list(range(len(lim)))
+            return self.node("Slice", [ins[0], self.i64(node["start"]), self.i64(lim),
+                                       self.i64(axes), self.i64(node["strides"])])
+        if op == "rev":
+            ax = node["axes"]
+            return self.node("Slice", [ins[0], self.i64([-1] * len(ax)),
+                                       self.i64([-(2**62)] * len(ax)), self.i64(ax),
+                                       self.i64([-1] * len(ax))])
         raise JaxCompressValueError(f"ONNX export does not support the op {op!r} yet")
 
     def integer_pow(self, x, y):
