@@ -58,38 +58,6 @@ def _pack_tail(codes, bits, start, out, out_start):
         j += 1
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _pack_bits_kernel_par(codes, bits, out):
-    n = codes.shape[0]
-    ngroups = n // 8
-    b = np.uint64(bits)
-    for g in prange(ngroups):
-        base = g * 8
-        acc = np.uint64(0)
-        for j in range(8):
-            acc |= np.uint64(codes[base + j]) << (b * np.uint64(j))
-        o = g * bits
-        for t in range(bits):
-            out[o + t] = np.uint8((acc >> np.uint64(8 * t)) & np.uint64(0xFF))
-    _pack_tail(codes, bits, ngroups * 8, out, ngroups * bits)
-
-
-@njit(cache=True, nogil=True)
-def _pack_bits_kernel(codes, bits, out):
-    n = codes.shape[0]
-    ngroups = n // 8
-    b = np.uint64(bits)
-    for g in range(ngroups):
-        base = g * 8
-        acc = np.uint64(0)
-        for j in range(8):
-            acc |= np.uint64(codes[base + j]) << (b * np.uint64(j))
-        o = g * bits
-        for t in range(bits):
-            out[o + t] = np.uint8((acc >> np.uint64(8 * t)) & np.uint64(0xFF))
-    _pack_tail(codes, bits, ngroups * 8, out, ngroups * bits)
-
-
 @njit(cache=True, nogil=True)
 def _unpack_tail(packed, bits, start, n, out):
     mask = np.uint64((1 << bits) - 1)
@@ -104,94 +72,106 @@ def _unpack_tail(packed, bits, start, n, out):
         bitpos += bits
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _unpack_bits_kernel_par(packed, bits, n, out):
-    ngroups = n // 8
+def _masks(bits):
+    """Masks of the shift tree that moves 8 codes (one per byte of a uint64) into 8*bits bits."""
+    l1 = (1 << bits) - 1
+    l2 = (1 << (2 * bits)) - 1
+    l4 = (1 << (4 * bits)) - 1
+    m1 = sum(l1 << (16 * i) for i in range(4))
+    m2 = l2 | (l2 << 32)
+    return m1, m2, l4
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _compress8(w, bits, m1, m2, m4):
+    # 8 byte lanes (codes < 2**bits) -> 8*bits contiguous bits, LSB first.
     b = np.uint64(bits)
-    mask = np.uint64((1 << bits) - 1)
-    for g in prange(ngroups):
-        o = g * bits
-        acc = np.uint64(0)
-        for t in range(bits):
-            acc |= np.uint64(packed[o + t]) << np.uint64(8 * t)
-        base = g * 8
-        for j in range(8):
-            out[base + j] = np.uint8((acc >> (b * np.uint64(j))) & mask)
-    _unpack_tail(packed, bits, ngroups * 8, n, out)
+    t = (w & np.uint64(0x00FF00FF00FF00FF)) | ((w >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)) << b
+    t = (t & np.uint64(0x0000FFFF0000FFFF)) | (
+        ((t >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)) << (np.uint64(2) * b)
+    )
+    t = (t & np.uint64(0xFFFFFFFF)) | ((t >> np.uint64(32)) << (np.uint64(4) * b))
+    return t
 
 
-@njit(cache=True, nogil=True)
-def _unpack_bits_kernel(packed, bits, n, out):
-    ngroups = n // 8
+@njit(cache=True, nogil=True, inline="always")
+def _expand8(v, bits, m1, m2, m4):
+    # inverse of _compress8: 8*bits bits -> 8 byte lanes.
     b = np.uint64(bits)
-    mask = np.uint64((1 << bits) - 1)
-    for g in range(ngroups):
-        o = g * bits
-        acc = np.uint64(0)
-        for t in range(bits):
-            acc |= np.uint64(packed[o + t]) << np.uint64(8 * t)
-        base = g * 8
-        for j in range(8):
-            out[base + j] = np.uint8((acc >> (b * np.uint64(j))) & mask)
-    _unpack_tail(packed, bits, ngroups * 8, n, out)
-
-
-# Specialised 1/2/4-bit kernels: one output byte per iteration, which LLVM vectorises.
-@njit(cache=True, nogil=True, parallel=True)
-def _pack_pow2_kernel(codes, bits, out):
-    per = 8 // bits
-    nfull = codes.shape[0] // per
-    nchunks = (nfull + 4095) // 4096
-    for c in prange(nchunks):
-        lo = c * 4096
-        hi = min(lo + 4096, nfull)
-        if per == 2:
-            for i in range(lo, hi):
-                out[i] = codes[2 * i] | (codes[2 * i + 1] << 4)
-        elif per == 4:
-            for i in range(lo, hi):
-                out[i] = (
-                    codes[4 * i]
-                    | (codes[4 * i + 1] << 2)
-                    | (codes[4 * i + 2] << 4)
-                    | (codes[4 * i + 3] << 6)
-                )
-        else:
-            for i in range(lo, hi):
-                v = np.uint8(0)
-                for j in range(8):
-                    v |= codes[8 * i + j] << j
-                out[i] = v
-    _pack_tail(codes, bits, nfull * per, out, nfull)
+    t = (v & m4) | (((v >> (np.uint64(4) * b)) & m4) << np.uint64(32))
+    t = (t & m2) | (((t >> (np.uint64(2) * b)) & m2) << np.uint64(16))
+    t = (t & m1) | (((t >> b) & m1) << np.uint64(8))
+    return t
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _unpack_pow2_kernel(packed, bits, n, out):
-    per = 8 // bits
-    nfull = n // per
-    mask = np.uint8((1 << bits) - 1)
-    nchunks = (nfull + 4095) // 4096
+def _pack_words_kernel(words, bits, m1, m2, m4, out, nchunks):
+    """words: (n//8,) uint64 (8 codes each) -> out[g*bits : (g+1)*bits] bytes."""
+    ng = words.shape[0]
+    per = (ng + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        lo = c * 4096
-        hi = min(lo + 4096, nfull)
-        if per == 2:
-            for i in range(lo, hi):
-                v = packed[i]
-                out[2 * i] = v & np.uint8(15)
-                out[2 * i + 1] = v >> np.uint8(4)
-        elif per == 4:
-            for i in range(lo, hi):
-                v = packed[i]
-                out[4 * i] = v & np.uint8(3)
-                out[4 * i + 1] = (v >> np.uint8(2)) & np.uint8(3)
-                out[4 * i + 2] = (v >> np.uint8(4)) & np.uint8(3)
-                out[4 * i + 3] = v >> np.uint8(6)
-        else:
-            for i in range(lo, hi):
-                v = packed[i]
-                for j in range(8):
-                    out[8 * i + j] = (v >> np.uint8(j)) & mask
-    _unpack_tail(packed, bits, nfull * per, n, out)
+        for g in range(c * per, min(ng, (c + 1) * per)):
+            t = _compress8(words[g], bits, m1, m2, m4)
+            o = g * bits
+            for j in range(bits):
+                out[o + j] = np.uint8((t >> np.uint64(8 * j)) & np.uint64(0xFF))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _pack_words4_kernel(words, m1, m2, m4, out32, nchunks):
+    ng = words.shape[0]
+    per = (ng + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        for g in range(c * per, min(ng, (c + 1) * per)):
+            out32[g] = np.uint32(_compress8(words[g], 4, m1, m2, m4))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _pack_words2_kernel(words, m1, m2, m4, out16, nchunks):
+    ng = words.shape[0]
+    per = (ng + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        for g in range(c * per, min(ng, (c + 1) * per)):
+            out16[g] = np.uint16(_compress8(words[g], 2, m1, m2, m4))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _unpack_words_kernel(packed, bits, m1, m2, m4, words, nchunks):
+    ng = words.shape[0]
+    per = (ng + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        for g in range(c * per, min(ng, (c + 1) * per)):
+            o = g * bits
+            v = np.uint64(0)
+            for j in range(bits):
+                v |= np.uint64(packed[o + j]) << np.uint64(8 * j)
+            words[g] = _expand8(v, bits, m1, m2, m4)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _unpack_words4_kernel(packed32, m1, m2, m4, words, nchunks):
+    ng = words.shape[0]
+    per = (ng + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        for g in range(c * per, min(ng, (c + 1) * per)):
+            words[g] = _expand8(np.uint64(packed32[g]), 4, m1, m2, m4)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _unpack_words2_kernel(packed16, m1, m2, m4, words, nchunks):
+    ng = words.shape[0]
+    per = (ng + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        for g in range(c * per, min(ng, (c + 1) * per)):
+            words[g] = _expand8(np.uint64(packed16[g]), 2, m1, m2, m4)
+
+
+def _nchunks(ng: int) -> int:
+    import numba
+
+    if ng < _PARALLEL_MIN // 8:
+        return 1
+    return min(ng, 4 * numba.get_num_threads())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,12 +205,20 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
         return out
     if bits == 8:
         out[:] = codes
-    elif bits in (1, 2, 4) and n >= _PARALLEL_MIN:
-        _pack_pow2_kernel(codes, bits, out)
-    elif n >= _PARALLEL_MIN:
-        _pack_bits_kernel_par(codes, bits, out)
-    else:
-        _pack_bits_kernel(codes, bits, out)
+        return out
+    ng = n // 8
+    if ng:
+        words = codes[: ng * 8].view(np.uint64)
+        m1, m2, m4 = (np.uint64(v) for v in _masks(bits))
+        nc = _nchunks(ng)
+        if bits == 4:
+            _pack_words4_kernel(words, m1, m2, m4, out[: ng * 4].view(np.uint32), nc)
+        elif bits == 2:
+            _pack_words2_kernel(words, m1, m2, m4, out[: ng * 2].view(np.uint16), nc)
+        else:
+            _pack_words_kernel(words, bits, m1, m2, m4, out, nc)
+    if n > ng * 8:
+        _pack_tail(codes, bits, ng * 8, out, ng * bits)
     return out
 
 
@@ -261,12 +249,20 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
         return out
     if bits == 8:
         out[:] = packed
-    elif bits in (1, 2, 4) and count >= _PARALLEL_MIN:
-        _unpack_pow2_kernel(packed, bits, count, out)
-    elif count >= _PARALLEL_MIN:
-        _unpack_bits_kernel_par(packed, bits, count, out)
-    else:
-        _unpack_bits_kernel(packed, bits, count, out)
+        return out
+    ng = count // 8
+    if ng:
+        words = out[: ng * 8].view(np.uint64)
+        m1, m2, m4 = (np.uint64(v) for v in _masks(bits))
+        nc = _nchunks(ng)
+        if bits == 4:
+            _unpack_words4_kernel(packed[: ng * 4].view(np.uint32), m1, m2, m4, words, nc)
+        elif bits == 2:
+            _unpack_words2_kernel(packed[: ng * 2].view(np.uint16), m1, m2, m4, words, nc)
+        else:
+            _unpack_words_kernel(packed, bits, m1, m2, m4, words, nc)
+    if count > ng * 8:
+        _unpack_tail(packed, bits, ng * 8, count, out)
     return out
 
 
