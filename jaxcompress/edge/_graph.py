@@ -1,0 +1,328 @@
+"""A small op-graph abstraction the edge analyses run on (cost model, liveness, split points).
+
+An `EdgeGraph` is a topologically ordered list of `Op`s over named values. Each op records what a
+cost model needs: its output's shape/dtype (so its bytes), its FLOPs, the bytes of parameters it
+reads (weights in their *stored* encoding) and whether it only aliases its input (``reshape``-like
+ops are views: no bytes moved, no new buffer). Values computed only from parameters and literals
+(e.g. a reshaped bias) are *static*: a cloud holding the same weights can recompute them, so they
+are never sent over a link.
+
+Build one from a verified artifact (`graph_from_artifact`, shapes by running the edge runtime once
+at batch 1) or by hand (`chain_graph`, or `EdgeGraph(...)` directly) for synthetic studies.
+
+FLOP counts (a multiply-add is 2 FLOPs):
+
+| op                          | FLOPs                                                          |
+|-----------------------------|----------------------------------------------------------------|
+| ``linear`` / ``conv``       | ``2 * M * nnz(W)`` when the runtime runs the weight sparse      |
+|                             | (csr, nm, or a sparse codebook), else ``2 * M * K * N``;        |
+|                             | ``M`` = output elements / N (im2col rows for conv)             |
+| ``dot_general``             | ``2 * out_elements * contracted size``                         |
+| ``reduce_window_*``         | ``out_elements * window size``                                 |
+| ``reduce_*``, ``arg*``      | input elements                                                 |
+| elementwise                 | output elements (a transcendental counts as 1)                 |
+| data movement               | 0                                                              |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
+
+__all__ = ["Op", "EdgeGraph", "chain_graph", "graph_from_artifact", "GraphExecutor"]
+
+ALIAS_OPS = frozenset({"reshape", "squeeze", "expand_dims"})
+MOVE_OPS = frozenset({"broadcast_in_dim", "transpose", "concatenate", "pad", "rev", "slice",
+                      "convert"})
+_ITEMSIZE = {"float32": 4, "int32": 4, "bool": 1, "uint8": 1, "int8": 1, "float16": 2,
+             "bfloat16": 2, "float64": 8, "int64": 8}
+
+
+def _itemsize(dtype: str) -> int:
+    if dtype not in _ITEMSIZE:
+        raise JaxCompressValueError(f"{dtype=} is not a supported value dtype")
+    return _ITEMSIZE[dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One node.
+
+    Attributes:
+      name: unique op name (also its output value's name).
+      op: op type (``linear``, ``conv``, ``add``...).
+      inputs: names of the activation values it reads (graph input or earlier ops' outputs;
+        parameters and literals are not listed here, their bytes are in ``param_bytes``).
+      shape: output shape for one example (batch 1), batch axis included.
+      dtype: output dtype name.
+      flops: FLOPs for one example.
+      param_bytes: bytes of parameters read (a weight in its stored encoding, biases...).
+      alias: True when the output is a view of ``inputs[0]`` (no bytes moved, no new buffer).
+      static: True when the output depends on parameters/literals only (never sent).
+      weight: the weight tensor name for ``linear``/``conv``, else None.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    flops: float = 0.0
+    param_bytes: int = 0
+    alias: bool = False
+    static: bool = False
+    weight: str | None = None
+
+    @property
+    def out_bytes(self) -> int:
+        return math.prod(self.shape) * _itemsize(self.dtype)
+
+    @property
+    def out_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeGraph:
+    """A topologically ordered op graph with one input.
+
+    Attributes:
+      input: the input value's name.
+      input_shape: its shape for one example (batch 1, batch axis included).
+      input_dtype: its dtype name.
+      ops: the ops in execution order.
+      outputs: names of the graph outputs.
+      weight_bytes: bytes of all parameters in their stored encoding.
+    """
+
+    input: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    ops: tuple[Op, ...]
+    outputs: tuple[str, ...]
+    weight_bytes: int = 0
+
+    def __post_init__(self):
+        seen = {self.input}
+        for i, o in enumerate(self.ops):
+            if o.name in seen:
+                raise JaxCompressValueError(f"op {i} redefines value {o.name!r}")
+            for r in o.inputs:
+                if r not in seen:
+                    raise JaxCompressValueError(f"op {i} ({o.op}) reads {r!r} before it is "
+                                               "defined")
+            if o.alias and len(o.inputs) != 1:
+                raise JaxCompressValueError(f"alias op {o.name!r} must read exactly one value")
+            seen.add(o.name)
+        for r in self.outputs:
+            if r not in seen:
+                raise JaxCompressValueError(f"graph output {r!r} is undefined")
+
+    @property
+    def input_bytes(self) -> int:
+        return math.prod(self.input_shape) * _itemsize(self.input_dtype)
+
+    def nbytes(self, name: str) -> int:
+        if name == self.input:
+            return self.input_bytes
+        return self.op(name).out_bytes
+
+    def op(self, name: str) -> Op:
+        for o in self.ops:
+            if o.name == name:
+                return o
+        raise JaxCompressValueError(f"no op named {name!r}")
+
+    def dtype(self, name: str) -> str:
+        return self.input_dtype if name == self.input else self.op(name).dtype
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.input_shape if name == self.input else self.op(name).shape
+
+    @property
+    def flops(self) -> float:
+        return float(sum(o.flops for o in self.ops))
+
+    def last_use(self) -> dict[str, int]:
+        """``{value: index of the last op reading it}``; outputs are live to ``len(ops)``."""
+        last = {self.input: -1}
+        for i, o in enumerate(self.ops):
+            last.setdefault(o.name, i)
+            for r in o.inputs:
+                last[r] = i
+        for r in self.outputs:
+            last[r] = len(self.ops)
+        return last
+
+    def crossing(self, cut: int) -> list[str]:
+        """Values produced before op `cut` (or the input) and read by op `cut` or later, or
+        graph outputs; static values excluded. ``cut = 0``: the input; ``cut = len(ops)``: the
+        outputs."""
+        if not 0 <= cut <= len(self.ops):
+            raise JaxCompressValueError(f"{cut=} must be in 0..{len(self.ops)}")
+        produced = [self.input] + [o.name for o in self.ops[:cut] if not o.static]
+        last = self.last_use()
+        return [v for v in produced if last[v] >= cut]
+
+
+def chain_graph(input_bytes: int, layers: Sequence[tuple[float, int, int]], *,
+                names: Sequence[str] | None = None) -> EdgeGraph:
+    """A synthetic chain: each layer is ``(flops, param_bytes, out_bytes)``, values uint8 (so a
+    value's bytes are its element count).
+
+    Example:
+      >>> g = chain_graph(1000, [(1e6, 0, 500), (2e6, 100, 10)])
+      >>> [o.out_bytes for o in g.ops]
+      [500, 10]
+    """
+    ops = []
+    prev = "input"
+    for i, layer in enumerate(layers):
+        if len(layer) != 3:
+            raise JaxCompressValueError(f"layers[{i}] must be (flops, param_bytes, out_bytes)")
+        flops, pbytes, obytes = layer
+        if flops < 0 or pbytes < 0 or obytes < 0:
+            raise JaxCompressValueError(f"layers[{i}]={layer} must be non-negative")
+        name = names[i] if names is not None else f"layer{i}"
+        ops.append(Op(name=name, op="layer", inputs=(prev,), shape=(int(obytes),), dtype="uint8",
+                      flops=float(flops), param_bytes=int(pbytes)))
+        prev = name
+    return EdgeGraph(input="input", input_shape=(int(input_bytes),), input_dtype="uint8",
+                     ops=tuple(ops), outputs=(prev,),
+                     weight_bytes=int(sum(layer[1] for layer in layers)))
+
+
+# ----------------------------------------------------------------------------------------------
+# from an artifact
+
+
+def _runtime(artifact_or_runtime, num_threads=None):
+    from jaxcompress_kernels import artifact as _artifact
+    from jaxcompress_kernels import runtime as _runtime_mod
+
+    if isinstance(artifact_or_runtime, _runtime_mod.Runtime):
+        return artifact_or_runtime
+    if isinstance(artifact_or_runtime, _artifact.Artifact):
+        return _runtime_mod.Runtime(artifact_or_runtime, num_threads=num_threads)
+    try:
+        return _runtime_mod.load(artifact_or_runtime, num_threads=num_threads)
+    except TypeError:
+        raise JaxCompressTypeError(
+            "artifact must be a path, a jaxcompress_kernels Artifact or Runtime, got "
+            f"{type(artifact_or_runtime).__name__}") from None
+
+
+class GraphExecutor:
+    """Runs an artifact's graph op by op with the edge runtime, so it can stop and resume at a cut.
+
+    ``run_prefix(x, cut)`` returns the environment after ops ``[0, cut)``; ``run_suffix(env, cut)``
+    finishes it. Both use the runtime's own op implementations and weight kernels.
+    """
+
+    def __init__(self, artifact_or_runtime, *, num_threads=None):
+        self.runtime = _runtime(artifact_or_runtime, num_threads)
+        self.nodes = self.runtime.nodes
+        self.input = self.runtime.graph["inputs"][0]
+        self.outputs = tuple(self.runtime.graph["outputs"])
+
+    def _step(self, env, i, b):
+        rt = self.runtime
+        node = self.nodes[i]
+        # the runtime's per-node implementation (jaxcompress_kernels.runtime.Runtime._exec)
+        ins = [rt._ref(env, r) for r in node["in"]]
+        env[node["out"]] = rt._exec(node, ins, b)
+
+    def run_prefix(self, x, cut: int) -> dict:
+        x = np.ascontiguousarray(np.asarray(x, np.float32))
+        env = dict(self.runtime.env0)
+        env[self.input] = x
+        for i in range(cut):
+            self._step(env, i, x.shape[0])
+        return env
+
+    def run_suffix(self, env: dict, cut: int):
+        b = env[self.input].shape[0] if self.input in env else None
+        for i in range(cut, len(self.nodes)):
+            self._step(env, i, b)
+        outs = tuple(np.asarray(env[o]) for o in self.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+
+def _weight_flops(entry, m: int) -> tuple[float, bool]:
+    from jaxcompress_kernels import artifact as _artifact
+
+    k, n = entry.kn
+    dense_flops = 2.0 * m * k * n
+    if entry.encoding in ("csr", "nm"):
+        if entry.encoding == "csr":
+            nnz = int(entry.parts["indices"].shape[0])
+        else:
+            nnz = int(np.count_nonzero(_artifact.decode_dense(entry)))
+        return 2.0 * m * nnz, True
+    if entry.encoding == "codebook":
+        nnz = int(np.count_nonzero(_artifact.decode_dense(entry)))
+        if nnz <= 0.5 * k * n:  # the runtime runs a sparse codebook weight with spmm_csr
+            return 2.0 * m * nnz, True
+    return dense_flops, False
+
+
+def graph_from_artifact(artifact, *, num_threads=None) -> EdgeGraph:
+    """Builds the `EdgeGraph` of an artifact (a path, `Artifact` or `Runtime`).
+
+    Shapes come from running the graph once at batch 1 on the bundled sample input with the
+    edge runtime; FLOPs follow the table in the module docstring; parameter bytes are the stored
+    bytes of each tensor (so a 4-bit weight reads 1/8 of its float32 bytes).
+    """
+    ex = GraphExecutor(artifact, num_threads=num_threads)
+    rt = ex.runtime
+    art = rt.artifact
+    tensors = art.tensors
+    x = np.ascontiguousarray(art.sample_input[:1])
+    env = dict(rt.env0)
+    env[ex.input] = x
+    static: set[str] = set(tensors)
+    ops = []
+    for i, node in enumerate(ex.nodes):
+        ex._step(env, i, 1)
+        out = np.asarray(env[node["out"]])
+        refs = [r for r in node["in"] if isinstance(r, str)]
+        acts = tuple(r for r in refs if r not in tensors)
+        params = [r for r in refs if r in tensors]
+        is_static = all(r in static for r in refs)
+        if is_static:
+            static.add(node["out"])
+        op = node["op"]
+        pbytes = sum(tensors[p].stored_bytes for p in params)
+        ins = [np.asarray(env[r]) for r in acts]
+        in_el = sum(a.size for a in ins)
+        flops = 0.0
+        if op in ("linear", "conv"):
+            w = tensors[node["weight"]]
+            pbytes += w.stored_bytes
+            m = out.size // max(out.shape[-1], 1)
+            flops, _ = _weight_flops(w, m)
+        elif op == "dot_general":
+            a = np.asarray(env[node["in"][0]]) if isinstance(node["in"][0], str) else None
+            csize = math.prod(a.shape[d] for d in node["contract"][0]) if a is not None else 1
+            flops = 2.0 * out.size * csize
+        elif op.startswith("reduce_window"):
+            flops = float(out.size * math.prod(node["window"]))
+        elif op.startswith("reduce_") or op in ("argmax", "argmin"):
+            flops = float(in_el)
+        elif op in ALIAS_OPS or op in MOVE_OPS:
+            flops = 0.0
+        else:
+            flops = float(out.size)
+        dt = str(out.dtype)
+        ops.append(Op(name=node["out"], op=op, inputs=acts, shape=tuple(out.shape), dtype=dt,
+                      flops=flops, param_bytes=int(pbytes),
+                      alias=op in ALIAS_OPS and len(acts) == 1, static=is_static,
+                      weight=node.get("weight")))
+    wbytes = sum(t.stored_bytes for t in tensors.values())
+    return EdgeGraph(input=ex.input, input_shape=tuple(x.shape), input_dtype="float32",
+                     ops=tuple(ops), outputs=tuple(ex.outputs), weight_bytes=int(wbytes))
