@@ -24,6 +24,7 @@ from jaxcompress.edge._profiles import (
     get_profile,
     load_profiles,
 )
+from jaxcompress.edge._report import AccuracyReport, EdgeReport, SizeReport, benchmark, size_report
 from jaxcompress.edge._roofline import OpProjection, Projection, op_bytes, project
 from jaxcompress.edge._split import (
     Link,
@@ -37,6 +38,11 @@ from jaxcompress.edge._split import (
 )
 
 __all__ = [
+    "AccuracyReport",
+    "EdgeReport",
+    "SizeReport",
+    "benchmark",
+    "size_report",
     "ArenaPlan",
     "DeviceProfile",
     "EdgeGraph",

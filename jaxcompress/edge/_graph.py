@@ -37,10 +37,20 @@ from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
 __all__ = ["Op", "EdgeGraph", "chain_graph", "graph_from_artifact", "GraphExecutor"]
 
 ALIAS_OPS = frozenset({"reshape", "squeeze", "expand_dims"})
-MOVE_OPS = frozenset({"broadcast_in_dim", "transpose", "concatenate", "pad", "rev", "slice",
-                      "convert"})
-_ITEMSIZE = {"float32": 4, "int32": 4, "bool": 1, "uint8": 1, "int8": 1, "float16": 2,
-             "bfloat16": 2, "float64": 8, "int64": 8}
+MOVE_OPS = frozenset(
+    {"broadcast_in_dim", "transpose", "concatenate", "pad", "rev", "slice", "convert"}
+)
+_ITEMSIZE = {
+    "float32": 4,
+    "int32": 4,
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "float16": 2,
+    "bfloat16": 2,
+    "float64": 8,
+    "int64": 8,
+}
 
 
 def _itemsize(dtype: str) -> int:
@@ -114,8 +124,7 @@ class EdgeGraph:
                 raise JaxCompressValueError(f"op {i} redefines value {o.name!r}")
             for r in o.inputs:
                 if r not in seen:
-                    raise JaxCompressValueError(f"op {i} ({o.op}) reads {r!r} before it is "
-                                               "defined")
+                    raise JaxCompressValueError(f"op {i} ({o.op}) reads {r!r} before it is defined")
             if o.alias and len(o.inputs) != 1:
                 raise JaxCompressValueError(f"alias op {o.name!r} must read exactly one value")
             seen.add(o.name)
@@ -170,8 +179,12 @@ class EdgeGraph:
         return [v for v in produced if last[v] >= cut]
 
 
-def chain_graph(input_bytes: int, layers: Sequence[tuple[float, int, int]], *,
-                names: Sequence[str] | None = None) -> EdgeGraph:
+def chain_graph(
+    input_bytes: int,
+    layers: Sequence[tuple[float, int, int]],
+    *,
+    names: Sequence[str] | None = None,
+) -> EdgeGraph:
     """A synthetic chain: each layer is ``(flops, param_bytes, out_bytes)``, values uint8 (so a
     value's bytes are its element count).
 
@@ -189,12 +202,26 @@ def chain_graph(input_bytes: int, layers: Sequence[tuple[float, int, int]], *,
         if flops < 0 or pbytes < 0 or obytes < 0:
             raise JaxCompressValueError(f"layers[{i}]={layer} must be non-negative")
         name = names[i] if names is not None else f"layer{i}"
-        ops.append(Op(name=name, op="layer", inputs=(prev,), shape=(int(obytes),), dtype="uint8",
-                      flops=float(flops), param_bytes=int(pbytes)))
+        ops.append(
+            Op(
+                name=name,
+                op="layer",
+                inputs=(prev,),
+                shape=(int(obytes),),
+                dtype="uint8",
+                flops=float(flops),
+                param_bytes=int(pbytes),
+            )
+        )
         prev = name
-    return EdgeGraph(input="input", input_shape=(int(input_bytes),), input_dtype="uint8",
-                     ops=tuple(ops), outputs=(prev,),
-                     weight_bytes=int(sum(layer[1] for layer in layers)))
+    return EdgeGraph(
+        input="input",
+        input_shape=(int(input_bytes),),
+        input_dtype="uint8",
+        ops=tuple(ops),
+        outputs=(prev,),
+        weight_bytes=int(sum(layer[1] for layer in layers)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +241,8 @@ def _runtime(artifact_or_runtime, num_threads=None):
     except TypeError:
         raise JaxCompressTypeError(
             "artifact must be a path, a jaxcompress_kernels Artifact or Runtime, got "
-            f"{type(artifact_or_runtime).__name__}") from None
+            f"{type(artifact_or_runtime).__name__}"
+        ) from None
 
 
 class GraphExecutor:
@@ -319,10 +347,26 @@ def graph_from_artifact(artifact, *, num_threads=None) -> EdgeGraph:
         else:
             flops = float(out.size)
         dt = str(out.dtype)
-        ops.append(Op(name=node["out"], op=op, inputs=acts, shape=tuple(out.shape), dtype=dt,
-                      flops=flops, param_bytes=int(pbytes),
-                      alias=op in ALIAS_OPS and len(acts) == 1, static=is_static,
-                      weight=node.get("weight")))
+        ops.append(
+            Op(
+                name=node["out"],
+                op=op,
+                inputs=acts,
+                shape=tuple(out.shape),
+                dtype=dt,
+                flops=flops,
+                param_bytes=int(pbytes),
+                alias=op in ALIAS_OPS and len(acts) == 1,
+                static=is_static,
+                weight=node.get("weight"),
+            )
+        )
     wbytes = sum(t.stored_bytes for t in tensors.values())
-    return EdgeGraph(input=ex.input, input_shape=tuple(x.shape), input_dtype="float32",
-                     ops=tuple(ops), outputs=tuple(ex.outputs), weight_bytes=int(wbytes))
+    return EdgeGraph(
+        input=ex.input,
+        input_shape=tuple(x.shape),
+        input_dtype="float32",
+        ops=tuple(ops),
+        outputs=tuple(ex.outputs),
+        weight_bytes=int(wbytes),
+    )

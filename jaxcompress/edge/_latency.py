@@ -26,7 +26,14 @@ import numpy as np
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
 
-__all__ = ["LatencyStats", "ThreadInfo", "measure_latency", "percentile", "summarize", "thread_info"]
+__all__ = [
+    "LatencyStats",
+    "ThreadInfo",
+    "measure_latency",
+    "percentile",
+    "summarize",
+    "thread_info",
+]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -86,15 +93,17 @@ def thread_info() -> ThreadInfo:
 
         for p in threadpool_info():
             blas[f"{p.get('internal_api')}:{os.path.basename(p.get('filepath') or '')}"] = int(
-                p.get("num_threads") or 0)
+                p.get("num_threads") or 0
+            )
     except Exception:  # noqa: BLE001 - threadpoolctl is optional
         blas = {}
     try:
         aff = tuple(sorted(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         aff = None
-    return ThreadInfo(numba_threads=nthreads, blas_threads=blas, affinity=aff,
-                      cpu_count=os.cpu_count())
+    return ThreadInfo(
+        numba_threads=nthreads, blas_threads=blas, affinity=aff, cpu_count=os.cpu_count()
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +153,15 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     if x.size == 0:
         raise JaxCompressValueError("samples must not be empty")
     return {
-        "n": int(x.size), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
-        "p50": percentile(x, 50), "p90": percentile(x, 90), "p95": percentile(x, 95),
-        "p99": percentile(x, 99), "max": float(x.max()),
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "min": float(x.min()),
+        "p50": percentile(x, 50),
+        "p90": percentile(x, 90),
+        "p95": percentile(x, 95),
+        "p99": percentile(x, 99),
+        "max": float(x.max()),
     }
 
 
@@ -212,5 +227,11 @@ def measure_latency(
         if max_seconds is not None and clock() - start > max_seconds:
             break
     s = summarize(samples)
-    return LatencyStats(init_s=init_s, first_s=first, warmup_s=warm, samples=tuple(samples),
-                        threads=thread_info(), **s)
+    return LatencyStats(
+        init_s=init_s,
+        first_s=first,
+        warmup_s=warm,
+        samples=tuple(samples),
+        threads=thread_info(),
+        **s,
+    )

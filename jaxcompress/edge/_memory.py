@@ -92,9 +92,13 @@ def plan_arena(graph: EdgeGraph) -> ArenaPlan:
         offsets[name] = off
         placed.append((off, s, a, e))
     arena = max((off + s for off, s, _, _ in placed), default=0)
-    return ArenaPlan(peak_bytes=int(peak), arena_bytes=int(arena), offsets=offsets,
-                     lifetimes={k: tuple(v) for k, v in life.items()},
-                     static_bytes=int(static_bytes))
+    return ArenaPlan(
+        peak_bytes=int(peak),
+        arena_bytes=int(arena),
+        offsets=offsets,
+        lifetimes={k: tuple(v) for k, v in life.items()},
+        static_bytes=int(static_bytes),
+    )
 
 
 def _fmt(nbytes) -> str:
@@ -129,8 +133,9 @@ class FitCheck:
     message: str
 
 
-def check_fits(graph: EdgeGraph, profile, *, plan: ArenaPlan | None = None,
-               weight_bytes: int | None = None) -> FitCheck:
+def check_fits(
+    graph: EdgeGraph, profile, *, plan: ArenaPlan | None = None, weight_bytes: int | None = None
+) -> FitCheck:
     """Checks the planned arena and the weights against a device's RAM and flash.
 
     Weights (stored encoding, plus static values) go to flash on devices with
@@ -156,24 +161,37 @@ def check_fits(graph: EdgeGraph, profile, *, plan: ArenaPlan | None = None,
     if p.ram_bytes is None:
         unknown.append("RAM")
     elif ram_needed > p.ram_bytes:
-        problems.append(f"{what_ram} need {_fmt(ram_needed)} of RAM, the device has "
-                        f"{_fmt(p.ram_bytes)} ({ram_needed / p.ram_bytes:.1f}x)")
+        problems.append(
+            f"{what_ram} need {_fmt(ram_needed)} of RAM, the device has "
+            f"{_fmt(p.ram_bytes)} ({ram_needed / p.ram_bytes:.1f}x)"
+        )
     if p.weights_in == "flash":
         if p.flash_bytes is None:
             unknown.append("flash")
         elif flash_needed > p.flash_bytes:
-            problems.append(f"weights need {_fmt(flash_needed)} of flash, the device has "
-                            f"{_fmt(p.flash_bytes)} ({flash_needed / p.flash_bytes:.1f}x)")
+            problems.append(
+                f"weights need {_fmt(flash_needed)} of flash, the device has "
+                f"{_fmt(p.flash_bytes)} ({flash_needed / p.flash_bytes:.1f}x)"
+            )
     if problems:
         fits, msg = False, f"does not fit on {p.name}: " + "; ".join(problems)
     elif unknown:
-        fits, msg = None, f"unknown whether it fits on {p.name}: {' and '.join(unknown)} " \
-                          "capacity not in the profile"
+        fits, msg = (
+            None,
+            f"unknown whether it fits on {p.name}: {' and '.join(unknown)} "
+            "capacity not in the profile",
+        )
     else:
         parts = [f"{what_ram} {_fmt(ram_needed)} of {_fmt(p.ram_bytes)} RAM"]
         if p.weights_in == "flash":
             parts.append(f"weights {_fmt(flash_needed)} of {_fmt(p.flash_bytes)} flash")
         fits, msg = True, f"fits on {p.name}: " + ", ".join(parts)
-    return FitCheck(device=p.name, fits=fits, ram_needed=int(ram_needed),
-                    ram_available=p.ram_bytes, flash_needed=int(flash_needed),
-                    flash_available=p.flash_bytes, message=msg)
+    return FitCheck(
+        device=p.name,
+        fits=fits,
+        ram_needed=int(ram_needed),
+        ram_available=p.ram_bytes,
+        flash_needed=int(flash_needed),
+        flash_available=p.flash_bytes,
+        message=msg,
+    )

@@ -81,19 +81,22 @@ def _check_fields(name: str, values: dict, weights_in) -> None:
         v = values[field]
         if v is None:
             if field in REQUIRED_POSITIVE:
-                raise JaxCompressValueError(f"profile {name!r}: field {field!r} must be a number, "
-                                            "got null")
+                raise JaxCompressValueError(
+                    f"profile {name!r}: field {field!r} must be a number, got null"
+                )
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise JaxCompressValueError(f"profile {name!r}: field {field!r} must be a finite "
-                                        f"number, got {v!r}")
+            raise JaxCompressValueError(
+                f"profile {name!r}: field {field!r} must be a finite number, got {v!r}"
+            )
         if v < 0:
             raise JaxCompressValueError(f"profile {name!r}: field {field!r} is negative ({v!r})")
         if field in REQUIRED_POSITIVE and v == 0:
             raise JaxCompressValueError(f"profile {name!r}: field {field!r} must be > 0")
     if weights_in not in WEIGHTS_IN:
-        raise JaxCompressValueError(f"profile {name!r}: field 'weights_in' must be one of "
-                                    f"{WEIGHTS_IN}, got {weights_in!r}")
+        raise JaxCompressValueError(
+            f"profile {name!r}: field 'weights_in' must be one of {WEIGHTS_IN}, got {weights_in!r}"
+        )
 
 
 def _parse(name: str, spec) -> DeviceProfile:
@@ -106,8 +109,9 @@ def _parse(name: str, spec) -> DeviceProfile:
     for field in NUMERIC_FIELDS:
         entry = spec[field]
         if not isinstance(entry, dict) or "value" not in entry:
-            raise JaxCompressValueError(f"profile {name!r}: field {field!r} must be "
-                                        '{"value": ..., "source": "..."}')
+            raise JaxCompressValueError(
+                f'profile {name!r}: field {field!r} must be {{"value": ..., "source": "..."}}'
+            )
         src = entry.get("source")
         if not isinstance(src, str) or not src.strip():
             raise JaxCompressValueError(f"profile {name!r}: field {field!r} has no source")
@@ -116,8 +120,13 @@ def _parse(name: str, spec) -> DeviceProfile:
     for field in ("ram_bytes", "flash_bytes"):
         if values[field] is not None:
             values[field] = int(values[field])
-    return DeviceProfile(name=name, description=str(spec["description"]),
-                         weights_in=spec["weights_in"], sources=sources, **values)
+    return DeviceProfile(
+        name=name,
+        description=str(spec["description"]),
+        weights_in=spec["weights_in"],
+        sources=sources,
+        **values,
+    )
 
 
 def _parse_file(data, where: str) -> dict[str, DeviceProfile]:
@@ -151,8 +160,9 @@ def load_profiles(path: str | os.PathLike | None = None) -> dict[str, DeviceProf
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except json.JSONDecodeError as e:
-            raise JaxCompressValueError(f"profile file {os.fspath(path)!r} is not valid JSON: "
-                                        f"{e}") from None
+            raise JaxCompressValueError(
+                f"profile file {os.fspath(path)!r} is not valid JSON: {e}"
+            ) from None
         out.update(_parse_file(data, repr(os.fspath(path))))
     return out
 
@@ -171,14 +181,16 @@ def get_profile(name, *, path=None) -> DeviceProfile:
     if isinstance(name, DeviceProfile):
         return name
     if not isinstance(name, str):
-        raise JaxCompressTypeError(f"profile must be a name or DeviceProfile, got "
-                                   f"{type(name).__name__}")
+        raise JaxCompressTypeError(
+            f"profile must be a name or DeviceProfile, got {type(name).__name__}"
+        )
     if name == "host":
         return calibrate_host()
     profiles = load_profiles(path)
     if name not in profiles:
-        raise JaxCompressValueError(f"unknown profile {name!r}; known: "
-                                    f"{', '.join(available_profiles(path))}")
+        raise JaxCompressValueError(
+            f"unknown profile {name!r}; known: {', '.join(available_profiles(path))}"
+        )
     return profiles[name]
 
 
@@ -224,9 +236,15 @@ def calibrate_host() -> DeviceProfile:
     flops = _measure_flops()
     bw = _measure_read_bandwidth()
     return DeviceProfile(
-        name="host", description=f"this machine ({os.cpu_count()} CPUs), calibrated",
-        peak_flops=float(flops), bandwidth=float(bw), ram_bytes=_total_ram(), flash_bytes=None,
-        active_power_w=None, weights_in="ram", measured=True,
+        name="host",
+        description=f"this machine ({os.cpu_count()} CPUs), calibrated",
+        peak_flops=float(flops),
+        bandwidth=float(bw),
+        ram_bytes=_total_ram(),
+        flash_bytes=None,
+        active_power_w=None,
+        weights_in="ram",
+        measured=True,
         sources={
             "peak_flops": "measured: best of 5 float32 512x512 NumPy matmuls",
             "bandwidth": "measured: best of 5 NumPy sum passes over 64 MiB float32",

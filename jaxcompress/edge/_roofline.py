@@ -93,9 +93,18 @@ def project(graph: EdgeGraph, profile) -> Projection:
         else:
             b, f = op_bytes(graph, i), float(o.flops)
         tc, tm = f / p.peak_flops, b / p.bandwidth
-        rows.append(OpProjection(name=o.name, op=o.op, flops=f, bytes=b, compute_s=tc,
-                                 memory_s=tm, seconds=max(tc, tm),
-                                 bound="compute" if tc >= tm else "memory"))
+        rows.append(
+            OpProjection(
+                name=o.name,
+                op=o.op,
+                flops=f,
+                bytes=b,
+                compute_s=tc,
+                memory_s=tm,
+                seconds=max(tc, tm),
+                bound="compute" if tc >= tm else "memory",
+            )
+        )
     total = float(sum(r.seconds for r in rows))
     energy = None if p.active_power_w is None else total * p.active_power_w
     return Projection(device=p.name, ops=tuple(rows), total_s=total, energy_j=energy)

@@ -42,8 +42,15 @@ from jaxcompress.edge._latency import percentile
 from jaxcompress.edge._profiles import DeviceProfile
 from jaxcompress.edge._roofline import Projection, project
 
-__all__ = ["Link", "VirtualClock", "SplitRow", "SplitPlan", "plan_split", "split_accuracy",
-           "quantize_activation"]
+__all__ = [
+    "Link",
+    "VirtualClock",
+    "SplitRow",
+    "SplitPlan",
+    "plan_split",
+    "split_accuracy",
+    "quantize_activation",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +84,12 @@ class Link:
     @classmethod
     def mbit(cls, mbit_per_s: float, *, rtt_ms: float = 0.0, jitter_ms: float = 0.0) -> Link:
         """A symmetric link of `mbit_per_s` Mbit/s (10^6 bits/s)."""
-        return cls(bandwidth_bps=float(mbit_per_s) * 1e6, rtt_s=rtt_ms / 1e3,
-                   jitter_s=jitter_ms / 1e3,
-                   name=f"{mbit_per_s:g} Mbit/s, RTT {rtt_ms:g} ms")
+        return cls(
+            bandwidth_bps=float(mbit_per_s) * 1e6,
+            rtt_s=rtt_ms / 1e3,
+            jitter_s=jitter_ms / 1e3,
+            name=f"{mbit_per_s:g} Mbit/s, RTT {rtt_ms:g} ms",
+        )
 
     @property
     def down_bps(self) -> float:
@@ -151,15 +161,19 @@ class SplitPlan:
     def to_markdown(self, *, ms: bool = True) -> str:
         u, f = ("ms", 1e3) if ms else ("s", 1.0)
         acc = any(r.accuracy is not None for r in self.rows)
-        head = (f"| cut | edge {u} | link {u} | cloud {u} | total {u} | p90 {u} | bytes sent "
-                f"| vs raw input | raw input leaves device |" + (" accuracy |" if acc else ""))
+        head = (
+            f"| cut | edge {u} | link {u} | cloud {u} | total {u} | p90 {u} | bytes sent "
+            f"| vs raw input | raw input leaves device |" + (" accuracy |" if acc else "")
+        )
         lines = [head, "|" + "---|" * (9 + acc)]
         for r in self.rows:
             star = " **best**" if r is self.best else ""
             vs = "-" if r.sent_bytes == 0 else f"{r.sent_vs_raw:.3f}x"
-            line = (f"| {r.label}{star} | {r.edge_s * f:.3f} | {r.transfer_s * f:.3f} | "
-                    f"{r.cloud_s * f:.3f} | {r.total_s * f:.3f} | {r.total_p90_s * f:.3f} | "
-                    f"{r.sent_bytes} | {vs} | {'yes' if r.raw_input_leaves_device else 'no'} |")
+            line = (
+                f"| {r.label}{star} | {r.edge_s * f:.3f} | {r.transfer_s * f:.3f} | "
+                f"{r.cloud_s * f:.3f} | {r.total_s * f:.3f} | {r.total_p90_s * f:.3f} | "
+                f"{r.sent_bytes} | {vs} | {'yes' if r.raw_input_leaves_device else 'no'} |"
+            )
             if acc:
                 line += " - |" if r.accuracy is None else f" {r.accuracy:.4f} |"
             lines.append(line)
@@ -175,11 +189,14 @@ def _per_op_seconds(graph: EdgeGraph, side, what: str) -> tuple[list[float], str
     elif isinstance(side, Sequence) or isinstance(side, np.ndarray):
         t, name = [float(v) for v in side], "measured"
     else:
-        raise JaxCompressTypeError(f"{what} must be a profile name, DeviceProfile, Projection or "
-                                   f"per-op seconds, got {type(side).__name__}")
+        raise JaxCompressTypeError(
+            f"{what} must be a profile name, DeviceProfile, Projection or "
+            f"per-op seconds, got {type(side).__name__}"
+        )
     if len(t) != len(graph.ops):
-        raise JaxCompressValueError(f"{what} has {len(t)} per-op times, the graph {len(graph.ops)}"
-                                    " ops")
+        raise JaxCompressValueError(
+            f"{what} has {len(t)} per-op times, the graph {len(graph.ops)} ops"
+        )
     if any(not math.isfinite(v) or v < 0 for v in t):
         raise JaxCompressValueError(f"{what} per-op times must be finite and >= 0")
     return t, name
@@ -278,13 +295,23 @@ def plan_split(
         else:
             o = graph.ops[c - 1]
             label = f"after {o.name} ({o.op})"
-        rows.append(SplitRow(
-            cut=c, label=label, edge_s=edge_s, transfer_s=float(np.mean(transfers)),
-            cloud_s=cloud_s if c < n else 0.0, total_s=float(np.mean(totals)),
-            total_p90_s=percentile(totals, 90), sent_bytes=int(sent), sent_values=values,
-            raw_input_bytes=graph.input_bytes, raw_input_leaves_device=graph.input in values,
-            quantized=bool(quantize and 0 < c < n),
-            accuracy=None if accuracy is None else float(accuracy(c))))
+        rows.append(
+            SplitRow(
+                cut=c,
+                label=label,
+                edge_s=edge_s,
+                transfer_s=float(np.mean(transfers)),
+                cloud_s=cloud_s if c < n else 0.0,
+                total_s=float(np.mean(totals)),
+                total_p90_s=percentile(totals, 90),
+                sent_bytes=int(sent),
+                sent_values=values,
+                raw_input_bytes=graph.input_bytes,
+                raw_input_leaves_device=graph.input in values,
+                quantized=bool(quantize and 0 < c < n),
+                accuracy=None if accuracy is None else float(accuracy(c)),
+            )
+        )
     best = min(rows, key=lambda r: (r.total_s, -r.cut))
     return SplitPlan(rows=tuple(rows), best=best, link=link, edge=edge_name, cloud=cloud_name)
 
@@ -299,8 +326,16 @@ def quantize_activation(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
     return q, s
 
 
-def split_accuracy(executor, graph: EdgeGraph, cut: int, x: np.ndarray, y=None, *,
-                   quantize: bool = True, batch_size: int = 1000) -> float:
+def split_accuracy(
+    executor,
+    graph: EdgeGraph,
+    cut: int,
+    x: np.ndarray,
+    y=None,
+    *,
+    quantize: bool = True,
+    batch_size: int = 1000,
+) -> float:
     """Accuracy of the split pipeline at `cut`: prefix on the edge, the crossing float32 values
     int8-quantized and dequantized (when `quantize`), suffix in the cloud.
 
@@ -321,7 +356,7 @@ def split_accuracy(executor, graph: EdgeGraph, cut: int, x: np.ndarray, y=None, 
     crossing = graph.crossing(cut) if cut < n else []
     hits, total = 0, 0
     for s in range(0, len(x), batch_size):
-        xb = np.asarray(x[s:s + batch_size], np.float32)
+        xb = np.asarray(x[s : s + batch_size], np.float32)
         env = executor.run_prefix(xb, cut)
         if quantize and 0 < cut < n:
             for v in crossing:
@@ -333,7 +368,7 @@ def split_accuracy(executor, graph: EdgeGraph, cut: int, x: np.ndarray, y=None, 
             ref = np.asarray(executor.run_suffix(executor.run_prefix(xb, 0), 0))
             target = ref.argmax(-1)
         else:
-            target = np.asarray(y[s:s + batch_size])
+            target = np.asarray(y[s : s + batch_size])
         hits += int((out.argmax(-1) == target).sum())
         total += len(xb)
     return hits / max(total, 1)

@@ -31,8 +31,9 @@ from jaxcompress.edge import (
 
 
 @pytest.mark.parametrize("q", [0, 10, 25, 50, 90, 95, 99, 100])
-@pytest.mark.parametrize("samples", [[3.0], [1.0, 2.0], [5, 1, 4, 2, 3], list(range(101)),
-                                     [0.1, 0.1, 0.1, 9.0]])
+@pytest.mark.parametrize(
+    "samples", [[3.0], [1.0, 2.0], [5, 1, 4, 2, 3], list(range(101)), [0.1, 0.1, 0.1, 9.0]]
+)
 def test_percentile_matches_numpy_known(samples, q):
     assert percentile(samples, q) == pytest.approx(np.percentile(samples, q), rel=1e-12, abs=0)
 
@@ -48,8 +49,7 @@ def test_percentile_golden_values():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.floats(0, 1e3, allow_nan=False), min_size=1, max_size=60),
-       st.floats(0, 100))
+@given(st.lists(st.floats(0, 1e3, allow_nan=False), min_size=1, max_size=60), st.floats(0, 100))
 def test_percentile_matches_numpy_property(xs, q):
     assert percentile(xs, q) == pytest.approx(np.percentile(xs, q), rel=1e-9, abs=1e-9)
 
@@ -122,8 +122,13 @@ def _dag():
 def test_arena_hand_computed():
     plan = plan_arena(_dag())
     # lifetimes (op indices): x[-1,0] a[0,2] b[1,2] c[2,4] (extended by its alias r) d[4,5]
-    assert plan.lifetimes == {"x": (-1, 0, 100), "a": (0, 2, 200), "b": (1, 2, 50),
-                              "c": (2, 4, 200), "d": (4, 5, 10)}
+    assert plan.lifetimes == {
+        "x": (-1, 0, 100),
+        "a": (0, 2, 200),
+        "b": (1, 2, 50),
+        "c": (2, 4, 200),
+        "d": (4, 5, 10),
+    }
     # live totals per op: -1:100, 0:300, 1:250, 2:450, 3:200, 4:210, 5:10
     assert plan.peak_bytes == 450
     # greedy by size: a@0, c@200 (overlaps a at op 2), x@200 (overlaps a only), b@400, d@0
@@ -139,7 +144,7 @@ def test_arena_placement_is_valid_on_chains():
         plan = plan_arena(g)
         items = [(plan.offsets[k], *v) for k, v in plan.lifetimes.items()]
         for i, (o1, a1, e1, s1) in enumerate(items):
-            for o2, a2, e2, s2 in items[i + 1:]:
+            for o2, a2, e2, s2 in items[i + 1 :]:
                 if a1 <= e2 and a2 <= e1:  # live together: must not overlap in memory
                     assert o1 + s1 <= o2 or o2 + s2 <= o1
         chain = [g.input_bytes, *map(int, sizes)]
@@ -151,8 +156,16 @@ def test_arena_placement_is_valid_on_chains():
 
 
 def _toy(**kw):
-    base = dict(name="toy", description="round numbers", peak_flops=1e9, bandwidth=1e9,
-                ram_bytes=10_000, flash_bytes=1_000_000, active_power_w=2.0, weights_in="flash")
+    base = dict(
+        name="toy",
+        description="round numbers",
+        peak_flops=1e9,
+        bandwidth=1e9,
+        ram_bytes=10_000,
+        flash_bytes=1_000_000,
+        active_power_w=2.0,
+        weights_in="flash",
+    )
     base.update(kw)
     return DeviceProfile(**base)
 
@@ -203,8 +216,13 @@ def test_builtin_profiles_have_sources():
     assert (l4.ram_bytes, l4.flash_bytes, l4.active_power_w) == (640 * 1024, 2 << 20, 0.075)
     assert profiles["stm32h7a3"].active_power_w == 0.14
     for p in profiles.values():
-        assert set(p.sources) == {"peak_flops", "bandwidth", "ram_bytes", "flash_bytes",
-                                  "active_power_w"}
+        assert set(p.sources) == {
+            "peak_flops",
+            "bandwidth",
+            "ram_bytes",
+            "flash_bytes",
+            "active_power_w",
+        }
         assert all(s.strip() for s in p.sources.values())
     host = get_profile("host")
     assert host.measured and host.peak_flops > 1e6 and host.bandwidth > 1e6
@@ -214,7 +232,8 @@ def test_builtin_profiles_have_sources():
 
 def _profile_file(tmp_path, **override):
     spec = {
-        "description": "my board", "weights_in": "flash",
+        "description": "my board",
+        "weights_in": "flash",
         "peak_flops": {"value": 1e8, "source": "datasheet"},
         "bandwidth": {"value": 1e8, "source": "datasheet"},
         "ram_bytes": {"value": 262144, "source": "datasheet"},
@@ -237,15 +256,26 @@ def test_user_profile_file(tmp_path):
     assert get_profile("myboard", path=_profile_file(tmp_path)).flash_bytes == 1048576
 
 
-@pytest.mark.parametrize("field", ["peak_flops", "bandwidth", "ram_bytes", "flash_bytes",
-                                   "active_power_w", "weights_in", "description"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "peak_flops",
+        "bandwidth",
+        "ram_bytes",
+        "flash_bytes",
+        "active_power_w",
+        "weights_in",
+        "description",
+    ],
+)
 def test_profile_missing_field_refused(tmp_path, field):
     with pytest.raises(JaxCompressValueError, match=f"'myboard': field '{field}' is missing"):
         load_profiles(_profile_file(tmp_path, **{field: None}))
 
 
-@pytest.mark.parametrize("field", ["peak_flops", "bandwidth", "ram_bytes", "flash_bytes",
-                                   "active_power_w"])
+@pytest.mark.parametrize(
+    "field", ["peak_flops", "bandwidth", "ram_bytes", "flash_bytes", "active_power_w"]
+)
 def test_profile_negative_field_refused(tmp_path, field):
     bad = {field: {"value": -1, "source": "typo"}}
     with pytest.raises(JaxCompressValueError, match=f"field '{field}' is negative"):
@@ -267,11 +297,26 @@ def test_profile_other_bad_values_refused(tmp_path):
 
 # -- split planner ----------------------------------------------------------------------------
 
-SLOW_EDGE = DeviceProfile(name="slow", description="", peak_flops=1e9, bandwidth=1e12,
-                          ram_bytes=None, flash_bytes=None, active_power_w=None, weights_in="ram")
-FAST_CLOUD = DeviceProfile(name="cloud", description="", peak_flops=1e13, bandwidth=1e13,
-                           ram_bytes=None, flash_bytes=None, active_power_w=None,
-                           weights_in="ram")
+SLOW_EDGE = DeviceProfile(
+    name="slow",
+    description="",
+    peak_flops=1e9,
+    bandwidth=1e12,
+    ram_bytes=None,
+    flash_bytes=None,
+    active_power_w=None,
+    weights_in="ram",
+)
+FAST_CLOUD = DeviceProfile(
+    name="cloud",
+    description="",
+    peak_flops=1e13,
+    bandwidth=1e13,
+    ram_bytes=None,
+    flash_bytes=None,
+    active_power_w=None,
+    weights_in="ram",
+)
 
 
 def _chain():
@@ -286,15 +331,17 @@ def test_split_optimum_moves_with_link_speed():
         plan = plan_split(g, edge=SLOW_EDGE, cloud=FAST_CLOUD, link=Link(bandwidth_bps=bps))
         assert [r.label for r in plan.rows] == ["all-cloud", "after layer0 (layer)", "all-edge"]
         # the totals are exactly the closed form
-        t = [8e6 / bps + 80 / bps + 1.1e9 / 1e13,
-             0.1 + 8000 / bps + 80 / bps + 1e9 / 1e13 + 20 / 1e13,
-             1.1 + 2e6 / 1e12]
+        t = [
+            8e6 / bps + 80 / bps + 1.1e9 / 1e13,
+            0.1 + 8000 / bps + 80 / bps + 1e9 / 1e13 + 20 / 1e13,
+            1.1 + 2e6 / 1e12,
+        ]
         for r, want in zip(plan.rows, t, strict=True):
             assert r.total_s == pytest.approx(want, rel=1e-3)
         best[bps] = plan.best.cut
-    assert best[1e3] == 2           # slow link: all-edge
-    assert best[1e5] == 1           # medium: ship the small activation after layer0
-    assert best[1e10] == 0          # fast link, slow edge: all-cloud
+    assert best[1e3] == 2  # slow link: all-edge
+    assert best[1e5] == 1  # medium: ship the small activation after layer0
+    assert best[1e10] == 0  # fast link, slow edge: all-cloud
     cuts = [best[k] for k in sorted(best)]
     assert cuts == sorted(cuts, reverse=True)  # the cut only moves towards the cloud
 
@@ -304,15 +351,25 @@ def test_split_rows_bytes_privacy_quantization():
     plan = plan_split(g, edge=SLOW_EDGE, cloud=FAST_CLOUD, link=Link.mbit(10, rtt_ms=20))
     cloud, mid, edge = plan.rows
     assert (cloud.sent_bytes, cloud.raw_input_leaves_device, cloud.sent_vs_raw) == (
-        1_000_000, True, 1.0)
+        1_000_000,
+        True,
+        1.0,
+    )
     assert (mid.sent_bytes, mid.raw_input_leaves_device) == (1000, False)
     assert mid.sent_vs_raw == pytest.approx(1e-3)
     assert (edge.sent_bytes, edge.transfer_s, edge.raw_input_leaves_device) == (0, 0.0, False)
     assert mid.transfer_s == pytest.approx(0.02 + 8000 / 1e7 + 80 / 1e7)
     # float32 values: int8 at intermediate cuts (1 byte/element + 4-byte scale), raw input as is
-    f = EdgeGraph(input="x", input_shape=(1, 100), input_dtype="float32", ops=(
-        Op("h", "linear", ("x",), (1, 50), flops=1e4),
-        Op("y", "linear", ("h",), (1, 10), flops=1e3)), outputs=("y",))
+    f = EdgeGraph(
+        input="x",
+        input_shape=(1, 100),
+        input_dtype="float32",
+        ops=(
+            Op("h", "linear", ("x",), (1, 50), flops=1e4),
+            Op("y", "linear", ("h",), (1, 10), flops=1e3),
+        ),
+        outputs=("y",),
+    )
     q = plan_split(f, edge=SLOW_EDGE, cloud=FAST_CLOUD, link=Link.mbit(1), quantize=True)
     assert [r.sent_bytes for r in q.rows] == [400, 50 + 4, 0]
     assert [r.quantized for r in q.rows] == [False, True, False]
@@ -321,8 +378,11 @@ def test_split_rows_bytes_privacy_quantization():
 
 
 def test_split_skip_connection_sends_every_live_value():
-    ops = (Op("a", "layer", ("x",), (10,), "uint8"), Op("b", "layer", ("a",), (5,), "uint8"),
-           Op("c", "add", ("x", "b"), (100,), "uint8"))
+    ops = (
+        Op("a", "layer", ("x",), (10,), "uint8"),
+        Op("b", "layer", ("a",), (5,), "uint8"),
+        Op("c", "add", ("x", "b"), (100,), "uint8"),
+    )
     g = EdgeGraph(input="x", input_shape=(100,), input_dtype="uint8", ops=ops, outputs=("c",))
     plan = plan_split(g, edge=[0.0] * 3, cloud=[0.0] * 3, link=Link.mbit(1))
     mid = plan.rows[2]  # after b: the cloud still needs x (skip) and b
