@@ -105,7 +105,10 @@ def main(argv=None):
     n_ties = check_exact(host, masks, k)
     mem_ours = temp_bytes(ours, params)
     rows.append(("jaxcompress radix select (jit)", t_ours, mem_ours, "yes (checked)"))
-    print(f"ours {t_ours*1e3:.1f} ms, temp {mem_ours/2**20:.1f} MiB, ties at cut {n_ties}", flush=True)
+    print(
+        f"ours {t_ours * 1e3:.1f} ms, temp {mem_ours / 2**20:.1f} MiB, ties at cut {n_ties}",
+        flush=True,
+    )
 
     # np.partition on the host (abs + partition + mask)
     def np_part():
@@ -115,29 +118,42 @@ def main(argv=None):
 
     t_np, _ = timed(np_part, args.repeats)
     rows.append(("np.partition (host, 1 thread)", t_np, 2 * n * 4, "threshold only"))
-    print(f"np.partition {t_np*1e3:.1f} ms", flush=True)
+    print(f"np.partition {t_np * 1e3:.1f} ms", flush=True)
 
     def keys_concat(p):
         return jnp.concatenate([magnitude_keys(w).ravel() for w in p])
 
     if not args.skip_sort:
         sort_fn = jax.jit(
-            lambda p: [jnp.abs(w) > jnp.sort(jnp.abs(jnp.concatenate([x.ravel() for x in p])))[k - 1] for w in p]
+            lambda p: [
+                jnp.abs(w) > jnp.sort(jnp.abs(jnp.concatenate([x.ravel() for x in p])))[k - 1]
+                for w in p
+            ]
         )
         sort_c = sort_fn.lower(params).compile()  # compile ahead; then one timed run
         t_sort, _ = timed(lambda: sort_c(params), 1, warmup=False)
-        rows.append(("jnp.sort of all magnitudes (jit)", t_sort, temp_bytes(sort_fn, params), "threshold only"))
-        print(f"jnp.sort {t_sort*1e3:.1f} ms", flush=True)
+        rows.append(
+            (
+                "jnp.sort of all magnitudes (jit)",
+                t_sort,
+                temp_bytes(sort_fn, params),
+                "threshold only",
+            )
+        )
+        print(f"jnp.sort {t_sort * 1e3:.1f} ms", flush=True)
         topk_fn = jax.jit(
             lambda p: [
-                jnp.abs(w) > -jax.lax.top_k(-jnp.abs(jnp.concatenate([x.ravel() for x in p])), k)[0][-1]
+                jnp.abs(w)
+                > -jax.lax.top_k(-jnp.abs(jnp.concatenate([x.ravel() for x in p])), k)[0][-1]
                 for w in p
             ]
         )
         topk_c = topk_fn.lower(params).compile()
         t_topk, _ = timed(lambda: topk_c(params), 1, warmup=False)
-        rows.append(("jax.lax.top_k(-|w|, k) (jit)", t_topk, temp_bytes(topk_fn, params), "threshold only"))
-        print(f"top_k {t_topk*1e3:.1f} ms", flush=True)
+        rows.append(
+            ("jax.lax.top_k(-|w|, k) (jit)", t_topk, temp_bytes(topk_fn, params), "threshold only")
+        )
+        print(f"top_k {t_topk * 1e3:.1f} ms", flush=True)
 
     # a single memory pass for scale
     sum_fn = jax.jit(lambda p: sum(jnp.sum(jnp.abs(w)) for w in p))
@@ -154,7 +170,7 @@ def main(argv=None):
         f"- command: `flock /tmp/jaxcompress-bench.lock {Path(sys.executable).name} "
         f"benchmarks/bench_prune.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         f"- input: {args.leaves} float32 leaves of {args.dim}x{args.dim} = {n:,} parameters "
-        f"({n*4/2**20:.0f} MiB), standard normal, seed 0; sparsity {args.sparsity} -> k = {k:,} "
+        f"({n * 4 / 2**20:.0f} MiB), standard normal, seed 0; sparsity {args.sparsity} -> k = {k:,} "
         f"pruned; {n_ties} magnitudes tied at the cut",
         f"- times: median of {args.repeats} after a warm-up (sort and top_k: compiled ahead, 1 timed run); "
         "every method includes building the masks",
@@ -165,17 +181,21 @@ def main(argv=None):
         "|---|---:|---:|---:|---|",
     ]
     for name, t, mem, exact in rows:
-        mem_s = f"{mem/2**20:.0f}" if mem >= 0 else "n/a"
-        lines.append(f"| {name} | {t*1e3:.1f} | {t/t_ours:.2f}x | {mem_s} | {exact} |")
+        mem_s = f"{mem / 2**20:.0f}" if mem >= 0 else "n/a"
+        lines.append(f"| {name} | {t * 1e3:.1f} | {t / t_ours:.2f}x | {mem_s} | {exact} |")
     lines += [
         "",
-        f"- ours / np.partition = {t_ours/t_np:.2f} (target <= 1.5)",
+        f"- ours / np.partition = {t_ours / t_np:.2f} (target <= 1.5)",
     ]
     if not args.skip_sort:
-        lines.append(f"- jnp.sort / ours = {t_sort/t_ours:.0f}x (target >= 50x); "
-                     f"top_k / ours = {t_topk/t_ours:.0f}x")
-    lines.append(f"- ours extra memory / one copy of the magnitudes ({n*4/2**20:.0f} MiB) = "
-                 f"{mem_ours/(n*4):.2f} (target <= 1)")
+        lines.append(
+            f"- jnp.sort / ours = {t_sort / t_ours:.0f}x (target >= 50x); "
+            f"top_k / ours = {t_topk / t_ours:.0f}x"
+        )
+    lines.append(
+        f"- ours extra memory / one copy of the magnitudes ({n * 4 / 2**20:.0f} MiB) = "
+        f"{mem_ours / (n * 4):.2f} (target <= 1)"
+    )
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)

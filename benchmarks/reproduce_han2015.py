@@ -31,7 +31,6 @@ from pathlib import Path
 
 import flax
 import jax
-import numpy as np
 import optax
 from flax import nnx
 
@@ -52,8 +51,12 @@ HAN = {
         "compression": 12,
     },
     "lenet5": {
-        "layers": {"conv1/kernel": 0.66, "conv2/kernel": 0.12, "fc1/kernel": 0.08,
-                   "fc2/kernel": 0.19},
+        "layers": {
+            "conv1/kernel": 0.66,
+            "conv2/kernel": 0.12,
+            "fc1/kernel": 0.08,
+            "fc2/kernel": 0.19,
+        },
         "error": (0.80, 0.77),
         "compression": 12,
     },
@@ -101,26 +104,39 @@ def main(argv=None):
 
     def run(p, opt, n_epochs, k):
         t = time.perf_counter()
-        res = fit(apply_fn, p, (x_train, y_train), optimizer=opt, epochs=n_epochs,
-                  batch_size=args.batch_size, key=k, progress=False)
+        res = fit(
+            apply_fn,
+            p,
+            (x_train, y_train),
+            optimizer=opt,
+            epochs=n_epochs,
+            batch_size=args.batch_size,
+            key=k,
+            progress=False,
+        )
         return res, time.perf_counter() - t
 
     k_pre, k_phase = jax.random.split(key)
     pre, t_pre = run(params, optax.adam(args.lr), epochs, k_pre)
     acc_pre = evaluate(apply_fn, pre.params, x_test, y_test)
-    print(f"dense pre-training: {epochs} epochs, {t_pre:.0f} s, test error {100*(1-acc_pre):.2f}%",
-          flush=True)
+    print(
+        f"dense pre-training: {epochs} epochs, {t_pre:.0f} s, test error {100 * (1 - acc_pre):.2f}%",
+        flush=True,
+    )
 
     phase_steps = prune_epochs * steps_per_epoch
     lr_sched = optax.cosine_decay_schedule(args.lr, phase_steps)
     end_step = max(1, (2 * phase_steps) // 3)
     targets = {k: 1.0 - v for k, v in han["layers"].items()}
-    schedule = pruning.polynomial(max(targets.values()), begin_step=0, end_step=end_step,
-                                  frequency=min(100, end_step))
+    schedule = pruning.polynomial(
+        max(targets.values()), begin_step=0, end_step=end_step, frequency=min(100, end_step)
+    )
     branches = [
         ("dense (same loop)", None),
-        (f"magnitude, Zhu-Gupta cubic to Han's per-layer targets", pruning.magnitude_pruning(
-            schedule, distribution=pruning.explicit(targets))),
+        (
+            "magnitude, Zhu-Gupta cubic to Han's per-layer targets",
+            pruning.magnitude_pruning(schedule, distribution=pruning.explicit(targets)),
+        ),
     ]
     if args.model == "lenet300" and not args.no_nm:
         branches.append(("2:4 (N:M along the input axis)", pruning.nm_pruning(2, 4)))
@@ -132,8 +148,11 @@ def main(argv=None):
         acc = evaluate(apply_fn, res.params, x_test, y_test)
         rep = pruning.sparsity_report(res.params)
         rows.append((name, 100 * (1 - acc), rep, secs))
-        print(f"{name}: {prune_epochs} epochs, {secs:.0f} s, test error {100*(1-acc):.2f}%, "
-              f"sparsity {rep.sparsity:.2%} ({rep.compression:.1f}x)", flush=True)
+        print(
+            f"{name}: {prune_epochs} epochs, {secs:.0f} s, test error {100 * (1 - acc):.2f}%, "
+            f"sparsity {rep.sparsity:.2%} ({rep.compression:.1f}x)",
+            flush=True,
+        )
         print(rep.table(), flush=True)
 
     total = time.perf_counter() - t_start
@@ -153,8 +172,8 @@ def main(argv=None):
         f"{args.seed}; then each branch {prune_epochs} epochs of Adam with cosine decay from "
         f"{args.lr}; pruning schedule: cubic (Zhu & Gupta), steps 0..{end_step} of "
         f"{phase_steps}, every {min(100, end_step)} steps, then fine-tuning with fixed masks",
-        f"- dense pre-training: {t_pre:.0f} s, test error {100*(1-acc_pre):.2f}%; whole run "
-        f"{total/60:.1f} min",
+        f"- dense pre-training: {t_pre:.0f} s, test error {100 * (1 - acc_pre):.2f}%; whole run "
+        f"{total / 60:.1f} min",
         "",
         "| model | method | epochs (dense + phase) | test error | vs dense (points) | "
         "weights kept | compression | phase wall time |",
@@ -171,12 +190,19 @@ def main(argv=None):
         f"{han['error'][1]:.2f}% | {han['error'][1] - han['error'][0]:+.2f} | | "
         f"{han['compression']}x | |"
     )
-    lines += ["", "Per-layer weights kept (pruned run) beside Han et al.:", "",
-              "| layer | shape | kept (ours) | kept (Han) |", "|---|---|---:|---:|"]
+    lines += [
+        "",
+        "Per-layer weights kept (pruned run) beside Han et al.:",
+        "",
+        "| layer | shape | kept (ours) | kept (Han) |",
+        "|---|---|---:|---:|",
+    ]
     pruned_rep = rows[1][2]
     for leaf in pruned_rep.leaves:
-        lines.append(f"| {leaf.path} | {leaf.shape} | {leaf.kept:.2%} | "
-                     f"{han['layers'].get(leaf.path, float('nan')):.0%} |")
+        lines.append(
+            f"| {leaf.path} | {leaf.shape} | {leaf.kept:.2%} | "
+            f"{han['layers'].get(leaf.path, float('nan')):.0%} |"
+        )
     if len(rows) > 2:
         lines += ["", "2:4 run per layer:", "", "| layer | kept |", "|---|---:|"]
         for leaf in rows[2][2].leaves:

@@ -17,7 +17,16 @@ import jax.numpy as jnp
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
 
-__all__ = ["Distribution", "Uniform", "ERK", "Explicit", "uniform", "erk", "explicit", "check_sparsity"]
+__all__ = [
+    "Distribution",
+    "Uniform",
+    "ERK",
+    "Explicit",
+    "uniform",
+    "erk",
+    "explicit",
+    "check_sparsity",
+]
 
 
 def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
@@ -114,7 +123,9 @@ class Explicit(Distribution):
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise JaxCompressValueError(f"explicit: {pattern=} is not a valid regex: {e}")
+                raise JaxCompressValueError(
+                    f"explicit: {pattern=} is not a valid regex: {e}"
+                ) from None
             check_sparsity(s, name=f"sparsity for {pattern!r}")
         check_sparsity(self.default, name="default")
 
@@ -159,7 +170,9 @@ def erk(sparsity: float, *, power: float = 1.0) -> ERK:
 def explicit(mapping: Mapping[str, float], *, default: float = 0.0) -> Explicit:
     """Explicit per-layer targets, e.g. ``explicit({"Dense_0": 0.92, "Dense_2": 0.74})``."""
     if not isinstance(mapping, Mapping) or not mapping:
-        raise JaxCompressTypeError(f"explicit: {mapping=} must be a non-empty dict regex -> sparsity")
+        raise JaxCompressTypeError(
+            f"explicit: {mapping=} must be a non-empty dict regex -> sparsity"
+        )
     return Explicit(tuple((str(k), float(v)) for k, v in mapping.items()), float(default))
 
 

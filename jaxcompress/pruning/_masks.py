@@ -45,7 +45,7 @@ from jaxcompress._core import (
     selection_mask,
 )
 from jaxcompress.pruning import _select
-from jaxcompress.pruning._distributions import Distribution, check_sparsity, resolve
+from jaxcompress.pruning._distributions import Distribution, resolve
 
 __all__ = [
     "threshold_clip",
@@ -71,7 +71,9 @@ def _flatten_selected(params, where):
 
 def _full_masks(leaves, sel, selected_masks):
     it = iter(selected_masks)
-    return [next(it) if s else jnp.ones(jnp.shape(x), bool) for x, s in zip(leaves, sel)]
+    return [
+        next(it) if s else jnp.ones(jnp.shape(x), bool) for x, s in zip(leaves, sel, strict=True)
+    ]
 
 
 def _num_to_prune(s, n):
@@ -88,7 +90,7 @@ def _check_masks(params, masks, name="masks"):
     except (ValueError, TypeError) as e:
         raise JaxCompressValueError(f"{name} must have the structure of params: {e}") from None
     paths = [p for p, _ in named_leaves(params)]
-    for path, x, m in zip(paths, leaves, mleaves):
+    for path, x, m in zip(paths, leaves, mleaves, strict=True):
         if m is None:
             continue
         if not hasattr(m, "shape") or jnp.shape(m) != jnp.shape(x):
@@ -112,7 +114,8 @@ def _thresholds(leaves, sel, threshold, quality):
     if not isinstance(quality, jax.core.Tracer) and float(quality) < 0:
         raise JaxCompressValueError(f"{quality=} must be >= 0")
     return [
-        quality * jnp.std(jnp.asarray(x, jnp.float32)) if s else None for x, s in zip(leaves, sel)
+        quality * jnp.std(jnp.asarray(x, jnp.float32)) if s else None
+        for x, s in zip(leaves, sel, strict=True)
     ]
 
 
@@ -122,7 +125,7 @@ def threshold_masks(params: Any, threshold: Any = None, *, quality: Any = None, 
     thr = _thresholds(leaves, sel, threshold, quality)
     out = [
         jnp.abs(jnp.asarray(x, jnp.float32)) >= t if s else jnp.ones(jnp.shape(x), bool)
-        for x, s, t in zip(leaves, sel, thr)
+        for x, s, t in zip(leaves, sel, thr, strict=True)
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -158,7 +161,7 @@ def threshold_clip(params: Any, threshold: Any = None, *, quality: Any = None, w
     sel, leaves, treedef, _ = _flatten_selected(params, where)
     thr = _thresholds(leaves, sel, threshold, quality)
     out = []
-    for x, s, t in zip(leaves, sel, thr):
+    for x, s, t in zip(leaves, sel, thr, strict=True):
         if s:
             x = jnp.asarray(x)
             x = jnp.where(jnp.abs(x.astype(jnp.float32)) < t, jnp.zeros((), x.dtype), x)
@@ -184,11 +187,11 @@ def _magnitude_keep(xs, ks, scope, prev=None):
 
     keys = [
         _select.LazyKey(key, (x,) if prev is None else (x, p))
-        for x, p in zip(xs, prev if prev is not None else xs)
+        for x, p in zip(xs, prev if prev is not None else xs, strict=True)
     ]
     if scope == "global":
         return _select.smallest_k_masks(keys, ks)
-    return [_select.smallest_k_masks([k], kk)[0] for k, kk in zip(keys, ks)]
+    return [_select.smallest_k_masks([k], kk)[0] for k, kk in zip(keys, ks, strict=True)]
 
 
 _magnitude_keep_jit = jax.jit(_magnitude_keep, static_argnames=("scope",))
@@ -196,7 +199,9 @@ _magnitude_keep_jit = jax.jit(_magnitude_keep, static_argnames=("scope",))
 
 def _layer_ks(named_shapes, dist: Distribution, progress=1.0):
     ss = dist.layer_sparsities(named_shapes, progress)
-    return [_num_to_prune(s, math.prod(shape)) for s, (_, shape) in zip(ss, named_shapes)]
+    return [
+        _num_to_prune(s, math.prod(shape)) for s, (_, shape) in zip(ss, named_shapes, strict=True)
+    ]
 
 
 def magnitude_masks(params: Any, sparsity: Any, *, scope: str = "layer", where=None) -> Any:
@@ -232,8 +237,10 @@ def magnitude_masks(params: Any, sparsity: Any, *, scope: str = "layer", where=N
             "scope='global' takes one float sparsity; per-layer distributions need scope='layer'"
         )
     sel, leaves, treedef, paths = _flatten_selected(params, where)
-    xs = [jnp.asarray(x) for x, s in zip(leaves, sel) if s]
-    named_shapes = [(p, tuple(jnp.shape(x))) for p, x, s in zip(paths, leaves, sel) if s]
+    xs = [jnp.asarray(x) for x, s in zip(leaves, sel, strict=True) if s]
+    named_shapes = [
+        (p, tuple(jnp.shape(x))) for p, x, s in zip(paths, leaves, sel, strict=True) if s
+    ]
     if scope == "global":
         ks = _num_to_prune(sparsity, sum(int(x.size) for x in xs))
         ks = jnp.asarray(ks, jnp.int32)
@@ -272,7 +279,7 @@ def _check_nm(n, m):
 
 
 def _nm_axis_check(paths, leaves, sel, m, axis):
-    for p, x, s in zip(paths, leaves, sel):
+    for p, x, s in zip(paths, leaves, sel, strict=True):
         if not s:
             continue
         shape = jnp.shape(x)
@@ -315,7 +322,7 @@ def nm_masks(params: Any, n: int, m: int, *, where=None, axis: int = -2) -> Any:
     _check_nm(n, m)
     sel, leaves, treedef, paths = _flatten_selected(params, where)
     _nm_axis_check(paths, leaves, sel, m, axis)
-    keep = [_nm_keep_jit(jnp.asarray(x), n, m, axis) for x, s in zip(leaves, sel) if s]
+    keep = [_nm_keep_jit(jnp.asarray(x), n, m, axis) for x, s in zip(leaves, sel, strict=True) if s]
     return jax.tree_util.tree_unflatten(treedef, _full_masks(leaves, sel, keep))
 
 
@@ -337,9 +344,7 @@ def _block_keep(x, k, block):
 _block_keep_jit = jax.jit(_block_keep, static_argnums=(2,))
 
 
-def block_masks(
-    params: Any, sparsity: Any, *, block: tuple[int, int] = (4, 4), where=None
-) -> Any:
+def block_masks(params: Any, sparsity: Any, *, block: tuple[int, int] = (4, 4), where=None) -> Any:
     """Block masks: prune whole ``(r, c)`` blocks of the matrix view with the smallest L1 norm.
 
     Each selected leaf is viewed as the matrix ``(prod(shape[:-1]), shape[-1])`` (a Dense kernel as
@@ -368,7 +373,7 @@ def block_masks(
     dist = resolve(sparsity)
     sel, leaves, treedef, paths = _flatten_selected(params, where)
     named_shapes = []
-    for p, x, s in zip(paths, leaves, sel):
+    for p, x, s in zip(paths, leaves, sel, strict=True):
         if not s:
             continue
         shape = tuple(jnp.shape(x))
@@ -381,8 +386,10 @@ def block_masks(
             )
         named_shapes.append((p, (rows // block[0], shape[-1] // block[1])))
     ks = _layer_ks(named_shapes, dist)
-    xs = [jnp.asarray(x) for x, s in zip(leaves, sel) if s]
-    keep = [_block_keep_jit(x, jnp.asarray(k, jnp.int32), block) for x, k in zip(xs, ks)]
+    xs = [jnp.asarray(x) for x, s in zip(leaves, sel, strict=True) if s]
+    keep = [
+        _block_keep_jit(x, jnp.asarray(k, jnp.int32), block) for x, k in zip(xs, ks, strict=True)
+    ]
     return jax.tree_util.tree_unflatten(treedef, _full_masks(leaves, sel, keep))
 
 
@@ -417,15 +424,17 @@ def channel_masks(params: Any, sparsity: Any, *, norm: str = "l2", where=None) -
     dist = resolve(sparsity)
     sel, leaves, treedef, paths = _flatten_selected(params, where)
     named_shapes = []
-    for p, x, s in zip(paths, leaves, sel):
+    for p, x, s in zip(paths, leaves, sel, strict=True):
         if s:
             shape = tuple(jnp.shape(x))
             if len(shape) < 1:
                 raise JaxCompressValueError(f"channel_masks: leaf {p!r} is a scalar")
             named_shapes.append((p, (shape[-1],)))
     ks = _layer_ks(named_shapes, dist)
-    xs = [jnp.asarray(x) for x, s in zip(leaves, sel) if s]
-    keep = [_channel_keep_jit(x, jnp.asarray(k, jnp.int32), norm) for x, k in zip(xs, ks)]
+    xs = [jnp.asarray(x) for x, s in zip(leaves, sel, strict=True) if s]
+    keep = [
+        _channel_keep_jit(x, jnp.asarray(k, jnp.int32), norm) for x, k in zip(xs, ks, strict=True)
+    ]
     return jax.tree_util.tree_unflatten(treedef, _full_masks(leaves, sel, keep))
 
 
@@ -446,7 +455,7 @@ def apply_masks(params: Any, masks: Any) -> Any:
     leaves, treedef, mleaves = _check_masks(params, masks)
     out = [
         x if m is None else jnp.where(m, x, jnp.zeros((), jnp.asarray(x).dtype))
-        for x, m in zip(leaves, mleaves)
+        for x, m in zip(leaves, mleaves, strict=True)
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -495,7 +504,10 @@ class SparsityReport:
         return self.size / nz if nz else float("inf")
 
     def table(self) -> str:
-        rows = ["| leaf | shape | params | zeros | sparsity | kept |", "|---|---|---:|---:|---:|---:|"]
+        rows = [
+            "| leaf | shape | params | zeros | sparsity | kept |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for r in self.leaves:
             rows.append(
                 f"| {r.path} | {r.shape} | {r.size} | {r.zeros} | {r.sparsity:.2%} | {r.kept:.2%} |"
@@ -520,10 +532,12 @@ def sparsity_report(tree: Any, *, where=None) -> SparsityReport:
     """
     sel = selection_mask(tree, _report_where if where is None else where, require_float=False)
     rows = []
-    for (path, leaf), s in zip(named_leaves(tree), sel):
+    for (path, leaf), s in zip(named_leaves(tree), sel, strict=True):
         if s:
             a = np.asarray(leaf)
-            rows.append(LeafSparsity(path, tuple(a.shape), int(a.size), int(a.size - np.count_nonzero(a))))
+            rows.append(
+                LeafSparsity(path, tuple(a.shape), int(a.size), int(a.size - np.count_nonzero(a)))
+            )
     return SparsityReport(tuple(rows))
 
 
@@ -538,4 +552,4 @@ def sparsity(tree: Any, *, where=None) -> float:
 
 
 def _selected(seq: Sequence[Any], sel: Sequence[bool]) -> list[Any]:
-    return [x for x, s in zip(seq, sel) if s]
+    return [x for x, s in zip(seq, sel, strict=True) if s]

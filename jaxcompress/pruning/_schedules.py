@@ -15,8 +15,15 @@ import jax.numpy as jnp
 from jaxcompress._core import JaxCompressValueError
 from jaxcompress.pruning._distributions import check_sparsity
 
-__all__ = ["Schedule", "ConstantSchedule", "OneShotSchedule", "PolynomialSchedule",
-           "constant", "one_shot", "polynomial"]
+__all__ = [
+    "Schedule",
+    "ConstantSchedule",
+    "OneShotSchedule",
+    "PolynomialSchedule",
+    "constant",
+    "one_shot",
+    "polynomial",
+]
 
 
 class Schedule:
@@ -45,7 +52,9 @@ class ConstantSchedule(Schedule):
 
     def __post_init__(self):
         check_sparsity(self.sparsity)
-        if self.frequency is not None and (not isinstance(self.frequency, int) or self.frequency < 1):
+        if self.frequency is not None and (
+            not isinstance(self.frequency, int) or self.frequency < 1
+        ):
             raise JaxCompressValueError(f"frequency={self.frequency!r} must be an int >= 1 or None")
 
     @property
@@ -77,7 +86,9 @@ class OneShotSchedule(Schedule):
         return float(self.sparsity)
 
     def __call__(self, step):
-        return jnp.where(jnp.asarray(step) >= self.step, jnp.float32(self.sparsity), jnp.float32(0.0))
+        return jnp.where(
+            jnp.asarray(step) >= self.step, jnp.float32(self.sparsity), jnp.float32(0.0)
+        )
 
     def is_update_step(self, step):
         return jnp.asarray(step) == self.step

@@ -159,7 +159,9 @@ def kth_smallest_key(keys: Sequence[Any], k: jax.Array | int):
         i_lo = jnp.floor((q - _MARGIN) * ns).astype(jnp.int32)
         i_hi = jnp.ceil((q + _MARGIN) * ns).astype(jnp.int32)
         lo0 = jnp.where(i_lo <= 0, jnp.zeros((), kdt), sample[jnp.clip(i_lo, 0, ns - 1)])
-        hi0 = jnp.where(i_hi >= ns - 1, jnp.array(jnp.iinfo(kdt).max, kdt), sample[jnp.clip(i_hi, 0, ns - 1)])
+        hi0 = jnp.where(
+            i_hi >= ns - 1, jnp.array(jnp.iinfo(kdt).max, kdt), sample[jnp.clip(i_hi, 0, ns - 1)]
+        )
         s0 = jnp.maximum(_bit_length(hi0 - lo0, kbits) - b, 0).astype(jnp.int32)
 
     def body(state):
@@ -204,7 +206,11 @@ def _smallest_k_masks_by_sort(keys, shapes, k):
     """Small inputs: a stable argsort (ties keep position order), then rank >= k is kept."""
     flat = jnp.concatenate([_materialize(x).reshape(-1) for x in keys])
     order = jnp.argsort(flat, stable=True)
-    rank = jnp.zeros(flat.shape[0], jnp.int32).at[order].set(jnp.arange(flat.shape[0], dtype=jnp.int32))
+    rank = (
+        jnp.zeros(flat.shape[0], jnp.int32)
+        .at[order]
+        .set(jnp.arange(flat.shape[0], dtype=jnp.int32))
+    )
     keep = rank >= k
     out, o = [], 0
     for sh in shapes:

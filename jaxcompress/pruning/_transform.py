@@ -139,7 +139,9 @@ def magnitude_pruning(
     if isinstance(schedule, (int, float)):
         schedule = ConstantSchedule(float(schedule))
     if not callable(schedule):
-        raise JaxCompressValueError(f"{schedule=} must be a schedule or a step -> sparsity callable")
+        raise JaxCompressValueError(
+            f"{schedule=} must be a schedule or a step -> sparsity callable"
+        )
     if scope == "global" and distribution not in (None, "uniform"):
         raise JaxCompressValueError("distribution= needs scope='layer'")
     final = getattr(schedule, "final_sparsity", None)
@@ -167,9 +169,11 @@ def magnitude_pruning(
         leaves, treedef = jax.tree_util.tree_flatten(params)
         paths = [p for p, _ in named_leaves(params)]
         old = treedef.flatten_up_to(state.masks)
-        xs = [jnp.asarray(x) for x, s in zip(leaves, sel) if s]
-        prev = [m for m, s in zip(old, sel) if s]
-        named_shapes = [(p, tuple(jnp.shape(x))) for p, x, s in zip(paths, leaves, sel) if s]
+        xs = [jnp.asarray(x) for x, s in zip(leaves, sel, strict=True) if s]
+        prev = [m for m, s in zip(old, sel, strict=True) if s]
+        named_shapes = [
+            (p, tuple(jnp.shape(x))) for p, x, s in zip(paths, leaves, sel, strict=True) if s
+        ]
         step = state.count
         s_t = jnp.asarray(schedule(step), jnp.float32)
 
@@ -179,16 +183,18 @@ def magnitude_pruning(
             elif distribution is None:
                 ks = [_num_to_prune(s_t, math.prod(sh)) for _, sh in named_shapes]
             elif distribution == "erk":
-                ks = _layer_ks(named_shapes, ERK(final if final else 0.0), s_t / final if final else 0.0)
+                ks = _layer_ks(
+                    named_shapes, ERK(final if final else 0.0), s_t / final if final else 0.0
+                )
             else:
                 progress = s_t / final if final else jnp.float32(0.0)
                 ks = _layer_ks(named_shapes, distribution, progress)
             keep = _magnitude_keep(xs, ks, scope, prev=prev)
-            return [k & p for k, p in zip(keep, prev)]
+            return [k & p for k, p in zip(keep, prev, strict=True)]
 
         new = lax.cond(is_update(step) & (s_t > 0), recompute, lambda: list(prev))
         it = iter(new)
-        masks_flat = [next(it) if s else m for m, s in zip(old, sel)]
+        masks_flat = [next(it) if s else m for m, s in zip(old, sel, strict=True)]
         masks = jax.tree_util.tree_unflatten(treedef, masks_flat)
         updates = _masked_updates(updates, params, masks)
         return updates, MagnitudePruningState(count=optax.safe_int32_increment(step), masks=masks)
@@ -242,20 +248,20 @@ def nm_pruning(
             due = step == begin_step
         else:
             due = (step >= begin_step) & ((step - begin_step) % frequency == 0)
-        xs = [jnp.asarray(x) for x, s in zip(leaves, sel) if s]
-        prev = [mk for mk, s in zip(old, sel) if s]
+        xs = [jnp.asarray(x) for x, s in zip(leaves, sel, strict=True) if s]
+        prev = [mk for mk, s in zip(old, sel, strict=True) if s]
         first = step == begin_step
 
         def recompute():
             return [
                 _nm_keep(x, n, m, axis, prev=jnp.where(first, jnp.ones_like(p), p))
-                for x, p in zip(xs, prev)
+                for x, p in zip(xs, prev, strict=True)
             ]
 
         new = lax.cond(due, recompute, lambda: list(prev))
         it = iter(new)
         masks = jax.tree_util.tree_unflatten(
-            treedef, [next(it) if s else mk for mk, s in zip(old, sel)]
+            treedef, [next(it) if s else mk for mk, s in zip(old, sel, strict=True)]
         )
         updates = _masked_updates(updates, params, masks)
         return updates, NMPruningState(count=optax.safe_int32_increment(step), masks=masks)

@@ -28,22 +28,34 @@ def tree(seed=0, dtype=jnp.float32):
 
 # ----------------------------------------------------------------------------- golden masks
 def test_nm_golden_dense_and_conv():
-    w = jnp.array([[1.0, 1.0], [-4.0, 1.0], [3.0, 1.0], [2.0, 1.0],
-                   [0.5, 0.0], [0.1, -2.0], [-0.2, 0.0], [0.3, 0.0]])  # (in=8, out=2)
+    w = jnp.array(
+        [
+            [1.0, 1.0],
+            [-4.0, 1.0],
+            [3.0, 1.0],
+            [2.0, 1.0],
+            [0.5, 0.0],
+            [0.1, -2.0],
+            [-0.2, 0.0],
+            [0.3, 0.0],
+        ]
+    )  # (in=8, out=2)
     m = jp.nm_masks({"k": w}, 2, 4)["k"]
-    expected = np.array([[0, 1], [1, 1], [1, 0], [0, 0],
-                         [1, 1], [0, 1], [0, 0], [1, 0]], bool)  # ties: lower index wins
+    expected = np.array(
+        [[0, 1], [1, 1], [1, 0], [0, 0], [1, 1], [0, 1], [0, 0], [1, 0]], bool
+    )  # ties: lower index wins
     np.testing.assert_array_equal(np.asarray(m), expected)
-    conv = jnp.arange(8.0).reshape(1, 1, 8, 1) * jnp.array([1, -1, 1, -1, 1, -1, 1, -1.0]).reshape(1, 1, 8, 1)
+    conv = jnp.arange(8.0).reshape(1, 1, 8, 1) * jnp.array([1, -1, 1, -1, 1, -1, 1, -1.0]).reshape(
+        1, 1, 8, 1
+    )
     mc = jp.nm_masks({"c": conv}, 1, 4)["c"]
     np.testing.assert_array_equal(np.asarray(mc).reshape(-1), [0, 0, 0, 1, 0, 0, 0, 1])
 
 
 def test_block_golden():
-    w = jnp.array([[1.0, 1.0, 9.0, 9.0],
-                   [1.0, 1.0, 9.0, 9.0],
-                   [5.0, 5.0, 0.1, 0.1],
-                   [5.0, -5.0, 0.1, -0.1]])
+    w = jnp.array(
+        [[1.0, 1.0, 9.0, 9.0], [1.0, 1.0, 9.0, 9.0], [5.0, 5.0, 0.1, 0.1], [5.0, -5.0, 0.1, -0.1]]
+    )
     m = jp.block_masks({"w": w}, 0.5, block=(2, 2))["w"]
     expected = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]], bool)
     np.testing.assert_array_equal(np.asarray(m), expected)
@@ -67,7 +79,9 @@ def test_threshold_clip_golden_and_quality():
     w = jnp.array([[0.1, -0.5], [2.0, -0.05]])
     out = jp.threshold_clip({"w": w, "b": jnp.array([0.01])}, 0.2)
     np.testing.assert_array_equal(np.asarray(out["w"]), [[0.0, -0.5], [2.0, 0.0]])
-    np.testing.assert_array_equal(np.asarray(out["b"]), np.float32([0.01]))  # bias not selected by default
+    np.testing.assert_array_equal(
+        np.asarray(out["b"]), np.float32([0.01])
+    )  # bias not selected by default
     q = jp.threshold_clip({"w": w}, quality=1.0)["w"]
     thr = float(np.std(np.asarray(w)))
     np.testing.assert_array_equal(np.asarray(q), np.where(np.abs(np.asarray(w)) < thr, 0, w))
@@ -89,8 +103,12 @@ def test_magnitude_exact_zero_counts(s, seed):
     assert jp.sparsity_report(glob).zeros == round(s * 312)
     # the pruned magnitudes are never above the kept ones
     pruned = jp.apply_masks(p, glob)
-    mags = np.concatenate([np.abs(np.asarray(p["params"][k]["kernel"])).ravel() for k in ("Dense_0", "Conv_0")])
-    keep = np.concatenate([np.asarray(glob["params"][k]["kernel"]).ravel() for k in ("Dense_0", "Conv_0")])
+    mags = np.concatenate(
+        [np.abs(np.asarray(p["params"][k]["kernel"])).ravel() for k in ("Dense_0", "Conv_0")]
+    )
+    keep = np.concatenate(
+        [np.asarray(glob["params"][k]["kernel"]).ravel() for k in ("Dense_0", "Conv_0")]
+    )
     if keep.any() and (~keep).any():
         assert mags[~keep].max() <= mags[keep].min()
     assert jp.sparsity(pruned) == pytest.approx(round(s * 312) / 312)
@@ -114,7 +132,9 @@ def test_jit_equals_eager_and_structure(fn):
     eager = fn(p)
     jitted = jax.jit(fn)(p)
     assert jax.tree.structure(eager) == jax.tree.structure(p)
-    for a, b, x in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), jax.tree.leaves(p)):
+    for a, b, x in zip(
+        jax.tree.leaves(eager), jax.tree.leaves(jitted), jax.tree.leaves(p), strict=True
+    ):
         assert a.dtype == jnp.bool_ and a.shape == x.shape
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -165,7 +185,7 @@ def test_distributions():
     p = tree(3)
     shapes = [("a", (12, 8)), ("b", (3, 3, 4, 6))]
     s = jp.erk(0.8).layer_sparsities(shapes)
-    total = sum(float(x) * n for x, n in zip(s, (96, 216)))
+    total = sum(float(x) * n for x, n in zip(s, (96, 216), strict=True))
     assert total == pytest.approx(0.8 * 312, rel=1e-5)
     # ERK gives the smaller layer (more sum(shape)/prod(shape)) the lower sparsity
     assert float(s[0]) < float(s[1])

@@ -34,7 +34,7 @@ def _select_f32(arrays, k):
 
 def _check(arrays, k, fn=_select_f32):
     got = fn([jnp.asarray(a) for a in arrays], k)
-    for g, e in zip(got, reference(arrays, k)):
+    for g, e in zip(got, reference(arrays, k), strict=True):
         np.testing.assert_array_equal(np.asarray(g), e)
     assert sum(int((~np.asarray(g)).sum()) for g in got) == k
 
@@ -107,7 +107,7 @@ def test_select_jit_equals_eager():
     keys = [magnitude_keys(jnp.asarray(a)) for a in arrays]
     eager = smallest_k_masks(keys, 40)
     jitted = jax.jit(smallest_k_masks)(keys, 40)
-    for e, j in zip(eager, jitted):
+    for e, j in zip(eager, jitted, strict=True):
         np.testing.assert_array_equal(np.asarray(e), np.asarray(j))
 
 

@@ -52,7 +52,9 @@ def test_constant_and_one_shot():
 @jax.jit
 def _run(p, grads, table):
     """Apply ``len(grads)`` steps of sgd + magnitude_pruning with the schedule ``table[t]``."""
-    tx = optax.chain(optax.sgd(1.0), jp.magnitude_pruning(lambda t: table[jnp.minimum(t, table.shape[0] - 1)]))
+    tx = optax.chain(
+        optax.sgd(1.0), jp.magnitude_pruning(lambda t: table[jnp.minimum(t, table.shape[0] - 1)])
+    )
     state = tx.init(p)
 
     def body(carry, g):
@@ -91,7 +93,9 @@ def test_no_recompilation_after_first_step_and_global_scope():
     traces = []
     tx = optax.chain(
         optax.adam(1e-2),
-        jp.magnitude_pruning(jp.polynomial(0.8, begin_step=1, end_step=5, frequency=2), scope="global"),
+        jp.magnitude_pruning(
+            jp.polynomial(0.8, begin_step=1, end_step=5, frequency=2), scope="global"
+        ),
     )
     p = params(1)
     state = tx.init(p)
@@ -130,14 +134,18 @@ def test_transform_nnx_bf16_and_erk():
     rep = jp.sparsity_report(new)
     assert rep.zeros == round(0.75 * 160) or abs(rep.zeros - 0.75 * 160) <= 2
     m = opt_state[1].masks
-    assert ((np.asarray(new["l1"]["kernel"][...]) == 0) == ~np.asarray(m["l1"]["kernel"][...])).all()
+    assert (
+        (np.asarray(new["l1"]["kernel"][...]) == 0) == ~np.asarray(m["l1"]["kernel"][...])
+    ).all()
 
 
 def test_nm_pruning_transform_keeps_structure():
     p = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((8, 3)), jnp.float32)}
     tx = optax.chain(optax.sgd(0.5), jp.nm_pruning(2, 4, begin_step=1, frequency=2))
     s = tx.init(p)
-    step = jax.jit(lambda p, s, g: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(tx.update(g, s, p)))
+    step = jax.jit(
+        lambda p, s, g: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(tx.update(g, s, p))
+    )
     rng = np.random.default_rng(1)
     p, s = step(p, s, {"w": jnp.ones((8, 3))})
     assert (np.asarray(p["w"]) != 0).all()  # dense before begin_step
@@ -172,15 +180,28 @@ def test_iterative_pruning_reaches_target_with_exact_zeros():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 10)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
-    p = {"w1": jnp.asarray(rng.standard_normal((10, 16)) * 0.3, jnp.float32), "b1": jnp.zeros(16),
-         "w2": jnp.asarray(rng.standard_normal((16, 2)) * 0.3, jnp.float32)}
+    p = {
+        "w1": jnp.asarray(rng.standard_normal((10, 16)) * 0.3, jnp.float32),
+        "b1": jnp.zeros(16),
+        "w2": jnp.asarray(rng.standard_normal((16, 2)) * 0.3, jnp.float32),
+    }
 
     def apply_fn(p, x, *, train=False, key=None):
         return jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"]
 
-    res = jp.iterative_pruning(apply_fn, p, (x, y), target={"w1": 0.8, "w2": 0.5}, rounds=2,
-                               epochs_per_round=1, optimizer=optax.sgd(0.05), batch_size=64,
-                               key=jax.random.key(0), eval_data=(x, y), progress=False)
+    res = jp.iterative_pruning(
+        apply_fn,
+        p,
+        (x, y),
+        target={"w1": 0.8, "w2": 0.5},
+        rounds=2,
+        epochs_per_round=1,
+        optimizer=optax.sgd(0.05),
+        batch_size=64,
+        key=jax.random.key(0),
+        eval_data=(x, y),
+        progress=False,
+    )
     assert len(res.rounds) == 2 and "eval_accuracy" in res.rounds[-1]
     assert int((np.asarray(res.params["w1"]) == 0).sum()) == 128
     assert int((np.asarray(res.params["w2"]) == 0).sum()) == 16
