@@ -5,12 +5,12 @@ a 2x800 ReLU student trained alone without regularization makes 146; the same st
 only to match the teacher's soft targets at T = 20 (plus a small weight on the hard labels)
 makes 74. A 2x30 student works best at T in 2.5-4.
 
-Stages (each one fits in one locked run of <= ~15 min on 2 cores; run them in order):
+Each run fits in one locked run of <= ~15 min on 2 cores; repeat until it exits with 0:
 
-    flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_hinton2015.py --stage teacher
-    flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_hinton2015.py --stage students
+    flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_hinton2015.py --stage all
 
-(``students`` = ``student800`` then ``sweep30``; each can also run on its own.)
+``all`` = ``teacher`` (at most ``--time-budget`` seconds, resumable), then, once the teacher is
+complete, ``students`` = ``student800`` + ``sweep30``; each stage can also run on its own.
 
 ``teacher`` trains epoch by epoch and checkpoints the params and optimizer state under
 ``~/.cache/jaxcompress/hinton2015/`` after every epoch; if ``--time-budget`` runs out it stops and
@@ -52,7 +52,7 @@ CACHE = (
 # The paper's test errors (out of 10,000).
 PAPER = {"teacher": 67, "student800_alone": 146, "student800_distilled": 74}
 
-TEACHER = dict(features=(1200, 1200), dropout=0.5, input_dropout=0.2, jitter=2, lr=1e-3, batch=128)
+TEACHER = dict(features=(1200, 1200), dropout=0.5, input_dropout=0.2, jitter=2, lr=1e-3, batch=256)
 STUDENT = dict(lr=1e-3, batch=128)
 
 
@@ -165,7 +165,8 @@ def stage_teacher(ds, args) -> dict:
     key = jax.random.key(args.seed)
     t_start = time.perf_counter()
     while meta["epochs_done"] < args.teacher_epochs:
-        if time.perf_counter() - t_start > args.time_budget:
+        last = meta["history"][-1]["seconds"] if meta["history"] else 0.0
+        if time.perf_counter() - t_start + last > args.time_budget:
             print("time budget spent; rerun --stage teacher to continue")
             break
         e = meta["epochs_done"]
@@ -298,6 +299,14 @@ def stage_sweep30(ds, args) -> dict:
     return {"sweep30": {"epochs": args.sweep_epochs, "alpha": args.alpha, "rows": rows}}
 
 
+def stage_all(ds, args) -> dict:
+    """Teacher (resumed, within --time-budget), then, once it is complete, both student stages."""
+    out = stage_teacher(ds, args)
+    if out["teacher"]["epochs"] < out["teacher"]["epochs_planned"]:
+        return out
+    return {**out, **stage_student800(ds, args), **stage_sweep30(ds, args)}
+
+
 # -------------------------------------------------------------------------------------- report
 def render(results: dict) -> str:
     lines = ["# Hinton et al. 2015 distillation on MNIST, scaled to CPU time", ""]
@@ -382,18 +391,20 @@ def render(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--stage", choices=["teacher", "students", "student800", "sweep30", "report"], required=True
+        "--stage",
+        choices=["all", "teacher", "students", "student800", "sweep30", "report"],
+        required=True,
     )
     p.add_argument(
         "--data-dir", default=str((HERE / ".." / ".." / "shared" / "data" / "mnist").resolve())
     )
-    p.add_argument("--teacher-epochs", type=int, default=24)
-    p.add_argument("--student-epochs", type=int, default=20)
-    p.add_argument("--sweep-epochs", type=int, default=20)
+    p.add_argument("--teacher-epochs", type=int, default=20)
+    p.add_argument("--student-epochs", type=int, default=15)
+    p.add_argument("--sweep-epochs", type=int, default=10)
     p.add_argument("--temperatures", type=float, nargs="+", default=[1, 2.5, 4, 8, 20])
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the soft term")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=13 * 60, help="seconds (teacher stage)")
+    p.add_argument("--time-budget", type=float, default=8 * 60, help="seconds for the teacher")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
@@ -419,6 +430,7 @@ def main(argv=None) -> int:
         "student800": stage_student800,
         "sweep30": stage_sweep30,
         "students": lambda ds, args: {**stage_student800(ds, args), **stage_sweep30(ds, args)},
+        "all": stage_all,
         "report": lambda ds, args: {},
     }[args.stage]
     out = stage(ds, args)
