@@ -39,6 +39,7 @@ __all__ = ["LazyKey", "magnitude_keys", "common_key_dtype", "smallest_k_masks", 
 _UINT_OF_BITS = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
 _SAMPLE = 16384  # sample size for the first bracket
 _MARGIN = 0.02  # rank margin of the bracket (5 standard errors of a 16K-sample quantile)
+_MAX_BITS = 22  # at most 2**22 bins per pass (a 16 MiB histogram)
 
 
 def common_key_dtype(dtypes: Sequence[jnp.dtype]) -> jnp.dtype:
@@ -144,8 +145,9 @@ def kth_smallest_key(keys: Sequence[Any], k: jax.Array | int):
     kdt = specs[0][1]
     kbits = jnp.dtype(kdt).itemsize * 8
     total = sum(math.prod(sh) for sh, _ in specs)
-    # Bins per pass: 2**20 for big inputs (one pass usually), fewer for small ones.
-    b = min(kbits, 20, max(8, total.bit_length() - 2))
+    # Bins per pass: up to 2**22 for big inputs (one pass for a typical bracket), fewer for small
+    # ones (the histogram and its cumsum would dominate).
+    b = min(kbits, _MAX_BITS, max(8, total.bit_length() - 4))
     nbins = 1 << b
     full_s = jnp.int32(kbits - b)
     k = jnp.asarray(k, jnp.int32)
