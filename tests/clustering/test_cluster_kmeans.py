@@ -118,8 +118,8 @@ def test_cluster_trees_and_centroid_finetuning(kind):
     # golden: the tied gradient of every weight is the sum of its cluster's weight gradients
     tx = centroid_finetuning(ct)
     st = tx.init(sp)
-    g = jax.grad(loss)(sp)
-    tied, _ = tx.update(g, st, sp)
+    g = jax.jit(jax.grad(loss))(sp)
+    tied, _ = jax.jit(tx.update)(g, st, sp)
     gk, tk = np.asarray(jax.tree.leaves(g)[k0]), np.asarray(jax.tree.leaves(tied)[k0])
     idx = np.asarray(cas[0].indices)
     for k in range(1, 8):
@@ -132,14 +132,14 @@ def test_cluster_trees_and_centroid_finetuning(kind):
 
     @jax.jit
     def step(q, state):
-        l, gr = jax.value_and_grad(loss)(q)
+        lv, gr = jax.value_and_grad(loss)(q)
         u, state = opt.update(gr, state, q)
-        return optax.apply_updates(q, u), state, l
+        return optax.apply_updates(q, u), state, lv
 
     q, losses = sp, []
     for _ in range(10):
-        q, state, l = step(q, state)
-        losses.append(float(l))
+        q, state, lv = step(q, state)
+        losses.append(float(lv))
     assert losses[-1] < losses[0]
     ct2 = update_codebooks(ct, q)
     for a, b in zip(jax.tree.leaves(dequantize_params(ct2)), jax.tree.leaves(q), strict=True):

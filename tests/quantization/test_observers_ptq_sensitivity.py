@@ -1,7 +1,6 @@
 """Activation observers (static/dynamic range), whole-model PTQ, sensitivity and mixed precision."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -60,11 +59,11 @@ def test_static_and_dynamic_activation_quant(kind):
         assert out.shape == ref.shape
         assert 0 < np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
     # 2-bit activations hurt much more than 8-bit ones
-    f2 = quantize_activations(f, r, bits=2)
+    f2 = jax.jit(quantize_activations(f, r, bits=2))
     assert np.abs(np.asarray(f2(p, X)) - ref).mean() > np.abs(np.asarray(fs(p, X)) - ref).mean()
     # a static range clips: values beyond the observed range produce zero gradient (clipped STE)
     small = observe_activations(f, p, [X * 0.5])
-    g = jax.grad(lambda x: quantize_activations(f, small, sites=["dot_general_0"])(p, x).sum())(X[:2])
+    g = jax.jit(jax.grad(lambda x: quantize_activations(f, small, sites=["dot_general_0"])(p, x).sum()))(X[:2])
     g = np.asarray(g).reshape(2, -1)
     outside = X[:2].reshape(2, -1) > small.ranges["dot_general_0"][1] + 1e-3
     assert outside.any() and np.all(g[outside] == 0)
@@ -81,7 +80,7 @@ def test_ptq_weight_only_and_full():
     assert np.abs(out - ref).max() < 0.02 * np.abs(ref).max()
     full = ptq(f, p, np.array_split(X, 2), bits=4, activation_bits=8)
     assert set(full.ranges.ranges) == {"dot_general_0", "dot_general_1", "dot_general_2"}
-    out4 = np.asarray(full.apply_fn(full.params, X))
+    out4 = np.asarray(jax.jit(full.apply_fn)(full.params, X))
     assert np.abs(out4 - ref).mean() > np.abs(out - ref).mean()
     with pytest.raises(JaxCompressValueError, match="calibration_batches"):
         ptq(f, p, bits=8, activation_bits=8)

@@ -69,7 +69,7 @@ def test_round_half_to_even_symmetric():
     np.testing.assert_array_equal(np.asarray(q.qvalue), [127, 0, 2, 2, 0, -2])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     bits=st.integers(2, 8),
