@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress.quantization._quantize import COMPRESSED_TYPES
 from jaxcompress._core import (
     JaxCompressTypeError,
     JaxCompressValueError,
     named_leaves,
     selection_mask,
 )
+from jaxcompress.quantization._quantize import COMPRESSED_TYPES
 
 __all__ = ["ClusteredArray", "cluster", "validate_clustered_array", "kmeans_1d", "INITS"]
 

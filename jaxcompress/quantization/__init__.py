@@ -4,6 +4,7 @@ Grid semantics are pinned down in :mod:`jaxcompress.quantization._numerics`.
 """
 
 from jaxcompress.quantization._fake_quant import FakeQuantize, fake_quant, fake_quantize, qat_step
+from jaxcompress.quantization._numerics import SCHEMES, code_range
 from jaxcompress.quantization._observers import (
     OBSERVERS,
     ActivationRanges,
@@ -12,13 +13,6 @@ from jaxcompress.quantization._observers import (
     quantize_activations,
 )
 from jaxcompress.quantization._ptq import PTQResult, ptq
-from jaxcompress.quantization._sensitivity import (
-    LayerSensitivity,
-    SensitivityReport,
-    mixed_precision,
-    sensitivity,
-)
-from jaxcompress.quantization._numerics import SCHEMES, code_range
 from jaxcompress.quantization._qarray import QuantizedArray, validate_quantized_array
 from jaxcompress.quantization._quantize import (
     QuantSpec,
@@ -27,6 +21,12 @@ from jaxcompress.quantization._quantize import (
     is_compressed,
     quantize,
     quantize_params,
+)
+from jaxcompress.quantization._sensitivity import (
+    LayerSensitivity,
+    SensitivityReport,
+    mixed_precision,
+    sensitivity,
 )
 
 __all__ = [

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcompress._core import JaxCompressValueError, named_leaves, selection_mask
-from jaxcompress.quantization._quantize import QuantSpec, _quantize_core
 from jaxcompress.quantization._qarray import row_shape
+from jaxcompress.quantization._quantize import QuantSpec, _quantize_core
 
 __all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "mixed_precision"]
 
