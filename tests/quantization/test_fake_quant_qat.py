@@ -145,3 +145,29 @@ def test_fake_quantize_transform_and_qat_step(idx):
         losses.append(float(loss))
     assert losses[-1] < losses[0]
     assert jax.tree.structure(p) == jax.tree.structure(_trees()[idx][2])
+
+
+def test_no_retrace_on_new_values_and_fit_param_transform():
+    from jaxcompress.training import fit
+
+    _, f, p = _trees()[1]
+    traces = []
+
+    @jax.jit
+    def dq(tree):
+        traces.append(1)
+        return dequantize_params(tree)
+
+    dq(quantize_params(p, bits=4))
+    dq(quantize_params(jax.tree.map(lambda a: a * 2.0, p), bits=4))
+    assert len(traces) == 1  # metadata is static and hashable; codes/scales are traced leaves
+    rng = np.random.RandomState(2)
+    x = rng.rand(64, 28, 28, 1).astype(np.float32)
+    y = rng.randint(0, 10, 64).astype(np.int32)
+    fq = fake_quantize(bits=3)
+    res = fit(f, p, (x, y), optimizer=optax.adam(1e-3), epochs=2, batch_size=32,
+              key=jax.random.key(0), param_transform=fq, progress=False)
+    assert jax.tree.structure(res.params) == jax.tree.structure(p)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    leaves = jax.tree.leaves(fq.quantize(res.params), is_leaf=lambda a: isinstance(a, QuantizedArray))
+    assert all(a.bits == 3 for a in leaves if isinstance(a, QuantizedArray))
