@@ -31,92 +31,17 @@ __all__ = [
 ]
 
 
-_FM = {"reassoc", "contract"}  # float kernels: reorder sums (vectorise); tests allow 1e-5 rel.
+_FM = {"reassoc", "contract"}
+_LANE_MAX = 64  # groups with at most this many values per plane use lane accumulators  # float kernels: reorder sums (vectorise); tests allow 1e-5 rel.
 
 
 # ----------------------------------------------------------------------------------------------
 # group decode helpers: code of position k0 + r (r < g) of a group starting at byte offset bo
 
 
-@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
-def _dot_group(row, bo, bits, g, x, xo, z):
-    """sum_r x[xo + r] * (u_r - z) over one group of g codes."""
-    acc = np.float32(0.0)
-    if bits == 4:
-        h = g // 2
-        for j in range(h):
-            b = row[bo + j]
-            acc += x[xo + j] * (np.float32(b & 15) - z) + x[xo + h + j] * (np.float32(b >> 4) - z)
-    elif bits == 8:
-        for j in range(g):
-            acc += x[xo + j] * (np.float32(row[bo + j]) - z)
-    elif bits == 2:
-        q = g // 4
-        for j in range(q):
-            b = row[bo + j]
-            acc += (
-                x[xo + j] * (np.float32(b & 3) - z)
-                + x[xo + q + j] * (np.float32((b >> 2) & 3) - z)
-                + x[xo + 2 * q + j] * (np.float32((b >> 4) & 3) - z)
-                + x[xo + 3 * q + j] * (np.float32(b >> 6) - z)
-            )
-    else:  # 3 bits: 2-bit plane (g/4 bytes) + 1-bit plane (g/8 bytes)
-        q = g // 4
-        e = g // 8
-        ho = bo + q
-        for j in range(e):
-            b0 = np.int32(row[bo + j])
-            b1 = np.int32(row[bo + e + j])
-            h = np.int32(row[ho + j])
-            acc += (
-                x[xo + j] * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
-                + x[xo + e + j] * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
-                + x[xo + 2 * e + j] * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
-                + x[xo + 3 * e + j] * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
-                + x[xo + 4 * e + j] * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
-                + x[xo + 5 * e + j] * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
-                + x[xo + 6 * e + j] * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
-                + x[xo + 7 * e + j] * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
-            )
-    return acc
-
-
-@njit(cache=True, nogil=True, fastmath=_FM, inline="always")
-def _decode_group(row, bo, bits, g, s, z, out, oo):
-    """out[oo + r] = s * (u_r - z) for one group."""
-    if bits == 4:
-        h = g // 2
-        for j in range(h):
-            b = row[bo + j]
-            out[oo + j] = s * (np.float32(b & 15) - z)
-            out[oo + h + j] = s * (np.float32(b >> 4) - z)
-    elif bits == 8:
-        for j in range(g):
-            out[oo + j] = s * (np.float32(row[bo + j]) - z)
-    elif bits == 2:
-        q = g // 4
-        for j in range(q):
-            b = row[bo + j]
-            out[oo + j] = s * (np.float32(b & 3) - z)
-            out[oo + q + j] = s * (np.float32((b >> 2) & 3) - z)
-            out[oo + 2 * q + j] = s * (np.float32((b >> 4) & 3) - z)
-            out[oo + 3 * q + j] = s * (np.float32(b >> 6) - z)
-    else:
-        q = g // 4
-        e = g // 8
-        ho = bo + q
-        for j in range(e):
-            b0 = np.int32(row[bo + j])
-            b1 = np.int32(row[bo + e + j])
-            h = np.int32(row[ho + j])
-            out[oo + j] = s * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
-            out[oo + e + j] = s * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
-            out[oo + 2 * e + j] = s * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
-            out[oo + 3 * e + j] = s * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
-            out[oo + 4 * e + j] = s * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
-            out[oo + 5 * e + j] = s * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
-            out[oo + 6 * e + j] = s * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
-            out[oo + 7 * e + j] = s * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
+# Note on indexing: Numba wraps negative indices, so ``a[off + j]`` with an offset it cannot prove
+# non-negative compiles to a select per element and LLVM falls back to gathers. Every hot loop
+# below therefore indexes slices (views) with the bare loop counter.
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -126,25 +51,30 @@ def _rows_dot(x, w, out, n):
     kk = w.shape[0]
     m = 0
     while m + 4 <= mm:
+        x0 = x[m]
+        x1 = x[m + 1]
+        x2 = x[m + 2]
+        x3 = x[m + 3]
         a0 = np.float32(0.0)
         a1 = np.float32(0.0)
         a2 = np.float32(0.0)
         a3 = np.float32(0.0)
         for k in range(kk):
             wk = w[k]
-            a0 += x[m, k] * wk
-            a1 += x[m + 1, k] * wk
-            a2 += x[m + 2, k] * wk
-            a3 += x[m + 3, k] * wk
+            a0 += x0[k] * wk
+            a1 += x1[k] * wk
+            a2 += x2[k] * wk
+            a3 += x3[k] * wk
         out[m, n] += a0
         out[m + 1, n] += a1
         out[m + 2, n] += a2
         out[m + 3, n] += a3
         m += 4
     while m < mm:
+        x0 = x[m]
         a0 = np.float32(0.0)
         for k in range(kk):
-            a0 += x[m, k] * w[k]
+            a0 += x0[k] * w[k]
         out[m, n] += a0
         m += 1
 
@@ -153,36 +83,258 @@ def _rows_dot(x, w, out, n):
 # qmatmul kernels
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _qmatmul_gemv_kernel(x, data, scales, zps, bits, g, out):
-    """Batch 1: out[0, n] += sum_g s[n,g] * sum_{k in g} x[k] (u - z)."""
-    nn = data.shape[0]
-    ng = scales.shape[1]
-    gb = g * bits // 8
-    xr = x[0]
-    for n in prange(nn):
-        row = data[n]
-        acc = np.float32(0.0)
+# The wrapper views the packed row of channel n as (G, B, PL) bytes and x as (G, T, PL) floats
+# (G groups, B byte planes, T x planes, PL values per plane), so every index is a bare loop counter.
+# Short groups (PL <= 64, e.g. 4-bit g32: PL = 16) accumulate into PL SIMD lanes with the group's
+# scale applied per group: no horizontal reduction per group. Long groups (per-channel) reduce
+# each group in registers and scale once.
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _gemv4_rows(x3, d4, scales, zps, n0, n1, acc, out):
+    ng, _, nl = x3.shape
+    for n in range(n0, n1):
+        if nl > _LANE_MAX:  # long groups: reduce each group in registers, then scale once
+            t = np.float32(0.0)
+            for gi in range(ng):
+                s = scales[n, gi]
+                z = zps[n, gi]
+                gs = np.float32(0.0)
+                for j in range(nl):
+                    f = np.float32(d4[n, gi, 0, j])
+                    hi = np.floor(f * np.float32(0.0625))
+                    lo = f - np.float32(16.0) * hi
+                    gs += x3[gi, 0, j] * (lo - z) + x3[gi, 1, j] * (hi - z)
+                t += s * gs
+            out[0, n] += t
+            continue
+        for j in range(nl):
+            acc[0, j] = 0.0
+            acc[1, j] = 0.0
         for gi in range(ng):
-            acc += scales[n, gi] * _dot_group(row, gi * gb, bits, g, xr, gi * g, zps[n, gi])
-        out[0, n] += acc
+            s = scales[n, gi]
+            z = zps[n, gi]
+            o = gi & 1  # two lane accumulators break the store-to-load chain
+            for j in range(nl):
+                f = np.float32(d4[n, gi, 0, j])
+                hi = np.floor(f * np.float32(0.0625))
+                lo = f - np.float32(16.0) * hi
+                acc[o, j] += s * (x3[gi, 0, j] * (lo - z) + x3[gi, 1, j] * (hi - z))
+        t = np.float32(0.0)
+        for j in range(nl):
+            t += acc[0, j] + acc[1, j]
+        out[0, n] += t
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _gemv8_rows(x3, d4, scales, zps, n0, n1, acc, out):
+    ng, _, nl = x3.shape
+    for n in range(n0, n1):
+        if nl > _LANE_MAX:  # long groups: reduce each group in registers, then scale once
+            t = np.float32(0.0)
+            for gi in range(ng):
+                s = scales[n, gi]
+                z = zps[n, gi]
+                gs = np.float32(0.0)
+                for j in range(nl):
+                    gs += (x3[gi, 0, j] * (np.float32(d4[n, gi, 0, j]) - z))
+                t += s * gs
+            out[0, n] += t
+            continue
+        for j in range(nl):
+            acc[0, j] = 0.0
+            acc[1, j] = 0.0
+        for gi in range(ng):
+            s = scales[n, gi]
+            z = zps[n, gi]
+            o = gi & 1  # two lane accumulators break the store-to-load chain
+            for j in range(nl):
+                acc[o, j] += s * (x3[gi, 0, j] * (np.float32(d4[n, gi, 0, j]) - z))
+        t = np.float32(0.0)
+        for j in range(nl):
+            t += acc[0, j] + acc[1, j]
+        out[0, n] += t
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _gemv2_rows(x3, d4, scales, zps, n0, n1, acc, out):
+    ng, _, nl = x3.shape
+    for n in range(n0, n1):
+        if nl > _LANE_MAX:  # long groups: reduce each group in registers, then scale once
+            t = np.float32(0.0)
+            for gi in range(ng):
+                s = scales[n, gi]
+                z = zps[n, gi]
+                gs = np.float32(0.0)
+                for j in range(nl):
+                    b = d4[n, gi, 0, j]
+                    gs += (
+                        x3[gi, 0, j] * (np.float32(b & 3) - z)
+                        + x3[gi, 1, j] * (np.float32((b >> 2) & 3) - z)
+                        + x3[gi, 2, j] * (np.float32((b >> 4) & 3) - z)
+                        + x3[gi, 3, j] * (np.float32(b >> 6) - z)
+                    )
+                t += s * gs
+            out[0, n] += t
+            continue
+        for j in range(nl):
+            acc[0, j] = 0.0
+            acc[1, j] = 0.0
+        for gi in range(ng):
+            s = scales[n, gi]
+            z = zps[n, gi]
+            o = gi & 1  # two lane accumulators break the store-to-load chain
+            for j in range(nl):
+                b = d4[n, gi, 0, j]
+                acc[o, j] += s * (
+                    x3[gi, 0, j] * (np.float32(b & 3) - z)
+                    + x3[gi, 1, j] * (np.float32((b >> 2) & 3) - z)
+                    + x3[gi, 2, j] * (np.float32((b >> 4) & 3) - z)
+                    + x3[gi, 3, j] * (np.float32(b >> 6) - z)
+                )
+        t = np.float32(0.0)
+        for j in range(nl):
+            t += acc[0, j] + acc[1, j]
+        out[0, n] += t
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _gemv3_rows(x3, d4, scales, zps, n0, n1, acc, out):
+    ng, _, nl = x3.shape
+    for n in range(n0, n1):
+        if nl > _LANE_MAX:  # long groups: reduce each group in registers, then scale once
+            t = np.float32(0.0)
+            for gi in range(ng):
+                s = scales[n, gi]
+                z = zps[n, gi]
+                gs = np.float32(0.0)
+                for j in range(nl):
+                    b0 = np.int32(d4[n, gi, 0, j])
+                    b1 = np.int32(d4[n, gi, 1, j])
+                    h = np.int32(d4[n, gi, 2, j])
+                    gs += (
+                        x3[gi, 0, j] * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
+                        + x3[gi, 1, j] * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
+                        + x3[gi, 2, j] * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
+                        + x3[gi, 3, j] * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
+                        + x3[gi, 4, j] * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
+                        + x3[gi, 5, j] * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
+                        + x3[gi, 6, j] * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
+                        + x3[gi, 7, j] * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
+                    )
+                t += s * gs
+            out[0, n] += t
+            continue
+        for j in range(nl):
+            acc[0, j] = 0.0
+            acc[1, j] = 0.0
+        for gi in range(ng):
+            s = scales[n, gi]
+            z = zps[n, gi]
+            o = gi & 1  # two lane accumulators break the store-to-load chain
+            for j in range(nl):
+                b0 = np.int32(d4[n, gi, 0, j])
+                b1 = np.int32(d4[n, gi, 1, j])
+                h = np.int32(d4[n, gi, 2, j])
+                acc[o, j] += s * (
+                    x3[gi, 0, j] * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
+                    + x3[gi, 1, j] * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
+                    + x3[gi, 2, j] * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
+                    + x3[gi, 3, j] * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
+                    + x3[gi, 4, j] * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
+                    + x3[gi, 5, j] * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
+                    + x3[gi, 6, j] * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
+                    + x3[gi, 7, j] * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
+                )
+        t = np.float32(0.0)
+        for j in range(nl):
+            t += acc[0, j] + acc[1, j]
+        out[0, n] += t
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _qmatmul_small_kernel(x, data, scales, zps, bits, g, nchunks, out):
-    """Small batch: decode one output channel into a per-thread buffer, then dot every row."""
-    nn = data.shape[0]
-    ng = scales.shape[1]
+def _qmatmul_gemv_kernel(x3, d4, scales, zps, bits, nchunks, out):
+    """Batch 1: out[0, n] += sum_g s[n,g] * sum_{k in g} x[k] (u - z), parallel over channels."""
+    nn = d4.shape[0]
+    nl = x3.shape[2]
+    per = (nn + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        acc = np.empty((2, nl), np.float32)
+        n0 = c * per
+        n1 = min(nn, n0 + per)
+        if bits == 4:
+            _gemv4_rows(x3, d4, scales, zps, n0, n1, acc, out)
+        elif bits == 8:
+            _gemv8_rows(x3, d4, scales, zps, n0, n1, acc, out)
+        elif bits == 2:
+            _gemv2_rows(x3, d4, scales, zps, n0, n1, acc, out)
+        else:
+            _gemv3_rows(x3, d4, scales, zps, n0, n1, acc, out)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _decode_row(d4, n, scales, zps, bits, w3):
+    """w3 (G, T, PL) = dequantized channel n."""
+    ng, _, nl = w3.shape
+    for gi in range(ng):
+        s = scales[n, gi]
+        z = zps[n, gi]
+        if bits == 4:
+            for j in range(nl):
+                b = d4[n, gi, 0, j]
+                w3[gi, 0, j] = s * (np.float32(b & 15) - z)
+                w3[gi, 1, j] = s * (np.float32(b >> 4) - z)
+        elif bits == 8:
+            for j in range(nl):
+                w3[gi, 0, j] = s * (np.float32(d4[n, gi, 0, j]) - z)
+        elif bits == 2:
+            for j in range(nl):
+                b = d4[n, gi, 0, j]
+                w3[gi, 0, j] = s * (np.float32(b & 3) - z)
+                w3[gi, 1, j] = s * (np.float32((b >> 2) & 3) - z)
+                w3[gi, 2, j] = s * (np.float32((b >> 4) & 3) - z)
+                w3[gi, 3, j] = s * (np.float32(b >> 6) - z)
+        else:
+            for j in range(nl):
+                b0 = np.int32(d4[n, gi, 0, j])
+                b1 = np.int32(d4[n, gi, 1, j])
+                h = np.int32(d4[n, gi, 2, j])
+                w3[gi, 0, j] = s * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
+                w3[gi, 1, j] = s * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
+                w3[gi, 2, j] = s * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
+                w3[gi, 3, j] = s * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
+                w3[gi, 4, j] = s * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
+                w3[gi, 5, j] = s * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
+                w3[gi, 6, j] = s * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
+                w3[gi, 7, j] = s * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _qmatmul_small_kernel(x, d4, scales, zps, bits, shape3, nchunks, out):
+    """Batch > 1: decode one output channel into a per-thread buffer, then dot every row."""
+    nn = d4.shape[0]
     kp = x.shape[1]
-    gb = g * bits // 8
     per = (nn + nchunks - 1) // nchunks
     for c in prange(nchunks):
         buf = np.empty(kp, np.float32)
+        w3 = buf.reshape(shape3)
         for n in range(c * per, min(nn, (c + 1) * per)):
-            row = data[n]
-            for gi in range(ng):
-                _decode_group(row, gi * gb, bits, g, scales[n, gi], zps[n, gi], buf, gi * g)
+            _decode_row(d4, n, scales, zps, bits, w3)
             _rows_dot(x, buf, out, n)
+
+
+def _lane_views(w: PackedWeight):
+    """-> (data view shape (N, G, B, PL), x view shape (G, T, PL)).
+
+    G groups; B byte planes (3 for 3-bit, else 1); T x planes (8 / 4 / 2 / 1 for 3 / 2 / 4 / 8
+    bits); PL = group / T bytes per byte plane = x values per x plane.
+    """
+    bits = w.bits
+    g = w.group_len
+    G = w.padded_k // g
+    T = {8: 1, 4: 2, 2: 4, 3: 8}[bits]
+    B = 3 if bits == 3 else 1
+    return (w.shape[1], G, B, g // T), (G, T, g // T)
 
 
 def _threads() -> int:
@@ -244,12 +396,14 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
             xp[:, :k] = x2
         else:
             xp = x2
-        g = w.group_len
+        dshape, xshape = _lane_views(w)
+        d4 = w.data.reshape(dshape)
+        nchunks = min(n, 8 * _threads())
         if m == 1:
-            _qmatmul_gemv_kernel(xp, w.data, w.scales, w.zero_points, w.bits, g, out)
+            x3 = xp.reshape(xshape)
+            _qmatmul_gemv_kernel(x3, d4, w.scales, w.zero_points, w.bits, nchunks, out)
         else:
-            nchunks = min(n, 8 * _threads())
-            _qmatmul_small_kernel(xp, w.data, w.scales, w.zero_points, w.bits, g, nchunks, out)
+            _qmatmul_small_kernel(xp, d4, w.scales, w.zero_points, w.bits, xshape, nchunks, out)
     if bias is not None:
         out += bias
     return out[0] if squeeze else out

@@ -47,7 +47,7 @@ from jaxcompress_kernels.quantized import qmatmul
 from jaxcompress_kernels.runtime_config import get_num_threads, set_num_threads
 from jaxcompress_kernels.sparse import spmm_csr, spmm_nm
 
-__all__ = ["Runtime", "SelfCheck", "load"]
+__all__ = ["Runtime", "SelfCheck", "load", "exec_op"]
 
 _SPARSE_DENSITY = 0.5
 
@@ -166,6 +166,68 @@ def _reduce_window(x, node, reduce, fill):
     return reduce(v, axis=tuple(range(x.ndim, 2 * x.ndim)))
 
 
+def _lit_ref(r):
+    v = r["lit"]
+    return np.asarray(float(v) if isinstance(v, str) else v, dtype=r["dtype"])
+
+
+def exec_op(node, ins, b):
+    """Evaluates one non-weight graph node with NumPy (``b`` = batch size for symbolic dims)."""
+    op = node["op"]
+    if op in _BINARY:
+        return _BINARY[op](ins[0], ins[1])
+    if op in _UNARY:
+        return _UNARY[op](ins[0])
+    if op == "integer_pow":
+        return _integer_pow(ins[0], node["y"])
+    if op == "convert":
+        return ins[0].astype(node["dtype"])
+    if op == "reshape":
+        return np.reshape(ins[0], _dims(node["shape"], b))
+    if op == "broadcast_in_dim":
+        return _broadcast_in_dim(ins[0], _dims(node["shape"], b), node["dims"])
+    if op == "transpose":
+        return np.transpose(ins[0], node["perm"])
+    if op == "squeeze":
+        return np.squeeze(ins[0], axis=tuple(node["axes"]))
+    if op == "expand_dims":
+        return np.expand_dims(ins[0], tuple(node["axes"]))
+    if op == "reduce_sum":
+        return np.sum(ins[0], axis=tuple(node["axes"]), dtype=ins[0].dtype)
+    if op == "reduce_max":
+        return np.max(ins[0], axis=tuple(node["axes"]))
+    if op == "reduce_min":
+        return np.min(ins[0], axis=tuple(node["axes"]))
+    if op in ("argmax", "argmin"):
+        f = np.argmax if op == "argmax" else np.argmin
+        return f(ins[0], axis=node["axis"]).astype(node["dtype"])
+    if op == "dot_general":
+        return _dot_general(ins[0], ins[1], node["contract"], node["batch"])
+    if op == "reduce_window_max":
+        return _reduce_window(ins[0], node, np.max, -np.inf)
+    if op == "reduce_window_sum":
+        return _reduce_window(ins[0], node, np.sum, 0)
+    if op == "select_n":
+        pred, cases = ins[0], ins[1:]
+        if pred.dtype == np.bool_:
+            return np.where(pred, cases[1], cases[0]) if len(cases) == 2 else cases[0]
+        return np.choose(pred, cases)
+    if op == "clamp":
+        return np.clip(ins[1], ins[0], ins[2])
+    if op == "concatenate":
+        return np.concatenate(ins, axis=node["axis"])
+    if op == "pad":
+        v = _lit_ref(node["value"])
+        return np.pad(ins[0], node["pads"], constant_values=v)
+    if op == "rev":
+        return np.flip(ins[0], axis=tuple(node["axes"]))
+    if op == "slice":
+        sl = tuple(slice(s, e, st) for s, e, st in
+                   zip(node["start"], _dims(node["limit"], b), node["strides"], strict=True))
+        return ins[0][sl]
+    raise ArtifactError(f"unknown op {op!r}")  # unreachable: load() checks ops
+
+
 class Runtime:
     """Executes an artifact's graph.
 
@@ -250,8 +312,7 @@ class Runtime:
     # -- execution -----------------------------------------------------------------------
     def _ref(self, env, r):
         if isinstance(r, dict):
-            v = r["lit"]
-            return np.asarray(float(v) if isinstance(v, str) else v, dtype=r["dtype"])
+            return _lit_ref(r)
         return env[r]
 
     def run(self, inputs):
@@ -301,10 +362,6 @@ class Runtime:
 
     def _exec(self, node, ins, b):
         op = node["op"]
-        if op in _BINARY:
-            return _BINARY[op](ins[0], ins[1])
-        if op in _UNARY:
-            return _UNARY[op](ins[0])
         if op == "linear":
             x = ins[0]
             k = x.shape[-1]
@@ -312,54 +369,7 @@ class Runtime:
             return y.reshape(*x.shape[:-1], y.shape[-1])
         if op == "conv":
             return self._conv(node, ins[0])
-        if op == "integer_pow":
-            return _integer_pow(ins[0], node["y"])
-        if op == "convert":
-            return ins[0].astype(node["dtype"])
-        if op == "reshape":
-            return np.reshape(ins[0], _dims(node["shape"], b))
-        if op == "broadcast_in_dim":
-            return _broadcast_in_dim(ins[0], _dims(node["shape"], b), node["dims"])
-        if op == "transpose":
-            return np.transpose(ins[0], node["perm"])
-        if op == "squeeze":
-            return np.squeeze(ins[0], axis=tuple(node["axes"]))
-        if op == "expand_dims":
-            return np.expand_dims(ins[0], tuple(node["axes"]))
-        if op == "reduce_sum":
-            return np.sum(ins[0], axis=tuple(node["axes"]), dtype=ins[0].dtype)
-        if op == "reduce_max":
-            return np.max(ins[0], axis=tuple(node["axes"]))
-        if op == "reduce_min":
-            return np.min(ins[0], axis=tuple(node["axes"]))
-        if op in ("argmax", "argmin"):
-            f = np.argmax if op == "argmax" else np.argmin
-            return f(ins[0], axis=node["axis"]).astype(node["dtype"])
-        if op == "dot_general":
-            return _dot_general(ins[0], ins[1], node["contract"], node["batch"])
-        if op == "reduce_window_max":
-            return _reduce_window(ins[0], node, np.max, -np.inf)
-        if op == "reduce_window_sum":
-            return _reduce_window(ins[0], node, np.sum, 0)
-        if op == "select_n":
-            pred, cases = ins[0], ins[1:]
-            if pred.dtype == np.bool_:
-                return np.where(pred, cases[1], cases[0]) if len(cases) == 2 else cases[0]
-            return np.choose(pred, cases)
-        if op == "clamp":
-            return np.clip(ins[1], ins[0], ins[2])
-        if op == "concatenate":
-            return np.concatenate(ins, axis=node["axis"])
-        if op == "pad":
-            v = self._ref({}, node["value"])
-            return np.pad(ins[0], node["pads"], constant_values=v)
-        if op == "rev":
-            return np.flip(ins[0], axis=tuple(node["axes"]))
-        if op == "slice":
-            sl = tuple(slice(s, e, st) for s, e, st in
-                       zip(node["start"], _dims(node["limit"], b), node["strides"], strict=True))
-            return ins[0][sl]
-        raise ArtifactError(f"unknown op {op!r}")  # unreachable: load() checks ops
+        return exec_op(node, ins, b)
 
     def _conv(self, node, x):
         kshape = node["kernel"]

@@ -118,41 +118,89 @@ def spmm_csr(x: np.ndarray, w: CSRMatrix, bias: np.ndarray | None = None) -> np.
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sel4(p, x0, x1, x2, x3):
-    return x0 if p == 0 else (x1 if p == 1 else (x2 if p == 2 else x3))
+def _sel4(q, x0, x1, x2, x3):
+    # q is a float in {0, 1, 2, 3}: compares + blends, which vectorise across lanes
+    return x0 if q == 0.0 else (x1 if q == 1.0 else (x2 if q == 2.0 else x3))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _split4(pb):
+    # a position byte -> its four 2-bit fields, in float arithmetic (exact for 0..255; integer ops
+    # would be widened to int64 by Numba and de-vectorised)
+    f = np.float32(pb)
+    q3 = np.floor(f * np.float32(1.0 / 64.0))
+    r = f - np.float32(64.0) * q3
+    q2 = np.floor(r * np.float32(1.0 / 16.0))
+    r = r - np.float32(16.0) * q2
+    q1 = np.floor(r * np.float32(0.25))
+    q0 = r - np.float32(4.0) * q1
+    return q0, q1, q2, q3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _nibbles(cb):
+    f = np.float32(cb)
+    hi = np.floor(f * np.float32(0.0625))
+    return f - np.float32(16.0) * hi - np.float32(8.0), hi - np.float32(8.0)
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _spmv_nm_kernel(x, positions, values, codes, scales, n_keep, q4, out):
+def _spmv_nm_kernel(xg, positions, v4, c4, scales, n_keep, q4, out):
     """Batch 1, lanes = 16 interleaved output channels.
 
-    For slot s of lane l: out[l] += value[s, l] * x[4 * (s // n) + pos[s, l]].
+    positions (T, nq, 16): one byte = the 2-bit positions of 4 consecutive slots.
+    v4 (T, nq, 4, 16) float32 values or c4 (T, nq, 2, 16) two 4-bit codes per byte.
+    xg (nq, 4 // n_keep, 4): the x values of the groups those 4 slots belong to.
     """
     ntiles = positions.shape[0]
-    nq = positions.shape[1]  # slots // 4
-    xr = x[0]
+    nq = positions.shape[1]
     nout = out.shape[1]
     for t in prange(ntiles):
         acc = np.zeros(16, np.float32)
         for qi in range(nq):
-            for sub in range(4):
-                s = qi * 4 + sub
-                g = s // n_keep
-                x0 = xr[4 * g]
-                x1 = xr[4 * g + 1]
-                x2 = xr[4 * g + 2]
-                x3 = xr[4 * g + 3]
-                sh = 2 * sub
-                if q4:
-                    csh = 4 * (s & 1)
-                    for lane in range(16):
-                        p = (positions[t, qi, lane] >> sh) & 3
-                        v = np.float32((codes[t, s >> 1, lane] >> csh) & 15) - np.float32(8.0)
-                        acc[lane] += v * _sel4(p, x0, x1, x2, x3)
-                else:
-                    for lane in range(16):
-                        p = (positions[t, qi, lane] >> sh) & 3
-                        acc[lane] += values[t, s, lane] * _sel4(p, x0, x1, x2, x3)
+            pb = positions[t, qi]
+            if n_keep == 2:
+                a0 = xg[qi, 0, 0]
+                a1 = xg[qi, 0, 1]
+                a2 = xg[qi, 0, 2]
+                a3 = xg[qi, 0, 3]
+                b0 = xg[qi, 1, 0]
+                b1 = xg[qi, 1, 1]
+                b2 = xg[qi, 1, 2]
+                b3 = xg[qi, 1, 3]
+                for lane in range(16):
+                    q0, q1, q2, q3 = _split4(pb[lane])
+                    if q4:
+                        v0, v1 = _nibbles(c4[t, qi, 0, lane])
+                        v2, v3 = _nibbles(c4[t, qi, 1, lane])
+                    else:
+                        v0 = v4[t, qi, 0, lane]
+                        v1 = v4[t, qi, 1, lane]
+                        v2 = v4[t, qi, 2, lane]
+                        v3 = v4[t, qi, 3, lane]
+                    acc[lane] += (
+                        v0 * _sel4(q0, a0, a1, a2, a3)
+                        + v1 * _sel4(q1, a0, a1, a2, a3)
+                        + v2 * _sel4(q2, b0, b1, b2, b3)
+                        + v3 * _sel4(q3, b0, b1, b2, b3)
+                    )
+            else:
+                for lane in range(16):
+                    q0, q1, q2, q3 = _split4(pb[lane])
+                    if q4:
+                        v0, v1 = _nibbles(c4[t, qi, 0, lane])
+                        v2, v3 = _nibbles(c4[t, qi, 1, lane])
+                    else:
+                        v0 = v4[t, qi, 0, lane]
+                        v1 = v4[t, qi, 1, lane]
+                        v2 = v4[t, qi, 2, lane]
+                        v3 = v4[t, qi, 3, lane]
+                    acc[lane] += (
+                        v0 * _sel4(q0, xg[qi, 0, 0], xg[qi, 0, 1], xg[qi, 0, 2], xg[qi, 0, 3])
+                        + v1 * _sel4(q1, xg[qi, 1, 0], xg[qi, 1, 1], xg[qi, 1, 2], xg[qi, 1, 3])
+                        + v2 * _sel4(q2, xg[qi, 2, 0], xg[qi, 2, 1], xg[qi, 2, 2], xg[qi, 2, 3])
+                        + v3 * _sel4(q3, xg[qi, 3, 0], xg[qi, 3, 1], xg[qi, 3, 2], xg[qi, 3, 3])
+                    )
         for lane in range(16):
             c = t * 16 + lane
             if c < nout:
@@ -257,7 +305,11 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
     codes = w.values if q4 else np.zeros((1, 1, 1), np.uint8)
     scales = w.scales if q4 else np.ones(1, np.float32)
     if m == 1:
-        _spmv_nm_kernel(xp, w.positions, values, codes, scales, w.n, q4, out)
+        t, nq, _ = w.positions.shape
+        xg = xp.reshape(nq, 4 // w.n, 4)
+        v4 = values.reshape(t, nq, 4, NM_LANES) if not q4 else np.zeros((1, 1, 4, NM_LANES), np.float32)
+        c4 = codes.reshape(t, nq, 2, NM_LANES) if q4 else np.zeros((1, 1, 2, NM_LANES), np.uint8)
+        _spmv_nm_kernel(xg, w.positions, v4, c4, scales, w.n, q4, out)
     else:
         _spmm_nm_small_kernel(xp, w.positions, values, codes, scales, w.n, q4, out)
     return _finish(out, bias, squeeze)
