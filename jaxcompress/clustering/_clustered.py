@@ -110,8 +110,9 @@ def validate_clustered_array(c: ClusteredArray) -> None:
 def _init_centroids(v: jax.Array, m: jax.Array, k: int, init: str, key: jax.Array) -> jax.Array:
     """Initial centroids of the values ``v (n,)`` with ``m (n,)`` 1.0 for members, 0.0 otherwise."""
     big = jnp.finfo(jnp.float32).max
-    lo = jnp.min(jnp.where(m > 0, v, big))
-    hi = jnp.max(jnp.where(m > 0, v, -big))
+    any_member = jnp.sum(m) > 0
+    lo = jnp.where(any_member, jnp.min(jnp.where(m > 0, v, big)), 0.0)
+    hi = jnp.where(any_member, jnp.max(jnp.where(m > 0, v, -big)), 0.0)
     if init == "linear":
         return jnp.linspace(lo, hi, k)
     if init == "density":
@@ -160,6 +161,8 @@ def kmeans_1d(
         n = jax.ops.segment_sum(m, a, num_segments=k)
         return jnp.sort(jnp.where(n > 0, s / jnp.where(n > 0, n, 1.0), cents))
 
+    # a row without members (e.g. a fully pruned channel) has nothing to fit: centroids 0
+    cents = jnp.sort(jnp.where(jnp.isfinite(cents), cents, 0.0))
     cents = jax.lax.fori_loop(0, iters, body, cents)
     return cents, _assign(v, cents)
 
@@ -285,7 +288,8 @@ def cluster(
         (equal-probability quantiles of the weights' CDF), ``"kmeans++"`` (D^2 sampling, uses ``key``).
       axis: ``None`` for one codebook per tensor, or a channel axis for one codebook per channel.
       where: selection (default: floating leaves with ``ndim >= 2``).
-      keep_zeros: reserve the exact zero for tensors that contain zeros.
+      keep_zeros: reserve the exact zero for tensors that contain zeros (under ``jit`` the
+        values are unknown, so the zero index is always reserved there).
       key: PRNG key for ``"kmeans++"`` (default ``jax.random.key(0)``); results are deterministic.
       iters: Lloyd iterations.
 

@@ -204,3 +204,15 @@ def test_validator_and_errors():
         cluster({"w": jnp.ones((4, 4), jnp.int32)}, bits=2, where="w")
     with pytest.raises(JaxCompressValueError, match="n_clusters=1 must be >= 2"):
         cluster({"w": w.at[0, 0].set(0.0)}, n_clusters=1)
+
+
+def test_fully_pruned_channel_and_all_zero_leaf():
+    w = np.array(jax.random.normal(jax.random.key(6), (16, 4)))
+    w[:, 2] = 0.0
+    for init in ("linear", "density", "kmeans++"):
+        c = cluster({"w": jnp.asarray(w)}, bits=2, axis=-1, init=init)["w"]
+        validate_clustered_array(c)  # finite codebook, zero reserved
+        np.testing.assert_array_equal(np.asarray(dequantize(c))[:, 2], 0.0)
+    z = cluster({"w": jnp.zeros((4, 4))}, bits=2)["w"]
+    validate_clustered_array(z)
+    np.testing.assert_array_equal(np.asarray(dequantize(z)), 0.0)
