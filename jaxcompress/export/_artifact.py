@@ -38,6 +38,7 @@ class ExportInfo:
       weight_bytes: bytes those parameters take in the file (codes, indices, scales, codebooks).
       bits_per_weight: ``8 * weight_bytes / weight_count``.
       graph_ops: ``{op: count}`` of the exported graph.
+      folded: ``{kernel name: number of affine nodes folded into it}`` (batch norm folding).
     """
 
     path: str
@@ -47,6 +48,7 @@ class ExportInfo:
     weight_bytes: int
     bits_per_weight: float
     graph_ops: dict
+    folded: dict = dataclasses.field(default_factory=dict)
 
 
 def resolve_apply(model_or_apply: Any):
@@ -296,6 +298,7 @@ def save(
     *,
     sparse_threshold: float = 0.5,
     nm: bool = True,
+    fold: bool = True,
     description: str = "",
 ) -> ExportInfo:
     """Exports a (compressed) model to one artifact file the edge runtime can run without JAX.
@@ -322,6 +325,9 @@ def save(
       example_input: ``(batch, ...)`` float32 input, bundled as the self-check sample.
       sparse_threshold: store rank >= 2 leaves sparsely when at most this fraction is nonzero.
       nm: detect N:M (1:4, 2:4) structure and store it as ``nm``.
+      fold: fold per-channel affine chains that follow a float (uncompressed) dense/conv kernel
+        into it (inference-mode batch norm: ``W' = W * gamma / sqrt(var + eps)``, one bias add).
+        Compressed kernels are never rewritten (their codes are what was trained).
       description: free text kept in the manifest.
 
     Returns:
@@ -346,12 +352,13 @@ def save(
         raise JaxCompressValueError(f"example_input.dtype={x.dtype} must be floating")
     x = x.astype(np.float32)
     dense_params = dequantize_params(params)
-    cap = capture(apply, dense_params, x)
     flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_compressed)
-    leaves = {key_path_str(p): leaf for p, leaf in flat}
+    leaves = {key_path_str(p): _unwrap(leaf) for p, leaf in flat}
+    plain = {n for n, leaf in leaves.items() if not is_compressed(leaf)}
+    cap = capture(apply, dense_params, x, foldable=plain if fold else set())
     w = _Writer(float(sparse_threshold), bool(nm))
     for name in cap.params:
-        w.add(name, leaves[name])
+        w.add(name, cap.params[name] if name in plain else leaves[name])
     for name, arr in cap.consts.items():
         w.dense(name, arr)
     y = np.asarray(_jitted(model_or_apply)(dense_params, x), np.float32)
@@ -392,4 +399,4 @@ def save(
         ops[node["op"]] = ops.get(node["op"], 0) + 1
     return ExportInfo(path=path, file_bytes=len(data), tensors=tinfo, weight_count=wcount,
                       weight_bytes=wbytes, bits_per_weight=8 * wbytes / max(wcount, 1),
-                      graph_ops=ops)
+                      graph_ops=ops, folded=dict(cap.folded))

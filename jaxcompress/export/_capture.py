@@ -68,6 +68,7 @@ class CapturedGraph:
       consts: ``{name: np.ndarray}`` folded constants.
       weight_uses: names of parameters used as the weight of a ``linear``/``conv`` node.
       other_uses: names of parameters read by any other node (need a dense copy at run time).
+      folded: ``{weight name: number of affine nodes folded into it}`` (batch norm folding).
     """
 
     graph: dict
@@ -75,6 +76,7 @@ class CapturedGraph:
     consts: dict[str, np.ndarray]
     weight_uses: set[str]
     other_uses: set[str]
+    folded: dict = dataclasses.field(default_factory=dict)
 
 
 class _Tracer:
@@ -360,7 +362,8 @@ def _merge_symbolic(a: _Tracer, b: _Tracer, ba: int, bb: int) -> list[dict] | No
     return merged
 
 
-def capture(apply_fn, params: Any, example_input: Any, *, is_leaf=None) -> CapturedGraph:
+def capture(apply_fn, params: Any, example_input: Any, *, is_leaf=None,
+            foldable: set[str] | None = None) -> CapturedGraph:
     """Trace ``apply_fn(params, x)`` into a graph over named parameter tensors.
 
     Args:
@@ -368,6 +371,9 @@ def capture(apply_fn, params: Any, example_input: Any, *, is_leaf=None) -> Captu
       params: pytree of float arrays (dense; compressed leaves must be dequantized first).
       example_input: ``(batch, ...)`` float32 array.
       is_leaf: optional ``is_leaf`` for flattening `params` (names follow the same paths).
+      foldable: names of float kernels that may absorb a following per-channel affine chain
+        (batch norm in inference mode: ``(h + b - mean) * scale / sqrt(var + eps) + beta``);
+        None folds into every float kernel, ``set()`` disables folding.
 
     Returns:
       A :class:`CapturedGraph`.
@@ -403,9 +409,17 @@ def capture(apply_fn, params: Any, example_input: Any, *, is_leaf=None) -> Captu
     for o in outputs:
         if isinstance(o, dict) or main.kind.get(o) != "value":
             raise JaxCompressValueError("export: a model output does not depend on the input")
+    param_arrays = dict(zip(names, leaves, strict=True))
+    consts = dict(main.consts)
+    folded: dict[str, int] = {}
+    if foldable is None:
+        foldable = set(names)
+    nodes = _fold_affine(nodes, param_arrays, consts, main.shape, outputs, foldable, folded)
+    nodes = _dead_code(nodes, outputs)
     used = {r for n in nodes for r in n["in"] if isinstance(r, str)}
-    used |= {n["weight"] for n in nodes if "weight" in n}
-    used |= set(outputs)
+    weights = {n["weight"] for n in nodes if "weight" in n}
+    others = {r for n in nodes for r in n["in"] if isinstance(r, str) and r in param_arrays}
+    used |= weights | set(outputs)
     graph = {
         "inputs": ["input"],
         "outputs": outputs,
@@ -414,7 +428,101 @@ def capture(apply_fn, params: Any, example_input: Any, *, is_leaf=None) -> Captu
         "input_shapes": [list(x.shape[1:])],
         "input_dtypes": [str(x.dtype)],
     }
-    param_arrays = {n: leaf for n, leaf in zip(names, leaves, strict=True) if n in used}
-    consts = {k: v for k, v in main.consts.items() if k in used}
-    return CapturedGraph(graph, param_arrays, consts, main.weight_uses & set(param_arrays),
-                         main.other_uses & set(param_arrays))
+    param_arrays = {n: a for n, a in param_arrays.items() if n in used}
+    consts = {k: v for k, v in consts.items() if k in used}
+    return CapturedGraph(graph, param_arrays, consts, weights & set(param_arrays),
+                         others & set(param_arrays), folded)
+
+
+def _dead_code(nodes: list[dict], outputs: list) -> list[dict]:
+    live = set(o for o in outputs if isinstance(o, str))
+    keep = []
+    for node in reversed(nodes):
+        if node["out"] in live:
+            keep.append(node)
+            live |= {r for r in node["in"] if isinstance(r, str)}
+    return keep[::-1]
+
+
+def _has_symbolic(node) -> bool:
+    return any(isinstance(d, list) for key in _SHAPE_ATTRS for d in node.get(key, ()))
+
+
+def _fold_affine(nodes, params, consts, shapes, outputs, foldable, folded) -> list[dict]:
+    """Folds per-output-channel affine chains after float ``linear``/``conv`` nodes into the kernel:
+    ``((x @ W) op1 s1) op2 s2 ...`` with ``op`` in add/sub/mul/div and every ``s`` a static
+    (export-time) array that varies only along the last axis becomes ``x @ (W * a) + c``.
+    This is how inference-mode batch norm is folded into the preceding conv or dense layer."""
+    from jaxcompress_kernels.runtime import exec_op
+
+    static: dict[str, np.ndarray] = {**params, **consts}
+    for node in nodes:
+        if node["op"] in ("linear", "conv") or _has_symbolic(node):
+            continue
+        if all(isinstance(r, dict) or r in static for r in node["in"]):
+            vals = [np.asarray(_lit_value(r), r["dtype"]) if isinstance(r, dict) else static[r]
+                    for r in node["in"]]
+            static[node["out"]] = np.asarray(exec_op(node, vals, 1))
+    uses: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for r in node["in"]:
+            if isinstance(r, str):
+                uses.setdefault(r, []).append(i)
+        if "weight" in node:
+            uses.setdefault(node["weight"], []).append(i)
+    for o in outputs:
+        uses.setdefault(o, []).append(-1)
+    drop: set[int] = set()
+    for i, node in enumerate(nodes):
+        w = node.get("weight")
+        if w is None or w not in foldable or len(uses.get(w, [])) != 1:
+            continue
+        wv = params[w]
+        if wv.dtype != np.float32:
+            continue
+        n = wv.shape[-1]
+        rank = len(shapes.get(node["out"], ()))
+        a = np.ones(n, np.float32)
+        c = np.zeros(n, np.float32)
+        cur, chain = node["out"], []
+        while len(uses.get(cur, [])) == 1 and uses[cur][0] >= 0:
+            j = uses[cur][0]
+            nxt = nodes[j]
+            if nxt["op"] not in ("add", "sub", "mul", "div") or len(nxt["in"]) != 2:
+                break
+            first = nxt["in"][0] == cur
+            other = nxt["in"][1] if first else nxt["in"][0]
+            if other == cur:
+                break
+            sv = np.asarray(_lit_value(other), other["dtype"]) if isinstance(other, dict) else (
+                static.get(other))
+            if sv is None or sv.dtype != np.float32 or sv.ndim > rank or any(
+                    d != 1 for d in sv.shape[:-1]) or (sv.ndim and sv.shape[-1] not in (1, n)):
+                break
+            s = np.broadcast_to(sv.reshape(-1) if sv.ndim else sv, (n,)).astype(np.float32)
+            op = nxt["op"]
+            if op == "add":
+                c = c + s
+            elif op == "sub":
+                if first:
+                    c = c - s
+                else:
+                    a, c = -a, s - c
+            elif op == "mul":
+                a, c = a * s, c * s
+            elif op == "div" and first:
+                a, c = a / s, c / s
+            else:
+                break
+            chain.append(j)
+            cur = nxt["out"]
+        if not chain or np.all(a == 1):
+            continue  # nothing to fold beyond a bias add
+        params[w] = (wv * a).astype(np.float32)
+        cname = f"const/fold{len(folded)}"
+        consts[cname] = c.astype(np.float32)
+        last = nodes[chain[-1]]
+        nodes[chain[-1]] = {"op": "add", "in": [node["out"], cname], "out": last["out"]}
+        drop.update(chain[:-1])
+        folded[w] = len(chain)
+    return [nd for k, nd in enumerate(nodes) if k not in drop]

@@ -128,3 +128,40 @@ def test_batch_dependent_model_falls_back_to_static(tmp_path):
 
     with pytest.raises(KErr, match="exported for batch 2"):
         rt.run(np.ones((3, 4), np.float32))
+
+
+class _ConvBN(nnx.Module):
+    def __init__(self, rngs):
+        self.c = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.d = nnx.Linear(4 * 8 * 8, 8, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(8, rngs=rngs)
+        self.out = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x, *, train=False, rngs=None):
+        y = jax.nn.relu(self.bn(self.c(x), use_running_average=not train))
+        y = jax.nn.relu(self.bn2(self.d(y.reshape(y.shape[0], -1)), use_running_average=not train))
+        return self.out(y)
+
+
+def test_batch_norm_is_folded(tmp_path):
+    model = _ConvBN(nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    for bn in (model.bn, model.bn2):  # non-trivial running statistics and affine parameters
+        n = bn.mean.shape[0]
+        bn.mean[...] = jnp.asarray(rng.standard_normal(n), jnp.float32)
+        bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, n), jnp.float32)
+        bn.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, n), jnp.float32)
+        bn.bias[...] = jnp.asarray(rng.standard_normal(n), jnp.float32)
+    apply_fn, params = functional(model)
+    x = rng.standard_normal((2, 8, 8, 1)).astype(np.float32)
+    rt = _roundtrip(tmp_path, apply_fn, params, x)
+    ops = [n["op"] for n in rt.nodes]
+    # conv/linear + one bias add each; no sub/mul/rsqrt left from the batch norms
+    assert ops.count("mul") == 0 and "sub" not in ops and "rsqrt" not in ops, ops
+    info = save(tmp_path / "bn.jcx", apply_fn, params, x)
+    assert set(info.folded) == {"c/kernel", "d/kernel"}
+    assert not any(n.startswith("bn") for n in info.tensors)  # statistics folded away
+    unfolded = save(tmp_path / "nofold.jcx", apply_fn, params, x, fold=False)
+    assert unfolded.folded == {} and unfolded.graph_ops.get("rsqrt", 0) == 0  # const-folded
+    assert unfolded.graph_ops["mul"] >= 2
