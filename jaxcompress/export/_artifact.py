@@ -239,7 +239,9 @@ class _Writer:
                     "codes": self.part(name, "codes", _pack_unsigned(slot_codes + half, bits)),
                     "scales": self.part(name, "scales", scales)}}
                 return None
-            if scales.shape[0] == 1:
+            nnz = int(np.count_nonzero(codes))
+            csr_bytes = nnz * (1 + (2 if k <= 65536 else 4)) + 8 * n + 4
+            if scales.shape[0] == 1 and csr_bytes < (k * n * bits + 7) // 8:
                 base = {"shape": list(shape), "dtype": "float32", "bits": bits,
                         "scheme": q.scheme}
                 return self.csr(name, codes, base, codes.astype(np.int8), scales[0])
@@ -308,7 +310,8 @@ def save(
 
     - ``QuantizedArray`` with per-tensor / per-output-channel / per-group scales: ``packed``
       b-bit codes + scales (+ zero points); symmetric codes that are N:M sparse along K: ``nm``;
-      symmetric per-channel codes with density <= `sparse_threshold`: ``csr`` with int8 codes.
+      symmetric per-channel codes with density <= `sparse_threshold`: ``csr`` with int8 codes
+      when that is smaller than the packed codes.
     - ``ClusteredArray``: ``codebook`` (b-bit packed indices + codebook).
     - float arrays of rank >= 2 (pruned: exact zeros) with density <= `sparse_threshold`: ``nm``
       when every group of 4 along K keeps <= 2, else ``csr``; otherwise ``dense``.
