@@ -45,7 +45,6 @@ import os
 import struct
 
 import numpy as np
-
 from jaxcompress_kernels.errors import ArtifactError
 
 __all__ = [
@@ -67,20 +66,84 @@ MAX_HEADER_BYTES = 64 << 20
 MAX_EXPANSION = 256
 
 _ST_DTYPES = {
-    "F32": np.float32, "F64": np.float64, "I8": np.int8, "U8": np.uint8, "I16": np.int16,
-    "U16": np.uint16, "I32": np.int32, "U32": np.uint32, "I64": np.int64, "BOOL": np.bool_,
+    "F32": np.float32,
+    "F64": np.float64,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "I16": np.int16,
+    "U16": np.uint16,
+    "I32": np.int32,
+    "U32": np.uint32,
+    "I64": np.int64,
+    "BOOL": np.bool_,
 }
 
-UNARY_OPS = ("neg", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "abs", "square", "sign",
-             "log1p", "expm1", "erf", "sin", "cos", "floor", "ceil", "not")
-BINARY_OPS = ("add", "sub", "mul", "div", "max", "min", "pow", "gt", "ge", "lt", "le", "eq", "ne",
-              "and", "or")
-OPS = frozenset(UNARY_OPS + BINARY_OPS + (
-    "integer_pow", "convert", "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims",
-    "reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin", "dot_general", "linear", "conv",
-    "reduce_window_max", "reduce_window_sum", "select_n", "clamp", "concatenate", "pad", "rev",
-    "slice",
-))
+UNARY_OPS = (
+    "neg",
+    "exp",
+    "log",
+    "tanh",
+    "logistic",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "square",
+    "sign",
+    "log1p",
+    "expm1",
+    "erf",
+    "sin",
+    "cos",
+    "floor",
+    "ceil",
+    "not",
+)
+BINARY_OPS = (
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "max",
+    "min",
+    "pow",
+    "gt",
+    "ge",
+    "lt",
+    "le",
+    "eq",
+    "ne",
+    "and",
+    "or",
+)
+OPS = frozenset(
+    UNARY_OPS
+    + BINARY_OPS
+    + (
+        "integer_pow",
+        "convert",
+        "reshape",
+        "broadcast_in_dim",
+        "transpose",
+        "squeeze",
+        "expand_dims",
+        "reduce_sum",
+        "reduce_max",
+        "reduce_min",
+        "argmax",
+        "argmin",
+        "dot_general",
+        "linear",
+        "conv",
+        "reduce_window_max",
+        "reduce_window_sum",
+        "select_n",
+        "clamp",
+        "concatenate",
+        "pad",
+        "rev",
+        "slice",
+    )
+)
 ENCODINGS = ("dense", "csr", "nm", "packed", "codebook")
 VALUE_DTYPES = ("float32", "int32", "bool", "uint8", "int8")
 
@@ -149,7 +212,9 @@ def _check_header(header, data_len: int, path) -> dict:
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise _fail(
             f"unknown format_version={meta.get('format_version')!r}; this runtime reads version "
-            f"{FORMAT_VERSION}", path)
+            f"{FORMAT_VERSION}",
+            path,
+        )
     entries = {}
     for name, e in header.items():
         if name == "__metadata__":
@@ -160,17 +225,28 @@ def _check_header(header, data_len: int, path) -> dict:
         if dt is None:
             raise _fail(f"part {name!r} has unsupported dtype {e['dtype']!r}", path)
         shape, offs = e["shape"], e["data_offsets"]
-        if not (isinstance(shape, list) and len(shape) <= 8 and all(
-                type(s) is int and 0 <= s <= data_len * 8 for s in shape)):
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= 8
+            and all(type(s) is int and 0 <= s <= data_len * 8 for s in shape)
+        ):
             raise _fail(f"part {name!r} has a bad shape {shape!r}", path)
-        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
-                and 0 <= offs[0] <= offs[1] <= data_len):
-            raise _fail(f"part {name!r} has byte range {offs!r} outside the data ({data_len} B)",
-                        path)
+        if not (
+            isinstance(offs, list)
+            and len(offs) == 2
+            and all(type(o) is int for o in offs)
+            and 0 <= offs[0] <= offs[1] <= data_len
+        ):
+            raise _fail(
+                f"part {name!r} has byte range {offs!r} outside the data ({data_len} B)", path
+            )
         nbytes = math.prod(shape) * np.dtype(dt).itemsize
         if offs[1] - offs[0] != nbytes:
-            raise _fail(f"part {name!r}: byte range {offs} does not hold shape {shape} "
-                        f"{e['dtype']} ({nbytes} B)", path)
+            raise _fail(
+                f"part {name!r}: byte range {offs} does not hold shape {shape} "
+                f"{e['dtype']} ({nbytes} B)",
+                path,
+            )
         entries[name] = (np.dtype(dt), tuple(shape), offs[0], offs[1])
     # the ranges must tile the data buffer exactly (no gaps, no overlaps, nothing hidden)
     pos = 0
@@ -270,8 +346,14 @@ def _build(path, size, manifest, parts) -> Artifact:
     if xin.dtype != np.float32 or xout.dtype != np.float32:
         raise _fail("sample input/output must be float32", path)
     _check_graph(manifest["graph"], tensors, xin, path)
-    return Artifact(path=os.fspath(path), file_bytes=size, manifest=manifest, tensors=tensors,
-                    sample_input=xin, sample_output=xout)
+    return Artifact(
+        path=os.fspath(path),
+        file_bytes=size,
+        manifest=manifest,
+        tensors=tensors,
+        sample_input=xin,
+        sample_output=xout,
+    )
 
 
 def _part(parts, t, role, dtypes, path, name, ndim=None):
@@ -297,8 +379,11 @@ def _entry(name, t, parts, cap, path) -> TensorEntry:
     if enc not in ENCODINGS:
         raise _fail(f"tensor {name!r} has unknown encoding {enc!r}", path)
     shape = t["shape"]
-    if not (isinstance(shape, list) and len(shape) <= 8
-            and all(type(s) is int and s >= 0 for s in shape)):
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= 8
+        and all(type(s) is int and s >= 0 for s in shape)
+    ):
         raise _fail(f"tensor {name!r} has a bad shape {shape!r}", path)
     shape = tuple(shape)
     dtype = t.get("dtype", "float32")
@@ -386,8 +471,13 @@ def _entry(name, t, parts, cap, path) -> TensorEntry:
         if axis is None:
             ok = cb.ndim == 1 and 1 <= cb.shape[0] <= (1 << bits)
         else:
-            ok = (type(axis) is int and 0 <= axis < len(shape) and cb.ndim == 2
-                  and cb.shape[0] == shape[axis] and 1 <= cb.shape[1] <= (1 << bits))
+            ok = (
+                type(axis) is int
+                and 0 <= axis < len(shape)
+                and cb.ndim == 2
+                and cb.shape[0] == shape[axis]
+                and 1 <= cb.shape[1] <= (1 << bits)
+            )
         if not ok:
             raise _fail(f"tensor {name!r}: codebook shape {cb.shape} does not match", path)
         got.update(indices=idx, codebook=cb)
@@ -422,8 +512,13 @@ def _scales(parts, t, name, path, k, n) -> np.ndarray:
 def _is_dim(d) -> bool:
     if type(d) is int:
         return -1 <= d <= 1 << 31
-    return (isinstance(d, list) and len(d) == 2 and all(type(v) is int for v in d)
-            and 0 <= d[0] <= 1 << 20 and abs(d[1]) <= 1 << 31)
+    return (
+        isinstance(d, list)
+        and len(d) == 2
+        and all(type(v) is int for v in d)
+        and 0 <= d[0] <= 1 << 20
+        and abs(d[1]) <= 1 << 31
+    )
 
 
 def _check_graph(g, tensors, xin, path) -> None:
@@ -435,8 +530,12 @@ def _check_graph(g, tensors, xin, path) -> None:
     if not (isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], str)):
         raise _fail("graph must have exactly one named input", path)
     shapes = g["input_shapes"]
-    if not (isinstance(shapes, list) and len(shapes) == 1 and isinstance(shapes[0], list)
-            and all(type(s) is int and s >= 0 for s in shapes[0])):
+    if not (
+        isinstance(shapes, list)
+        and len(shapes) == 1
+        and isinstance(shapes[0], list)
+        and all(type(s) is int and s >= 0 for s in shapes[0])
+    ):
         raise _fail("graph input_shapes is malformed", path)
     if xin.ndim < 1 or list(xin.shape[1:]) != shapes[0]:
         raise _fail(f"sample input shape {xin.shape} does not match the graph input", path)
@@ -454,17 +553,23 @@ def _check_graph(g, tensors, xin, path) -> None:
             if isinstance(r, str):
                 if r not in defined:
                     raise _fail(f"graph node {i} ({node['op']}) reads undefined {r!r}", path)
-            elif not (isinstance(r, dict) and set(r) == {"lit", "dtype"}
-                      and r["dtype"] in VALUE_DTYPES
-                      and (type(r["lit"]) in (int, float) or r["lit"] in ("inf", "-inf", "nan"))):
+            elif not (
+                isinstance(r, dict)
+                and set(r) == {"lit", "dtype"}
+                and r["dtype"] in VALUE_DTYPES
+                and (type(r["lit"]) in (int, float) or r["lit"] in ("inf", "-inf", "nan"))
+            ):
                 raise _fail(f"graph node {i} has a malformed literal", path)
         if "weight" in node:
             w = node["weight"]
             if not isinstance(w, str) or w not in tensors or len(tensors[w].shape) < 2:
                 raise _fail(f"graph node {i} has a bad weight {w!r}", path)
         for key in ("shape", "limit"):
-            if key in node and not (isinstance(node[key], list) and len(node[key]) <= 8
-                                    and all(_is_dim(d) for d in node[key])):
+            if key in node and not (
+                isinstance(node[key], list)
+                and len(node[key]) <= 8
+                and all(_is_dim(d) for d in node[key])
+            ):
                 raise _fail(f"graph node {i} has a malformed {key}", path)
         for key, val in node.items():
             if key in ("op", "in", "out", "weight", "shape", "limit", "value", "dtype"):
@@ -507,8 +612,9 @@ def decode_codes(e: TensorEntry):
     if e.encoding == "packed":
         u = _unpack(e.parts["codes"], bits, k * n).reshape(n, k).T.astype(np.int16)
     elif e.encoding == "nm":
-        u = _nm_scatter(e, _unpack(e.parts["codes"], bits, _nm_slots(e)).astype(np.int16),
-                        fill=half).astype(np.int16)
+        u = _nm_scatter(
+            e, _unpack(e.parts["codes"], bits, _nm_slots(e)).astype(np.int16), fill=half
+        ).astype(np.int16)
     else:
         raise ArtifactError(f"tensor {e.name!r} ({e.encoding}) has no integer codes")
     if e.attrs.get("symmetric", True):

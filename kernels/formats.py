@@ -56,6 +56,7 @@ __all__ = [
 QMATMUL_BITS = (2, 3, 4, 8)
 _PER_CHANNEL_ALIGN = 32  # K is zero-padded to this multiple for per-channel packed weights
 NM_LANES = 16  # output channels interleaved per N:M tile
+INT8_BLOCK = 256  # int8 products summed exactly in float32 over blocks of this many (2**22 max)
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
@@ -299,7 +300,8 @@ class Int8Weight:
 
     Attributes:
       shape: the logical ``(K, N)``; K <= 65536 so int32 accumulation cannot overflow.
-      data: ``(N, K)`` int8, output-channel-major.
+      data: ``(N, Kp)`` int8, output-channel-major, K zero-padded to ``Kp = round_up(K, 256)``
+        (the kernel sums exact float32 partial sums over blocks of 256 products).
       col_sums: ``(N,)`` int32, ``sum_k W[k, n]`` (for the input zero-point correction).
     """
 
@@ -310,7 +312,7 @@ class Int8Weight:
     def __post_init__(self):
         k, n = self.shape
         check_int("K", k, 0, 65536)
-        check_array("data", self.data, dtype=np.int8, shape=(n, k))
+        check_array("data", self.data, dtype=np.int8, shape=(n, _round_up(max(k, 1), INT8_BLOCK)))
         check_array("col_sums", self.col_sums, dtype=np.int32, shape=(n,))
         object.__setattr__(self, "data", _ro(self.data))
         object.__setattr__(self, "col_sums", _ro(self.col_sums))
@@ -325,7 +327,8 @@ def int8_weight(codes: np.ndarray) -> Int8Weight:
     check_array("codes", codes, dtype=np.int8, ndim=2, contiguous=False)
     k, n = codes.shape
     check_int("K", k, 0, 65536)
-    data = np.ascontiguousarray(codes.T)
+    data = np.zeros((n, _round_up(max(k, 1), INT8_BLOCK)), np.int8)
+    data[:, :k] = codes.T
     return Int8Weight(shape=(k, n), data=data, col_sums=codes.astype(np.int32).sum(0, dtype=np.int32))
 
 
@@ -729,7 +732,7 @@ def to_dense(w) -> np.ndarray:
             c = c - np.repeat(zp.astype(np.float32), g, axis=0)[:k]
         return (s * c).astype(np.float32)
     if isinstance(w, Int8Weight):
-        return np.ascontiguousarray(w.data.T.astype(np.float32))
+        return np.ascontiguousarray(w.data[:, : w.shape[0]].T.astype(np.float32))
     if isinstance(w, CSRMatrix):
         k, n = w.shape
         out = np.zeros((n, k), np.float32)

@@ -68,7 +68,7 @@ def qmatmul_int8(
 ) -> np.ndarray:
     """Exact int64 twin of the int8 kernel (int32 results wrap like the kernel's)."""
     k, n = w.shape
-    wi = w.data.T.astype(np.int64)
+    wi = w.data[:, :k].T.astype(np.int64)
     xi = np.asarray(x).astype(np.int64) - x_zero_point
     acc = xi @ wi
     if bias is not None:

@@ -33,7 +33,6 @@ import math
 import time
 
 import numpy as np
-
 from jaxcompress_kernels import artifact as _artifact
 from jaxcompress_kernels.errors import ArtifactError, JaxCompressValueError
 from jaxcompress_kernels.formats import (
@@ -99,16 +98,41 @@ def _logic(fb, fi):
 
 
 _UNARY = {
-    "neg": np.negative, "exp": np.exp, "log": np.log, "tanh": np.tanh, "logistic": _logistic,
-    "sqrt": np.sqrt, "rsqrt": _rsqrt, "abs": np.abs, "square": np.square, "sign": np.sign,
-    "log1p": np.log1p, "expm1": np.expm1, "erf": _erf, "sin": np.sin, "cos": np.cos,
-    "floor": np.floor, "ceil": np.ceil, "not": _not,
+    "neg": np.negative,
+    "exp": np.exp,
+    "log": np.log,
+    "tanh": np.tanh,
+    "logistic": _logistic,
+    "sqrt": np.sqrt,
+    "rsqrt": _rsqrt,
+    "abs": np.abs,
+    "square": np.square,
+    "sign": np.sign,
+    "log1p": np.log1p,
+    "expm1": np.expm1,
+    "erf": _erf,
+    "sin": np.sin,
+    "cos": np.cos,
+    "floor": np.floor,
+    "ceil": np.ceil,
+    "not": _not,
 }
 _BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _div, "max": np.maximum,
-    "min": np.minimum, "pow": np.power, "gt": np.greater, "ge": np.greater_equal, "lt": np.less,
-    "le": np.less_equal, "eq": np.equal, "ne": np.not_equal,
-    "and": _logic(np.logical_and, np.bitwise_and), "or": _logic(np.logical_or, np.bitwise_or),
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": _div,
+    "max": np.maximum,
+    "min": np.minimum,
+    "pow": np.power,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "and": _logic(np.logical_and, np.bitwise_and),
+    "or": _logic(np.logical_or, np.bitwise_or),
 }
 
 
@@ -222,8 +246,12 @@ def exec_op(node, ins, b):
     if op == "rev":
         return np.flip(ins[0], axis=tuple(node["axes"]))
     if op == "slice":
-        sl = tuple(slice(s, e, st) for s, e, st in
-                   zip(node["start"], _dims(node["limit"], b), node["strides"], strict=True))
+        sl = tuple(
+            slice(s, e, st)
+            for s, e, st in zip(
+                node["start"], _dims(node["limit"], b), node["strides"], strict=True
+            )
+        )
         return ins[0][sl]
     raise ArtifactError(f"unknown op {op!r}")  # unreachable: load() checks ops
 
@@ -273,11 +301,17 @@ class Runtime:
         k, n = e.kn
         enc, a = e.encoding, e.attrs
         if enc == "csr":
-            w = CSRMatrix(shape=(k, n), indptr=e.parts["indptr"].astype(np.int64),
-                          indices=e.parts["indices"], values=e.parts["values"],
-                          scales=e.parts.get("scales"))
-            self.plan[e.name] = f"spmm_csr({'int8' if w.scales is not None else 'f32'}, " \
-                                f"density={w.nnz / max(k * n, 1):.3f})"
+            w = CSRMatrix(
+                shape=(k, n),
+                indptr=e.parts["indptr"].astype(np.int64),
+                indices=e.parts["indices"],
+                values=e.parts["values"],
+                scales=e.parts.get("scales"),
+            )
+            self.plan[e.name] = (
+                f"spmm_csr({'int8' if w.scales is not None else 'f32'}, "
+                f"density={w.nnz / max(k * n, 1):.3f})"
+            )
             return lambda x: spmm_csr(x, w)
         if enc == "nm" and a["m"] == 4 and a["n"] in (1, 2):
             if "values" in e.parts:
@@ -286,8 +320,9 @@ class Runtime:
                 return lambda x: spmm_nm(x, w)
             codes, scales, _ = _artifact.decode_codes(e)
             if a["bits"] <= 4 and a.get("group_size") is None:
-                w = nm_from_quantized(codes.astype(np.int8), np.ascontiguousarray(scales[0]),
-                                      n=a["n"])
+                w = nm_from_quantized(
+                    codes.astype(np.int8), np.ascontiguousarray(scales[0]), n=a["n"]
+                )
                 self.plan[e.name] = f"spmm_nm({a['n']}:4, {a['bits']}-bit per-channel)"
                 return lambda x: spmm_nm(x, w)
         if enc in ("packed", "nm") and "codes" in e.parts:
@@ -295,11 +330,17 @@ class Runtime:
             if bits in (2, 3, 4, 8) and (gs is None or (gs % 8 == 0 and k % gs == 0)):
                 codes, scales, zps = _artifact.decode_codes(e)
                 sym = zps is None
-                w = pack_weight(codes.astype(np.int8 if sym else np.uint8), scales,
-                                None if sym else zps.astype(np.uint8), bits=bits, group_size=gs)
+                w = pack_weight(
+                    codes.astype(np.int8 if sym else np.uint8),
+                    scales,
+                    None if sym else zps.astype(np.uint8),
+                    bits=bits,
+                    group_size=gs,
+                )
                 gdesc = "per-channel" if gs is None else f"g={gs}"
                 self.plan[e.name] = f"qmatmul({bits}-bit, {gdesc}" + (
-                    ", from N:M storage)" if enc == "nm" else ")")
+                    ", from N:M storage)" if enc == "nm" else ")"
+                )
                 return lambda x: qmatmul(x, w)
         dense = np.ascontiguousarray(_artifact.decode_dense(e).reshape(k, n), np.float32)
         if enc != "dense" and k * n and np.count_nonzero(dense) <= _SPARSE_DENSITY * k * n:
@@ -338,11 +379,13 @@ class Runtime:
             x = x.astype(np.float32)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise JaxCompressValueError(
-                f"inputs.shape={x.shape} must be (batch, *{self.input_shape})")
+                f"inputs.shape={x.shape} must be (batch, *{self.input_shape})"
+            )
         b = x.shape[0]
         if not self.symbolic and b != self.static_batch:
             raise JaxCompressValueError(
-                f"this artifact was exported for batch {self.static_batch}, got {b}")
+                f"this artifact was exported for batch {self.static_batch}, got {b}"
+            )
         if self.num_threads is not None and get_num_threads() != self.num_threads:
             set_num_threads(self.num_threads)
         env = dict(self.env0)
@@ -379,8 +422,9 @@ class Runtime:
         pads = [[0, 0]] + [list(p) for p in node["pads"]] + [[0, 0]]
         if any(p[0] or p[1] for p in pads):
             # negative padding crops (lax semantics)
-            crop = tuple(slice(max(-p[0], 0), x.shape[i] - max(-p[1], 0))
-                         for i, p in enumerate(pads))
+            crop = tuple(
+                slice(max(-p[0], 0), x.shape[i] - max(-p[1], 0)) for i, p in enumerate(pads)
+            )
             x = np.pad(x[crop], [[max(p[0], 0), max(p[1], 0)] for p in pads])
         v = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(1, nd + 1)))
         v = v[(slice(None),) + tuple(slice(None, None, s) for s in node["strides"])]
@@ -418,8 +462,7 @@ class Runtime:
         scale = float(np.max(np.abs(ref))) if ref.size else 0.0
         rel = diff / scale if scale else diff
         top1 = float(np.mean(y.argmax(-1) == ref.argmax(-1))) if y.ndim >= 2 else 1.0
-        res = SelfCheck(ok=bool(rel <= rtol), max_abs=diff, rel=rel, top1_agreement=top1,
-                        rtol=rtol)
+        res = SelfCheck(ok=bool(rel <= rtol), max_abs=diff, rel=rel, top1_agreement=top1, rtol=rtol)
         if raise_on_failure and not res.ok:
             raise ArtifactError(f"self-check failed: relative error {rel:.3g} > {rtol}")
         return res

@@ -18,6 +18,9 @@ __all__ = ["spmm_csr", "spmm_nm", "spmm_bsr"]
 
 _FM = {"reassoc", "contract"}
 
+# N:M batches below this use the lane kernel (select per row); larger ones decode 16-channel tiles.
+NM_LANE_MAX_BATCH = 16
+
 
 
 def _prep(x, k: int, n: int, bias):
@@ -45,9 +48,13 @@ def _spmv_csr_kernel(x, indptr, indices, values, out):
     xr = x[0]
     nn = indptr.shape[0] - 1
     for n in prange(nn):
+        lo = indptr[n]
+        hi = indptr[n + 1]
+        vs = values[lo:hi]
+        ix = indices[lo:hi]
         acc = np.float32(0.0)
-        for p in range(indptr[n], indptr[n + 1]):
-            acc += values[p] * xr[indices[p]]
+        for p in range(hi - lo):
+            acc += vs[p] * xr[ix[p]]
         out[0, n] = acc
 
 
@@ -56,9 +63,13 @@ def _spmv_csr_q_kernel(x, indptr, indices, values, scales, out):
     xr = x[0]
     nn = indptr.shape[0] - 1
     for n in prange(nn):
+        lo = indptr[n]
+        hi = indptr[n + 1]
+        vs = values[lo:hi]
+        ix = indices[lo:hi]
         acc = np.float32(0.0)
-        for p in range(indptr[n], indptr[n + 1]):
-            acc += np.float32(values[p]) * xr[indices[p]]
+        for p in range(hi - lo):
+            acc += np.float32(vs[p]) * xr[ix[p]]
         out[0, n] = acc * scales[n]
 
 
@@ -69,9 +80,13 @@ def _spmm_csr_kernel(xt, indptr, indices, values, scales, quantized, out_t):
     mm = xt.shape[1]
     for n in prange(nn):
         o = out_t[n]
-        for p in range(indptr[n], indptr[n + 1]):
-            v = np.float32(values[p])
-            xrow = xt[indices[p]]
+        lo = indptr[n]
+        hi = indptr[n + 1]
+        vs = values[lo:hi]
+        ix = indices[lo:hi]
+        for p in range(hi - lo):
+            v = np.float32(vs[p])
+            xrow = xt[ix[p]]
             for m in range(mm):
                 o[m] += v * xrow[m]
         if quantized:
@@ -146,65 +161,71 @@ def _nibbles(cb):
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
 def _spmv_nm_kernel(xg, positions, v4, c4, scales, n_keep, q4, out):
-    """Batch 1, lanes = 16 interleaved output channels.
+    """Small batches, lanes = 16 interleaved output channels.
 
     positions (T, nq, 16): one byte = the 2-bit positions of 4 consecutive slots.
     v4 (T, nq, 4, 16) float32 values or c4 (T, nq, 2, 16) two 4-bit codes per byte.
-    xg (nq, 4 // n_keep, 4): the x values of the groups those 4 slots belong to.
+    xg (M, nq, 4 // n_keep, 4): the x values of the groups those 4 slots belong to.
     """
     ntiles = positions.shape[0]
     nq = positions.shape[1]
+    mm = xg.shape[0]
     nout = out.shape[1]
     for t in prange(ntiles):
-        acc = np.zeros(16, np.float32)
+        acc = np.zeros((mm, 16), np.float32)
         for qi in range(nq):
             pb = positions[t, qi]
-            if n_keep == 2:
-                a0 = xg[qi, 0, 0]
-                a1 = xg[qi, 0, 1]
-                a2 = xg[qi, 0, 2]
-                a3 = xg[qi, 0, 3]
-                b0 = xg[qi, 1, 0]
-                b1 = xg[qi, 1, 1]
-                b2 = xg[qi, 1, 2]
-                b3 = xg[qi, 1, 3]
-                for lane in range(16):
-                    q0, q1, q2, q3 = _split4(pb[lane])
-                    if q4:
-                        v0, v1 = _nibbles(c4[t, qi, 0, lane])
-                        v2, v3 = _nibbles(c4[t, qi, 1, lane])
-                    else:
-                        v0 = v4[t, qi, 0, lane]
-                        v1 = v4[t, qi, 1, lane]
-                        v2 = v4[t, qi, 2, lane]
-                        v3 = v4[t, qi, 3, lane]
-                    acc[lane] += (
-                        v0 * _sel4(q0, a0, a1, a2, a3)
-                        + v1 * _sel4(q1, a0, a1, a2, a3)
-                        + v2 * _sel4(q2, b0, b1, b2, b3)
-                        + v3 * _sel4(q3, b0, b1, b2, b3)
-                    )
-            else:
-                for lane in range(16):
-                    q0, q1, q2, q3 = _split4(pb[lane])
-                    if q4:
-                        v0, v1 = _nibbles(c4[t, qi, 0, lane])
-                        v2, v3 = _nibbles(c4[t, qi, 1, lane])
-                    else:
-                        v0 = v4[t, qi, 0, lane]
-                        v1 = v4[t, qi, 1, lane]
-                        v2 = v4[t, qi, 2, lane]
-                        v3 = v4[t, qi, 3, lane]
-                    acc[lane] += (
-                        v0 * _sel4(q0, xg[qi, 0, 0], xg[qi, 0, 1], xg[qi, 0, 2], xg[qi, 0, 3])
-                        + v1 * _sel4(q1, xg[qi, 1, 0], xg[qi, 1, 1], xg[qi, 1, 2], xg[qi, 1, 3])
-                        + v2 * _sel4(q2, xg[qi, 2, 0], xg[qi, 2, 1], xg[qi, 2, 2], xg[qi, 2, 3])
-                        + v3 * _sel4(q3, xg[qi, 3, 0], xg[qi, 3, 1], xg[qi, 3, 2], xg[qi, 3, 3])
-                    )
+            for m in range(mm):
+                am = acc[m]
+                if n_keep == 2:
+                    a0 = xg[m, qi, 0, 0]
+                    a1 = xg[m, qi, 0, 1]
+                    a2 = xg[m, qi, 0, 2]
+                    a3 = xg[m, qi, 0, 3]
+                    b0 = xg[m, qi, 1, 0]
+                    b1 = xg[m, qi, 1, 1]
+                    b2 = xg[m, qi, 1, 2]
+                    b3 = xg[m, qi, 1, 3]
+                    for lane in range(16):
+                        q0, q1, q2, q3 = _split4(pb[lane])
+                        if q4:
+                            v0, v1 = _nibbles(c4[t, qi, 0, lane])
+                            v2, v3 = _nibbles(c4[t, qi, 1, lane])
+                        else:
+                            v0 = v4[t, qi, 0, lane]
+                            v1 = v4[t, qi, 1, lane]
+                            v2 = v4[t, qi, 2, lane]
+                            v3 = v4[t, qi, 3, lane]
+                        am[lane] += (
+                            v0 * _sel4(q0, a0, a1, a2, a3)
+                            + v1 * _sel4(q1, a0, a1, a2, a3)
+                            + v2 * _sel4(q2, b0, b1, b2, b3)
+                            + v3 * _sel4(q3, b0, b1, b2, b3)
+                        )
+                else:
+                    xq = xg[m, qi]
+                    for lane in range(16):
+                        q0, q1, q2, q3 = _split4(pb[lane])
+                        if q4:
+                            v0, v1 = _nibbles(c4[t, qi, 0, lane])
+                            v2, v3 = _nibbles(c4[t, qi, 1, lane])
+                        else:
+                            v0 = v4[t, qi, 0, lane]
+                            v1 = v4[t, qi, 1, lane]
+                            v2 = v4[t, qi, 2, lane]
+                            v3 = v4[t, qi, 3, lane]
+                        am[lane] += (
+                            v0 * _sel4(q0, xq[0, 0], xq[0, 1], xq[0, 2], xq[0, 3])
+                            + v1 * _sel4(q1, xq[1, 0], xq[1, 1], xq[1, 2], xq[1, 3])
+                            + v2 * _sel4(q2, xq[2, 0], xq[2, 1], xq[2, 2], xq[2, 3])
+                            + v3 * _sel4(q3, xq[3, 0], xq[3, 1], xq[3, 2], xq[3, 3])
+                        )
         for lane in range(16):
             c = t * 16 + lane
             if c < nout:
-                out[0, c] = acc[lane] * scales[c] if q4 else acc[lane]
+                sc = scales[c] if q4 else np.float32(1.0)
+                for m in range(mm):
+                    out[m, c] = acc[m, lane] * sc
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
@@ -304,9 +325,9 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
     values = w.values if not q4 else np.zeros((1, 1, 1), np.float32)
     codes = w.values if q4 else np.zeros((1, 1, 1), np.uint8)
     scales = w.scales if q4 else np.ones(1, np.float32)
-    if m == 1:
+    if m < NM_LANE_MAX_BATCH:
         t, nq, _ = w.positions.shape
-        xg = xp.reshape(nq, 4 // w.n, 4)
+        xg = xp.reshape(m, nq, 4 // w.n, 4)
         v4 = values.reshape(t, nq, 4, NM_LANES) if not q4 else np.zeros((1, 1, 4, NM_LANES), np.float32)
         c4 = codes.reshape(t, nq, 2, NM_LANES) if q4 else np.zeros((1, 1, 2, NM_LANES), np.uint8)
         _spmv_nm_kernel(xg, w.positions, v4, c4, scales, w.n, q4, out)

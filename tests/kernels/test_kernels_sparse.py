@@ -6,7 +6,7 @@ import pytest
 import jaxcompress_kernels as jk
 from jaxcompress_kernels import reference, sparse
 
-BATCHES = (0, 1, 3, 5, 37)
+BATCHES = (0, 1, 3, 5, 16, 37)
 
 
 def _rel_close(y, yr, rtol=1e-5):
