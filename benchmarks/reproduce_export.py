@@ -33,13 +33,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
+from jaxcompress_kernels import runtime  # noqa: E402
 
 import jaxcompress  # noqa: E402
 from jaxcompress import clustering, models, pruning, quantization  # noqa: E402
 from jaxcompress.data import load_dataset  # noqa: E402
 from jaxcompress.export import ORT_OPTIONS, onnx_session, reference_output, save, to_onnx  # noqa: E402
 from jaxcompress.training import fit  # noqa: E402
-from jaxcompress_kernels import runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,8 +56,17 @@ def _cpu() -> str:
 
 def _train(apply_fn, params, ds, *, epochs, seed, lr=1e-3, param_transform=None, n=None):
     data = (ds.x_train[:n], ds.y_train[:n]) if n else ds
-    r = fit(apply_fn, params, data, optimizer=optax.adam(lr), epochs=epochs, batch_size=100,
-            key=jax.random.key(seed), param_transform=param_transform, progress=False)
+    r = fit(
+        apply_fn,
+        params,
+        data,
+        optimizer=optax.adam(lr),
+        epochs=epochs,
+        batch_size=100,
+        key=jax.random.key(seed),
+        param_transform=param_transform,
+        progress=False,
+    )
     return r.params
 
 
@@ -70,19 +79,36 @@ def compressions(apply_fn, dense, ds, args, sparsity):
     ft = dict(epochs=args.finetune_epochs, seed=1, lr=3e-4, n=args.train_subset)
     out = [("dense fp32", dense)]
     masks = pruning.magnitude_masks(dense, sparsity, where=r"kernel")
-    pruned = _train(apply_fn, pruning.apply_masks(dense, masks), ds,
-                    param_transform=lambda p: pruning.apply_masks(p, masks), **ft)
+    pruned = _train(
+        apply_fn,
+        pruning.apply_masks(dense, masks),
+        ds,
+        param_transform=lambda p: pruning.apply_masks(p, masks),
+        **ft,
+    )
     pruned = pruning.apply_masks(pruned, masks)
     out.append(("pruned (float CSR)", pruned))
-    out.append(("pruned + int8 per-channel", quantization.quantize_params(
-        pruned, bits=8, where=r"kernel")))
+    out.append(
+        ("pruned + int8 per-channel", quantization.quantize_params(pruned, bits=8, where=r"kernel"))
+    )
     out.append(("pruned + clustered 4-bit", clustering.cluster(pruned, bits=4, where=r"kernel")))
     nm = pruning.nm_masks(dense, 2, 4, where=_nm_where)
-    nm_params = _train(apply_fn, pruning.apply_masks(dense, nm), ds,
-                       param_transform=lambda p: pruning.apply_masks(p, nm), **ft)
+    nm_params = _train(
+        apply_fn,
+        pruning.apply_masks(dense, nm),
+        ds,
+        param_transform=lambda p: pruning.apply_masks(p, nm),
+        **ft,
+    )
     nm_params = pruning.apply_masks(nm_params, nm)
-    out.append(("2:4 + 4-bit g32", quantization.quantize_params(
-        nm_params, bits=4, group_size=32, where=r"kernel", group_fallback="per_channel")))
+    out.append(
+        (
+            "2:4 + 4-bit g32",
+            quantization.quantize_params(
+                nm_params, bits=4, group_size=32, where=r"kernel", group_fallback="per_channel"
+            ),
+        )
+    )
     out.append(("4-bit per-channel", quantization.quantize_params(dense, bits=4, where=r"kernel")))
     out.append(("clustered 4-bit", clustering.cluster(dense, bits=4, where=r"kernel")))
     return out
@@ -101,7 +127,7 @@ def _latency(fn, x, reps) -> tuple[float, float]:
 
 
 def _batched(fn, x, bs=1000):
-    return np.concatenate([np.asarray(fn(x[i:i + bs])) for i in range(0, len(x), bs)])
+    return np.concatenate([np.asarray(fn(x[i : i + bs])) for i in range(0, len(x), bs)])
 
 
 def measure(name, comp, apply_fn, params, ds, folder, args) -> dict:
@@ -121,20 +147,27 @@ def measure(name, comp, apply_fn, params, ds, folder, args) -> dict:
     y_ort = _batched(lambda x: sb.run(None, {"input": x})[0], xt, bs)
     scale = float(np.abs(y_jax).max())
     row = {
-        "model": name, "compression": comp, "bytes": info.file_bytes,
+        "model": name,
+        "compression": comp,
+        "bytes": info.file_bytes,
         "bpw": info.bits_per_weight,
         "kernels": sorted(set(p.split("(")[0] for p in rt.plan.values())),
-        "rt_p50": rt_p50, "rt_p90": rt_p90, "ort_p50": ort_p50, "ort_p90": ort_p90,
+        "rt_p50": rt_p50,
+        "rt_p90": rt_p90,
+        "ort_p50": ort_p50,
+        "ort_p90": ort_p90,
         "acc_jax": float(np.mean(y_jax.argmax(1) == yt)),
         "acc_rt": float(np.mean(y_rt.argmax(1) == yt)),
         "acc_ort": float(np.mean(y_ort.argmax(1) == yt)),
         "rel_rt": float(np.abs(y_rt - y_jax).max()) / scale,
         "rel_ort": float(np.abs(y_ort - y_jax).max()) / scale,
     }
-    print(f"{name:14s} {comp:28s} {row['bytes']:>9d} B {row['bpw']:6.2f} b/w "
-          f"rt {rt_p50:8.1f} us  ort {ort_p50:8.1f} us  acc {row['acc_jax']:.4f}/"
-          f"{row['acc_rt']:.4f}/{row['acc_ort']:.4f}  rel {row['rel_rt']:.1e}/{row['rel_ort']:.1e}",
-          flush=True)
+    print(
+        f"{name:14s} {comp:28s} {row['bytes']:>9d} B {row['bpw']:6.2f} b/w "
+        f"rt {rt_p50:8.1f} us  ort {ort_p50:8.1f} us  acc {row['acc_jax']:.4f}/"
+        f"{row['acc_rt']:.4f}/{row['acc_ort']:.4f}  rel {row['rel_rt']:.1e}/{row['rel_ort']:.1e}",
+        flush=True,
+    )
     return row
 
 
@@ -147,8 +180,9 @@ def main(argv=None) -> None:
     data_dir = Path(args.data_dir)
     if not data_dir.is_absolute():
         data_dir = (ROOT / data_dir).resolve()
-    args.epochs = {"LeNet-300-100": 1, "LeNet-5": 1} if args.quick else {
-        "LeNet-300-100": 8, "LeNet-5": 3}
+    args.epochs = (
+        {"LeNet-300-100": 1, "LeNet-5": 1} if args.quick else {"LeNet-300-100": 8, "LeNet-5": 3}
+    )
     args.finetune_epochs = 1
     args.train_subset = 5000 if args.quick else None
     args.reps = 30 if args.quick else 300
@@ -156,16 +190,21 @@ def main(argv=None) -> None:
     ds = load_dataset("mnist", data_dir=str(data_dir))
     rows = []
     t_start = time.perf_counter()
-    specs = [("LeNet-300-100", models.LeNet300100, 0.9),
-             ("LeNet-5", models.LeNet5, {"conv1": 0.5, "conv2": 0.8, "fc1": 0.92, "fc2": 0.8})]
+    specs = [
+        ("LeNet-300-100", models.LeNet300100, 0.9),
+        ("LeNet-5", models.LeNet5, {"conv1": 0.5, "conv2": 0.8, "fc1": 0.92, "fc2": 0.8}),
+    ]
     with tempfile.TemporaryDirectory() as folder:
         for name, ctor, sparsity in specs:
             apply_fn, params = models.functional(ctor(rngs=nnx.Rngs(0)))
             t0 = time.perf_counter()
-            dense = _train(apply_fn, params, ds, epochs=args.epochs[name], seed=0,
-                           n=args.train_subset)
-            print(f"{name}: trained {args.epochs[name]} epochs in {time.perf_counter() - t0:.0f} s",
-                  flush=True)
+            dense = _train(
+                apply_fn, params, ds, epochs=args.epochs[name], seed=0, n=args.train_subset
+            )
+            print(
+                f"{name}: trained {args.epochs[name]} epochs in {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
             if isinstance(sparsity, dict):
                 sparsity = pruning.explicit(sparsity, default=0.9)
             for comp, p in compressions(apply_fn, dense, ds, args, sparsity):
@@ -177,8 +216,14 @@ def main(argv=None) -> None:
 def write(rows, args, total) -> None:
     import onnxruntime as ort
 
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        "reproduce_export_quick.md" if args.quick else "reproduce_export.md")
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT
+        / "benchmarks"
+        / "results"
+        / ("reproduce_export_quick.md" if args.quick else "reproduce_export.md")
+    )
     lines = [
         "# Export: compressed models in the edge runtime and in ONNX Runtime (real MNIST)",
         "",
@@ -193,7 +238,8 @@ def write(rows, args, total) -> None:
             f"{r['bpw']:.2f} | {r['rt_p50']:.0f} / {r['rt_p90']:.0f} | "
             f"{r['ort_p50']:.0f} / {r['ort_p90']:.0f} | {100 * r['acc_jax']:.2f}% | "
             f"{100 * r['acc_rt']:.2f}% | {100 * r['acc_ort']:.2f}% | "
-            f"{r['rel_rt']:.1e} / {r['rel_ort']:.1e} |")
+            f"{r['rel_rt']:.1e} / {r['rel_ort']:.1e} |"
+        )
     e = args.epochs
     lines += [
         "",

@@ -12,13 +12,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from jaxcompress_kernels.artifact import FORMAT, FORMAT_VERSION
+from jaxcompress_kernels.packing import pack_bits
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError, key_path_str
 from jaxcompress.export._capture import capture
 from jaxcompress.quantization import QuantizedArray, dequantize_params, is_compressed
 from jaxcompress.quantization._numerics import stored_offset
-from jaxcompress_kernels.artifact import FORMAT, FORMAT_VERSION
-from jaxcompress_kernels.packing import pack_bits
 
 __all__ = ["ExportInfo", "save", "resolve_apply", "reference_output"]
 
@@ -164,9 +164,13 @@ class _Writer:
         arr = np.asarray(arr)
         if arr.dtype.kind == "f":
             arr = arr.astype(np.float32)
-        self.tensors[name] = {"encoding": "dense", "shape": list(arr.shape),
-                              "dtype": str(arr.dtype),
-                              "parts": {"value": self.part(name, "value", arr)}, **attrs}
+        self.tensors[name] = {
+            "encoding": "dense",
+            "shape": list(arr.shape),
+            "dtype": str(arr.dtype),
+            "parts": {"value": self.part(name, "value", arr)},
+            **attrs,
+        }
 
     def plain(self, name, w):
         if w.dtype.kind != "f" or w.ndim < 2 or w.size == 0:
@@ -181,9 +185,16 @@ class _Writer:
         base = {"shape": list(w.shape), "dtype": "float32"}
         if nk is not None:
             pos, vals = _nm_slots(w2, nk)
-            self.tensors[name] = {"encoding": "nm", **base, "n": nk, "m": 4, "parts": {
-                "positions": self.part(name, "positions", pack_bits(pos, 2)),
-                "values": self.part(name, "values", vals.astype(np.float32))}}
+            self.tensors[name] = {
+                "encoding": "nm",
+                **base,
+                "n": nk,
+                "m": 4,
+                "parts": {
+                    "positions": self.part(name, "positions", pack_bits(pos, 2)),
+                    "values": self.part(name, "values", vals.astype(np.float32)),
+                },
+            }
             return None
         self.csr(name, w2, base, w2)
         return None
@@ -196,8 +207,9 @@ class _Writer:
         rows, cols = np.nonzero(kt)
         parts = {
             "indptr": self.part(name, "indptr", indptr),
-            "indices": self.part(name, "indices",
-                                 cols.astype(np.uint16 if k <= 65536 else np.int32)),
+            "indices": self.part(
+                name, "indices", cols.astype(np.uint16 if k <= 65536 else np.int32)
+            ),
             "values": self.part(name, "values", np.ascontiguousarray(values2.T[rows, cols])),
         }
         if scales is not None:
@@ -227,27 +239,41 @@ class _Writer:
             zps = zps.reshape(k // q.group_size, n)
         symmetric = q.scheme != "affine"
         half = 1 << (bits - 1)
-        base = {"shape": list(shape), "dtype": "float32", "bits": bits,
-                "group_size": q.group_size, "symmetric": symmetric, "scheme": q.scheme}
+        base = {
+            "shape": list(shape),
+            "dtype": "float32",
+            "bits": bits,
+            "group_size": q.group_size,
+            "symmetric": symmetric,
+            "scheme": q.scheme,
+        }
         density = np.count_nonzero(codes) / codes.size if codes.size else 1.0
         if symmetric and density <= self.sparse_threshold:
             nk = _nm_structure(codes) if self.nm else None
             if nk is not None:
                 pos, slot_codes = _nm_slots(codes, nk)
-                self.tensors[name] = {"encoding": "nm", **base, "n": nk, "m": 4, "parts": {
-                    "positions": self.part(name, "positions", pack_bits(pos, 2)),
-                    "codes": self.part(name, "codes", _pack_unsigned(slot_codes + half, bits)),
-                    "scales": self.part(name, "scales", scales)}}
+                self.tensors[name] = {
+                    "encoding": "nm",
+                    **base,
+                    "n": nk,
+                    "m": 4,
+                    "parts": {
+                        "positions": self.part(name, "positions", pack_bits(pos, 2)),
+                        "codes": self.part(name, "codes", _pack_unsigned(slot_codes + half, bits)),
+                        "scales": self.part(name, "scales", scales),
+                    },
+                }
                 return None
             nnz = int(np.count_nonzero(codes))
             csr_bytes = nnz * (1 + (2 if k <= 65536 else 4)) + 8 * n + 4
             if scales.shape[0] == 1 and csr_bytes < (k * n * bits + 7) // 8:
-                base = {"shape": list(shape), "dtype": "float32", "bits": bits,
-                        "scheme": q.scheme}
+                base = {"shape": list(shape), "dtype": "float32", "bits": bits, "scheme": q.scheme}
                 return self.csr(name, codes, base, codes.astype(np.int8), scales[0])
         u = codes + (half if symmetric else 0)
-        parts = {"codes": self.part(name, "codes", _pack_unsigned(u.T, bits)),
-                 "scales": self.part(name, "scales", scales)}
+        parts = {
+            "codes": self.part(name, "codes", _pack_unsigned(u.T, bits)),
+            "scales": self.part(name, "scales", scales),
+        }
         if not symmetric:
             parts["zero_points"] = self.part(name, "zero_points", zps.astype(np.uint8))
         self.tensors[name] = {"encoding": "packed", **base, "parts": parts}
@@ -258,10 +284,16 @@ class _Writer:
         bits = int(c.bits)
         idx = np.asarray(c.indices, np.uint8)
         self.tensors[name] = {
-            "encoding": "codebook", "shape": list(shape), "dtype": "float32", "bits": bits,
-            "axis": c.axis, "parts": {
+            "encoding": "codebook",
+            "shape": list(shape),
+            "dtype": "float32",
+            "bits": bits,
+            "axis": c.axis,
+            "parts": {
                 "indices": self.part(name, "indices", _pack_unsigned(idx, bits)),
-                "codebook": self.part(name, "codebook", np.asarray(c.codebook, np.float32))}}
+                "codebook": self.part(name, "codebook", np.asarray(c.codebook, np.float32)),
+            },
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +404,10 @@ def save(
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "producer": {"jaxcompress": getattr(jaxcompress, "__version__", "?"),
-                     "jax": jax.__version__},
+        "producer": {
+            "jaxcompress": getattr(jaxcompress, "__version__", "?"),
+            "jax": jax.__version__,
+        },
         "description": description,
         "graph": cap.graph,
         "tensors": w.tensors,
@@ -381,8 +415,12 @@ def save(
         "parts": {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in w.parts.items()},
     }
     mtext = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "manifest": mtext,
-            "manifest_sha256": hashlib.sha256(mtext.encode()).hexdigest()}
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "manifest": mtext,
+        "manifest_sha256": hashlib.sha256(mtext.encode()).hexdigest(),
+    }
     from safetensors.numpy import save as st_save
 
     data = st_save(w.parts, metadata=meta)
@@ -391,15 +429,25 @@ def save(
     for name, t in w.tensors.items():
         nbytes = sum(w.parts[p].nbytes for p in t["parts"].values())
         count = int(np.prod(t["shape"]))
-        tinfo[name] = {"encoding": t["encoding"], "shape": tuple(t["shape"]),
-                       "stored_bytes": nbytes,
-                       "bits_per_weight": 8 * nbytes / count if count else 0.0}
+        tinfo[name] = {
+            "encoding": t["encoding"],
+            "shape": tuple(t["shape"]),
+            "stored_bytes": nbytes,
+            "bits_per_weight": 8 * nbytes / count if count else 0.0,
+        }
         if len(t["shape"]) >= 2 and not name.startswith("const/"):
             wcount += count
             wbytes += nbytes
     ops: dict[str, int] = {}
     for node in cap.graph["nodes"]:
         ops[node["op"]] = ops.get(node["op"], 0) + 1
-    return ExportInfo(path=path, file_bytes=len(data), tensors=tinfo, weight_count=wcount,
-                      weight_bytes=wbytes, bits_per_weight=8 * wbytes / max(wcount, 1),
-                      graph_ops=ops, folded=dict(cap.folded))
+    return ExportInfo(
+        path=path,
+        file_bytes=len(data),
+        tensors=tinfo,
+        weight_count=wcount,
+        weight_bytes=wbytes,
+        bits_per_weight=8 * wbytes / max(wcount, 1),
+        graph_ops=ops,
+        folded=dict(cap.folded),
+    )

@@ -39,19 +39,77 @@ from jaxcompress._core import JaxCompressError, JaxCompressValueError, key_path_
 __all__ = ["CapturedGraph", "capture", "SUPPORTED_PRIMITIVES"]
 
 UNARY = {
-    "neg", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "abs", "square", "sign", "log1p",
-    "expm1", "erf", "sin", "cos", "floor", "ceil", "not",
+    "neg",
+    "exp",
+    "log",
+    "tanh",
+    "logistic",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "square",
+    "sign",
+    "log1p",
+    "expm1",
+    "erf",
+    "sin",
+    "cos",
+    "floor",
+    "ceil",
+    "not",
 }
-BINARY = {"add", "sub", "mul", "div", "max", "min", "pow", "gt", "ge", "lt", "le", "eq", "ne",
-          "and", "or"}
+BINARY = {
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "max",
+    "min",
+    "pow",
+    "gt",
+    "ge",
+    "lt",
+    "le",
+    "eq",
+    "ne",
+    "and",
+    "or",
+}
 ALIASES = {"stop_gradient", "copy", "copy_p", "optimization_barrier"}
-CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-         "custom_vjp_call_jaxpr", "remat", "checkpoint"}
+CALLS = {
+    "pjit",
+    "jit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+    "checkpoint",
+}
 OTHER = {
-    "integer_pow", "convert_element_type", "reshape", "broadcast_in_dim", "transpose", "squeeze",
-    "expand_dims", "reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin", "dot_general",
-    "conv_general_dilated", "reduce_window_max", "reduce_window_sum", "select_n", "concatenate",
-    "clamp", "pad", "rev", "slice",
+    "integer_pow",
+    "convert_element_type",
+    "reshape",
+    "broadcast_in_dim",
+    "transpose",
+    "squeeze",
+    "expand_dims",
+    "reduce_sum",
+    "reduce_max",
+    "reduce_min",
+    "argmax",
+    "argmin",
+    "dot_general",
+    "conv_general_dilated",
+    "reduce_window_max",
+    "reduce_window_sum",
+    "select_n",
+    "concatenate",
+    "clamp",
+    "pad",
+    "rev",
+    "slice",
 }
 SUPPORTED_PRIMITIVES = frozenset(UNARY | BINARY | ALIASES | CALLS | OTHER)
 DTYPES = ("float32", "int32", "bool", "uint8", "int8")
@@ -193,9 +251,15 @@ class _Tracer:
             return {"op": name, "in": ins, "shape": _ints(p["new_sizes"])}
         if name == "broadcast_in_dim":
             if len(ins) != 1:
-                raise JaxCompressValueError("export: dynamic-shape broadcast_in_dim is not supported")
-            return {"op": name, "in": ins, "shape": _ints(p["shape"]),
-                    "dims": _ints(p["broadcast_dimensions"])}
+                raise JaxCompressValueError(
+                    "export: dynamic-shape broadcast_in_dim is not supported"
+                )
+            return {
+                "op": name,
+                "in": ins,
+                "shape": _ints(p["shape"]),
+                "dims": _ints(p["broadcast_dimensions"]),
+            }
         if name == "transpose":
             return {"op": name, "in": ins, "perm": _ints(p["permutation"])}
         if name == "squeeze":
@@ -207,8 +271,12 @@ class _Tracer:
         if name in ("argmax", "argmin"):
             if len(p["axes"]) != 1:
                 raise JaxCompressValueError(f"export: {name} over several axes")
-            return {"op": name, "in": ins, "axis": int(p["axes"][0]),
-                    "dtype": _dtype_name(p["index_dtype"], name)}
+            return {
+                "op": name,
+                "in": ins,
+                "axis": int(p["axes"][0]),
+                "dtype": _dtype_name(p["index_dtype"], name),
+            }
         if name == "select_n":
             return {"op": name, "in": ins}
         if name == "clamp":
@@ -226,27 +294,47 @@ class _Tracer:
             return {"op": name, "in": ins, "axes": _ints(p["dimensions"])}
         if name == "slice":
             strides = p.get("strides") or (1,) * len(p["start_indices"])
-            return {"op": name, "in": ins, "start": _ints(p["start_indices"]),
-                    "limit": _ints(p["limit_indices"]), "strides": _ints(strides)}
+            return {
+                "op": name,
+                "in": ins,
+                "start": _ints(p["start_indices"]),
+                "limit": _ints(p["limit_indices"]),
+                "strides": _ints(strides),
+            }
         if name == "dot_general":
             (lc, rc), (lb, rb) = p["dimension_numbers"]
             x, w = ins
-            if (isinstance(w, str) and self.kind.get(w) == "param" and len(avals[1].shape) == 2
-                    and not lb and not rb
-                    and tuple(lc) == (len(avals[0].shape) - 1,) and tuple(rc) == (0,)
-                    and isinstance(x, str) and self.kind.get(x) == "value"):
+            if (
+                isinstance(w, str)
+                and self.kind.get(w) == "param"
+                and len(avals[1].shape) == 2
+                and not lb
+                and not rb
+                and tuple(lc) == (len(avals[0].shape) - 1,)
+                and tuple(rc) == (0,)
+                and isinstance(x, str)
+                and self.kind.get(x) == "value"
+            ):
                 self.weight_uses.add(w)
                 return {"op": "linear", "in": [x], "weight": w}
-            return {"op": name, "in": ins, "contract": [_ints(lc), _ints(rc)],
-                    "batch": [_ints(lb), _ints(rb)]}
+            return {
+                "op": name,
+                "in": ins,
+                "contract": [_ints(lc), _ints(rc)],
+                "batch": [_ints(lb), _ints(rb)],
+            }
         if name == "conv_general_dilated":
             return self.conv(p, ins, avals)
         if name in ("reduce_window_max", "reduce_window_sum"):
             if any(d != 1 for d in p["base_dilation"]) or any(d != 1 for d in p["window_dilation"]):
                 raise JaxCompressValueError(f"export: {name} with dilation is not supported")
-            return {"op": name, "in": ins, "window": _ints(p["window_dimensions"]),
-                    "strides": _ints(p["window_strides"]),
-                    "pads": [[int(a), int(b)] for a, b in p["padding"]]}
+            return {
+                "op": name,
+                "in": ins,
+                "window": _ints(p["window_dimensions"]),
+                "strides": _ints(p["window_strides"]),
+                "pads": [[int(a), int(b)] for a, b in p["padding"]],
+            }
         raise JaxCompressValueError(f"export does not support the JAX primitive {name!r}")
 
     def conv(self, p, ins, avals) -> dict:
@@ -268,15 +356,25 @@ class _Tracer:
             )
         if any(d != 1 for d in p["lhs_dilation"]):
             raise JaxCompressValueError("export: transposed conv (lhs_dilation) is not supported")
-        if not (isinstance(w, str) and isinstance(x, str) and self.kind.get(w) == "param"
-                and self.kind.get(x) == "value"):
+        if not (
+            isinstance(w, str)
+            and isinstance(x, str)
+            and self.kind.get(w) == "param"
+            and self.kind.get(x) == "value"
+        ):
             raise JaxCompressValueError(
                 "export: conv_general_dilated needs a parameter kernel and an activation input"
             )
         self.weight_uses.add(w)
-        return {"op": "conv", "in": [x], "weight": w, "strides": _ints(p["window_strides"]),
-                "pads": [[int(a), int(b)] for a, b in p["padding"]],
-                "dilation": _ints(p["rhs_dilation"]), "kernel": list(avals[1].shape)}
+        return {
+            "op": "conv",
+            "in": [x],
+            "weight": w,
+            "strides": _ints(p["window_strides"]),
+            "pads": [[int(a), int(b)] for a, b in p["padding"]],
+            "dilation": _ints(p["rhs_dilation"]),
+            "kernel": list(avals[1].shape),
+        }
 
 
 def _ints(seq) -> list[int]:
@@ -286,8 +384,9 @@ def _ints(seq) -> list[int]:
 def _dtype_name(dtype, where: str) -> str:
     name = np.dtype(dtype).name
     if name not in DTYPES:
-        raise JaxCompressValueError(f"export: dtype {name} (in {where}) is not supported; "
-                                    f"supported: {DTYPES}")
+        raise JaxCompressValueError(
+            f"export: dtype {name} (in {where}) is not supported; supported: {DTYPES}"
+        )
     return name
 
 
@@ -362,8 +461,9 @@ def _merge_symbolic(a: _Tracer, b: _Tracer, ba: int, bb: int) -> list[dict] | No
     return merged
 
 
-def capture(apply_fn, params: Any, example_input: Any, *, is_leaf=None,
-            foldable: set[str] | None = None) -> CapturedGraph:
+def capture(
+    apply_fn, params: Any, example_input: Any, *, is_leaf=None, foldable: set[str] | None = None
+) -> CapturedGraph:
     """Trace ``apply_fn(params, x)`` into a graph over named parameter tensors.
 
     Args:
@@ -430,8 +530,9 @@ def capture(apply_fn, params: Any, example_input: Any, *, is_leaf=None,
     }
     param_arrays = {n: a for n, a in param_arrays.items() if n in used}
     consts = {k: v for k, v in consts.items() if k in used}
-    return CapturedGraph(graph, param_arrays, consts, weights & set(param_arrays),
-                         others & set(param_arrays), folded)
+    return CapturedGraph(
+        graph, param_arrays, consts, weights & set(param_arrays), others & set(param_arrays), folded
+    )
 
 
 def _dead_code(nodes: list[dict], outputs: list) -> list[dict]:
@@ -460,8 +561,10 @@ def _fold_affine(nodes, params, consts, shapes, outputs, foldable, folded) -> li
         if node["op"] in ("linear", "conv") or _has_symbolic(node):
             continue
         if all(isinstance(r, dict) or r in static for r in node["in"]):
-            vals = [np.asarray(_lit_value(r), r["dtype"]) if isinstance(r, dict) else static[r]
-                    for r in node["in"]]
+            vals = [
+                np.asarray(_lit_value(r), r["dtype"]) if isinstance(r, dict) else static[r]
+                for r in node["in"]
+            ]
             static[node["out"]] = np.asarray(exec_op(node, vals, 1))
     uses: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
@@ -473,7 +576,7 @@ def _fold_affine(nodes, params, consts, shapes, outputs, foldable, folded) -> li
     for o in outputs:
         uses.setdefault(o, []).append(-1)
     drop: set[int] = set()
-    for i, node in enumerate(nodes):
+    for node in nodes:
         w = node.get("weight")
         if w is None or w not in foldable or len(uses.get(w, [])) != 1:
             continue
@@ -494,10 +597,18 @@ def _fold_affine(nodes, params, consts, shapes, outputs, foldable, folded) -> li
             other = nxt["in"][1] if first else nxt["in"][0]
             if other == cur:
                 break
-            sv = np.asarray(_lit_value(other), other["dtype"]) if isinstance(other, dict) else (
-                static.get(other))
-            if sv is None or sv.dtype != np.float32 or sv.ndim > rank or any(
-                    d != 1 for d in sv.shape[:-1]) or (sv.ndim and sv.shape[-1] not in (1, n)):
+            sv = (
+                np.asarray(_lit_value(other), other["dtype"])
+                if isinstance(other, dict)
+                else (static.get(other))
+            )
+            if (
+                sv is None
+                or sv.dtype != np.float32
+                or sv.ndim > rank
+                or any(d != 1 for d in sv.shape[:-1])
+                or (sv.ndim and sv.shape[-1] not in (1, n))
+            ):
                 break
             s = np.broadcast_to(sv.reshape(-1) if sv.ndim else sv, (n,)).astype(np.float32)
             op = nxt["op"]

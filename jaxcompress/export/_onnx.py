@@ -24,10 +24,10 @@ import math
 import os
 
 import numpy as np
-
-from jaxcompress._core import JaxCompressValueError
 from jaxcompress_kernels import artifact as _artifact
 from jaxcompress_kernels.packing import to_matmulnbits
+
+from jaxcompress._core import JaxCompressValueError
 
 __all__ = ["to_onnx", "save_onnx", "onnx_session", "cross_check", "CrossCheck", "ORT_OPTIONS"]
 
@@ -45,7 +45,8 @@ def _onnx():
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as e:  # pragma: no cover
         raise JaxCompressValueError(
-            "ONNX export needs the `onnx` package (pip install 'jaxcompress[test]')") from e
+            "ONNX export needs the `onnx` package (pip install 'jaxcompress[test]')"
+        ) from e
     return onnx, TensorProto, helper, numpy_helper
 
 
@@ -96,8 +97,12 @@ class _Builder:
         e = self.art.tensors[wname]
         k, n = e.kn
         a = e.attrs
-        if e.encoding in ("packed", "nm") and "codes" in e.parts and a["bits"] == 4 and a.get(
-                "symmetric", True):
+        if (
+            e.encoding in ("packed", "nm")
+            and "codes" in e.parts
+            and a["bits"] == 4
+            and a.get("symmetric", True)
+        ):
             gs = a.get("group_size")
             block = gs if gs is not None else max(16, 1 << max(k - 1, 1).bit_length())
             if block >= 16 and block & (block - 1) == 0:
@@ -105,12 +110,20 @@ class _Builder:
                 if gs is None:
                     scales = scales.reshape(1, n)
                 u = (codes + 8).astype(np.uint8)
-                bq, s, _ = to_matmulnbits(u, np.ascontiguousarray(scales, np.float32), bits=4,
-                                          block_size=block)
+                bq, s, _ = to_matmulnbits(
+                    u, np.ascontiguousarray(scales, np.float32), bits=4, block_size=block
+                )
                 ins = [x, self.init(bq, wname + "_B"), self.init(s, wname + "_scales")]
-                return self.node("MatMulNBits", ins, domain="com.microsoft", K=k, N=n, bits=4,
-                                 block_size=block,
-                                 accuracy_level=ORT_OPTIONS["MatMulNBits.accuracy_level"])
+                return self.node(
+                    "MatMulNBits",
+                    ins,
+                    domain="com.microsoft",
+                    K=k,
+                    N=n,
+                    bits=4,
+                    block_size=block,
+                    accuracy_level=ORT_OPTIONS["MatMulNBits.accuracy_level"],
+                )
         w = self.weight_2d(e)
         return self.node("MatMul", [x, w])
 
@@ -178,23 +191,54 @@ class _Builder:
             name = f"output_{i}" if len(g["outputs"]) > 1 else "output"
             self.nodes.append(h.make_node("Identity", [self.names[o]], [name]))
             outs.append(h.make_tensor_value_info(name, TP.FLOAT, list(self.value_shapes[o])))
-        graph = h.make_graph(self.nodes, "jaxcompress", [
-            h.make_tensor_value_info("input", TP.FLOAT, in_shape)], outs, self.inits)
-        model = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET),
-                                                   h.make_opsetid("com.microsoft", 1)],
-                             producer_name="jaxcompress")
+        graph = h.make_graph(
+            self.nodes,
+            "jaxcompress",
+            [h.make_tensor_value_info("input", TP.FLOAT, in_shape)],
+            outs,
+            self.inits,
+        )
+        model = h.make_model(
+            graph,
+            opset_imports=[h.make_opsetid("", OPSET), h.make_opsetid("com.microsoft", 1)],
+            producer_name="jaxcompress",
+        )
         model.ir_version = 10
         return model
 
     def emit(self, node) -> str:
         op = node["op"]
         ins = [self.ref(r) for r in node["in"]]
-        simple = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max",
-                  "min": "Min", "pow": "Pow", "gt": "Greater", "ge": "GreaterOrEqual",
-                  "lt": "Less", "le": "LessOrEqual", "eq": "Equal", "and": "And", "or": "Or",
-                  "neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid",
-                  "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "erf": "Erf", "sin": "Sin",
-                  "cos": "Cos", "floor": "Floor", "ceil": "Ceil", "not": "Not"}
+        simple = {
+            "add": "Add",
+            "sub": "Sub",
+            "mul": "Mul",
+            "div": "Div",
+            "max": "Max",
+            "min": "Min",
+            "pow": "Pow",
+            "gt": "Greater",
+            "ge": "GreaterOrEqual",
+            "lt": "Less",
+            "le": "LessOrEqual",
+            "eq": "Equal",
+            "and": "And",
+            "or": "Or",
+            "neg": "Neg",
+            "exp": "Exp",
+            "log": "Log",
+            "tanh": "Tanh",
+            "logistic": "Sigmoid",
+            "sqrt": "Sqrt",
+            "abs": "Abs",
+            "sign": "Sign",
+            "erf": "Erf",
+            "sin": "Sin",
+            "cos": "Cos",
+            "floor": "Floor",
+            "ceil": "Ceil",
+            "not": "Not",
+        }
         if op in simple:
             return self.node(simple[op], ins)
         if op == "ne":
@@ -210,8 +254,13 @@ class _Builder:
         if op == "integer_pow":
             return self.integer_pow(ins[0], node["y"])
         if op == "convert":
-            to = {"float32": self.TP.FLOAT, "int32": self.TP.INT32, "bool": self.TP.BOOL,
-                  "uint8": self.TP.UINT8, "int8": self.TP.INT8}[node["dtype"]]
+            to = {
+                "float32": self.TP.FLOAT,
+                "int32": self.TP.INT32,
+                "bool": self.TP.BOOL,
+                "uint8": self.TP.UINT8,
+                "int8": self.TP.INT8,
+            }[node["dtype"]]
             return self.node("Cast", ins, to=to)
         if op == "reshape":
             return self.node("Reshape", [ins[0], self.i64(self.dims(node["shape"]))])
@@ -228,12 +277,16 @@ class _Builder:
         if op == "expand_dims":
             return self.node("Unsqueeze", [ins[0], self.i64(node["axes"])])
         if op in ("reduce_sum", "reduce_max", "reduce_min"):
-            onnx_op = {"reduce_sum": "ReduceSum", "reduce_max": "ReduceMax",
-                       "reduce_min": "ReduceMin"}[op]
+            onnx_op = {
+                "reduce_sum": "ReduceSum",
+                "reduce_max": "ReduceMax",
+                "reduce_min": "ReduceMin",
+            }[op]
             return self.node(onnx_op, [ins[0], self.i64(node["axes"])], keepdims=0)
         if op in ("argmax", "argmin"):
-            r = self.node("ArgMax" if op == "argmax" else "ArgMin", ins, axis=node["axis"],
-                          keepdims=0)
+            r = self.node(
+                "ArgMax" if op == "argmax" else "ArgMin", ins, axis=node["axis"], keepdims=0
+            )
             return self.node("Cast", [r], to=self.TP.INT32)
         if op == "linear":
             return self.matmul(ins[0], node["weight"])
@@ -257,13 +310,28 @@ class _Builder:
         if op == "slice":
             lim = self.dims(node["limit"])
             axes = list(range(len(lim)))
-            return self.node("Slice", [ins[0], self.i64(node["start"]), self.i64(lim),
-                                       self.i64(axes), self.i64(node["strides"])])
+            return self.node(
+                "Slice",
+                [
+                    ins[0],
+                    self.i64(node["start"]),
+                    self.i64(lim),
+                    self.i64(axes),
+                    self.i64(node["strides"]),
+                ],
+            )
         if op == "rev":
             ax = node["axes"]
-            return self.node("Slice", [ins[0], self.i64([-1] * len(ax)),
-                                       self.i64([-(2**62)] * len(ax)), self.i64(ax),
-                                       self.i64([-1] * len(ax))])
+            return self.node(
+                "Slice",
+                [
+                    ins[0],
+                    self.i64([-1] * len(ax)),
+                    self.i64([-(2**62)] * len(ax)),
+                    self.i64(ax),
+                    self.i64([-1] * len(ax)),
+                ],
+            )
         raise JaxCompressValueError(f"ONNX export does not support the op {op!r} yet")
 
     def integer_pow(self, x, y):
@@ -285,15 +353,26 @@ class _Builder:
         w = self.weight_conv(self.art.tensors[node["weight"]])
         pads = [p[0] for p in node["pads"]] + [p[1] for p in node["pads"]]
         xt = self.node("Transpose", [x], perm=to_first)
-        y = self.node("Conv", [xt, w], strides=node["strides"], pads=pads,
-                      dilations=node["dilation"], kernel_shape=node["kernel"][:nd])
+        y = self.node(
+            "Conv",
+            [xt, w],
+            strides=node["strides"],
+            pads=pads,
+            dilations=node["dilation"],
+            kernel_shape=node["kernel"][:nd],
+        )
         return self.node("Transpose", [y], perm=to_last)
 
     def pool(self, node, x):
         win, st, pads = node["window"], node["strides"], node["pads"]
         nd = len(win) - 2
-        if win[0] != 1 or win[-1] != 1 or st[0] != 1 or st[-1] != 1 or any(
-                pads[i] != [0, 0] for i in (0, len(win) - 1)):
+        if (
+            win[0] != 1
+            or win[-1] != 1
+            or st[0] != 1
+            or st[-1] != 1
+            or any(pads[i] != [0, 0] for i in (0, len(win) - 1))
+        ):
             raise JaxCompressValueError("ONNX export: pooling over batch/channel axes")
         to_first = [0, nd + 1, *range(1, nd + 1)]
         to_last = [0, *range(2, nd + 2), 1]
@@ -302,8 +381,14 @@ class _Builder:
         if node["op"] == "reduce_window_max":
             y = self.node("MaxPool", [xt], kernel_shape=win[1:-1], strides=st[1:-1], pads=sp)
         else:
-            y = self.node("AveragePool", [xt], kernel_shape=win[1:-1], strides=st[1:-1],
-                          pads=sp, count_include_pad=1)
+            y = self.node(
+                "AveragePool",
+                [xt],
+                kernel_shape=win[1:-1],
+                strides=st[1:-1],
+                pads=sp,
+                count_include_pad=1,
+            )
             y = self.node("Mul", [y, self.init(np.float32(math.prod(win)))])
         return self.node("Transpose", [y], perm=to_last)
 
@@ -361,11 +446,15 @@ def to_onnx(artifact_path, *, batch_size: int = 1):
       ArtifactError: the artifact fails verification.
       JaxCompressValueError: an op has no ONNX translation yet.
     """
-    art = artifact_path if isinstance(artifact_path, _artifact.Artifact) else _artifact.load(
-        artifact_path)
+    art = (
+        artifact_path
+        if isinstance(artifact_path, _artifact.Artifact)
+        else _artifact.load(artifact_path)
+    )
     if art.graph["batch"] == "static" and batch_size != art.sample_input.shape[0]:
         raise JaxCompressValueError(
-            f"{batch_size=} but the artifact was exported for batch {art.sample_input.shape[0]}")
+            f"{batch_size=} but the artifact was exported for batch {art.sample_input.shape[0]}"
+        )
     b = _Builder(art, int(batch_size))
     b.value_shapes = _value_shapes(art, int(batch_size))
     b.value_shapes[art.graph["inputs"][0]] = (batch_size, *art.graph["input_shapes"][0])
@@ -387,10 +476,13 @@ def onnx_session(model, *, num_threads: int = 1):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                          ORT_OPTIONS["graph_optimization_level"])
-    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level",
-                                ORT_OPTIONS["session.qdq_matmulnbits_accuracy_level"])
+    so.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, ORT_OPTIONS["graph_optimization_level"]
+    )
+    so.add_session_config_entry(
+        "session.qdq_matmulnbits_accuracy_level",
+        ORT_OPTIONS["session.qdq_matmulnbits_accuracy_level"],
+    )
     so.intra_op_num_threads = int(num_threads)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
@@ -427,8 +519,9 @@ def _compare(ref, y) -> dict:
     return {"max_abs": diff, "rel": diff / scale if scale else diff, "top1": top1}
 
 
-def cross_check(artifact_path, x, *, model_or_apply=None, params=None, num_threads: int = 1
-                ) -> CrossCheck:
+def cross_check(
+    artifact_path, x, *, model_or_apply=None, params=None, num_threads: int = 1
+) -> CrossCheck:
     """Runs `x` through our runtime, ONNX Runtime (pinned options) and, when `model_or_apply`
     and `params` are given, the JAX model with compressed leaves dequantized.
 
@@ -454,6 +547,7 @@ def cross_check(artifact_path, x, *, model_or_apply=None, params=None, num_threa
     sess = onnx_session(to_onnx(art, batch_size=x.shape[0]), num_threads=num_threads)
     outs["onnxruntime"] = np.asarray(sess.run(None, {"input": x})[0])
     names = list(outs)
-    pairs = {(a, b): _compare(outs[a], outs[b]) for i, a in enumerate(names)
-             for b in names[i + 1:]}
+    pairs = {
+        (a, b): _compare(outs[a], outs[b]) for i, a in enumerate(names) for b in names[i + 1 :]
+    }
     return CrossCheck(pairs=pairs, outputs=outs)

@@ -55,8 +55,15 @@ def _codebook(name, w, bits=4):
     k = 1 << bits
     cb = np.linspace(w.min(), w.max(), k).astype(np.float32)
     idx = np.abs(w[..., None] - cb).argmin(-1).astype(np.uint8)
-    return ClusteredArray(indices=jnp.asarray(idx), codebook=jnp.asarray(cb), n_clusters=k,
-                          axis=None, zero_index=False, shape=tuple(w.shape), dtype="float32")
+    return ClusteredArray(
+        indices=jnp.asarray(idx),
+        codebook=jnp.asarray(cb),
+        n_clusters=k,
+        axis=None,
+        zero_index=False,
+        shape=tuple(w.shape),
+        dtype="float32",
+    )
 
 
 def compress(params, way: str):
@@ -68,8 +75,9 @@ def compress(params, way: str):
         return quantization.quantize_params(p, bits=8, where=r"kernel")
     if way == "nm_4bit":
         p = _map_kernels(_nm, params)
-        return quantization.quantize_params(p, bits=4, group_size=32, where=r"kernel",
-                                            group_fallback="per_channel")
+        return quantization.quantize_params(
+            p, bits=4, group_size=32, where=r"kernel", group_fallback="per_channel"
+        )
     if way == "clustered":
         return _map_kernels(_codebook, params)
     raise ValueError(way)

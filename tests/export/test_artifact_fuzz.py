@@ -15,15 +15,17 @@ import pytest
 from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jaxcompress_kernels import ArtifactError, JaxCompressError, artifact, runtime
 
 from jaxcompress.export import save
 from jaxcompress.models import MLP, functional
 from jaxcompress.quantization import quantize_params
-from jaxcompress_kernels import ArtifactError, JaxCompressError, artifact, runtime
 
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_mutated_bytes(good, data):
     elif kind == "overwrite":
         i = data.draw(st.integers(0, len(b) - 1))
         chunk = data.draw(st.binary(min_size=1, max_size=64))
-        b[i:i + len(chunk)] = chunk
+        b[i : i + len(chunk)] = chunk
     elif kind == "truncate":
         b = b[: data.draw(st.integers(0, len(b) - 1))]
     elif kind == "insert":
@@ -78,7 +80,7 @@ def test_mutated_bytes(good, data):
 
 def _split(raw: bytes):
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def _join(header, body: bytes) -> bytes:
@@ -87,10 +89,14 @@ def _join(header, body: bytes) -> bytes:
 
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
     | st.text(max_size=8),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids,
-                                                             max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -129,14 +135,20 @@ def test_validly_signed_but_malicious_manifest(good, data):
 
 
 @SETTINGS
-@given(header=st.dictionaries(st.text(max_size=10), JSON, max_size=5),
-       body=st.binary(max_size=256), meta=st.booleans())
+@given(
+    header=st.dictionaries(st.text(max_size=10), JSON, max_size=5),
+    body=st.binary(max_size=256),
+    meta=st.booleans(),
+)
 def test_arbitrary_headers(good, header, body, meta):
     _, folder = good
     if meta:
-        header["__metadata__"] = {"format": "jaxcompress-artifact", "format_version": "1",
-                                  "manifest": json.dumps(header.get("m", {})),
-                                  "manifest_sha256": ""}
+        header["__metadata__"] = {
+            "format": "jaxcompress-artifact",
+            "format_version": "1",
+            "manifest": json.dumps(header.get("m", {})),
+            "manifest_sha256": "",
+        }
     _try_load(_join(header, body), folder)
 
 

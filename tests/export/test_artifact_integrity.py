@@ -14,11 +14,11 @@ import textwrap
 import numpy as np
 import pytest
 from flax import nnx
+from jaxcompress_kernels import ArtifactError, artifact, runtime
 
 from jaxcompress.export import save
 from jaxcompress.models import MLP, functional
 from jaxcompress.quantization import quantize_params
-from jaxcompress_kernels import ArtifactError, artifact, runtime
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def small(tmp_path_factory):
 
 def _split(data: bytes):
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def _join(header: dict, body: bytes) -> bytes:
@@ -57,8 +57,7 @@ def _rewrite_manifest(data: bytes, edit, fix_sha=True) -> bytes:
 def never_runs(monkeypatch):
     calls = []
     monkeypatch.setattr(runtime.Runtime, "_exec", lambda *a, **k: calls.append(a))
-    monkeypatch.setattr(runtime.Runtime, "__init__",
-                        lambda *a, **k: calls.append("init") or None)
+    monkeypatch.setattr(runtime.Runtime, "__init__", lambda *a, **k: calls.append("init") or None)
     return calls
 
 
@@ -103,20 +102,26 @@ def test_edited_header_is_refused(small, tmp_path, never_runs):
         m["graph"]["nodes"][0]["op"] = "exp"
 
     # edited without updating the checksum
-    _refused(tmp_path, _rewrite_manifest(data, scale_shape, fix_sha=False),
-             "manifest sha256 mismatch", never_runs)
+    _refused(
+        tmp_path,
+        _rewrite_manifest(data, scale_shape, fix_sha=False),
+        "manifest sha256 mismatch",
+        never_runs,
+    )
     # edited consistently but pointing a part at other bytes
     header, body = _split(data)
     name = next(k for k in header if k.endswith(":scales"))
     a, b = header[name]["data_offsets"]
     header[name]["data_offsets"] = [a + 4, b + 4]
     _refused(tmp_path, _join(header, body), "overlap|outside|sha256", never_runs)
+
     # a tensor's shape edited (with a valid manifest checksum)
     def bad_shape(m):
         t = next(t for t in m["tensors"].values() if t["encoding"] == "packed")
         t["shape"] = [t["shape"][0] * 2, t["shape"][1]]
 
     _refused(tmp_path, _rewrite_manifest(data, bad_shape), "tensor", never_runs)
+
     # an op the runtime does not know
     def bad_op(m):
         m["graph"]["nodes"][0]["op"] = "system"

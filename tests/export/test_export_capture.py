@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jaxcompress_kernels import runtime
 
 from jaxcompress import JaxCompressValueError
 from jaxcompress.export import capture, cross_check, save
 from jaxcompress.models import CNN1D, MLP, functional
-from jaxcompress_kernels import runtime
 
 
 def _roundtrip(tmp_path, apply_fn, params, x, batches=(1, 5)):
@@ -59,10 +59,10 @@ class _Zoo(nnx.Module):
         y = self.c(x)
         y = nnx.avg_pool(y, (2, 2), strides=(2, 2), padding="SAME")
         m = nnx.max_pool(y, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
-        y = jnp.where(m > 0, jax.nn.sigmoid(m), m ** 3)
+        y = jnp.where(m > 0, jax.nn.sigmoid(m), m**3)
         f = y.reshape(y.shape[0], -1)[:, :8]
         z = f @ self.w[...].T
-        return jnp.concatenate([z, jnp.exp(-z ** 2)], axis=-1)
+        return jnp.concatenate([z, jnp.exp(-(z**2))], axis=-1)
 
 
 def test_op_zoo(tmp_path):
@@ -74,8 +74,16 @@ def test_op_zoo(tmp_path):
 
     rt = _roundtrip(tmp_path, apply_fn, params, np.ones((2, 6, 5, 2), np.float32))
     ops = {n["op"] for n in rt.nodes}
-    assert {"conv", "reduce_window_sum", "reduce_window_max", "select_n", "logistic",
-            "dot_general", "concatenate", "slice"} <= ops
+    assert {
+        "conv",
+        "reduce_window_sum",
+        "reduce_window_max",
+        "select_n",
+        "logistic",
+        "dot_general",
+        "concatenate",
+        "slice",
+    } <= ops
 
 
 def test_linen_model(tmp_path):

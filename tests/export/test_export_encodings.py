@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flax import nnx
+from jaxcompress_kernels import artifact, runtime
 
+from jaxcompress._core import named_leaves
 from jaxcompress.export import cross_check, save
 from jaxcompress.models import MLP, functional
-from jaxcompress._core import named_leaves
 from jaxcompress.quantization import dequantize_params, quantize_params
-from jaxcompress_kernels import artifact, runtime
 
 CASES = [
     # (quantize_params kwargs, expected encoding of hidden/0/kernel, kernel prefix)
@@ -43,8 +43,9 @@ def test_quantized_layouts(mlp, tmp_path, kwargs, encoding, kernel):
     # the stored weights dequantize bit-exactly to what JAX dequantizes
     ref_w = {k: np.asarray(v) for k, v in named_leaves(dequantize_params(q))}
     art = artifact.load(path)
-    np.testing.assert_array_equal(artifact.decode_dense(art.tensors["hidden/0/kernel"]),
-                                  ref_w["hidden/0/kernel"])
+    np.testing.assert_array_equal(
+        artifact.decode_dense(art.tensors["hidden/0/kernel"]), ref_w["hidden/0/kernel"]
+    )
     cc = cross_check(path, x, model_or_apply=apply_fn, params=q)
     assert cc.max_rel <= 1e-5, cc.table()
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from jaxcompress_kernels import artifact, runtime
 
 from jaxcompress.export import cross_check, onnx_session, reference_output, save, to_onnx
-from jaxcompress_kernels import artifact, runtime
 from tests.export._models import WAYS, compressed, inputs, rel_err
 
 TOL = 1e-5
@@ -45,8 +45,9 @@ def test_runtime_and_onnxruntime_match_jax(exported, name, way):
     assert set(kern.values()) <= encodings | {"packed"}, kern
     assert encodings & set(kern.values())
     rt = runtime.load(path, num_threads=1)
-    assert all(any(p.startswith(k) for k in kernels) or p.startswith("qmatmul")
-               for p in rt.plan.values()), rt.plan
+    assert all(
+        any(p.startswith(k) for k in kernels) or p.startswith("qmatmul") for p in rt.plan.values()
+    ), rt.plan
     check = rt.self_check()
     assert check.ok and check.rel <= TOL and check.top1_agreement == 1.0
     for batch in (1, 4):  # the batch is symbolic in the artifact
@@ -56,8 +57,7 @@ def test_runtime_and_onnxruntime_match_jax(exported, name, way):
         assert y.shape == ref.shape
         assert rel_err(ref, y) <= TOL
     cc = cross_check(path, inputs(shape, 4, seed=7), model_or_apply=apply_fn, params=params)
-    assert set(cc.pairs) == {("jax", "runtime"), ("jax", "onnxruntime"),
-                             ("runtime", "onnxruntime")}
+    assert set(cc.pairs) == {("jax", "runtime"), ("jax", "onnxruntime"), ("runtime", "onnxruntime")}
     for p in cc.pairs.values():
         assert p["rel"] <= TOL and p["top1"] == 1.0, cc.table()
     if way != "dense":
