@@ -104,3 +104,19 @@ def test_matmulnbits_runs_in_onnxruntime_when_present():
     w = np.repeat(scales, bs, 0) * (codes.astype(np.float32) - np.repeat(zps, bs, 0))
     np.testing.assert_allclose(y, x @ w, rtol=1e-4, atol=1e-4)
     del onnx
+
+
+def test_out_buffers_are_used_and_checked():
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 8, 1003).astype(np.uint8)
+    buf = np.full(jk.packed_size(1003, 3), 255, np.uint8)  # garbage must be overwritten
+    res = jk.pack_bits(codes, 3, out=buf)
+    assert res is buf
+    np.testing.assert_array_equal(buf, reference.pack_bits(codes, 3))
+    back = np.empty(1003, np.uint8)
+    assert jk.unpack_bits(buf, 3, 1003, out=back) is back
+    np.testing.assert_array_equal(back, codes)
+    with pytest.raises(jk.JaxCompressValueError, match=r"out\.shape=\(5,\) must be \(377,\)"):
+        jk.pack_bits(codes, 3, out=np.empty(5, np.uint8))
+    with pytest.raises(jk.JaxCompressTypeError, match=r"out\.dtype=int8 must be uint8"):
+        jk.unpack_bits(buf, 3, 1003, out=np.empty(1003, np.int8))
