@@ -303,20 +303,22 @@ def graph_from_artifact(artifact, *, num_threads=None) -> EdgeGraph:
     """Builds the `EdgeGraph` of an artifact (a path, `Artifact` or `Runtime`).
 
     Shapes come from running the graph once at batch 1 on the bundled sample input with the
-    edge runtime; FLOPs follow the table in the module docstring; parameter bytes are the stored
+    edge runtime (at the exported batch for a ``"static"``-batch artifact, whose costs are then
+    per batch); FLOPs follow the table in the module docstring; parameter bytes are the stored
     bytes of each tensor (so a 4-bit weight reads 1/8 of its float32 bytes).
     """
     ex = GraphExecutor(artifact, num_threads=num_threads)
     rt = ex.runtime
     art = rt.artifact
     tensors = art.tensors
-    x = np.ascontiguousarray(art.sample_input[:1])
+    # batch 1 for symbolic-batch graphs; a static-batch export runs at its fixed batch
+    x = np.ascontiguousarray(art.sample_input[:1] if rt.symbolic else art.sample_input)
     env = dict(rt.env0)
     env[ex.input] = x
     static: set[str] = set(tensors)
     ops = []
     for i, node in enumerate(ex.nodes):
-        ex._step(env, i, 1)
+        ex._step(env, i, x.shape[0])
         out = np.asarray(env[node["out"]])
         refs = [r for r in node["in"] if isinstance(r, str)]
         acts = tuple(r for r in refs if r not in tensors)
