@@ -341,23 +341,34 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _spmm_bsr_kernel(x, indptr, indices, blocks, out):
-    """out[m, br*r + i] = sum_blocks sum_j blocks[p, i, j] * x[m, bc*c + j]."""
+def _spmm_bsr_kernel(x3, indptr, indices, blocks, out):
+    """out[m, br*r + i] = sum_blocks sum_j blocks[p, i, j] * x3[m, bc, j]  (x3 = x as (M, K/c, c)).
+
+    Each block row accumulates into an (r, c) lane array (no reduction per block), reduced once.
+    """
     nbr = indptr.shape[0] - 1
     r = blocks.shape[1]
     c = blocks.shape[2]
-    mm = x.shape[0]
+    mm = x3.shape[0]
     for br in prange(nbr):
+        acc = np.empty((r, c), np.float32)
+        lo = indptr[br]
+        hi = indptr[br + 1]
         for m in range(mm):
-            xr = x[m]
             for i in range(r):
-                acc = np.float32(0.0)
-                for p in range(indptr[br], indptr[br + 1]):
-                    xo = indices[p] * c
-                    blk = blocks[p, i]
+                for j in range(c):
+                    acc[i, j] = 0.0
+            for p in range(lo, hi):
+                xv = x3[m, indices[p]]
+                bp = blocks[p]
+                for i in range(r):
                     for j in range(c):
-                        acc += blk[j] * xr[xo + j]
-                out[m, br * r + i] = acc
+                        acc[i, j] += bp[i, j] * xv[j]
+            for i in range(r):
+                t = np.float32(0.0)
+                for j in range(c):
+                    t += acc[i, j]
+                out[m, br * r + i] = t
 
 
 def spmm_bsr(x: np.ndarray, w: BSRMatrix, bias: np.ndarray | None = None) -> np.ndarray:
@@ -377,6 +388,7 @@ def spmm_bsr(x: np.ndarray, w: BSRMatrix, bias: np.ndarray | None = None) -> np.
     x2, squeeze = _prep(x, k, n, bias)
     m = x2.shape[0]
     out = np.zeros((m, n), np.float32)
-    if m and n:
-        _spmm_bsr_kernel(x2, w.indptr, w.indices, w.blocks, out)
+    if m and n and k:
+        c = w.block[1]
+        _spmm_bsr_kernel(x2.reshape(m, k // c, c), w.indptr, w.indices, w.blocks, out)
     return _finish(out, bias, squeeze)
