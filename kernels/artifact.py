@@ -26,6 +26,8 @@ Encodings of a logical float32 tensor of shape ``S`` (2-D view ``(K, N)``, ``N =
 |            | if affine; ``G = K / group_size`` or 1 (per channel)              |                             |
 | `codebook` | `indices`: b-bit stream of indices in ``S`` row-major order,     | ``W = codebook[(c,) idx]``  |
 |            | `codebook` f32 ``(k,)`` or ``(S[axis], k)`` per channel           |                             |
+| `csr_codebook` | `indptr`, `indices` as `csr`; `codes`: b-bit stream of the   | Deep Compression: sparse    |
+|            | nonzeros' codebook indices; `codebook` f32 ``(k,)`` or ``(N, k)``| + shared weights            |
 
 Verification order in `load`: the file size and the header length are checked before the header is
 read; the header is parsed and every part's dtype, shape and byte range is checked against the file
@@ -55,6 +57,7 @@ __all__ = [
     "load",
     "decode_dense",
     "decode_codes",
+    "csr_codebook_values",
     "OPS",
 ]
 
@@ -144,7 +147,7 @@ OPS = frozenset(
         "slice",
     )
 )
-ENCODINGS = ("dense", "csr", "nm", "packed", "codebook")
+ENCODINGS = ("dense", "csr", "nm", "packed", "codebook", "csr_codebook")
 VALUE_DTYPES = ("float32", "int32", "bool", "uint8", "int8")
 
 
@@ -406,18 +409,43 @@ def _entry(name, t, parts, cap, path) -> TensorEntry:
         if v.shape != shape:
             raise _fail(f"tensor {name!r}: value shape {v.shape} != {shape}", path)
         got["value"] = v
-    elif enc == "csr":
+    elif enc in ("csr", "csr_codebook"):
         ip = _part(parts, t, "indptr", ("int32", "int64"), path, name, 1)
         ix = _part(parts, t, "indices", ("uint16", "int32"), path, name, 1)
-        vals = _part(parts, t, "values", ("float32", "int8"), path, name, 1)
         nnz = ix.shape[0]
-        if ip.shape != (n + 1,) or vals.shape != (nnz,):
+        if ip.shape != (n + 1,):
             raise _fail(f"tensor {name!r}: csr part shapes do not match (K, N)=({k}, {n})", path)
         if ip[0] != 0 or ip[-1] != nnz or (np.diff(ip.astype(np.int64)) < 0).any():
             raise _fail(f"tensor {name!r}: csr indptr is not monotone from 0 to nnz", path)
         if nnz and (int(ix.min()) < 0 or int(ix.max()) >= k):
             raise _fail(f"tensor {name!r}: csr index out of range", path)
-        got.update(indptr=ip, indices=ix, values=vals)
+        got.update(indptr=ip, indices=ix)
+        if enc == "csr_codebook":
+            bits = _bits(t, name, path, lo=1)
+            codes = _part(parts, t, "codes", ("uint8",), path, name, 1)
+            if codes.shape != (_packed_len(nnz, bits),):
+                raise _fail(f"tensor {name!r}: codebook codes have {codes.shape[0]} bytes", path)
+            cb = _part(parts, t, "codebook", ("float32",), path, name)
+            per_channel = t.get("axis") is not None
+            if per_channel and t.get("axis") != len(shape) - 1:
+                raise _fail(f"tensor {name!r}: csr_codebook axis must be the last axis", path)
+            want = 2 if per_channel else 1
+            if (
+                cb.ndim != want
+                or not 1 <= cb.shape[-1] <= (1 << bits)
+                or (per_channel and cb.shape[0] != n)
+            ):
+                raise _fail(f"tensor {name!r}: codebook shape {cb.shape} does not match", path)
+            got.update(codes=codes, codebook=cb)
+            if set(got) != set(roles):
+                raise _fail(f"tensor {name!r}: unexpected parts", path)
+            return TensorEntry(
+                name=name, encoding=enc, shape=shape, dtype=dtype, parts=got, attrs=attrs
+            )
+        vals = _part(parts, t, "values", ("float32", "int8"), path, name, 1)
+        if vals.shape != (nnz,):
+            raise _fail(f"tensor {name!r}: csr values must hold nnz={nnz}", path)
+        got["values"] = vals
         if vals.dtype == np.int8:
             sc = _part(parts, t, "scales", ("float32",), path, name)
             if sc.shape != (n,):
@@ -653,6 +681,19 @@ def _dequant(codes, scales, zps, group) -> np.ndarray:
     return (c * s).astype(np.float32)
 
 
+def csr_codebook_values(e: TensorEntry) -> np.ndarray:
+    """The float32 values of the nonzeros of a `csr_codebook` entry (CSR order)."""
+    nnz = e.parts["indices"].shape[0]
+    idx = _unpack(e.parts["codes"], e.attrs["bits"], nnz).astype(np.int64)
+    cb = e.parts["codebook"]
+    if idx.size and int(idx.max()) >= cb.shape[-1]:
+        raise ArtifactError(f"tensor {e.name!r}: a codebook index is out of range")
+    if cb.ndim == 1:
+        return cb[idx]
+    rows = np.repeat(np.arange(e.kn[1]), np.diff(e.parts["indptr"].astype(np.int64)))
+    return cb[rows, idx]
+
+
 def decode_dense(e: TensorEntry) -> np.ndarray:
     """The logical tensor as a dense array of its shape (float32 for compressed encodings).
 
@@ -669,6 +710,12 @@ def decode_dense(e: TensorEntry) -> np.ndarray:
         v = e.parts["scales"][rows] * v.astype(np.float32) if v.dtype == np.int8 else v
         out = np.zeros((n, k), np.float32)
         out[rows, e.parts["indices"].astype(np.int64)] = v
+        return np.ascontiguousarray(out.T).reshape(e.shape)
+    if e.encoding == "csr_codebook":
+        ip = e.parts["indptr"].astype(np.int64)
+        rows = np.repeat(np.arange(n), np.diff(ip))
+        out = np.zeros((n, k), np.float32)
+        out[rows, e.parts["indices"].astype(np.int64)] = csr_codebook_values(e)
         return np.ascontiguousarray(out.T).reshape(e.shape)
     if e.encoding == "nm" and "values" in e.parts:
         return _nm_scatter(e, e.parts["values"]).reshape(e.shape)

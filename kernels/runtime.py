@@ -313,6 +313,15 @@ class Runtime:
                 f"density={w.nnz / max(k * n, 1):.3f})"
             )
             return lambda x: spmm_csr(x, w)
+        if enc == "csr_codebook":
+            w = CSRMatrix(
+                shape=(k, n),
+                indptr=e.parts["indptr"].astype(np.int64),
+                indices=e.parts["indices"],
+                values=np.ascontiguousarray(_artifact.csr_codebook_values(e), np.float32),
+            )
+            self.plan[e.name] = f"spmm_csr(f32 from codebook, density={w.nnz / max(k * n, 1):.3f})"
+            return lambda x: spmm_csr(x, w)
         if enc == "nm" and a["m"] == 4 and a["n"] in (1, 2):
             if "values" in e.parts:
                 w = nm_from_dense(_artifact.decode_dense(e).reshape(k, n), n=a["n"])

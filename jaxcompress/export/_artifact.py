@@ -283,6 +283,35 @@ class _Writer:
         shape = tuple(c.shape)
         bits = int(c.bits)
         idx = np.asarray(c.indices, np.uint8)
+        cb = np.asarray(c.codebook, np.float32)
+        if c.zero_index and len(shape) >= 2 and c.axis in (None, len(shape) - 1):
+            # Deep Compression: pruned + shared weights -> CSR positions + codebook indices
+            k, n = _kn(shape)
+            idx2 = idx.reshape(k, n)
+            nnz = int(np.count_nonzero(idx2))
+            csr_bytes = nnz * (2 if k <= 65536 else 4) + (nnz * bits + 7) // 8 + 4 * (n + 1)
+            if nnz <= self.sparse_threshold * idx2.size and csr_bytes < (idx2.size * bits + 7) // 8:
+                kt = idx2.T != 0
+                indptr = np.zeros(n + 1, np.int32)
+                np.cumsum(kt.sum(1), out=indptr[1:])
+                rows, cols = np.nonzero(kt)
+                codes = np.ascontiguousarray(idx2.T[rows, cols])
+                self.tensors[name] = {
+                    "encoding": "csr_codebook",
+                    "shape": list(shape),
+                    "dtype": "float32",
+                    "bits": bits,
+                    "axis": c.axis,
+                    "parts": {
+                        "indptr": self.part(name, "indptr", indptr),
+                        "indices": self.part(
+                            name, "indices", cols.astype(np.uint16 if k <= 65536 else np.int32)
+                        ),
+                        "codes": self.part(name, "codes", _pack_unsigned(codes, bits)),
+                        "codebook": self.part(name, "codebook", cb),
+                    },
+                }
+                return
         self.tensors[name] = {
             "encoding": "codebook",
             "shape": list(shape),
@@ -291,7 +320,7 @@ class _Writer:
             "axis": c.axis,
             "parts": {
                 "indices": self.part(name, "indices", _pack_unsigned(idx, bits)),
-                "codebook": self.part(name, "codebook", np.asarray(c.codebook, np.float32)),
+                "codebook": self.part(name, "codebook", cb),
             },
         }
 
@@ -344,7 +373,9 @@ def save(
       b-bit codes + scales (+ zero points); symmetric codes that are N:M sparse along K: ``nm``;
       symmetric per-channel codes with density <= `sparse_threshold`: ``csr`` with int8 codes
       when that is smaller than the packed codes.
-    - ``ClusteredArray``: ``codebook`` (b-bit packed indices + codebook).
+    - ``ClusteredArray``: ``codebook`` (b-bit packed indices + codebook); pruned ones (reserved
+      zero, density <= `sparse_threshold`): ``csr_codebook`` (CSR positions + b-bit indices of the
+      nonzeros + codebook, Deep Compression's storage).
     - float arrays of rank >= 2 (pruned: exact zeros) with density <= `sparse_threshold`: ``nm``
       when every group of 4 along K keeps <= 2, else ``csr``; otherwise ``dense``.
 

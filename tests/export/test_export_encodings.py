@@ -77,3 +77,38 @@ def test_sparse_float_encodings(mlp, tmp_path):
     assert rt.plan["out/kernel"].startswith("spmm_nm(1:4")
     cc = cross_check(tmp_path / "s.jcx", x, model_or_apply=apply_fn, params=p)
     assert cc.max_rel <= 1e-5, cc.table()
+
+
+@pytest.mark.parametrize("axis", [None, -1])
+def test_pruned_and_clustered_is_stored_sparse(mlp, tmp_path, axis):
+    """Deep Compression storage: CSR positions + 3-bit codebook indices of the nonzeros."""
+    import jax
+
+    from jaxcompress._core import key_path_str
+    from jaxcompress.clustering import cluster
+
+    apply_fn, params = mlp
+    rng = np.random.default_rng(2)
+
+    def prune(k, v):
+        a = np.asarray(v)
+        keep = rng.random(a.shape) < 0.05
+        return np.where(keep, a, 0).astype(a.dtype) if key_path_str(k).endswith("kernel") else a
+
+    p = jax.tree_util.tree_map_with_path(prune, params)
+    c = cluster(p, bits=3, where=r"kernel", axis=axis)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    info = save(tmp_path / "dc.jcx", apply_fn, c, x)
+    t = info.tensors["hidden/0/kernel"]
+    assert t["encoding"] == "csr_codebook"
+    codebook_bytes = 4 * 8 * (1 if axis is None else 24)
+    assert t["stored_bytes"] < 32 * 24 * 3 // 8 + codebook_bytes  # < the dense index stream
+    rt = runtime.load(tmp_path / "dc.jcx")
+    assert rt.plan["hidden/0/kernel"].startswith("spmm_csr(f32 from codebook")
+    ref_w = dict(named_leaves(dequantize_params(c)))
+    art = artifact.load(tmp_path / "dc.jcx")
+    np.testing.assert_array_equal(
+        artifact.decode_dense(art.tensors["hidden/0/kernel"]), np.asarray(ref_w["hidden/0/kernel"])
+    )
+    cc = cross_check(tmp_path / "dc.jcx", x, model_or_apply=apply_fn, params=c)
+    assert cc.max_rel <= 1e-5, cc.table()
