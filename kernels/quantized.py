@@ -45,6 +45,99 @@ _LANE_MAX = 64  # groups with at most this many values per plane use lane accumu
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
+def _rows_dot4x4(x, w, out, n):
+    """out[m, n + c] += dot(x[m], w[c]) for c < 4 and every row m: a 4 x 4 register block
+    (8 loads per 16 FMAs), so x is streamed once per 4 output channels."""
+    mm = x.shape[0]
+    kk = w.shape[1]
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    m = 0
+    while m + 4 <= mm:
+        x0 = x[m]
+        x1 = x[m + 1]
+        x2 = x[m + 2]
+        x3 = x[m + 3]
+        a00 = np.float32(0.0)
+        a01 = np.float32(0.0)
+        a02 = np.float32(0.0)
+        a03 = np.float32(0.0)
+        a10 = np.float32(0.0)
+        a11 = np.float32(0.0)
+        a12 = np.float32(0.0)
+        a13 = np.float32(0.0)
+        a20 = np.float32(0.0)
+        a21 = np.float32(0.0)
+        a22 = np.float32(0.0)
+        a23 = np.float32(0.0)
+        a30 = np.float32(0.0)
+        a31 = np.float32(0.0)
+        a32 = np.float32(0.0)
+        a33 = np.float32(0.0)
+        for k in range(kk):
+            v0 = w0[k]
+            v1 = w1[k]
+            v2 = w2[k]
+            v3 = w3[k]
+            u = x0[k]
+            a00 += u * v0
+            a01 += u * v1
+            a02 += u * v2
+            a03 += u * v3
+            u = x1[k]
+            a10 += u * v0
+            a11 += u * v1
+            a12 += u * v2
+            a13 += u * v3
+            u = x2[k]
+            a20 += u * v0
+            a21 += u * v1
+            a22 += u * v2
+            a23 += u * v3
+            u = x3[k]
+            a30 += u * v0
+            a31 += u * v1
+            a32 += u * v2
+            a33 += u * v3
+        out[m, n] += a00
+        out[m, n + 1] += a01
+        out[m, n + 2] += a02
+        out[m, n + 3] += a03
+        out[m + 1, n] += a10
+        out[m + 1, n + 1] += a11
+        out[m + 1, n + 2] += a12
+        out[m + 1, n + 3] += a13
+        out[m + 2, n] += a20
+        out[m + 2, n + 1] += a21
+        out[m + 2, n + 2] += a22
+        out[m + 2, n + 3] += a23
+        out[m + 3, n] += a30
+        out[m + 3, n + 1] += a31
+        out[m + 3, n + 2] += a32
+        out[m + 3, n + 3] += a33
+        m += 4
+    while m < mm:
+        x0 = x[m]
+        a00 = np.float32(0.0)
+        a01 = np.float32(0.0)
+        a02 = np.float32(0.0)
+        a03 = np.float32(0.0)
+        for k in range(kk):
+            u = x0[k]
+            a00 += u * w0[k]
+            a01 += u * w1[k]
+            a02 += u * w2[k]
+            a03 += u * w3[k]
+        out[m, n] += a00
+        out[m, n + 1] += a01
+        out[m, n + 2] += a02
+        out[m, n + 3] += a03
+        m += 1
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
 def _rows_dot(x, w, out, n):
     """out[m, n] += dot(x[m], w) for every row m, four rows at a time (one load of w each)."""
     mm = x.shape[0]
@@ -316,11 +409,18 @@ def _qmatmul_small_kernel(x, d4, scales, zps, bits, shape3, nchunks, out):
     kp = x.shape[1]
     per = (nn + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        buf = np.empty(kp, np.float32)
-        w3 = buf.reshape(shape3)
-        for n in range(c * per, min(nn, (c + 1) * per)):
-            _decode_row(d4, n, scales, zps, bits, w3)
-            _rows_dot(x, buf, out, n)
+        buf = np.empty((4, kp), np.float32)
+        n = c * per
+        end = min(nn, (c + 1) * per)
+        while n + 4 <= end:
+            for i in range(4):
+                _decode_row(d4, n + i, scales, zps, bits, buf[i].reshape(shape3))
+            _rows_dot4x4(x, buf, out, n)
+            n += 4
+        while n < end:
+            _decode_row(d4, n, scales, zps, bits, buf[0].reshape(shape3))
+            _rows_dot(x, buf[0], out, n)
+            n += 1
 
 
 def _lane_views(w: PackedWeight):

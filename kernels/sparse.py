@@ -13,6 +13,7 @@ from numba import njit, prange
 from jaxcompress_kernels._validate import check_array
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import NM_LANES, BSRMatrix, CSRMatrix, NMSparse
+from jaxcompress_kernels.quantized import _rows_dot4x4
 
 __all__ = ["spmm_csr", "spmm_nm", "spmm_bsr"]
 
@@ -237,10 +238,14 @@ def _spmm_nm_small_kernel(x, positions, values, codes, scales, n_keep, q4, out):
     for t in prange(ntiles):
         buf = np.empty((16, kp), np.float32)
         _nm_decode_one(positions, values, codes, scales, n_keep, q4, t, buf)
-        for lane in range(16):
-            c = t * 16 + lane
-            if c < nout:
-                _rows_dot_nm(x, buf[lane], out, c)
+        if t * 16 + 16 <= nout:
+            for q in range(4):
+                _rows_dot4x4(x, buf[4 * q : 4 * q + 4], out, t * 16 + 4 * q)
+        else:
+            for lane in range(16):
+                c = t * 16 + lane
+                if c < nout:
+                    _rows_dot_nm(x, buf[lane], out, c)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
