@@ -14,7 +14,7 @@ from jaxcompress._core import key_path_str
 from jaxcompress.clustering import ClusteredArray
 from jaxcompress.models import LeNet5, TinyTransformer, functional
 
-WAYS = ("dense", "prune_int8", "nm_4bit", "clustered")
+WAYS = ("prune_int8", "nm_4bit", "clustered")  # "dense" is the float baseline, also supported
 MODELS = {"lenet5": (LeNet5, (28, 28, 1)), "transformer": (TinyTransformer, (40, 1))}
 
 
