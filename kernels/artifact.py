@@ -348,7 +348,7 @@ def _build(path, size, manifest, parts) -> Artifact:
     xin, xout = parts[sample["input"]], parts[sample["output"]]
     if xin.dtype != np.float32 or xout.dtype != np.float32:
         raise _fail("sample input/output must be float32", path)
-    _check_graph(manifest["graph"], tensors, xin, path)
+    _check_graph(manifest["graph"], tensors, xin, path, cap)
     return Artifact(
         path=os.fspath(path),
         file_bytes=size,
@@ -549,7 +549,7 @@ def _is_dim(d) -> bool:
     )
 
 
-def _check_graph(g, tensors, xin, path) -> None:
+def _check_graph(g, tensors, xin, path, cap) -> None:
     if not isinstance(g, dict):
         raise _fail("graph is not a map", path)
     inputs, outputs, nodes = g["inputs"], g["outputs"], g["nodes"]
@@ -599,11 +599,17 @@ def _check_graph(g, tensors, xin, path) -> None:
                 and all(_is_dim(d) for d in node[key])
             ):
                 raise _fail(f"graph node {i} has a malformed {key}", path)
+        if "shape" in node:  # bounded allocation at run time (per batch element)
+            per_b = [d if type(d) is int else max(d[0] + d[1], d[0], 1) for d in node["shape"]]
+            if math.prod(max(d, 0) for d in per_b) > cap:
+                raise _fail(f"graph node {i} asks for a tensor larger than the file allows", path)
         for key, val in node.items():
             if key in ("op", "in", "out", "weight", "shape", "limit", "value", "dtype"):
                 continue
             if not _int_tree(val):
                 raise _fail(f"graph node {i} attribute {key!r} is malformed", path)
+            if key in _SMALL_ATTRS and not _int_tree(val, limit=_MAX_WINDOW):
+                raise _fail(f"graph node {i} attribute {key!r} is out of range", path)
         out = node.get("out")
         if not isinstance(out, str) or out in defined:
             raise _fail(f"graph node {i} output name is missing or redefined", path)
@@ -613,11 +619,16 @@ def _check_graph(g, tensors, xin, path) -> None:
             raise _fail(f"graph output {o!r} is undefined", path)
 
 
-def _int_tree(v, depth=0) -> bool:
+# window sizes, strides, padding and dilation: anything larger would only serve to allocate
+_SMALL_ATTRS = ("pads", "window", "strides", "kernel", "dilation", "y")
+_MAX_WINDOW = 1 << 12
+
+
+def _int_tree(v, depth=0, limit=1 << 31) -> bool:
     if type(v) is int:
-        return abs(v) <= 1 << 31
+        return abs(v) <= limit
     if isinstance(v, list) and depth < 3 and len(v) <= 64:
-        return all(_int_tree(x, depth + 1) for x in v)
+        return all(_int_tree(x, depth + 1, limit) for x in v)
     return False
 
 

@@ -404,7 +404,14 @@ class Runtime:
         for i, node in enumerate(self.nodes):
             t0 = clock()
             ins = [self._ref(env, r) for r in node["in"]]
-            env[node["out"]] = self._exec(node, ins, b)
+            try:
+                env[node["out"]] = self._exec(node, ins, b)
+            except JaxCompressValueError:
+                raise
+            except (ValueError, TypeError, IndexError, KeyError) as e:
+                raise JaxCompressValueError(
+                    f"graph execution failed at node {i} ({node['op']}): {e}"
+                ) from None
             times.append((i, node["op"], clock() - t0))
         self.last_times = times
         outs = tuple(np.asarray(env[o]) for o in self.graph["outputs"])
