@@ -1,0 +1,40 @@
+"""jaxcompress.study: whole compression studies from a TOML recipe (``jaxcompress run``).
+
+* :func:`load_recipe`, :func:`parse_recipe` - read and validate a recipe (errors name the file and
+  the key); :func:`shipped_recipes`, :func:`shipped_recipe_path` - the recipes in the package.
+* :func:`run_study`, :class:`Study` - run the stages over a resumable run folder and write
+  ``report.md``, ``report.json``, plots and the artifact.
+* :func:`pareto_front` - the trade-off front of a sweep.
+
+See ``docs/study.md``.
+"""
+
+from jaxcompress.study._compress import pareto_front
+from jaxcompress.study._recipe import (
+    MODELS,
+    PAPER_METRICS,
+    SCHEMA,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    parse_recipe,
+    shipped_recipe_path,
+    shipped_recipes,
+)
+from jaxcompress.study._stages import RunFolderError, Study, run_study
+
+__all__ = [
+    "MODELS",
+    "PAPER_METRICS",
+    "SCHEMA",
+    "Recipe",
+    "RecipeError",
+    "RunFolderError",
+    "Study",
+    "load_recipe",
+    "pareto_front",
+    "parse_recipe",
+    "run_study",
+    "shipped_recipe_path",
+    "shipped_recipes",
+]

@@ -1,0 +1,486 @@
+"""Study recipes: a TOML schema, validated before any work starts.
+
+A recipe is a TOML file with the sections below (every key optional unless marked; defaults in
+:data:`SCHEMA`). Validation rejects, with a message naming the file and the dotted key: unknown
+sections and keys, wrong types, out-of-range values and impossible combinations (``[quantize]``
+together with ``[cluster]``, ``[distill]`` without ``[teacher]``, a model that does not fit the
+dataset, an unknown device profile, a sweep over a key the recipe does not use, ...).
+
+::
+
+    [study]     name, seed, dataset ("mnist1d" | "mnist" | "fashion_mnist"), data_dir,
+                train_limit, test_limit, description
+    [teacher]   model, hidden, dropout, epochs, lr, batch_size            (optional)
+    [student]   model, hidden, dropout, epochs, lr, batch_size            (required)
+    [distill]   temperature, alpha, epochs, lr, batch_size                (optional, needs teacher)
+    [prune]     method ("magnitude" | "threshold" | "nm"), sparsity (float or {regex = s}),
+                scope, quality, n, m, rounds, epochs, lr, batch_size      (optional)
+    [quantize]  bits, scheme, axis, group_size, qat_epochs, lr, batch_size (optional)
+    [cluster]   bits, init, finetune_epochs, lr, batch_size, index_bits  (optional)
+    [export]    enabled
+    [edge]      devices, threads, iters, warmup, links_mbit, rtt_ms, split_edge, eval_limit
+    [sweep]     key ("section.key"), values                              (optional)
+    [paper]     title, reference, notes, [paper.values] {metric = number} (optional)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
+
+__all__ = [
+    "MODELS",
+    "PAPER_METRICS",
+    "Recipe",
+    "RecipeError",
+    "SCHEMA",
+    "load_recipe",
+    "parse_recipe",
+    "shipped_recipes",
+    "shipped_recipe_path",
+]
+
+
+class RecipeError(JaxCompressValueError):
+    """A recipe that cannot run (missing, malformed, unknown key, wrong type, impossible mix)."""
+
+
+# model name -> datasets it fits
+MODELS = {
+    "cnn1d": ("mnist1d",),
+    "mlp1d": ("mnist1d",),
+    "transformer": ("mnist1d",),
+    "mlp": ("mnist1d", "mnist", "fashion_mnist"),
+    "lenet300100": ("mnist", "fashion_mnist"),
+    "lenet5": ("mnist", "fashion_mnist"),
+}
+DATASETS = ("mnist1d", "mnist", "fashion_mnist")
+
+# Metric names a [paper.values] table may use; the report prints them beside ours.
+PAPER_METRICS = {
+    "dense_error_pct": "dense model test error %",
+    "final_error_pct": "compressed model test error %",
+    "teacher_errors": "teacher test errors",
+    "student_errors": "student alone test errors",
+    "distilled_errors": "distilled student test errors",
+    "dense_kb": "dense weights KB",
+    "pruned_kb": "size after pruning KB",
+    "clustered_kb": "size after clustering KB",
+    "huffman_kb": "size after Huffman KB",
+    "compression_ratio": "compression ratio (x)",
+    "ratio_before_huffman": "compression ratio before Huffman (x)",
+    "weights_kept_pct": "weights kept %",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Key:
+    types: tuple  # allowed Python types (bool is never an int here)
+    default: Any
+    choices: tuple | None = None
+    lo: float | None = None  # inclusive lower bound for numbers
+    hi: float | None = None  # inclusive upper bound
+    hi_open: bool = False  # upper bound exclusive
+    item: type | None = None  # element type for lists / values type for tables
+
+
+_I, _F, _S, _B, _L, _D = int, float, str, bool, list, dict
+
+_TRAIN = {
+    "model": _Key((_S,), None, tuple(MODELS)),
+    "hidden": _Key((_L,), None, item=int),
+    "dropout": _Key((_F,), 0.0, lo=0.0, hi=1.0, hi_open=True),
+    "epochs": _Key((_I,), 10, lo=0),
+    "lr": _Key((_F,), 1e-3, lo=0.0),
+    "batch_size": _Key((_I,), 100, lo=1),
+}
+
+SCHEMA: dict[str, dict[str, _Key]] = {
+    "study": {
+        "name": _Key((_S,), "study"),
+        "seed": _Key((_I,), 0, lo=0),
+        "dataset": _Key((_S,), "mnist1d", DATASETS),
+        "data_dir": _Key((_S,), None),
+        "train_limit": _Key((_I,), 0, lo=0),
+        "test_limit": _Key((_I,), 0, lo=0),
+        "description": _Key((_S,), ""),
+    },
+    "teacher": dict(_TRAIN),
+    "student": dict(_TRAIN),
+    "distill": {
+        "temperature": _Key((_F,), 4.0, lo=1e-6),
+        "alpha": _Key((_F,), 0.9, lo=0.0, hi=1.0),
+        "epochs": _Key((_I,), 10, lo=0),
+        "lr": _Key((_F,), 1e-3, lo=0.0),
+        "batch_size": _Key((_I,), 100, lo=1),
+    },
+    "prune": {
+        "method": _Key((_S,), "magnitude", ("magnitude", "threshold", "nm")),
+        "sparsity": _Key((_F, _D), None, lo=0.0, hi=1.0, hi_open=True, item=float),
+        "scope": _Key((_S,), "layer", ("layer", "global")),
+        "quality": _Key((_F, _D), None, lo=0.0, item=float),
+        "n": _Key((_I,), 2, lo=1),
+        "m": _Key((_I,), 4, lo=2),
+        "rounds": _Key((_I,), 1, lo=1),
+        "epochs": _Key((_I,), 1, lo=0),
+        "lr": _Key((_F,), 1e-4, lo=0.0),
+        "batch_size": _Key((_I,), 100, lo=1),
+    },
+    "quantize": {
+        "bits": _Key((_I,), 8, lo=2, hi=8),
+        "scheme": _Key((_S,), "symmetric", ("symmetric", "affine")),
+        "axis": _Key((_I,), -1),
+        "group_size": _Key((_I,), 0, lo=0),
+        "qat_epochs": _Key((_I,), 0, lo=0),
+        "lr": _Key((_F,), 1e-4, lo=0.0),
+        "batch_size": _Key((_I,), 100, lo=1),
+    },
+    "cluster": {
+        "bits": _Key((_I,), 5, lo=1, hi=8),
+        "init": _Key((_S,), "linear", ("linear", "density", "kmeans++")),
+        "finetune_epochs": _Key((_I,), 0, lo=0),
+        "lr": _Key((_F,), 1e-4, lo=0.0),
+        "batch_size": _Key((_I,), 100, lo=1),
+        "index_bits": _Key((_I,), 5, lo=1, hi=16),
+    },
+    "export": {"enabled": _Key((_B,), True)},
+    "edge": {
+        "devices": _Key((_L,), ["rpi4", "stm32h7a3"], item=str),
+        "threads": _Key((_I,), 1, lo=1),
+        "iters": _Key((_I,), 100, lo=1),
+        "warmup": _Key((_I,), 10, lo=0),
+        "links_mbit": _Key((_L,), [], item=float),
+        "rtt_ms": _Key((_F,), 20.0, lo=0.0),
+        "split_edge": _Key((_S,), "rpi4"),
+        "eval_limit": _Key((_I,), 1000, lo=0),
+        "enabled": _Key((_B,), True),
+    },
+    "sweep": {
+        "key": _Key((_S,), None),
+        "values": _Key((_L,), None),
+    },
+    "paper": {
+        "title": _Key((_S,), ""),
+        "reference": _Key((_S,), ""),
+        "notes": _Key((_S,), ""),
+        "values": _Key((_D,), {}, item=float),
+    },
+}
+REQUIRED_SECTIONS = ("study", "student")
+# sections whose keys a sweep may vary
+SWEEPABLE = ("distill", "prune", "quantize", "cluster")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A validated recipe: ``sections`` holds every present section with defaults filled in.
+
+    Attributes:
+      source: the file the recipe came from (or ``"<default>"`` / ``"<string>"``).
+      sections: ``{section: {key: value}}`` for the sections present (after defaults).
+      text: the original TOML text.
+    """
+
+    source: str
+    sections: dict
+    text: str
+
+    def __contains__(self, section: str) -> bool:
+        return section in self.sections
+
+    def __getitem__(self, section: str) -> dict:
+        return self.sections[section]
+
+    def get(self, section: str, default: Any = None) -> Any:
+        return self.sections.get(section, default)
+
+    @property
+    def name(self) -> str:
+        return self.sections["study"]["name"]
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.sections)
+
+    def to_toml(self) -> str:
+        """The resolved recipe (defaults filled in) as TOML text that validates again."""
+        lines = [f"# resolved recipe (source: {self.source})"]
+        for sec, body in self.sections.items():
+            scalars = {k: v for k, v in body.items() if not isinstance(v, dict) and v is not None}
+            tables = {k: v for k, v in body.items() if isinstance(v, dict)}
+            lines.append(f"\n[{sec}]")
+            for k, v in scalars.items():
+                lines.append(f"{k} = {_toml_value(v)}")
+            for k, v in tables.items():
+                lines.append(f"\n[{sec}.{k}]")
+                for kk, vv in v.items():
+                    lines.append(f"{_toml_key(kk)} = {_toml_value(vv)}")
+        return "\n".join(lines) + "\n"
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the resolved recipe (what decides whether a run folder holds this run)."""
+        blob = json.dumps(self.sections, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def with_value(self, dotted: str, value: Any) -> Recipe:
+        """A copy with ``section.key`` set to ``value`` (validated again)."""
+        sec, key = dotted.split(".", 1)
+        raw = self.to_dict()
+        raw[sec][key] = value
+        return parse_recipe(raw, source=self.source)
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise JaxCompressTypeError(f"cannot write {v!r} as TOML")
+
+
+def _fail(source: str, key: str, msg: str) -> RecipeError:
+    return RecipeError(f"recipe {source}: {key}: {msg}")
+
+
+def _type_name(types: tuple) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array",
+             dict: "table"}
+    return " or ".join(names[t] for t in types)
+
+
+def _check_scalar(source: str, dotted: str, spec: _Key, v: Any, types: tuple) -> Any:
+    if isinstance(v, bool) and bool not in types:
+        raise _fail(source, dotted, f"expected {_type_name(types)}, got boolean {v!r}")
+    if isinstance(v, int) and not isinstance(v, bool) and float in types and int not in types:
+        v = float(v)  # 1 is a fine float
+    if not isinstance(v, types):
+        raise _fail(source, dotted, f"expected {_type_name(types)}, got {type(v).__name__} {v!r}")
+    if spec.choices is not None and v not in spec.choices:
+        raise _fail(source, dotted, f"{v!r} is not one of {list(spec.choices)}")
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        if spec.lo is not None and v < spec.lo:
+            raise _fail(source, dotted, f"{v!r} must be >= {spec.lo}")
+        if spec.hi is not None and (v >= spec.hi if spec.hi_open else v > spec.hi):
+            rel = "<" if spec.hi_open else "<="
+            raise _fail(source, dotted, f"{v!r} must be {rel} {spec.hi}")
+    return v
+
+
+def _check_value(source: str, dotted: str, spec: _Key, v: Any) -> Any:
+    if v is None and spec.default is None:  # "unset" (only reachable from Python, not TOML)
+        return None
+    if isinstance(v, list) and list in spec.types:
+        out = []
+        for i, x in enumerate(v):
+            it = spec.item
+            if it is not None:
+                x = _check_scalar(source, f"{dotted}[{i}]", dataclasses.replace(spec, choices=None),
+                                  x, (it,))
+            out.append(x)
+        return out
+    if isinstance(v, dict) and dict in spec.types:
+        out = {}
+        for k, x in v.items():
+            x = _check_scalar(source, f"{dotted}.{k}", spec, x, (spec.item,))
+            out[k] = x
+        return out
+    return _check_scalar(source, dotted, spec, v, tuple(t for t in spec.types if t not in
+                                                         (list, dict)) or spec.types)
+
+
+def parse_recipe(raw: Mapping, *, source: str = "<string>", check_profiles: bool = True) -> Recipe:
+    """Validate a recipe given as a parsed TOML mapping; returns a :class:`Recipe`.
+
+    Raises:
+      RecipeError: naming ``source`` and the dotted key for every problem found first.
+    """
+    if not isinstance(raw, Mapping):
+        raise _fail(source, "<top>", "a recipe must be a TOML table")
+    sections: dict[str, dict] = {}
+    for sec, body in raw.items():
+        if sec not in SCHEMA:
+            raise _fail(source, sec, f"unknown section [{sec}]; known: {sorted(SCHEMA)}")
+        if not isinstance(body, Mapping):
+            raise _fail(source, sec, f"[{sec}] must be a table, got {type(body).__name__}")
+        schema = SCHEMA[sec]
+        out = {}
+        for key, v in body.items():
+            if key not in schema:
+                raise _fail(source, f"{sec}.{key}",
+                            f"unknown key; [{sec}] takes {sorted(schema)}")
+            out[key] = _check_value(source, f"{sec}.{key}", schema[key], v)
+        for key, spec in schema.items():
+            if key not in out:
+                out[key] = copy.deepcopy(spec.default)
+        sections[sec] = out
+    for sec in REQUIRED_SECTIONS:
+        if sec not in sections:
+            if sec == "study":
+                sections["study"] = {k: copy.deepcopy(s.default) for k, s in SCHEMA[sec].items()}
+            else:
+                raise _fail(source, sec, f"missing required section [{sec}]")
+    # keep a canonical section order
+    sections = {s: sections[s] for s in SCHEMA if s in sections}
+    _check_combinations(source, sections, check_profiles=check_profiles)
+    text = raw.get("__text__", "") if isinstance(raw, dict) else ""
+    return Recipe(source=source, sections=sections, text=text)
+
+
+def _check_model(source: str, sec: str, body: dict, dataset: str) -> None:
+    if body["model"] is None:
+        raise _fail(source, f"{sec}.model", f"required; one of {list(MODELS)}")
+    fits = MODELS[body["model"]]
+    if dataset not in fits:
+        raise _fail(source, f"{sec}.model",
+                    f"{body['model']!r} does not fit study.dataset={dataset!r} (fits {list(fits)})")
+    if body["hidden"] is not None:
+        if body["model"] != "mlp":
+            raise _fail(source, f"{sec}.hidden", f"only model = \"mlp\" takes hidden widths, "
+                        f"not {body['model']!r}")
+        if not body["hidden"] or any(h < 1 for h in body["hidden"]):
+            raise _fail(source, f"{sec}.hidden", "must be a non-empty list of positive widths")
+    elif body["model"] == "mlp":
+        raise _fail(source, f"{sec}.hidden", "model = \"mlp\" needs hidden = [widths...]")
+    if body["dropout"] and body["model"] != "mlp":
+        raise _fail(source, f"{sec}.dropout", f"only model = \"mlp\" has dropout, not "
+                    f"{body['model']!r}")
+
+
+def _check_combinations(source: str, s: dict, *, check_profiles: bool) -> None:
+    study = s["study"]
+    ds = study["dataset"]
+    if ds in ("mnist", "fashion_mnist") and study["data_dir"] is None:
+        pass  # --data-dir may supply it at run time; checked when the data stage starts
+    for sec in ("teacher", "student"):
+        if sec in s:
+            _check_model(source, sec, s[sec], ds)
+    if "distill" in s and "teacher" not in s:
+        raise _fail(source, "distill", "[distill] needs a [teacher] section")
+    if "teacher" in s and "distill" not in s:
+        raise _fail(source, "teacher", "a [teacher] is only used by [distill]; add [distill]")
+    if "quantize" in s and "cluster" in s:
+        raise _fail(source, "cluster", "[quantize] and [cluster] are alternatives; keep one")
+    p = s.get("prune")
+    if p is not None:
+        m = p["method"]
+        if m == "magnitude" and p["sparsity"] is None:
+            raise _fail(source, "prune.sparsity", "method = \"magnitude\" needs a sparsity")
+        if m == "threshold" and p["quality"] is None:
+            raise _fail(source, "prune.quality", "method = \"threshold\" needs a quality")
+        if m != "magnitude" and p["sparsity"] is not None:
+            raise _fail(source, "prune.sparsity", f"method = {m!r} takes no sparsity")
+        if m != "threshold" and p["quality"] is not None:
+            raise _fail(source, "prune.quality", f"method = {m!r} takes no quality")
+        if m == "nm" and p["n"] >= p["m"]:
+            raise _fail(source, "prune.n", f"n={p['n']} must be < m={p['m']}")
+        if isinstance(p["sparsity"], dict) and p["scope"] == "global":
+            raise _fail(source, "prune.scope", "a per-layer sparsity table needs scope = \"layer\"")
+    q = s.get("quantize")
+    if q is not None and q["group_size"] and q["axis"] is None:
+        raise _fail(source, "quantize.group_size", "group_size needs an axis")
+    e = s.get("edge")
+    ex = s.get("export", {"enabled": True})
+    if e is not None and e["enabled"] and not ex["enabled"]:
+        raise _fail(source, "edge", "edge evaluation runs the exported artifact; "
+                    "it needs export.enabled = true")
+    if e is not None and check_profiles:
+        from jaxcompress.edge import available_profiles
+
+        known = available_profiles()
+        for i, d in enumerate(e["devices"]):
+            if d not in known:
+                raise _fail(source, f"edge.devices[{i}]",
+                            f"unknown device profile {d!r}; known: {list(known)}")
+        if e["split_edge"] not in known:
+            raise _fail(source, "edge.split_edge",
+                        f"unknown device profile {e['split_edge']!r}; known: {list(known)}")
+    sw = s.get("sweep")
+    if sw is not None:
+        key, values = sw["key"], sw["values"]
+        if key is None:
+            raise _fail(source, "sweep.key", "required, e.g. \"prune.sparsity\"")
+        if not values:
+            raise _fail(source, "sweep.values", "must be a non-empty list")
+        if "." not in key:
+            raise _fail(source, "sweep.key", f"{key!r} must be \"section.key\"")
+        sec, k = key.split(".", 1)
+        if sec not in SWEEPABLE:
+            raise _fail(source, "sweep.key", f"can only sweep a key of {list(SWEEPABLE)}")
+        if sec not in s:
+            raise _fail(source, "sweep.key", f"{key!r}: the recipe has no [{sec}] section")
+        if k not in SCHEMA[sec]:
+            raise _fail(source, "sweep.key", f"{key!r}: [{sec}] has no key {k!r}")
+        spec = SCHEMA[sec][k]
+        for i, v in enumerate(values):
+            v = _check_value(source, f"sweep.values[{i}]", spec, v)
+            trial = copy.deepcopy(s)
+            trial[sec][k] = v
+            _check_combinations(source, {kk: vv for kk, vv in trial.items() if kk != "sweep"},
+                                check_profiles=False)
+    pa = s.get("paper")
+    if pa is not None:
+        for k in pa["values"]:
+            if k not in PAPER_METRICS:
+                raise _fail(source, f"paper.values.{k}",
+                            f"unknown metric; known: {sorted(PAPER_METRICS)}")
+
+
+def load_recipe(path: str | os.PathLike | None = None, *, check_profiles: bool = True) -> Recipe:
+    """Read and validate a recipe file; ``None`` loads the embedded default study.
+
+    Raises:
+      RecipeError: the file is missing or unreadable, is not valid TOML, or fails validation
+        (the message names the file and the key).
+    """
+    if path is None:
+        return load_recipe(shipped_recipe_path("default"), check_profiles=check_profiles)
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path}: file not found") from None
+    except OSError as e:
+        raise RecipeError(f"recipe {path}: cannot read: {e}") from None
+    try:
+        text = data.decode("utf-8")
+        raw = tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise RecipeError(f"recipe {path}: not valid TOML: {e}") from None
+    r = parse_recipe(raw, source=path, check_profiles=check_profiles)
+    return dataclasses.replace(r, text=text)
+
+
+def shipped_recipes() -> tuple[str, ...]:
+    """Names of the recipes shipped with the package (``jaxcompress/study/recipes/*.toml``)."""
+    root = resources.files("jaxcompress.study") / "recipes"
+    return tuple(sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml")))
+
+
+def shipped_recipe_path(name: str) -> str:
+    """The file of a shipped recipe by name (``"default"``, ``"deep_compression_lenet300100"``...)."""
+    root = resources.files("jaxcompress.study") / "recipes"
+    p = root / f"{name}.toml"
+    if not p.is_file():
+        raise RecipeError(f"recipe {name!r}: no shipped recipe of that name; "
+                          f"shipped: {list(shipped_recipes())}")
+    return os.fspath(p)

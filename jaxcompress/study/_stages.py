@@ -1,0 +1,544 @@
+"""The study runner: stages over a run folder, resumable, every output written atomically.
+
+Run folder layout::
+
+    run.json                 identity: recipe sha256, name, created (a folder holding another run
+                             is refused, never overwritten)
+    recipe.toml              the resolved recipe (defaults filled in)
+    stages/<stage>.pkl       the stage's outputs (params pytree as NumPy), written atomically
+    stages/<stage>.json      the stage marker (metrics, seconds), written after the outputs
+    artifacts/<stage>.jcx    exported artifacts (``model.jcx`` = the final model)
+    report.md, report.json   the report (regenerated at the end of every run)
+    plots/*.png              plots
+
+A stage whose marker exists is not run again: an interrupted run resumes from the last finished
+stage. The model stages form a chain ``teacher -> student -> distill -> prune -> quantize|cluster``;
+each consumes the previous one's params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import pickle
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from jaxcompress._core import JaxCompressValueError
+from jaxcompress.study._recipe import MODELS, Recipe, RecipeError
+
+__all__ = ["RunFolderError", "Study", "run_study", "atomic_write"]
+
+RUN_FORMAT = 1
+
+
+class RunFolderError(JaxCompressValueError):
+    """The output folder cannot hold this run (it holds another run, or unrelated files)."""
+
+
+# -- small utilities ---------------------------------------------------------------------------
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
+
+
+def _json_default(o: Any):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return str(o)
+
+
+def _to_numpy(tree: Any) -> Any:
+    import jax
+
+    return jax.tree.map(np.asarray, tree)
+
+
+def _log(msg: str) -> None:
+    print(f"[jaxcompress run] {msg}", file=sys.stderr, flush=True)
+
+
+def versions() -> dict:
+    import platform
+
+    out = {"python": platform.python_version()}
+    for mod in ("jaxcompress", "jax", "flax", "optax", "numpy", "numba"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except ImportError:  # pragma: no cover
+            out[mod] = None
+    try:
+        from importlib.metadata import version
+
+        out["jaxcompress"] = version("jaxcompress")
+    except Exception:  # pragma: no cover - not installed
+        pass
+    return out
+
+
+def machine() -> dict:
+    import platform
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:  # pragma: no cover
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        affinity = os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": affinity,
+        "platform": platform.platform(),
+    }
+
+
+# -- models and data ---------------------------------------------------------------------------
+def build_model(spec: dict, x_shape: tuple, num_classes: int, seed: int):
+    """``(apply_fn, params)`` for a ``[teacher]`` / ``[student]`` section."""
+    from flax import nnx
+
+    from jaxcompress import models
+
+    rngs = nnx.Rngs(seed)
+    name = spec["model"]
+    if name == "mlp":
+        model = models.MLP(
+            in_features=int(np.prod(x_shape)),
+            features=tuple(spec["hidden"]),
+            num_classes=num_classes,
+            dropout=spec["dropout"],
+            rngs=rngs,
+        )
+    else:
+        ctor = {
+            "cnn1d": models.CNN1D,
+            "mlp1d": models.MLP1D,
+            "transformer": models.TinyTransformer,
+            "lenet300100": models.LeNet300100,
+            "lenet5": models.LeNet5,
+        }[name]
+        model = ctor(num_classes=num_classes, rngs=rngs)
+    return models.functional(model)
+
+
+def _adapt_models(sections: dict, dataset: str) -> list[str]:
+    """Swap MNIST-1D models for their MNIST counterparts (and back) when --dataset changes."""
+    swap = {
+        ("mnist1d", "cnn1d"): "lenet5",
+        ("mnist1d", "transformer"): "lenet5",
+        ("mnist1d", "mlp1d"): "lenet300100",
+        ("mnist", "lenet5"): "cnn1d",
+        ("mnist", "lenet300100"): "mlp1d",
+    }
+    notes = []
+    for sec in ("teacher", "student"):
+        if sec in sections and dataset not in MODELS[sections[sec]["model"]]:
+            old = sections[sec]["model"]
+            src = "mnist1d" if dataset != "mnist1d" else "mnist"
+            new = swap.get((src, old))
+            if new is None:
+                continue
+            sections[sec]["model"] = new
+            notes.append(f"{sec}.model {old!r} -> {new!r} for dataset {dataset!r}")
+    return notes
+
+
+def override_dataset(recipe: Recipe, dataset: str | None, data_dir: str | None) -> tuple:
+    """The recipe with ``--dataset`` / ``--data-dir`` applied (models adapted); and notes."""
+    from jaxcompress.study._recipe import parse_recipe
+
+    raw = recipe.to_dict()
+    notes = []
+    if dataset is not None and dataset != raw["study"]["dataset"]:
+        raw["study"]["dataset"] = dataset
+        notes = _adapt_models(raw, dataset)
+        notes.insert(0, f"study.dataset -> {dataset!r} (command line)")
+    if data_dir is not None:
+        raw["study"]["data_dir"] = os.fspath(data_dir)
+    if notes or data_dir is not None:
+        r = parse_recipe(raw, source=recipe.source)
+        return dataclasses.replace(r, text=recipe.text), notes
+    return recipe, notes
+
+
+# -- the study -------------------------------------------------------------------------------------
+MODEL_STAGES = ("teacher", "student", "distill", "prune", "quantize", "cluster")
+STAGE_TITLES = {
+    "teacher": "teacher",
+    "student": "dense",
+    "distill": "distilled",
+    "prune": "pruned",
+    "quantize": "quantized",
+    "cluster": "clustered",
+}
+
+
+class Study:
+    """One study run over a run folder (see the module docstring).
+
+    Args:
+      recipe: a validated :class:`~jaxcompress.study.Recipe`.
+      out_dir: the run folder (created; refused if it holds another run or unrelated files).
+      progress: progress bars on training loops.
+      quiet: no stage log lines on stderr.
+    """
+
+    def __init__(self, recipe: Recipe, out_dir: str | os.PathLike, *, progress: bool = True,
+                 quiet: bool = False):
+        self.recipe = recipe
+        self.out = os.path.abspath(os.fspath(out_dir))
+        self.progress = progress
+        self.quiet = quiet
+        self.stage_metrics: dict[str, dict] = {}
+        self.timings: dict[str, float] = {}
+        self.resumed: list[str] = []
+        self._ds = None
+        self._states: dict[str, Any] = {}
+
+    # -- folder -------------------------------------------------------------------------------
+    def _p(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+    def identity(self) -> dict:
+        return {
+            "format": "jaxcompress-run",
+            "format_version": RUN_FORMAT,
+            "name": self.recipe.name,
+            "recipe_sha256": _recipe_hash(self.recipe),
+            "source": self.recipe.source,
+        }
+
+    def prepare(self) -> None:
+        """Create the run folder, or check that an existing one holds this same run."""
+        ident = self.identity()
+        run_json = self._p("run.json")
+        if os.path.isdir(self.out) and os.listdir(self.out):
+            if not os.path.isfile(run_json):
+                raise RunFolderError(
+                    f"output folder {self.out!r} is not empty and holds no jaxcompress run; "
+                    "refusing to write into it (choose another --out)"
+                )
+            try:
+                with open(run_json, encoding="utf-8") as f:
+                    old = json.load(f)
+            except (OSError, ValueError) as e:
+                raise RunFolderError(
+                    f"output folder {self.out!r}: unreadable run.json ({e}); refusing to write"
+                ) from None
+            if old.get("recipe_sha256") != ident["recipe_sha256"]:
+                raise RunFolderError(
+                    f"output folder {self.out!r} holds another run (recipe "
+                    f"{old.get('name')!r} from {old.get('source')!r}, sha256 "
+                    f"{str(old.get('recipe_sha256'))[:12]}); it is never overwritten: choose "
+                    "another --out or delete the folder"
+                )
+            self.created = old.get("created")
+            return
+        os.makedirs(self._p("stages"), exist_ok=True)
+        self.created = _now()
+        atomic_write(run_json, _json(dict(ident, created=self.created)))
+        atomic_write(self._p("recipe.toml"), self.recipe.to_toml())
+        if self.recipe.text:
+            atomic_write(self._p("recipe.original.toml"), self.recipe.text)
+
+    # -- stage machinery ----------------------------------------------------------------------
+    def done(self, name: str) -> bool:
+        return os.path.isfile(self._p("stages", f"{name}.json"))
+
+    def stage(self, name: str, fn) -> Any:
+        """Run ``fn() -> (state, metrics)`` unless the stage's marker exists; returns the state."""
+        marker = self._p("stages", f"{name}.json")
+        blob = self._p("stages", f"{name}.pkl")
+        if os.path.isfile(marker):
+            with open(marker, encoding="utf-8") as f:
+                m = json.load(f)
+            state = None
+            if m.get("has_state"):
+                with open(blob, "rb") as f:
+                    state = pickle.load(f)
+            self.stage_metrics[name] = m["metrics"]
+            self.timings[name] = m["seconds"]
+            self.resumed.append(name)
+            self._say(f"stage {name}: already finished ({m['seconds']:.1f} s), resumed")
+            return state
+        self._say(f"stage {name}: running")
+        t0 = time.perf_counter()
+        state, metrics = fn()
+        seconds = time.perf_counter() - t0
+        if state is not None:
+            atomic_write(blob, pickle.dumps(_to_numpy(state), protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write(marker, _json({"stage": name, "seconds": seconds, "finished": _now(),
+                                    "has_state": state is not None, "metrics": metrics}))
+        self.stage_metrics[name] = json.loads(_json(metrics))
+        self.timings[name] = seconds
+        self._say(f"stage {name}: done in {seconds:.1f} s")
+        return state
+
+    def _say(self, msg: str) -> None:
+        if not self.quiet:
+            _log(msg)
+
+    # -- data ---------------------------------------------------------------------------------
+    @property
+    def data(self):
+        if self._ds is None:
+            from jaxcompress.data import load_dataset
+
+            st = self.recipe["study"]
+            if st["dataset"] in ("mnist", "fashion_mnist") and not st["data_dir"]:
+                raise RecipeError(
+                    f"recipe {self.recipe.source}: study.data_dir: dataset {st['dataset']!r} "
+                    "needs the IDX folder (set study.data_dir or pass --data-dir DIR)"
+                )
+            ds = load_dataset(st["dataset"], data_dir=st["data_dir"])
+            if st["train_limit"] or st["test_limit"]:
+                ntr = st["train_limit"] or len(ds.x_train)
+                nte = st["test_limit"] or len(ds.x_test)
+                ds = dataclasses.replace(
+                    ds,
+                    x_train=ds.x_train[:ntr],
+                    y_train=ds.y_train[:ntr],
+                    x_test=ds.x_test[:nte],
+                    y_test=ds.y_test[:nte],
+                )
+            self._ds = ds
+        return self._ds
+
+    def key(self, name: str):
+        import jax
+
+        return jax.random.fold_in(jax.random.key(self.recipe["study"]["seed"]),
+                                  sum(map(ord, name)))
+
+    def model(self, sec: str):
+        ds = self.data
+        seed = self.recipe["study"]["seed"] + (1000 if sec == "teacher" else 0)
+        return build_model(self.recipe[sec], ds.x_train.shape[1:], ds.num_classes, seed)
+
+    def evaluate(self, apply_fn, tree) -> dict:
+        from jaxcompress.quantization import dequantize_params
+        from jaxcompress.training import evaluate
+
+        ds = self.data
+        acc = float(evaluate(apply_fn, dequantize_params(tree), ds.x_test, ds.y_test))
+        n = len(ds.y_test)
+        return {"accuracy": acc, "error_pct": 100 * (1 - acc),
+                "errors": int(round((1 - acc) * n)), "n_test": n}
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run (or resume) every stage and write the report; returns the report dict."""
+        from jaxcompress.study import _report
+        from jaxcompress.study._compress import model_stage_chain, run_model_stage
+
+        t_start = time.perf_counter()
+        self.prepare()
+        r = self.recipe
+        self._say(f"study {r.name!r} -> {self.out}")
+        apply_fn = None
+        teacher = None
+        if "teacher" in r:
+            t_apply, _ = self.model("teacher")
+            tp = self.stage("teacher", lambda: run_model_stage(self, r, "teacher", None, None))
+            teacher = (t_apply, tp)
+        apply_fn, _ = self.model("student")
+        prev = None
+        chain = model_stage_chain(r)
+        finals = []
+        for name in chain:
+            prev = self.stage(
+                name,
+                lambda name=name, prev=prev: run_model_stage(self, r, name, prev, teacher),
+            )
+            self._states[name] = prev
+            finals.append(name)
+        final_stage = finals[-1]
+        if "cluster" in r and "prune" in r:
+            from jaxcompress.study._compress import deep_compression_sizes
+
+            self.stage("sizes", lambda: (None, deep_compression_sizes(self)))
+        if r.get("export", {"enabled": True})["enabled"]:
+            self.stage("export", lambda: (None, self._export(apply_fn, chain)))
+            e = r.get("edge")
+            if e is None or e["enabled"]:
+                self.stage("edge", lambda: (None, self._edge(chain, final_stage)))
+        if "sweep" in r:
+            from jaxcompress.study._compress import run_sweep
+
+            run_sweep(self, apply_fn, teacher)
+        total = time.perf_counter() - t_start
+        rep = _report.build_report(self, chain, total_seconds=total)
+        atomic_write(self._p("report.json"), _json(rep))
+        try:
+            from jaxcompress.study import _plots
+
+            rep["plots"] = _plots.make_plots(rep, self._p("plots"))
+        except ImportError as e:  # matplotlib missing: the report still lands
+            rep["plots"] = []
+            rep["plots_error"] = f"plots skipped: {e}"
+        atomic_write(self._p("report.json"), _json(rep))
+        atomic_write(self._p("report.md"), _report.to_markdown(rep))
+        self._say(f"report: {self._p('report.md')}")
+        return rep
+
+    def state(self, name: str):
+        if name not in self._states:
+            blob = self._p("stages", f"{name}.pkl")
+            with open(blob, "rb") as f:
+                self._states[name] = pickle.load(f)
+        return self._states[name]
+
+    # -- export and edge ----------------------------------------------------------------------
+    def _export(self, apply_fn, chain) -> dict:
+        from jaxcompress.export import save
+
+        x = np.asarray(self.data.x_test[:1])
+        out = {}
+        for name in chain:
+            path = self._p("artifacts", f"{name}.jcx")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            info = save(path, apply_fn, self.state(name),
+                        x, description=f"jaxcompress run {self.recipe.name}: {name}")
+            out[name] = {
+                "path": os.path.relpath(path, self.out),
+                "file_bytes": info.file_bytes,
+                "weight_bytes": info.weight_bytes,
+                "weight_count": info.weight_count,
+                "bits_per_weight": info.bits_per_weight,
+                "encodings": {k: v["encoding"] for k, v in info.tensors.items()},
+                "graph_ops": info.graph_ops,
+            }
+        final = self._p("artifacts", f"{chain[-1]}.jcx")
+        with open(final, "rb") as f:
+            atomic_write(self._p("model.jcx"), f.read())
+        out["final"] = chain[-1]
+        return out
+
+    def _edge(self, chain, final_stage) -> dict:
+        from tqdm.auto import tqdm
+
+        from jaxcompress.edge import Link, benchmark, get_profile
+
+        e = self.recipe.get("edge") or {k: s.default for k, s in _edge_schema().items()}
+        devices = [get_profile(d) for d in e["devices"]]
+        ds = self.data
+        n = min(e["eval_limit"], len(ds.x_test)) if e["eval_limit"] else len(ds.x_test)
+        dense_acc = self.stage_metrics.get("student", {}).get("accuracy")
+        per_stage = {}
+        for name in tqdm(chain, desc="edge: latency per stage", disable=not self.progress):
+            rep = benchmark(self._p("artifacts", f"{name}.jcx"), devices=devices,
+                            warmup=min(e["warmup"], 5), iters=max(10, e["iters"] // 2),
+                            num_threads=e["threads"])
+            d = rep.to_dict()
+            per_stage[name] = {
+                "latency_ms": {k: 1e3 * d["latency_measured_host"][k]
+                               for k in ("p50", "p90", "p99", "mean")},
+                "projected_ms": {k: 1e3 * v["total_s"] for k, v in d["projected"].items()},
+                "artifact_bytes": d["size"]["artifact_bytes"],
+                "memory": d["memory"],
+            }
+        links = [Link.mbit(m, rtt_ms=e["rtt_ms"]) for m in e["links_mbit"]]
+        rep = benchmark(
+            self._p("model.jcx"),
+            x=ds.x_test[:n] if n else None,
+            y=ds.y_test[:n] if n else None,
+            float_accuracy=dense_acc,
+            devices=devices,
+            warmup=e["warmup"],
+            iters=e["iters"],
+            num_threads=e["threads"],
+            links=links,
+            split_edge=get_profile(e["split_edge"]),
+            split_accuracy_n=min(n, 200) if links else 0,
+        )
+        atomic_write(self._p("edge_report.md"), rep.to_markdown() + "\n")
+        return {"final": rep.to_dict(), "per_stage": per_stage, "markdown": "edge_report.md"}
+
+
+def _edge_schema():
+    from jaxcompress.study._recipe import SCHEMA
+
+    return SCHEMA["edge"]
+
+
+def _recipe_hash(recipe: Recipe) -> str:
+    import hashlib
+
+    sec = recipe.to_dict()
+    sec["study"] = dict(sec["study"], data_dir=None)  # moving the data does not change the run
+    return hashlib.sha256(json.dumps(sec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def run_study(recipe: Recipe | str | os.PathLike | None = None, out_dir=None, *,
+              dataset: str | None = None, data_dir: str | None = None,
+              progress: bool = True, quiet: bool = False) -> dict:
+    """Run a study from a recipe (a :class:`Recipe`, a TOML path, or ``None`` for the default).
+
+    Args:
+      recipe: the recipe; ``None`` is the embedded default study on MNIST-1D.
+      out_dir: the run folder; default ``runs/<recipe name>`` (``-<dataset>`` when overridden).
+      dataset, data_dir: override ``study.dataset`` / ``study.data_dir`` (models adapted when the
+        recipe's do not fit the new dataset).
+
+    Returns:
+      The report dict (also written as ``report.json``).
+
+    Raises:
+      RecipeError: bad recipe; RunFolderError: the folder holds another run.
+    """
+    from jaxcompress.study._recipe import load_recipe
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    recipe, notes = override_dataset(recipe, dataset, data_dir)
+    if out_dir is None:
+        suffix = f"-{dataset}" if dataset else ""
+        out_dir = os.path.join("runs", f"{recipe.name}{suffix}")
+    for n in notes:
+        if not quiet:
+            _log(n)
+    study = Study(recipe, out_dir, progress=progress, quiet=quiet)
+    return study.run()
