@@ -404,7 +404,7 @@ def main(argv=None) -> int:
     p.add_argument("--temperatures", type=float, nargs="+", default=[1, 2.5, 4, 8, 20])
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the soft term")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=8 * 60, help="seconds for the teacher")
+    p.add_argument("--time-budget", type=float, default=570, help="seconds for the teacher")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
