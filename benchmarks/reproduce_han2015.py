@@ -80,6 +80,12 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=None, help="dense pre-training epochs")
     ap.add_argument("--prune-epochs", type=int, default=None, help="epochs of each branch")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument(
+        "--prune-frac",
+        type=float,
+        default=2 / 3,
+        help="fraction of the phase over which sparsity ramps up (the rest fine-tunes)",
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-nm", action="store_true", help="skip the 2:4 branch")
@@ -126,7 +132,7 @@ def main(argv=None):
 
     phase_steps = prune_epochs * steps_per_epoch
     lr_sched = optax.cosine_decay_schedule(args.lr, phase_steps)
-    end_step = max(1, (2 * phase_steps) // 3)
+    end_step = max(1, int(args.prune_frac * phase_steps))
     targets = {k: 1.0 - v for k, v in han["layers"].items()}
     schedule = pruning.polynomial(
         max(targets.values()), begin_step=0, end_step=end_step, frequency=min(100, end_step)
