@@ -84,6 +84,20 @@ def tree_metrics(tree: Any) -> dict:
     }
 
 
+def _where(rx: str | None):
+    """Selection for a ``where`` regex: kernels (ndim >= 2) whose path matches; None = default."""
+    if rx is None:
+        return None
+    import re
+
+    pat = re.compile(rx)
+
+    def sel(path, leaf) -> bool:
+        return bool(pat.search(path)) and np.ndim(leaf) >= 2
+
+    return sel
+
+
 def _train_data(study):
     ds = study.data
     return (ds.x_train, ds.y_train)
@@ -148,19 +162,16 @@ def _prune(p: dict, apply_fn, params, data, key, progress):
         res = pruning.iterative_pruning(
             apply_fn, params, data, target=target, rounds=p["rounds"],
             epochs_per_round=p["epochs"], optimizer=_adam(p["lr"]), batch_size=p["batch_size"],
-            key=key, scope=p["scope"], progress=progress)
+            key=key, scope=p["scope"], where=_where(p["where"]), progress=progress)
         return res.params, info
     # threshold (Han et al. 2015: |w| < quality * std(layer)) and N:M: masks, then masked retrain
     info["quality" if method == "threshold" else "n:m"] = (
         p["quality"] if method == "threshold" else f"{p['n']}:{p['m']}")
     for r in range(p["rounds"] if method == "threshold" else 1):
         if method == "threshold":
-            q = p["quality"]
-            if isinstance(q, dict):
-                q = _quality_tree(params, q)
-            masks = pruning.threshold_masks(params, quality=q)
+            masks = _threshold_masks(params, p["quality"], p["where"])
         else:
-            masks = pruning.nm_masks(params, p["n"], p["m"])
+            masks = pruning.nm_masks(params, p["n"], p["m"], where=_where(p["where"]))
         params = pruning.apply_masks(params, masks)
         if p["epochs"]:
             opt = optax.chain(_adam(p["lr"]), pruning.fixed_masks(masks))
@@ -170,21 +181,21 @@ def _prune(p: dict, apply_fn, params, data, key, progress):
     return params, info
 
 
-def _quality_tree(params, table: dict):
-    """Per-layer quality from a ``{regex: quality}`` table (first match; 0 = not pruned)."""
-    import re
-
+def _threshold_masks(params, quality, where_rx):
+    """Han et al. 2015 masks ``|w| >= q * std(layer)``; a ``{regex: q}`` table prunes each matching
+    kernel with its own quality (unmatched kernels are kept)."""
     import jax
+    import jax.numpy as jnp
 
-    leaves = []
-    for path, w in named_leaves(params):
-        q = 0.0
-        for pat, v in table.items():
-            if re.search(pat, path):
-                q = v
-                break
-        leaves.append(q if np.ndim(w) >= 2 else 0.0)
-    return jax.tree.unflatten(jax.tree.structure(params), leaves)
+    from jaxcompress import pruning
+
+    if not isinstance(quality, dict):
+        return pruning.threshold_masks(params, quality=quality, where=_where(where_rx))
+    masks = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
+    for pat, q in quality.items():
+        m = pruning.threshold_masks(params, quality=q, where=_where(pat))
+        masks = jax.tree.map(jnp.logical_and, masks, m)
+    return masks
 
 
 def _quantize(q: dict, apply_fn, params, data, key, progress):
@@ -195,7 +206,7 @@ def _quantize(q: dict, apply_fn, params, data, key, progress):
     from jaxcompress.training import fit
 
     kw = {"bits": q["bits"], "scheme": q["scheme"], "axis": q["axis"],
-          "group_size": q["group_size"] or None}
+          "group_size": q["group_size"] or None, "where": _where(q["where"])}
     if q["qat_epochs"]:
         opt = optax.chain(_adam(q["lr"]), pruning.fixed_masks(_keep_masks(params)))
         params = fit(apply_fn, params, data, optimizer=opt, epochs=q["qat_epochs"],
@@ -203,7 +214,7 @@ def _quantize(q: dict, apply_fn, params, data, key, progress):
                      progress=progress).params
     tree = quantize_params(params, group_fallback="per_channel", **kw) if kw["group_size"] \
         else quantize_params(params, **kw)
-    return tree, dict(kw, qat_epochs=q["qat_epochs"])
+    return tree, dict(kw, where=q["where"], qat_epochs=q["qat_epochs"])
 
 
 def _cluster(c: dict, apply_fn, params, data, key, progress):
@@ -217,13 +228,14 @@ def _cluster(c: dict, apply_fn, params, data, key, progress):
     )
     from jaxcompress.training import fit
 
-    ct = cluster(params, bits=c["bits"], init=c["init"], key=key)
+    ct = cluster(params, bits=c["bits"], init=c["init"], key=key, where=_where(c["where"]))
     if c["finetune_epochs"]:
         opt = optax.chain(centroid_finetuning(ct), _adam(c["lr"]))
         res = fit(apply_fn, shared_params(ct), data, optimizer=opt, epochs=c["finetune_epochs"],
                   batch_size=c["batch_size"], key=key, progress=progress)
         ct = update_codebooks(ct, res.params)
-    return ct, {"bits": c["bits"], "init": c["init"], "finetune_epochs": c["finetune_epochs"]}
+    return ct, {"bits": c["bits"], "init": c["init"], "where": c["where"],
+                "finetune_epochs": c["finetune_epochs"]}
 
 
 # -- Deep Compression storage accounting ------------------------------------------------------------

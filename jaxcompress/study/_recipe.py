@@ -14,9 +14,13 @@ dataset, an unknown device profile, a sweep over a key the recipe does not use, 
     [student]   model, hidden, dropout, epochs, lr, batch_size            (required)
     [distill]   temperature, alpha, epochs, lr, batch_size                (optional, needs teacher)
     [prune]     method ("magnitude" | "threshold" | "nm"), sparsity (float or {regex = s}),
-                scope, quality, n, m, rounds, epochs, lr, batch_size      (optional)
-    [quantize]  bits, scheme, axis, group_size, qat_epochs, lr, batch_size (optional)
-    [cluster]   bits, init, finetune_epochs, lr, batch_size, index_bits  (optional)
+                scope, quality (float or {regex = q}), n, m, where, rounds, epochs, lr,
+                batch_size                                                (optional)
+    [quantize]  bits, scheme, axis, group_size, where, qat_epochs, lr, batch_size (optional)
+    [cluster]   bits, init, where, finetune_epochs, lr, batch_size, index_bits (optional)
+
+``where`` is a regex searched in each leaf's ``/``-joined path; only kernels (``ndim >= 2``) are
+ever selected (default: every kernel).
     [export]    enabled
     [edge]      devices, threads, iters, warmup, links_mbit, rtt_ms, split_edge, eval_limit
     [sweep]     key ("section.key"), values                              (optional)
@@ -130,6 +134,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "quality": _Key((_F, _D), None, lo=0.0, item=float),
         "n": _Key((_I,), 2, lo=1),
         "m": _Key((_I,), 4, lo=2),
+        "where": _Key((_S,), None),
         "rounds": _Key((_I,), 1, lo=1),
         "epochs": _Key((_I,), 1, lo=0),
         "lr": _Key((_F,), 1e-4, lo=0.0),
@@ -140,6 +145,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "scheme": _Key((_S,), "symmetric", ("symmetric", "affine")),
         "axis": _Key((_I,), -1),
         "group_size": _Key((_I,), 0, lo=0),
+        "where": _Key((_S,), None),
         "qat_epochs": _Key((_I,), 0, lo=0),
         "lr": _Key((_F,), 1e-4, lo=0.0),
         "batch_size": _Key((_I,), 100, lo=1),
@@ -147,6 +153,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "cluster": {
         "bits": _Key((_I,), 5, lo=1, hi=8),
         "init": _Key((_S,), "linear", ("linear", "density", "kmeans++")),
+        "where": _Key((_S,), None),
         "finetune_epochs": _Key((_I,), 0, lo=0),
         "lr": _Key((_F,), 1e-4, lo=0.0),
         "batch_size": _Key((_I,), 100, lo=1),
@@ -394,6 +401,14 @@ def _check_combinations(source: str, s: dict, *, check_profiles: bool) -> None:
             raise _fail(source, "prune.n", f"n={p['n']} must be < m={p['m']}")
         if isinstance(p["sparsity"], dict) and p["scope"] == "global":
             raise _fail(source, "prune.scope", "a per-layer sparsity table needs scope = \"layer\"")
+    import re
+
+    for sec in ("prune", "quantize", "cluster"):
+        if sec in s and s[sec].get("where") is not None:
+            try:
+                re.compile(s[sec]["where"])
+            except re.error as e:
+                raise _fail(source, f"{sec}.where", f"not a valid regex: {e}") from None
     q = s.get("quantize")
     if q is not None and q["group_size"] and q["axis"] is None:
         raise _fail(source, "quantize.group_size", "group_size needs an axis")
