@@ -1,7 +1,7 @@
 """Edge emulation results: LeNet-5 (MNIST) and the tiny transformer (MNIST-1D), dense vs compressed.
 
 For each model: train the float model, compress it (LeNet-5: 90% global magnitude pruning, one
-fine-tuning epoch with the masks fixed, int8 per-channel weights; transformer: 2:4 N:M pruning,
+fine-tuning epoch with the masks fixed (after one float epoch), int8 per-channel weights; transformer: 2:4 N:M pruning,
 fine-tuning, 4-bit weights with group size 32), export both to artifacts, then
 ``jaxcompress.edge.benchmark`` each: latency *measured* on this host with the JAX-free runtime
 (single stream, batch 1, 1 kernel thread, BLAS pinned to 1 thread), size, planned arena, accuracy
@@ -79,7 +79,7 @@ def lenet5(ds, quick):
     apply_fn, params = models.functional(models.LeNet5(rngs=nnx.Rngs(0)))
     t0 = time.perf_counter()
     params = _train(
-        apply_fn, params, train, epochs=1 if quick else 2, lr=1e-3, batch_size=100, seed=0
+        apply_fn, params, train, epochs=1, lr=1e-3, batch_size=100, seed=0
     )
     masks = pruning.magnitude_masks(params, 0.9, scope="global")
     pruned = pruning.apply_masks(params, masks)
