@@ -79,7 +79,10 @@ def _round_up(a: int, b: int) -> int:
 #   b = 2: byte j (j < g/4): bits 2p..2p+1 = k0 + p*g/4 + j, p = 0..3.
 #   b = 3: first g/4 bytes = the low two bits, laid out as b = 2; then g/8 bytes of high bits:
 #          bit t of byte j = high bit of k0 + t*g/8 + j.
-# Each plane therefore reads x contiguously, which lets LLVM vectorise the fused decode + dot.
+# Each plane therefore multiplies a contiguous run of x. Finally the bytes of a row are stored
+# groups-innermost: data[n] viewed as (B, PL, G) with B byte planes (3 for 3-bit: lo0, lo1, high;
+# else 1), PL = g*bits/8/B bytes per plane, G groups, so the batch-1 kernel runs its SIMD lanes
+# across groups (see quantized.py). For per-channel weights G = 1 and this is the plain group.
 # This departs from the LSB-first stream of `pack_bits` (used for export) on purpose.
 
 
@@ -106,6 +109,28 @@ def _encode_group_layout(u: np.ndarray, bits: int, g: int) -> np.ndarray:
             hi |= hb[:, :, t * e : (t + 1) * e] << t
         out = np.concatenate([lo, hi], axis=2)
     return np.ascontiguousarray(out.reshape(n, -1).astype(np.uint8))
+
+
+def _planes(bits: int) -> int:
+    return 3 if bits == 3 else 1
+
+
+def _groups_inner(data: np.ndarray, bits: int, g: int, kp: int) -> np.ndarray:
+    """(N, G * B * PL) group-major bytes -> (N, B * PL * G) groups-innermost."""
+    n = data.shape[0]
+    G = kp // g
+    B = _planes(bits)
+    d = data.reshape(n, G, B, g * bits // 8 // B).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(d.reshape(n, -1))
+
+
+def _groups_outer(data: np.ndarray, bits: int, g: int, kp: int) -> np.ndarray:
+    """Inverse of `_groups_inner`."""
+    n = data.shape[0]
+    G = kp // g
+    B = _planes(bits)
+    d = data.reshape(n, B, g * bits // 8 // B, G).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(d.reshape(n, -1))
 
 
 def _decode_group_layout(data: np.ndarray, bits: int, g: int, kp: int) -> np.ndarray:
@@ -139,8 +164,8 @@ class PackedWeight:
       bits: 2, 3, 4 or 8.
       group_size: codes per scale along K, or None for per-channel (one scale per output channel).
       symmetric: True if built from signed codes (then ``zero_points == 2**(bits-1)``).
-      data: ``(N, Kp * bits // 8)`` uint8, output-channel-major, group layout documented in the
-        module source; ``Kp`` is K (per-group) or K rounded up to 32 (per-channel; padded codes
+      data: ``(N, Kp * bits // 8)`` uint8, output-channel-major; row n is ``(B, PL, G)`` bytes
+        (byte plane, position in plane, group), layout documented in the module source; ``Kp`` is K (per-group) or K rounded up to 32 (per-channel; padded codes
         equal the zero point, so they dequantize to exactly 0).
       scales: ``(N, G)`` float32, G groups per output channel.
       zero_points: ``(N, G)`` float32 holding small integers (exact in float32).
@@ -257,7 +282,10 @@ def pack_weight(
     ut[:, :k] = u.T
     if kp > k:  # padding dequantizes to exactly 0
         ut[:, k:] = zp[0].astype(np.uint8)[:, None]
-    data = _encode_group_layout(ut, bits, g) if n and kp else np.zeros((n, kp * bits // 8), np.uint8)
+    if n and kp:
+        data = _groups_inner(_encode_group_layout(ut, bits, g), bits, g, kp)
+    else:
+        data = np.zeros((n, kp * bits // 8), np.uint8)
     return PackedWeight(
         shape=(k, n),
         bits=bits,
@@ -279,7 +307,8 @@ def unpack_weight(w: PackedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     k, n = w.shape
     kp = w.padded_k
     if n and kp:
-        u = _decode_group_layout(np.asarray(w.data), w.bits, w.group_len, kp)[:, :k].T
+        grouped = _groups_outer(np.asarray(w.data), w.bits, w.group_len, kp)
+        u = _decode_group_layout(grouped, w.bits, w.group_len, kp)[:, :k].T
     else:
         u = np.zeros((k, n), np.uint8)
     scales = np.ascontiguousarray(w.scales.T)

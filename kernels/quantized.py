@@ -32,13 +32,9 @@ __all__ = [
 
 
 _FM = {"reassoc", "contract"}
-_LANE_MAX = 64  # groups with at most this many values per plane use lane accumulators  # float kernels: reorder sums (vectorise); tests allow 1e-5 rel.
 
 
 # ----------------------------------------------------------------------------------------------
-# group decode helpers: code of position k0 + r (r < g) of a group starting at byte offset bo
-
-
 # Note on indexing: Numba wraps negative indices, so ``a[off + j]`` with an offset it cannot prove
 # non-negative compiles to a select per element and LLVM falls back to gathers. Every hot loop
 # below therefore indexes slices (views) with the bare loop counter.
@@ -174,239 +170,263 @@ def _rows_dot(x, w, out, n):
 
 # ----------------------------------------------------------------------------------------------
 # qmatmul kernels
+#
+# Row n of a PackedWeight is stored as bytes (B, PL, G): byte plane b, position j within the plane,
+# group gi (groups innermost; see formats.py). x is permuted once per call to the same order,
+# (T, PL, G), with T the x planes each byte decodes to. The batch-1 kernel therefore runs its SIMD
+# lanes across *groups*: acc[gi] += sum_t x[t, j, gi] * u_t, for every j, with long contiguous
+# loops, no reduction and no scale per group inside the loop; the scales and zero points enter once
+# per row: y[n] = sum_gi s[gi] * (acc[gi] - z[gi] * xsum[gi]). Codes are decoded in float
+# arithmetic (floor splits), because Numba widens integer ops on bytes to int64, which would
+# de-vectorise the loop.
 
 
-# The wrapper views the packed row of channel n as (G, B, PL) bytes and x as (G, T, PL) floats
-# (G groups, B byte planes, T x planes, PL values per plane), so every index is a bare loop counter.
-# Short groups (PL <= 64, e.g. 4-bit g32: PL = 16) accumulate into PL SIMD lanes with the group's
-# scale applied per group: no horizontal reduction per group. Long groups (per-channel) reduce
-# each group in registers and scale once.
+@njit(cache=True, nogil=True, inline="always")
+def _split2(f):
+    q3 = np.floor(f * np.float32(1.0 / 64.0))
+    r = f - np.float32(64.0) * q3
+    q2 = np.floor(r * np.float32(1.0 / 16.0))
+    r = r - np.float32(16.0) * q2
+    q1 = np.floor(r * np.float32(0.25))
+    return r - np.float32(4.0) * q1, q1, q2, q3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _split1(h):
+    b7 = np.floor(h * np.float32(1.0 / 128.0))
+    r = h - np.float32(128.0) * b7
+    b6 = np.floor(r * np.float32(1.0 / 64.0))
+    r = r - np.float32(64.0) * b6
+    b5 = np.floor(r * np.float32(1.0 / 32.0))
+    r = r - np.float32(32.0) * b5
+    b4 = np.floor(r * np.float32(1.0 / 16.0))
+    r = r - np.float32(16.0) * b4
+    b3 = np.floor(r * np.float32(1.0 / 8.0))
+    r = r - np.float32(8.0) * b3
+    b2 = np.floor(r * np.float32(0.25))
+    r = r - np.float32(4.0) * b2
+    b1 = np.floor(r * np.float32(0.5))
+    return r - np.float32(2.0) * b1, b1, b2, b3, b4, b5, b6, b7
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _gemv4_rows(x3, d4, scales, zps, n0, n1, acc, out):
-    ng, _, nl = x3.shape
-    for n in range(n0, n1):
-        if nl > _LANE_MAX:  # long groups: reduce each group in registers, then scale once
-            t = np.float32(0.0)
-            for gi in range(ng):
-                s = scales[n, gi]
-                z = zps[n, gi]
-                gs = np.float32(0.0)
-                for j in range(nl):
-                    f = np.float32(d4[n, gi, 0, j])
-                    hi = np.floor(f * np.float32(0.0625))
-                    lo = f - np.float32(16.0) * hi
-                    gs += x3[gi, 0, j] * (lo - z) + x3[gi, 1, j] * (hi - z)
-                t += s * gs
-            out[0, n] += t
-            continue
-        for j in range(nl):
-            acc[0, j] = 0.0
-            acc[1, j] = 0.0
+def _codes_dot_row4(xt, d, n, acc):
+    pl, ng = d.shape[2], d.shape[3]
+    for gi in range(ng):
+        acc[gi] = 0.0
+    for j in range(pl):
         for gi in range(ng):
-            s = scales[n, gi]
-            z = zps[n, gi]
-            o = gi & 1  # two lane accumulators break the store-to-load chain
-            for j in range(nl):
-                f = np.float32(d4[n, gi, 0, j])
+            f = np.float32(d[n, 0, j, gi])
+            hi = np.floor(f * np.float32(0.0625))
+            acc[gi] += xt[0, j, gi] * (f - np.float32(16.0) * hi) + xt[1, j, gi] * hi
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _codes_dot_row8(xt, d, n, acc):
+    pl, ng = d.shape[2], d.shape[3]
+    for gi in range(ng):
+        acc[gi] = 0.0
+    for j in range(pl):
+        for gi in range(ng):
+            acc[gi] += xt[0, j, gi] * np.float32(d[n, 0, j, gi])
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _codes_dot_row2(xt, d, n, acc):
+    pl, ng = d.shape[2], d.shape[3]
+    for gi in range(ng):
+        acc[gi] = 0.0
+    for j in range(pl):
+        for gi in range(ng):
+            q0, q1, q2, q3 = _split2(np.float32(d[n, 0, j, gi]))
+            acc[gi] += xt[0, j, gi] * q0 + xt[1, j, gi] * q1 + xt[2, j, gi] * q2 + xt[3, j, gi] * q3
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _codes_dot_row3(xt, d, n, acc):
+    # planes b0 (x planes 0, 2, 4, 6), b1 (1, 3, 5, 7), high bits h
+    pl, ng = d.shape[2], d.shape[3]
+    c4 = np.float32(4.0)
+    for gi in range(ng):
+        acc[gi] = 0.0
+    for j in range(pl):
+        for gi in range(ng):
+            a0, a2, a4, a6 = _split2(np.float32(d[n, 0, j, gi]))
+            a1, a3, a5, a7 = _split2(np.float32(d[n, 1, j, gi]))
+            h0, h1, h2, h3, h4, h5, h6, h7 = _split1(np.float32(d[n, 2, j, gi]))
+            acc[gi] += (
+                xt[0, j, gi] * (a0 + c4 * h0)
+                + xt[1, j, gi] * (a1 + c4 * h1)
+                + xt[2, j, gi] * (a2 + c4 * h2)
+                + xt[3, j, gi] * (a3 + c4 * h3)
+                + xt[4, j, gi] * (a4 + c4 * h4)
+                + xt[5, j, gi] * (a5 + c4 * h5)
+                + xt[6, j, gi] * (a6 + c4 * h6)
+                + xt[7, j, gi] * (a7 + c4 * h7)
+            )
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _codes_dot_row_few(xt, d, n, acc):
+    """As `_codes_dot_row` for few groups (e.g. per-channel, G = 1): reduce along j instead."""
+    pl, ng = d.shape[2], d.shape[3]
+    nt = xt.shape[0]
+    for gi in range(ng):
+        t = np.float32(0.0)
+        if nt == 2:
+            for j in range(pl):
+                f = np.float32(d[n, 0, j, gi])
                 hi = np.floor(f * np.float32(0.0625))
-                lo = f - np.float32(16.0) * hi
-                acc[o, j] += s * (x3[gi, 0, j] * (lo - z) + x3[gi, 1, j] * (hi - z))
-        t = np.float32(0.0)
-        for j in range(nl):
-            t += acc[0, j] + acc[1, j]
-        out[0, n] += t
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _gemv8_rows(x3, d4, scales, zps, n0, n1, acc, out):
-    ng, _, nl = x3.shape
-    for n in range(n0, n1):
-        if nl > _LANE_MAX:  # long groups: reduce each group in registers, then scale once
-            t = np.float32(0.0)
-            for gi in range(ng):
-                s = scales[n, gi]
-                z = zps[n, gi]
-                gs = np.float32(0.0)
-                for j in range(nl):
-                    gs += (x3[gi, 0, j] * (np.float32(d4[n, gi, 0, j]) - z))
-                t += s * gs
-            out[0, n] += t
-            continue
-        for j in range(nl):
-            acc[0, j] = 0.0
-            acc[1, j] = 0.0
-        for gi in range(ng):
-            s = scales[n, gi]
-            z = zps[n, gi]
-            o = gi & 1  # two lane accumulators break the store-to-load chain
-            for j in range(nl):
-                acc[o, j] += s * (x3[gi, 0, j] * (np.float32(d4[n, gi, 0, j]) - z))
-        t = np.float32(0.0)
-        for j in range(nl):
-            t += acc[0, j] + acc[1, j]
-        out[0, n] += t
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _gemv2_rows(x3, d4, scales, zps, n0, n1, acc, out):
-    ng, _, nl = x3.shape
-    for n in range(n0, n1):
-        if nl > _LANE_MAX:  # long groups: reduce each group in registers, then scale once
-            t = np.float32(0.0)
-            for gi in range(ng):
-                s = scales[n, gi]
-                z = zps[n, gi]
-                gs = np.float32(0.0)
-                for j in range(nl):
-                    b = d4[n, gi, 0, j]
-                    gs += (
-                        x3[gi, 0, j] * (np.float32(b & 3) - z)
-                        + x3[gi, 1, j] * (np.float32((b >> 2) & 3) - z)
-                        + x3[gi, 2, j] * (np.float32((b >> 4) & 3) - z)
-                        + x3[gi, 3, j] * (np.float32(b >> 6) - z)
-                    )
-                t += s * gs
-            out[0, n] += t
-            continue
-        for j in range(nl):
-            acc[0, j] = 0.0
-            acc[1, j] = 0.0
-        for gi in range(ng):
-            s = scales[n, gi]
-            z = zps[n, gi]
-            o = gi & 1  # two lane accumulators break the store-to-load chain
-            for j in range(nl):
-                b = d4[n, gi, 0, j]
-                acc[o, j] += s * (
-                    x3[gi, 0, j] * (np.float32(b & 3) - z)
-                    + x3[gi, 1, j] * (np.float32((b >> 2) & 3) - z)
-                    + x3[gi, 2, j] * (np.float32((b >> 4) & 3) - z)
-                    + x3[gi, 3, j] * (np.float32(b >> 6) - z)
+                t += xt[0, j, gi] * (f - np.float32(16.0) * hi) + xt[1, j, gi] * hi
+        elif nt == 1:
+            for j in range(pl):
+                t += xt[0, j, gi] * np.float32(d[n, 0, j, gi])
+        elif nt == 4:
+            for j in range(pl):
+                q0, q1, q2, q3 = _split2(np.float32(d[n, 0, j, gi]))
+                t += xt[0, j, gi] * q0 + xt[1, j, gi] * q1 + xt[2, j, gi] * q2 + xt[3, j, gi] * q3
+        else:
+            for j in range(pl):
+                a0, a2, a4, a6 = _split2(np.float32(d[n, 0, j, gi]))
+                a1, a3, a5, a7 = _split2(np.float32(d[n, 1, j, gi]))
+                h0, h1, h2, h3, h4, h5, h6, h7 = _split1(np.float32(d[n, 2, j, gi]))
+                c4 = np.float32(4.0)
+                t += (
+                    xt[0, j, gi] * (a0 + c4 * h0)
+                    + xt[1, j, gi] * (a1 + c4 * h1)
+                    + xt[2, j, gi] * (a2 + c4 * h2)
+                    + xt[3, j, gi] * (a3 + c4 * h3)
+                    + xt[4, j, gi] * (a4 + c4 * h4)
+                    + xt[5, j, gi] * (a5 + c4 * h5)
+                    + xt[6, j, gi] * (a6 + c4 * h6)
+                    + xt[7, j, gi] * (a7 + c4 * h7)
                 )
-        t = np.float32(0.0)
-        for j in range(nl):
-            t += acc[0, j] + acc[1, j]
-        out[0, n] += t
+        acc[gi] = t
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _gemv3_rows(x3, d4, scales, zps, n0, n1, acc, out):
-    ng, _, nl = x3.shape
-    for n in range(n0, n1):
-        if nl > _LANE_MAX:  # long groups: reduce each group in registers, then scale once
-            t = np.float32(0.0)
-            for gi in range(ng):
-                s = scales[n, gi]
-                z = zps[n, gi]
-                gs = np.float32(0.0)
-                for j in range(nl):
-                    b0 = np.int32(d4[n, gi, 0, j])
-                    b1 = np.int32(d4[n, gi, 1, j])
-                    h = np.int32(d4[n, gi, 2, j])
-                    gs += (
-                        x3[gi, 0, j] * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
-                        + x3[gi, 1, j] * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
-                        + x3[gi, 2, j] * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
-                        + x3[gi, 3, j] * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
-                        + x3[gi, 4, j] * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
-                        + x3[gi, 5, j] * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
-                        + x3[gi, 6, j] * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
-                        + x3[gi, 7, j] * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
-                    )
-                t += s * gs
-            out[0, n] += t
-            continue
-        for j in range(nl):
-            acc[0, j] = 0.0
-            acc[1, j] = 0.0
-        for gi in range(ng):
-            s = scales[n, gi]
-            z = zps[n, gi]
-            o = gi & 1  # two lane accumulators break the store-to-load chain
-            for j in range(nl):
-                b0 = np.int32(d4[n, gi, 0, j])
-                b1 = np.int32(d4[n, gi, 1, j])
-                h = np.int32(d4[n, gi, 2, j])
-                acc[o, j] += s * (
-                    x3[gi, 0, j] * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
-                    + x3[gi, 1, j] * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
-                    + x3[gi, 2, j] * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
-                    + x3[gi, 3, j] * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
-                    + x3[gi, 4, j] * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
-                    + x3[gi, 5, j] * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
-                    + x3[gi, 6, j] * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
-                    + x3[gi, 7, j] * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
-                )
-        t = np.float32(0.0)
-        for j in range(nl):
-            t += acc[0, j] + acc[1, j]
-        out[0, n] += t
+_FEW_GROUPS = 8  # below this many groups per channel, reduce along the group instead
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _qmatmul_gemv_kernel(x3, d4, scales, zps, bits, nchunks, out):
-    """Batch 1: out[0, n] += sum_g s[n,g] * sum_{k in g} x[k] (u - z), parallel over channels."""
-    nn = d4.shape[0]
-    nl = x3.shape[2]
+def _qmatmul_gemv_kernel(xt, xsum, d, scales, zps, nchunks, out):
+    """Batch 1: out[0, n] += sum_gi s[n,gi] * (sum_{k in gi} x[k] u[k, n] - z[n,gi] xsum[gi])."""
+    nn = d.shape[0]
+    ng = d.shape[3]
+    nt = xt.shape[0]
     per = (nn + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        acc = np.empty((2, nl), np.float32)
-        n0 = c * per
-        n1 = min(nn, n0 + per)
-        if bits == 4:
-            _gemv4_rows(x3, d4, scales, zps, n0, n1, acc, out)
-        elif bits == 8:
-            _gemv8_rows(x3, d4, scales, zps, n0, n1, acc, out)
-        elif bits == 2:
-            _gemv2_rows(x3, d4, scales, zps, n0, n1, acc, out)
-        else:
-            _gemv3_rows(x3, d4, scales, zps, n0, n1, acc, out)
+        acc = np.empty(ng, np.float32)
+        for n in range(c * per, min(nn, (c + 1) * per)):
+            if ng < _FEW_GROUPS:
+                _codes_dot_row_few(xt, d, n, acc)
+            elif nt == 2:
+                _codes_dot_row4(xt, d, n, acc)
+            elif nt == 1:
+                _codes_dot_row8(xt, d, n, acc)
+            elif nt == 4:
+                _codes_dot_row2(xt, d, n, acc)
+            else:
+                _codes_dot_row3(xt, d, n, acc)
+            t = np.float32(0.0)
+            for gi in range(ng):
+                t += scales[n, gi] * (acc[gi] - zps[n, gi] * xsum[gi])
+            out[0, n] += t
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _decode_row(d4, n, scales, zps, bits, w3):
-    """w3 (G, T, PL) = dequantized channel n."""
-    ng, _, nl = w3.shape
+def _decode_row_few(d, n, scales, zps, w):
+    """`_decode_row` for few groups: the vectorised loop runs along the plane."""
+    pl, ng = d.shape[2], d.shape[3]
+    nt = w.shape[0]
+    c4 = np.float32(4.0)
     for gi in range(ng):
         s = scales[n, gi]
         z = zps[n, gi]
-        if bits == 4:
-            for j in range(nl):
-                b = d4[n, gi, 0, j]
-                w3[gi, 0, j] = s * (np.float32(b & 15) - z)
-                w3[gi, 1, j] = s * (np.float32(b >> 4) - z)
-        elif bits == 8:
-            for j in range(nl):
-                w3[gi, 0, j] = s * (np.float32(d4[n, gi, 0, j]) - z)
-        elif bits == 2:
-            for j in range(nl):
-                b = d4[n, gi, 0, j]
-                w3[gi, 0, j] = s * (np.float32(b & 3) - z)
-                w3[gi, 1, j] = s * (np.float32((b >> 2) & 3) - z)
-                w3[gi, 2, j] = s * (np.float32((b >> 4) & 3) - z)
-                w3[gi, 3, j] = s * (np.float32(b >> 6) - z)
+        if nt == 2:
+            for j in range(pl):
+                f = np.float32(d[n, 0, j, gi])
+                hi = np.floor(f * np.float32(0.0625))
+                w[0, j, gi] = s * (f - np.float32(16.0) * hi - z)
+                w[1, j, gi] = s * (hi - z)
+        elif nt == 1:
+            for j in range(pl):
+                w[0, j, gi] = s * (np.float32(d[n, 0, j, gi]) - z)
+        elif nt == 4:
+            for j in range(pl):
+                q0, q1, q2, q3 = _split2(np.float32(d[n, 0, j, gi]))
+                w[0, j, gi] = s * (q0 - z)
+                w[1, j, gi] = s * (q1 - z)
+                w[2, j, gi] = s * (q2 - z)
+                w[3, j, gi] = s * (q3 - z)
         else:
-            for j in range(nl):
-                b0 = np.int32(d4[n, gi, 0, j])
-                b1 = np.int32(d4[n, gi, 1, j])
-                h = np.int32(d4[n, gi, 2, j])
-                w3[gi, 0, j] = s * (np.float32((b0 & 3) | ((h & 1) << 2)) - z)
-                w3[gi, 1, j] = s * (np.float32((b1 & 3) | ((h & 2) << 1)) - z)
-                w3[gi, 2, j] = s * (np.float32(((b0 >> 2) & 3) | (h & 4)) - z)
-                w3[gi, 3, j] = s * (np.float32(((b1 >> 2) & 3) | ((h >> 1) & 4)) - z)
-                w3[gi, 4, j] = s * (np.float32(((b0 >> 4) & 3) | ((h >> 2) & 4)) - z)
-                w3[gi, 5, j] = s * (np.float32(((b1 >> 4) & 3) | ((h >> 3) & 4)) - z)
-                w3[gi, 6, j] = s * (np.float32((b0 >> 6) | ((h >> 4) & 4)) - z)
-                w3[gi, 7, j] = s * (np.float32((b1 >> 6) | ((h >> 5) & 4)) - z)
+            for j in range(pl):
+                a0, a2, a4, a6 = _split2(np.float32(d[n, 0, j, gi]))
+                a1, a3, a5, a7 = _split2(np.float32(d[n, 1, j, gi]))
+                h0, h1, h2, h3, h4, h5, h6, h7 = _split1(np.float32(d[n, 2, j, gi]))
+                w[0, j, gi] = s * (a0 + c4 * h0 - z)
+                w[1, j, gi] = s * (a1 + c4 * h1 - z)
+                w[2, j, gi] = s * (a2 + c4 * h2 - z)
+                w[3, j, gi] = s * (a3 + c4 * h3 - z)
+                w[4, j, gi] = s * (a4 + c4 * h4 - z)
+                w[5, j, gi] = s * (a5 + c4 * h5 - z)
+                w[6, j, gi] = s * (a6 + c4 * h6 - z)
+                w[7, j, gi] = s * (a7 + c4 * h7 - z)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _decode_row(d, n, scales, zps, w):
+    """w (T, PL, G) = dequantized output channel n, in the permuted (storage) order."""
+    pl, ng = d.shape[2], d.shape[3]
+    nt = w.shape[0]
+    if ng < _FEW_GROUPS:
+        _decode_row_few(d, n, scales, zps, w)
+        return
+    for j in range(pl):
+        if nt == 2:
+            for gi in range(ng):
+                s = scales[n, gi]
+                z = zps[n, gi]
+                f = np.float32(d[n, 0, j, gi])
+                hi = np.floor(f * np.float32(0.0625))
+                w[0, j, gi] = s * (f - np.float32(16.0) * hi - z)
+                w[1, j, gi] = s * (hi - z)
+        elif nt == 1:
+            for gi in range(ng):
+                w[0, j, gi] = scales[n, gi] * (np.float32(d[n, 0, j, gi]) - zps[n, gi])
+        elif nt == 4:
+            for gi in range(ng):
+                s = scales[n, gi]
+                z = zps[n, gi]
+                q0, q1, q2, q3 = _split2(np.float32(d[n, 0, j, gi]))
+                w[0, j, gi] = s * (q0 - z)
+                w[1, j, gi] = s * (q1 - z)
+                w[2, j, gi] = s * (q2 - z)
+                w[3, j, gi] = s * (q3 - z)
+        else:
+            for gi in range(ng):
+                s = scales[n, gi]
+                z = zps[n, gi]
+                a0, a2, a4, a6 = _split2(np.float32(d[n, 0, j, gi]))
+                a1, a3, a5, a7 = _split2(np.float32(d[n, 1, j, gi]))
+                h0, h1, h2, h3, h4, h5, h6, h7 = _split1(np.float32(d[n, 2, j, gi]))
+                c4 = np.float32(4.0)
+                w[0, j, gi] = s * (a0 + c4 * h0 - z)
+                w[1, j, gi] = s * (a1 + c4 * h1 - z)
+                w[2, j, gi] = s * (a2 + c4 * h2 - z)
+                w[3, j, gi] = s * (a3 + c4 * h3 - z)
+                w[4, j, gi] = s * (a4 + c4 * h4 - z)
+                w[5, j, gi] = s * (a5 + c4 * h5 - z)
+                w[6, j, gi] = s * (a6 + c4 * h6 - z)
+                w[7, j, gi] = s * (a7 + c4 * h7 - z)
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _qmatmul_small_kernel(x, d4, scales, zps, bits, shape3, nchunks, out):
-    """Batch > 1: decode one output channel into a per-thread buffer, then dot every row."""
-    nn = d4.shape[0]
-    kp = x.shape[1]
+def _qmatmul_small_kernel(xp, d, scales, zps, nt, nchunks, out):
+    """Batch > 1: decode 4 output channels (permuted order, like xp) into a per-thread buffer,
+    then a 4 x 4 register-blocked dot with every row of xp."""
+    nn = d.shape[0]
+    pl, ng = d.shape[2], d.shape[3]
+    kp = xp.shape[1]
     per = (nn + nchunks - 1) // nchunks
     for c in prange(nchunks):
         buf = np.empty((4, kp), np.float32)
@@ -414,27 +434,22 @@ def _qmatmul_small_kernel(x, d4, scales, zps, bits, shape3, nchunks, out):
         end = min(nn, (c + 1) * per)
         while n + 4 <= end:
             for i in range(4):
-                _decode_row(d4, n + i, scales, zps, bits, buf[i].reshape(shape3))
-            _rows_dot4x4(x, buf, out, n)
+                _decode_row(d, n + i, scales, zps, buf[i].reshape((nt, pl, ng)))
+            _rows_dot4x4(xp, buf, out, n)
             n += 4
         while n < end:
-            _decode_row(d4, n, scales, zps, bits, buf[0].reshape(shape3))
-            _rows_dot(x, buf[0], out, n)
+            _decode_row(d, n, scales, zps, buf[0].reshape((nt, pl, ng)))
+            _rows_dot(xp, buf[0], out, n)
             n += 1
 
 
-def _lane_views(w: PackedWeight):
-    """-> (data view shape (N, G, B, PL), x view shape (G, T, PL)).
-
-    G groups; B byte planes (3 for 3-bit, else 1); T x planes (8 / 4 / 2 / 1 for 3 / 2 / 4 / 8
-    bits); PL = group / T bytes per byte plane = x values per x plane.
-    """
-    bits = w.bits
+def _layout(w: PackedWeight):
+    """-> (data view shape (N, B, PL, G), T): see formats.py."""
     g = w.group_len
     G = w.padded_k // g
-    T = {8: 1, 4: 2, 2: 4, 3: 8}[bits]
-    B = 3 if bits == 3 else 1
-    return (w.shape[1], G, B, g // T), (G, T, g // T)
+    T = {8: 1, 4: 2, 2: 4, 3: 8}[w.bits]
+    B = 3 if w.bits == 3 else 1
+    return (w.shape[1], B, g // T, G), T
 
 
 def _threads() -> int:
@@ -496,14 +511,18 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
             xp[:, :k] = x2
         else:
             xp = x2
-        dshape, xshape = _lane_views(w)
-        d4 = w.data.reshape(dshape)
+        dshape, nt = _layout(w)
+        _, _, pl, ng = dshape
+        d = w.data.reshape(dshape)
+        # x in the storage order: (M, G, T, PL) -> (M, T, PL, G); O(M K), once per call
+        xperm = np.ascontiguousarray(xp.reshape(m, ng, nt, pl).transpose(0, 2, 3, 1))
         nchunks = min(n, 8 * _threads())
         if m == 1:
-            x3 = xp.reshape(xshape)
-            _qmatmul_gemv_kernel(x3, d4, w.scales, w.zero_points, w.bits, nchunks, out)
+            xsum = xp.reshape(ng, nt * pl).sum(axis=1, dtype=np.float32)
+            _qmatmul_gemv_kernel(xperm[0], xsum, d, w.scales, w.zero_points, nchunks, out)
         else:
-            _qmatmul_small_kernel(xp, d4, w.scales, w.zero_points, w.bits, xshape, nchunks, out)
+            _qmatmul_small_kernel(xperm.reshape(m, kp), d, w.scales, w.zero_points, nt, nchunks,
+                                  out)
     if bias is not None:
         out += bias
     return out[0] if squeeze else out
