@@ -138,26 +138,39 @@ def _add_study_commands(sub) -> None:
 
     b = sub.add_parser("bench", help="benchmark an artifact (measured here, projected on devices)")
     b.add_argument("artifact")
-    b.add_argument("--device", action="append", default=None,
-                   help="device profile (repeatable; default rpi4)")
+    b.add_argument(
+        "--device", action="append", default=None, help="device profile (repeatable; default rpi4)"
+    )
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--iters", type=int, default=100)
-    b.add_argument("--dataset", default=None, choices=("mnist1d", "mnist", "fashion_mnist"),
-                   help="also measure test accuracy in the runtime")
+    b.add_argument(
+        "--dataset",
+        default=None,
+        choices=("mnist1d", "mnist", "fashion_mnist"),
+        help="also measure test accuracy in the runtime",
+    )
     b.add_argument("--data-dir", default=None)
     b.add_argument("--limit", type=int, default=1000, help="test examples for accuracy")
-    b.add_argument("--link", type=float, action="append", default=None,
-                   help="plan an edge-cloud split over a link of this many Mbit/s (repeatable)")
+    b.add_argument(
+        "--link",
+        type=float,
+        action="append",
+        default=None,
+        help="plan an edge-cloud split over a link of this many Mbit/s (repeatable)",
+    )
     b.add_argument("--rtt-ms", type=float, default=20.0)
     b.add_argument("--json", default=None, help="also write the report as JSON here")
     b.add_argument("--list-devices", action="store_true")
 
     e = sub.add_parser("export", help="export an artifact or a run folder's model (ONNX / copy)")
     e.add_argument("source", help="an artifact file or a run folder written by `jaxcompress run`")
-    e.add_argument("--stage", default=None,
-                   help="with a run folder: the stage's artifact (default: the final model)")
+    e.add_argument(
+        "--stage",
+        default=None,
+        help="with a run folder: the stage's artifact (default: the final model)",
+    )
     e.add_argument("--onnx", default=None, help="write an ONNX model here")
     e.add_argument("--batch-size", type=int, default=1, help="ONNX batch size")
     e.add_argument("--out", default=None, help="copy the (verified) artifact here")
@@ -173,14 +186,23 @@ def _run(args) -> int:
     if args.check:
         print(f"recipe {recipe.source}: valid ({recipe.name})")
         return 0
-    rep = run_study(recipe, args.out, dataset=args.dataset, data_dir=args.data_dir,
-                    progress=not args.no_progress, quiet=args.quiet)
+    rep = run_study(
+        recipe,
+        args.out,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        quiet=args.quiet,
+    )
     final = rep["stages"][-1]
     out_dir = args.out or os.path.join(
-        "runs", f"{recipe.name}{'-' + args.dataset if args.dataset else ''}")
-    print(f"{rep['name']}: {final['stage']} test accuracy {final['accuracy']:.2%}, "
-          f"sparsity {final['sparsity']:.1%}, {final['weight_bits_per_weight']:.2f} bits/weight; "
-          f"report: {os.path.join(out_dir, 'report.md')}")
+        "runs", f"{recipe.name}{'-' + args.dataset if args.dataset else ''}"
+    )
+    print(
+        f"{rep['name']}: {final['stage']} test accuracy {final['accuracy']:.2%}, "
+        f"sparsity {final['sparsity']:.1%}, {final['weight_bits_per_weight']:.2f} bits/weight; "
+        f"report: {os.path.join(out_dir, 'report.md')}"
+    )
     return 0
 
 
@@ -205,39 +227,55 @@ def _inspect(args) -> int:
         ops[n["op"]] = ops.get(n["op"], 0) + 1
     tensors = []
     for name, t in a.tensors.items():
-        tensors.append({
-            "name": name, "encoding": t.encoding, "shape": list(t.shape),
-            "stored_bytes": t.stored_bytes,
-            "bits_per_value": 8 * t.stored_bytes / t.size if t.size else 0.0,
-            "kernel": rt.plan.get(name),
-        })
+        tensors.append(
+            {
+                "name": name,
+                "encoding": t.encoding,
+                "shape": list(t.shape),
+                "stored_bytes": t.stored_bytes,
+                "bits_per_value": 8 * t.stored_bytes / t.size if t.size else 0.0,
+                "kernel": rt.plan.get(name),
+            }
+        )
     out = {
-        "artifact": a.path, "file_bytes": a.file_bytes,
+        "artifact": a.path,
+        "file_bytes": a.file_bytes,
         "format_version": a.manifest.get("format_version"),
         "checksums": "verified (manifest sha256 and every part's sha256)",
-        "input_shape": list(a.sample_input.shape), "output_shape": list(a.sample_output.shape),
-        "graph_ops": ops, "nodes": len(a.graph["nodes"]), "tensors": tensors,
+        "input_shape": list(a.sample_input.shape),
+        "output_shape": list(a.sample_output.shape),
+        "graph_ops": ops,
+        "nodes": len(a.graph["nodes"]),
+        "tensors": tensors,
         "self_check": {"ok": chk.ok, "max_abs": chk.max_abs, "rel": chk.rel},
         "description": a.manifest.get("description", ""),
     }
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return 0 if chk.ok else 1
-    print(f"artifact {a.path}: {a.file_bytes} bytes, format version {out['format_version']}; "
-          f"checksums verified")
+    print(
+        f"artifact {a.path}: {a.file_bytes} bytes, format version {out['format_version']}; "
+        f"checksums verified"
+    )
     if out["description"]:
         print(f"description: {out['description']}")
-    print(f"input {tuple(a.sample_input.shape)} -> output {tuple(a.sample_output.shape)}; "
-          f"{out['nodes']} nodes: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())))
+    print(
+        f"input {tuple(a.sample_input.shape)} -> output {tuple(a.sample_output.shape)}; "
+        f"{out['nodes']} nodes: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))
+    )
     print()
     print("| tensor | encoding | shape | stored bytes | bits/value | kernel |")
     print("|---|---|---|---:|---:|---|")
     for t in tensors:
-        print(f"| {t['name']} | {t['encoding']} | {tuple(t['shape'])} | {t['stored_bytes']} | "
-              f"{t['bits_per_value']:.2f} | {t['kernel'] or '-'} |")
+        print(
+            f"| {t['name']} | {t['encoding']} | {tuple(t['shape'])} | {t['stored_bytes']} | "
+            f"{t['bits_per_value']:.2f} | {t['kernel'] or '-'} |"
+        )
     print()
-    print(f"self-check against the bundled output: {'passed' if chk.ok else 'FAILED'} "
-          f"(max |diff| {chk.max_abs:.3g}, relative {chk.rel:.3g})")
+    print(
+        f"self-check against the bundled output: {'passed' if chk.ok else 'FAILED'} "
+        f"(max |diff| {chk.max_abs:.3g}, relative {chk.rel:.3g})"
+    )
     return 0 if chk.ok else 1
 
 
@@ -256,10 +294,19 @@ def _bench(args) -> int:
         ds = load_dataset(args.dataset, data_dir=args.data_dir)
         x, y = ds.x_test[: args.limit], ds.y_test[: args.limit]
     links = [Link.mbit(m, rtt_ms=args.rtt_ms) for m in (args.link or [])]
-    rep = benchmark(args.artifact, x=x, y=y, devices=devices, batch=args.batch,
-                    warmup=args.warmup, iters=args.iters, num_threads=args.threads, links=links,
-                    split_edge=devices[0],
-                    split_accuracy_n=min(len(x), 200) if x is not None and links else 0)
+    rep = benchmark(
+        args.artifact,
+        x=x,
+        y=y,
+        devices=devices,
+        batch=args.batch,
+        warmup=args.warmup,
+        iters=args.iters,
+        num_threads=args.threads,
+        links=links,
+        split_edge=devices[0],
+        split_accuracy_n=min(len(x), 200) if x is not None and links else 0,
+    )
     print(rep.to_markdown())
     if args.json:
         from jaxcompress.study._stages import atomic_write
@@ -277,8 +324,11 @@ def _export(args) -> int:
     if os.path.isdir(src):
         if not os.path.isfile(os.path.join(src, "run.json")):
             raise JaxCompressValueError(f"export: {src!r} is a folder but not a jaxcompress run")
-        src = (os.path.join(src, "artifacts", f"{args.stage}.jcx") if args.stage
-               else os.path.join(src, "model.jcx"))
+        src = (
+            os.path.join(src, "artifacts", f"{args.stage}.jcx")
+            if args.stage
+            else os.path.join(src, "model.jcx")
+        )
         if not os.path.isfile(src):
             raise JaxCompressValueError(f"export: no artifact {src!r} in that run")
     elif args.stage:
@@ -300,8 +350,13 @@ def _export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxcompress`` command; returns the process exit code."""
     args = _build_parser().parse_args(argv)
-    commands = {"run": _run, "inspect": _inspect, "bench": _bench, "export": _export,
-                "recipes": lambda a: _recipes()}
+    commands = {
+        "run": _run,
+        "inspect": _inspect,
+        "bench": _bench,
+        "export": _export,
+        "recipes": lambda a: _recipes(),
+    }
     if args.command in commands:
         try:
             return commands[args.command](args)

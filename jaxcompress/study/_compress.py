@@ -26,9 +26,13 @@ def model_stage_chain(recipe) -> list[str]:
     return ["student"] + [s for s in ("distill", "prune", "quantize", "cluster") if s in recipe]
 
 
-def _adam(lr: float):
+def _adam(lr: float, spec: dict | None = None, epochs: int = 0, n_train: int = 0):
+    """Adam at ``lr``; with ``spec["schedule"] == "cosine"`` decayed over the section's steps."""
     import optax
 
+    if spec is not None and spec.get("schedule") == "cosine" and epochs:
+        steps = max(1, epochs * (n_train // spec["batch_size"]))
+        return optax.adam(optax.cosine_decay_schedule(lr, steps))
     return optax.adam(lr)
 
 
@@ -62,15 +66,17 @@ def tree_metrics(tree: Any) -> dict:
         if x.path not in kernels:
             continue
         w = kernels[x.path]
-        per_layer.append({
-            "path": x.path,
-            "shape": list(w.shape),
-            "n": x.n,
-            "sparsity": float(np.mean(w == 0)) if w.size else 0.0,
-            "encoding": x.encoding,
-            "bits_per_weight": x.bits_per_weight,
-            "huffman_bits_per_weight": huff[x.path].bits_per_weight,
-        })
+        per_layer.append(
+            {
+                "path": x.path,
+                "shape": list(w.shape),
+                "n": x.n,
+                "sparsity": float(np.mean(w == 0)) if w.size else 0.0,
+                "encoding": x.encoding,
+                "bits_per_weight": x.bits_per_weight,
+                "huffman_bits_per_weight": huff[x.path].bits_per_weight,
+            }
+        )
     n_w = sum(layer["n"] for layer in per_layer)
     w_bits = sum(x.total_bits for x in rep.leaves if x.path in kernels)
     return {
@@ -110,12 +116,21 @@ def run_model_stage(study, recipe, name: str, prev: Any, teacher) -> tuple[Any, 
     progress = study.progress
     key = study.key(name)
     data = _train_data(study)
+    n = len(data[0])
     info: dict = {}
     if name in ("teacher", "student"):
         spec = recipe[name]
         apply_fn, params = study.model(name)
-        res = fit(apply_fn, params, data, optimizer=_adam(spec["lr"]), epochs=spec["epochs"],
-                  batch_size=spec["batch_size"], key=key, progress=progress)
+        res = fit(
+            apply_fn,
+            params,
+            data,
+            optimizer=_adam(spec["lr"], spec, spec["epochs"], n),
+            epochs=spec["epochs"],
+            batch_size=spec["batch_size"],
+            key=key,
+            progress=progress,
+        )
         tree = res.params
         info = {"epochs": spec["epochs"], "lr": spec["lr"], "model": spec["model"]}
     else:
@@ -126,9 +141,20 @@ def run_model_stage(study, recipe, name: str, prev: Any, teacher) -> tuple[Any, 
         d = recipe["distill"]
         _, fresh = study.model("student")  # distillation trains the student from its init
         t_apply, t_params = teacher
-        res = distill(apply_fn, fresh, t_apply, t_params, data, optimizer=_adam(d["lr"]),
-                      epochs=d["epochs"], batch_size=d["batch_size"], key=key,
-                      temperature=d["temperature"], alpha=d["alpha"], progress=progress)
+        res = distill(
+            apply_fn,
+            fresh,
+            t_apply,
+            t_params,
+            data,
+            optimizer=_adam(d["lr"], d, d["epochs"], n),
+            epochs=d["epochs"],
+            batch_size=d["batch_size"],
+            key=key,
+            temperature=d["temperature"],
+            alpha=d["alpha"],
+            progress=progress,
+        )
         tree = res.params
         info = {k: d[k] for k in ("temperature", "alpha", "epochs", "lr")}
     elif name == "prune":
@@ -153,20 +179,30 @@ def _prune(p: dict, apply_fn, params, data, key, progress):
     from jaxcompress.training import fit
 
     method = p["method"]
-    info = {"method": method, "rounds": p["rounds"], "epochs_per_round": p["epochs"],
-            "lr": p["lr"]}
+    info = {"method": method, "rounds": p["rounds"], "epochs_per_round": p["epochs"], "lr": p["lr"]}
     if method == "magnitude":
         target = p["sparsity"]
         info["sparsity"] = target
         info["scope"] = p["scope"]
         res = pruning.iterative_pruning(
-            apply_fn, params, data, target=target, rounds=p["rounds"],
-            epochs_per_round=p["epochs"], optimizer=_adam(p["lr"]), batch_size=p["batch_size"],
-            key=key, scope=p["scope"], where=_where(p["where"]), progress=progress)
+            apply_fn,
+            params,
+            data,
+            target=target,
+            rounds=p["rounds"],
+            epochs_per_round=p["epochs"],
+            optimizer=_adam(p["lr"], p, p["epochs"], len(data[0])),
+            batch_size=p["batch_size"],
+            key=key,
+            scope=p["scope"],
+            where=_where(p["where"]),
+            progress=progress,
+        )
         return res.params, info
     # threshold (Han et al. 2015: |w| < quality * std(layer)) and N:M: masks, then masked retrain
     info["quality" if method == "threshold" else "n:m"] = (
-        p["quality"] if method == "threshold" else f"{p['n']}:{p['m']}")
+        p["quality"] if method == "threshold" else f"{p['n']}:{p['m']}"
+    )
     for r in range(p["rounds"] if method == "threshold" else 1):
         if method == "threshold":
             masks = _threshold_masks(params, p["quality"], p["where"])
@@ -174,10 +210,19 @@ def _prune(p: dict, apply_fn, params, data, key, progress):
             masks = pruning.nm_masks(params, p["n"], p["m"], where=_where(p["where"]))
         params = pruning.apply_masks(params, masks)
         if p["epochs"]:
-            opt = optax.chain(_adam(p["lr"]), pruning.fixed_masks(masks))
-            params = fit(apply_fn, params, data, optimizer=opt, epochs=p["epochs"],
-                         batch_size=p["batch_size"], key=jax.random.fold_in(key, r),
-                         progress=progress).params
+            opt = optax.chain(
+                _adam(p["lr"], p, p["epochs"], len(data[0])), pruning.fixed_masks(masks)
+            )
+            params = fit(
+                apply_fn,
+                params,
+                data,
+                optimizer=opt,
+                epochs=p["epochs"],
+                batch_size=p["batch_size"],
+                key=jax.random.fold_in(key, r),
+                progress=progress,
+            ).params
     return params, info
 
 
@@ -205,15 +250,34 @@ def _quantize(q: dict, apply_fn, params, data, key, progress):
     from jaxcompress.quantization import fake_quantize, quantize_params
     from jaxcompress.training import fit
 
-    kw = {"bits": q["bits"], "scheme": q["scheme"], "axis": q["axis"],
-          "group_size": q["group_size"] or None, "where": _where(q["where"])}
+    kw = {
+        "bits": q["bits"],
+        "scheme": q["scheme"],
+        "axis": q["axis"],
+        "group_size": q["group_size"] or None,
+        "where": _where(q["where"]),
+    }
     if q["qat_epochs"]:
-        opt = optax.chain(_adam(q["lr"]), pruning.fixed_masks(_keep_masks(params)))
-        params = fit(apply_fn, params, data, optimizer=opt, epochs=q["qat_epochs"],
-                     batch_size=q["batch_size"], key=key, param_transform=fake_quantize(**kw),
-                     progress=progress).params
-    tree = quantize_params(params, group_fallback="per_channel", **kw) if kw["group_size"] \
+        opt = optax.chain(
+            _adam(q["lr"], q, q["qat_epochs"], len(data[0])),
+            pruning.fixed_masks(_keep_masks(params)),
+        )
+        params = fit(
+            apply_fn,
+            params,
+            data,
+            optimizer=opt,
+            epochs=q["qat_epochs"],
+            batch_size=q["batch_size"],
+            key=key,
+            param_transform=fake_quantize(**kw),
+            progress=progress,
+        ).params
+    tree = (
+        quantize_params(params, group_fallback="per_channel", **kw)
+        if kw["group_size"]
         else quantize_params(params, **kw)
+    )
     return tree, dict(kw, where=q["where"], qat_epochs=q["qat_epochs"])
 
 
@@ -230,12 +294,26 @@ def _cluster(c: dict, apply_fn, params, data, key, progress):
 
     ct = cluster(params, bits=c["bits"], init=c["init"], key=key, where=_where(c["where"]))
     if c["finetune_epochs"]:
-        opt = optax.chain(centroid_finetuning(ct), _adam(c["lr"]))
-        res = fit(apply_fn, shared_params(ct), data, optimizer=opt, epochs=c["finetune_epochs"],
-                  batch_size=c["batch_size"], key=key, progress=progress)
+        opt = optax.chain(
+            centroid_finetuning(ct), _adam(c["lr"], c, c["finetune_epochs"], len(data[0]))
+        )
+        res = fit(
+            apply_fn,
+            shared_params(ct),
+            data,
+            optimizer=opt,
+            epochs=c["finetune_epochs"],
+            batch_size=c["batch_size"],
+            key=key,
+            progress=progress,
+        )
         ct = update_codebooks(ct, res.params)
-    return ct, {"bits": c["bits"], "init": c["init"], "where": c["where"],
-                "finetune_epochs": c["finetune_epochs"]}
+    return ct, {
+        "bits": c["bits"],
+        "init": c["init"],
+        "where": c["where"],
+        "finetune_epochs": c["finetune_epochs"],
+    }
 
 
 # -- Deep Compression storage accounting ------------------------------------------------------------
@@ -309,11 +387,18 @@ def deep_compression_sizes(study) -> dict:
         pruned_bits += p_bits
         clustered_bits += c_bits
         huffman_total += h_bits
-        layers.append({
-            "path": path, "weights": int(w.size), "nonzero": int(np.count_nonzero(flat)),
-            "entries_with_fillers": int(n_e), "kept_pct": 100 * np.count_nonzero(flat) / w.size,
-            "pruned_bytes": p_bits / 8, "clustered_bytes": c_bits / 8, "huffman_bytes": h_bits / 8,
-        })
+        layers.append(
+            {
+                "path": path,
+                "weights": int(w.size),
+                "nonzero": int(np.count_nonzero(flat)),
+                "entries_with_fillers": int(n_e),
+                "kept_pct": 100 * np.count_nonzero(flat) / w.size,
+                "pruned_bytes": p_bits / 8,
+                "clustered_bytes": c_bits / 8,
+                "huffman_bytes": h_bits / 8,
+            }
+        )
     kb = 8 * 1000
     return {
         "index_bits": ib,
@@ -348,8 +433,12 @@ def _clustered_by_path(tree) -> dict:
 
 
 # -- sweeps ------------------------------------------------------------------------------------------
-def pareto_front(points: list[dict], *, maximize: str = "accuracy",
-                 minimize: tuple[str, ...] = ("artifact_bytes",)) -> list[bool]:
+def pareto_front(
+    points: list[dict],
+    *,
+    maximize: str = "accuracy",
+    minimize: tuple[str, ...] = ("artifact_bytes",),
+) -> list[bool]:
     """For each point, whether no other point is at least as good on every objective and better
     on one (``maximize`` one key, ``minimize`` the others)."""
     flags = []
@@ -383,15 +472,20 @@ def run_sweep(study, apply_fn, teacher) -> list[dict]:
     for i, v in bar:
         name = f"sweep_{i:02d}"
 
-        def one(v=v, i=i):
+        def one(v=v, name=name):
             rv = r.with_value(sw["key"], v)
             tree = study.state(base)
             m = {}
             for st in chain[start:]:
                 tree, m = run_model_stage(study, rv, st, tree, teacher)
-            point = {"value": v, "accuracy": m["accuracy"], "error_pct": m["error_pct"],
-                     "sparsity": m["sparsity"], "weight_bits_per_weight":
-                     m["weight_bits_per_weight"], "storage_bytes": m["storage_bytes"]}
+            point = {
+                "value": v,
+                "accuracy": m["accuracy"],
+                "error_pct": m["error_pct"],
+                "sparsity": m["sparsity"],
+                "weight_bits_per_weight": m["weight_bits_per_weight"],
+                "storage_bytes": m["storage_bytes"],
+            }
             if r.get("export", {"enabled": True})["enabled"]:
                 point.update(_export_and_time(study, apply_fn, tree, name))
             else:
@@ -402,8 +496,7 @@ def run_sweep(study, apply_fn, teacher) -> list[dict]:
         points[-1] = study.stage_metrics[name]
     flags = pareto_front(points)
     lat_key = "latency_p50_ms" if all("latency_p50_ms" in p for p in points) else None
-    flags3 = (pareto_front(points, minimize=("artifact_bytes", lat_key)) if lat_key
-              else flags)
+    flags3 = pareto_front(points, minimize=("artifact_bytes", lat_key)) if lat_key else flags
     for p, f, f3 in zip(points, flags, flags3, strict=True):
         p["pareto_size"] = f
         p["pareto_size_latency"] = f3
@@ -422,8 +515,13 @@ def _export_and_time(study, apply_fn, tree, name) -> dict:
     out = {"artifact_bytes": info.file_bytes, "artifact_bits_per_weight": info.bits_per_weight}
     if e is not None and e["enabled"]:
         devices = [get_profile(d) for d in e["devices"][:1]]
-        rep = benchmark(path, devices=devices, warmup=min(5, e["warmup"]),
-                        iters=max(10, e["iters"] // 4), num_threads=e["threads"]).to_dict()
+        rep = benchmark(
+            path,
+            devices=devices,
+            warmup=min(5, e["warmup"]),
+            iters=max(10, e["iters"] // 4),
+            num_threads=e["threads"],
+        ).to_dict()
         out["latency_p50_ms"] = 1e3 * rep["latency_measured_host"]["p50"]
         out["latency_p90_ms"] = 1e3 * rep["latency_measured_host"]["p90"]
         dev = e["devices"][0] if e["devices"] else None
@@ -431,4 +529,3 @@ def _export_and_time(study, apply_fn, tree, name) -> dict:
             out["projected_device"] = dev
             out["projected_ms"] = 1e3 * rep["projected"][dev]["total_s"]
     return out
-

@@ -24,9 +24,9 @@ def _plt():
 
 
 def _save(fig, folder: str, name: str, out: list[str]) -> None:
-    from jaxcompress.study._stages import atomic_write
-
     import io
+
+    from jaxcompress.study._stages import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -45,8 +45,11 @@ def make_plots(rep: dict, folder: str) -> list[str]:
 
     for xkey, xlabel, fname in (
         ("sparsity", "sparsity of the weights (%)", "accuracy_vs_sparsity.png"),
-        ("weight_bits_per_weight", "bits per weight (codes + scales/codebooks)",
-         "accuracy_vs_bits.png"),
+        (
+            "weight_bits_per_weight",
+            "bits per weight (codes + scales/codebooks)",
+            "accuracy_vs_bits.png",
+        ),
     ):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         scale = 100 if xkey == "sparsity" else 1
@@ -57,8 +60,14 @@ def make_plots(rep: dict, folder: str) -> list[str]:
             ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         if sweep:
             pts = sweep["points"]
-            ax.scatter([scale * p[xkey] for p in pts], [100 * p["accuracy"] for p in pts],
-                       marker="s", color="tab:orange", label=f"sweep {sweep['key']}", zorder=3)
+            ax.scatter(
+                [scale * p[xkey] for p in pts],
+                [100 * p["accuracy"] for p in pts],
+                marker="s",
+                color="tab:orange",
+                label=f"sweep {sweep['key']}",
+                zorder=3,
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{rep['name']}: accuracy vs {xkey.split('_')[0] if scale == 100 else 'bits'}")
@@ -99,10 +108,12 @@ def make_plots(rep: dict, folder: str) -> list[str]:
         axes[0].bar(lnames, [100 * la["sparsity"] for la in layers], color="tab:red")
         axes[0].set_ylabel("sparsity (%)")
         axes[0].set_title(f"per-layer sparsity ({rep['final_stage']})")
-        axes[1].bar(lnames, [la["bits_per_weight"] for la in layers], color="tab:cyan",
-                    label="fixed width")
-        axes[1].plot(lnames, [la["huffman_bits_per_weight"] for la in layers], "ko",
-                     label="Huffman")
+        axes[1].bar(
+            lnames, [la["bits_per_weight"] for la in layers], color="tab:cyan", label="fixed width"
+        )
+        axes[1].plot(
+            lnames, [la["huffman_bits_per_weight"] for la in layers], "ko", label="Huffman"
+        )
         axes[1].set_ylabel("bits per weight")
         axes[1].set_title("per-layer bits per weight")
         axes[1].legend(fontsize=8)
@@ -118,19 +129,26 @@ def make_plots(rep: dict, folder: str) -> list[str]:
         axes = axes if has_lat else [axes]
         panels = [("artifact_bytes", 1e-3, "artifact size (KB)", "pareto_size")]
         if has_lat:
-            panels.append(("latency_p50_ms", 1.0, "latency p50 on this host (ms)",
-                           "pareto_size_latency"))
+            panels.append(
+                ("latency_p50_ms", 1.0, "latency p50 on this host (ms)", "pareto_size_latency")
+            )
         for ax, (k, sc, label, flag) in zip(axes, panels, strict=True):
             xs = [sc * p[k] for p in pts]
             ys = [100 * p["accuracy"] for p in pts]
             front = sorted((x, y) for x, y, p in zip(xs, ys, pts, strict=True) if p[flag])
             ax.scatter(xs, ys, color="tab:gray", label="sweep points")
             if front:
-                ax.plot([f[0] for f in front], [f[1] for f in front], "o-", color="tab:red",
-                        label="Pareto front")
+                ax.plot(
+                    [f[0] for f in front],
+                    [f[1] for f in front],
+                    "o-",
+                    color="tab:red",
+                    label="Pareto front",
+                )
             for x, y, p in zip(xs, ys, pts, strict=True):
-                ax.annotate(str(p["value"]), (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8)
+                ax.annotate(
+                    str(p["value"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
             ax.set_xlabel(label)
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)

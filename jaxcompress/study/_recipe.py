@@ -10,9 +10,12 @@ dataset, an unknown device profile, a sweep over a key the recipe does not use, 
 
     [study]     name, seed, dataset ("mnist1d" | "mnist" | "fashion_mnist"), data_dir,
                 train_limit, test_limit, description
-    [teacher]   model, hidden, dropout, epochs, lr, batch_size            (optional)
-    [student]   model, hidden, dropout, epochs, lr, batch_size            (required)
+    [teacher]   model, hidden, dropout, epochs, lr, batch_size, schedule (optional)
+    [student]   model, hidden, dropout, epochs, lr, batch_size, schedule (required)
     [distill]   temperature, alpha, epochs, lr, batch_size                (optional, needs teacher)
+
+Every training section also takes ``schedule = "constant" | "cosine"`` (learning-rate decay over
+the section's steps).
     [prune]     method ("magnitude" | "threshold" | "nm"), sparsity (float or {regex = s}),
                 scope, quality (float or {regex = q}), n, m, where, rounds, epochs, lr,
                 batch_size                                                (optional)
@@ -106,6 +109,7 @@ _TRAIN = {
     "epochs": _Key((_I,), 10, lo=0),
     "lr": _Key((_F,), 1e-3, lo=0.0),
     "batch_size": _Key((_I,), 100, lo=1),
+    "schedule": _Key((_S,), "constant", ("constant", "cosine")),
 }
 
 SCHEMA: dict[str, dict[str, _Key]] = {
@@ -126,6 +130,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "epochs": _Key((_I,), 10, lo=0),
         "lr": _Key((_F,), 1e-3, lo=0.0),
         "batch_size": _Key((_I,), 100, lo=1),
+        "schedule": _Key((_S,), "constant", ("constant", "cosine")),
     },
     "prune": {
         "method": _Key((_S,), "magnitude", ("magnitude", "threshold", "nm")),
@@ -139,6 +144,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "epochs": _Key((_I,), 1, lo=0),
         "lr": _Key((_F,), 1e-4, lo=0.0),
         "batch_size": _Key((_I,), 100, lo=1),
+        "schedule": _Key((_S,), "constant", ("constant", "cosine")),
     },
     "quantize": {
         "bits": _Key((_I,), 8, lo=2, hi=8),
@@ -149,6 +155,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "qat_epochs": _Key((_I,), 0, lo=0),
         "lr": _Key((_F,), 1e-4, lo=0.0),
         "batch_size": _Key((_I,), 100, lo=1),
+        "schedule": _Key((_S,), "constant", ("constant", "cosine")),
     },
     "cluster": {
         "bits": _Key((_I,), 5, lo=1, hi=8),
@@ -157,6 +164,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "finetune_epochs": _Key((_I,), 0, lo=0),
         "lr": _Key((_F,), 1e-4, lo=0.0),
         "batch_size": _Key((_I,), 100, lo=1),
+        "schedule": _Key((_S,), "constant", ("constant", "cosine")),
         "index_bits": _Key((_I,), 5, lo=1, hi=16),
     },
     "export": {"enabled": _Key((_B,), True)},
@@ -269,8 +277,14 @@ def _fail(source: str, key: str, msg: str) -> RecipeError:
 
 
 def _type_name(types: tuple) -> str:
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array",
-             dict: "table"}
+    names = {
+        int: "integer",
+        float: "number",
+        str: "string",
+        bool: "boolean",
+        list: "array",
+        dict: "table",
+    }
     return " or ".join(names[t] for t in types)
 
 
@@ -300,8 +314,9 @@ def _check_value(source: str, dotted: str, spec: _Key, v: Any) -> Any:
         for i, x in enumerate(v):
             it = spec.item
             if it is not None:
-                x = _check_scalar(source, f"{dotted}[{i}]", dataclasses.replace(spec, choices=None),
-                                  x, (it,))
+                x = _check_scalar(
+                    source, f"{dotted}[{i}]", dataclasses.replace(spec, choices=None), x, (it,)
+                )
             out.append(x)
         return out
     if isinstance(v, dict) and dict in spec.types:
@@ -310,8 +325,9 @@ def _check_value(source: str, dotted: str, spec: _Key, v: Any) -> Any:
             x = _check_scalar(source, f"{dotted}.{k}", spec, x, (spec.item,))
             out[k] = x
         return out
-    return _check_scalar(source, dotted, spec, v, tuple(t for t in spec.types if t not in
-                                                         (list, dict)) or spec.types)
+    return _check_scalar(
+        source, dotted, spec, v, tuple(t for t in spec.types if t not in (list, dict)) or spec.types
+    )
 
 
 def parse_recipe(raw: Mapping, *, source: str = "<string>", check_profiles: bool = True) -> Recipe:
@@ -332,8 +348,7 @@ def parse_recipe(raw: Mapping, *, source: str = "<string>", check_profiles: bool
         out = {}
         for key, v in body.items():
             if key not in schema:
-                raise _fail(source, f"{sec}.{key}",
-                            f"unknown key; [{sec}] takes {sorted(schema)}")
+                raise _fail(source, f"{sec}.{key}", f"unknown key; [{sec}] takes {sorted(schema)}")
             out[key] = _check_value(source, f"{sec}.{key}", schema[key], v)
         for key, spec in schema.items():
             if key not in out:
@@ -357,19 +372,26 @@ def _check_model(source: str, sec: str, body: dict, dataset: str) -> None:
         raise _fail(source, f"{sec}.model", f"required; one of {list(MODELS)}")
     fits = MODELS[body["model"]]
     if dataset not in fits:
-        raise _fail(source, f"{sec}.model",
-                    f"{body['model']!r} does not fit study.dataset={dataset!r} (fits {list(fits)})")
+        raise _fail(
+            source,
+            f"{sec}.model",
+            f"{body['model']!r} does not fit study.dataset={dataset!r} (fits {list(fits)})",
+        )
     if body["hidden"] is not None:
         if body["model"] != "mlp":
-            raise _fail(source, f"{sec}.hidden", f"only model = \"mlp\" takes hidden widths, "
-                        f"not {body['model']!r}")
+            raise _fail(
+                source,
+                f"{sec}.hidden",
+                f'only model = "mlp" takes hidden widths, not {body["model"]!r}',
+            )
         if not body["hidden"] or any(h < 1 for h in body["hidden"]):
             raise _fail(source, f"{sec}.hidden", "must be a non-empty list of positive widths")
     elif body["model"] == "mlp":
-        raise _fail(source, f"{sec}.hidden", "model = \"mlp\" needs hidden = [widths...]")
+        raise _fail(source, f"{sec}.hidden", 'model = "mlp" needs hidden = [widths...]')
     if body["dropout"] and body["model"] != "mlp":
-        raise _fail(source, f"{sec}.dropout", f"only model = \"mlp\" has dropout, not "
-                    f"{body['model']!r}")
+        raise _fail(
+            source, f"{sec}.dropout", f'only model = "mlp" has dropout, not {body["model"]!r}'
+        )
 
 
 def _check_combinations(source: str, s: dict, *, check_profiles: bool) -> None:
@@ -390,9 +412,9 @@ def _check_combinations(source: str, s: dict, *, check_profiles: bool) -> None:
     if p is not None:
         m = p["method"]
         if m == "magnitude" and p["sparsity"] is None:
-            raise _fail(source, "prune.sparsity", "method = \"magnitude\" needs a sparsity")
+            raise _fail(source, "prune.sparsity", 'method = "magnitude" needs a sparsity')
         if m == "threshold" and p["quality"] is None:
-            raise _fail(source, "prune.quality", "method = \"threshold\" needs a quality")
+            raise _fail(source, "prune.quality", 'method = "threshold" needs a quality')
         if m != "magnitude" and p["sparsity"] is not None:
             raise _fail(source, "prune.sparsity", f"method = {m!r} takes no sparsity")
         if m != "threshold" and p["quality"] is not None:
@@ -400,7 +422,7 @@ def _check_combinations(source: str, s: dict, *, check_profiles: bool) -> None:
         if m == "nm" and p["n"] >= p["m"]:
             raise _fail(source, "prune.n", f"n={p['n']} must be < m={p['m']}")
         if isinstance(p["sparsity"], dict) and p["scope"] == "global":
-            raise _fail(source, "prune.scope", "a per-layer sparsity table needs scope = \"layer\"")
+            raise _fail(source, "prune.scope", 'a per-layer sparsity table needs scope = "layer"')
     import re
 
     for sec in ("prune", "quantize", "cluster"):
@@ -415,28 +437,37 @@ def _check_combinations(source: str, s: dict, *, check_profiles: bool) -> None:
     e = s.get("edge")
     ex = s.get("export", {"enabled": True})
     if e is not None and e["enabled"] and not ex["enabled"]:
-        raise _fail(source, "edge", "edge evaluation runs the exported artifact; "
-                    "it needs export.enabled = true")
+        raise _fail(
+            source,
+            "edge",
+            "edge evaluation runs the exported artifact; it needs export.enabled = true",
+        )
     if e is not None and check_profiles:
         from jaxcompress.edge import available_profiles
 
         known = available_profiles()
         for i, d in enumerate(e["devices"]):
             if d not in known:
-                raise _fail(source, f"edge.devices[{i}]",
-                            f"unknown device profile {d!r}; known: {list(known)}")
+                raise _fail(
+                    source,
+                    f"edge.devices[{i}]",
+                    f"unknown device profile {d!r}; known: {list(known)}",
+                )
         if e["split_edge"] not in known:
-            raise _fail(source, "edge.split_edge",
-                        f"unknown device profile {e['split_edge']!r}; known: {list(known)}")
+            raise _fail(
+                source,
+                "edge.split_edge",
+                f"unknown device profile {e['split_edge']!r}; known: {list(known)}",
+            )
     sw = s.get("sweep")
     if sw is not None:
         key, values = sw["key"], sw["values"]
         if key is None:
-            raise _fail(source, "sweep.key", "required, e.g. \"prune.sparsity\"")
+            raise _fail(source, "sweep.key", 'required, e.g. "prune.sparsity"')
         if not values:
             raise _fail(source, "sweep.values", "must be a non-empty list")
         if "." not in key:
-            raise _fail(source, "sweep.key", f"{key!r} must be \"section.key\"")
+            raise _fail(source, "sweep.key", f'{key!r} must be "section.key"')
         sec, k = key.split(".", 1)
         if sec not in SWEEPABLE:
             raise _fail(source, "sweep.key", f"can only sweep a key of {list(SWEEPABLE)}")
@@ -449,14 +480,16 @@ def _check_combinations(source: str, s: dict, *, check_profiles: bool) -> None:
             v = _check_value(source, f"sweep.values[{i}]", spec, v)
             trial = copy.deepcopy(s)
             trial[sec][k] = v
-            _check_combinations(source, {kk: vv for kk, vv in trial.items() if kk != "sweep"},
-                                check_profiles=False)
+            _check_combinations(
+                source, {kk: vv for kk, vv in trial.items() if kk != "sweep"}, check_profiles=False
+            )
     pa = s.get("paper")
     if pa is not None:
         for k in pa["values"]:
             if k not in PAPER_METRICS:
-                raise _fail(source, f"paper.values.{k}",
-                            f"unknown metric; known: {sorted(PAPER_METRICS)}")
+                raise _fail(
+                    source, f"paper.values.{k}", f"unknown metric; known: {sorted(PAPER_METRICS)}"
+                )
 
 
 def load_recipe(path: str | os.PathLike | None = None, *, check_profiles: bool = True) -> Recipe:
@@ -496,6 +529,7 @@ def shipped_recipe_path(name: str) -> str:
     root = resources.files("jaxcompress.study") / "recipes"
     p = root / f"{name}.toml"
     if not p.is_file():
-        raise RecipeError(f"recipe {name!r}: no shipped recipe of that name; "
-                          f"shipped: {list(shipped_recipes())}")
+        raise RecipeError(
+            f"recipe {name!r}: no shipped recipe of that name; shipped: {list(shipped_recipes())}"
+        )
     return os.fspath(p)

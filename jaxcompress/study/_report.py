@@ -153,8 +153,11 @@ def to_markdown(rep: dict) -> str:
         f"- machine: {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable); "
         + ", ".join(f"{k} {v}" for k, v in ver.items()),
         f"- finished {rep['finished']}; stage time {total:.1f} s"
-        + (f" (resumed stages: {', '.join(rep['resumed_stages'])})" if rep["resumed_stages"]
-           else ""),
+        + (
+            f" (resumed stages: {', '.join(rep['resumed_stages'])})"
+            if rep["resumed_stages"]
+            else ""
+        ),
         "",
     ]
     dev_names: list[str] = []
@@ -162,8 +165,10 @@ def to_markdown(rep: dict) -> str:
         for d in row.get("projected_ms", {}):
             if d not in dev_names and d != "host":
                 dev_names.append(d)
-    hdr = ("| stage | test acc % | errors | sparsity % | bits/weight | weights KB | "
-           "artifact KB | latency p50 ms | p90 ms |")
+    hdr = (
+        "| stage | test acc % | errors | sparsity % | bits/weight | weights KB | "
+        "artifact KB | latency p50 ms | p90 ms |"
+    )
     sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for d in dev_names:
         hdr += f" {d} ms (projected) |"
@@ -264,8 +269,11 @@ def to_markdown(rep: dict) -> str:
             out.append(f"| runtime top-1 (n={acc['n']}) | {acc['accuracy']:.4f} |")
             if acc.get("relative") is not None:
                 out.append(f"| relative to float model | {acc['relative']:.4f} |")
-        out += ["", "| device | latency ms (projected) | energy mJ (estimate) | fits |",
-                "|---|---:|---:|---|"]
+        out += [
+            "",
+            "| device | latency ms (projected) | energy mJ (estimate) | fits |",
+            "|---|---:|---:|---|",
+        ]
         for k, p in ed["projected"].items():
             e = "-" if p["energy_j"] is None else f"{1e3 * p['energy_j']:.4f}"
             out.append(f"| {k} | {1e3 * p['total_s']:.4f} | {e} | {ed['fits'][k]['message']} |")
@@ -281,8 +289,10 @@ def to_markdown(rep: dict) -> str:
                 "|---|---:|---:|",
             ]
             for row in s["rows"]:
-                out.append(f"| {row.get('label')} | {_f(1e3 * row['total_s'], '.3f')} | "
-                           f"{row.get('sent_bytes')} |")
+                out.append(
+                    f"| {row.get('label')} | {_f(1e3 * row['total_s'], '.3f')} | "
+                    f"{row.get('sent_bytes')} |"
+                )
         out.append("")
     sw = rep.get("sweep")
     if sw:
@@ -297,8 +307,11 @@ def to_markdown(rep: dict) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for p in sw["points"]:
-            mark = "**" if p["pareto_size"] and p["pareto_size_latency"] else (
-                "*" if p["pareto_size"] else "")
+            mark = (
+                "**"
+                if p["pareto_size"] and p["pareto_size_latency"]
+                else ("*" if p["pareto_size"] else "")
+            )
             out.append(
                 f"| {p['value']} | {100 * p['accuracy']:.2f} | {100 * p['sparsity']:.1f} | "
                 f"{p['weight_bits_per_weight']:.2f} | {_kb(p.get('artifact_bytes'))} | "

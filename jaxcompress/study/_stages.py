@@ -222,8 +222,14 @@ class Study:
       quiet: no stage log lines on stderr.
     """
 
-    def __init__(self, recipe: Recipe, out_dir: str | os.PathLike, *, progress: bool = True,
-                 quiet: bool = False):
+    def __init__(
+        self,
+        recipe: Recipe,
+        out_dir: str | os.PathLike,
+        *,
+        progress: bool = True,
+        quiet: bool = False,
+    ):
         self.recipe = recipe
         self.out = os.path.abspath(os.fspath(out_dir))
         self.progress = progress
@@ -306,8 +312,18 @@ class Study:
         seconds = time.perf_counter() - t0
         if state is not None:
             atomic_write(blob, pickle.dumps(_to_numpy(state), protocol=pickle.HIGHEST_PROTOCOL))
-        atomic_write(marker, _json({"stage": name, "seconds": seconds, "finished": _now(),
-                                    "has_state": state is not None, "metrics": metrics}))
+        atomic_write(
+            marker,
+            _json(
+                {
+                    "stage": name,
+                    "seconds": seconds,
+                    "finished": _now(),
+                    "has_state": state is not None,
+                    "metrics": metrics,
+                }
+            ),
+        )
         self.stage_metrics[name] = json.loads(_json(metrics))
         self.timings[name] = seconds
         self._say(f"stage {name}: done in {seconds:.1f} s")
@@ -346,8 +362,7 @@ class Study:
     def key(self, name: str):
         import jax
 
-        return jax.random.fold_in(jax.random.key(self.recipe["study"]["seed"]),
-                                  sum(map(ord, name)))
+        return jax.random.fold_in(jax.random.key(self.recipe["study"]["seed"]), sum(map(ord, name)))
 
     def model(self, sec: str):
         ds = self.data
@@ -361,8 +376,12 @@ class Study:
         ds = self.data
         acc = float(evaluate(apply_fn, dequantize_params(tree), ds.x_test, ds.y_test))
         n = len(ds.y_test)
-        return {"accuracy": acc, "error_pct": 100 * (1 - acc),
-                "errors": int(round((1 - acc) * n)), "n_test": n}
+        return {
+            "accuracy": acc,
+            "error_pct": 100 * (1 - acc),
+            "errors": int(round((1 - acc) * n)),
+            "n_test": n,
+        }
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -436,8 +455,13 @@ class Study:
         for name in chain:
             path = self._p("artifacts", f"{name}.jcx")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            info = save(path, apply_fn, self.state(name),
-                        x, description=f"jaxcompress run {self.recipe.name}: {name}")
+            info = save(
+                path,
+                apply_fn,
+                self.state(name),
+                x,
+                description=f"jaxcompress run {self.recipe.name}: {name}",
+            )
             out[name] = {
                 "path": os.path.relpath(path, self.out),
                 "file_bytes": info.file_bytes,
@@ -465,13 +489,18 @@ class Study:
         dense_acc = self.stage_metrics.get("student", {}).get("accuracy")
         per_stage = {}
         for name in tqdm(chain, desc="edge: latency per stage", disable=not self.progress):
-            rep = benchmark(self._p("artifacts", f"{name}.jcx"), devices=devices,
-                            warmup=min(e["warmup"], 5), iters=max(10, e["iters"] // 2),
-                            num_threads=e["threads"])
+            rep = benchmark(
+                self._p("artifacts", f"{name}.jcx"),
+                devices=devices,
+                warmup=min(e["warmup"], 5),
+                iters=max(10, e["iters"] // 2),
+                num_threads=e["threads"],
+            )
             d = rep.to_dict()
             per_stage[name] = {
-                "latency_ms": {k: 1e3 * d["latency_measured_host"][k]
-                               for k in ("p50", "p90", "p99", "mean")},
+                "latency_ms": {
+                    k: 1e3 * d["latency_measured_host"][k] for k in ("p50", "p90", "p99", "mean")
+                },
                 "projected_ms": {k: 1e3 * v["total_s"] for k, v in d["projected"].items()},
                 "artifact_bytes": d["size"]["artifact_bytes"],
                 "memory": d["memory"],
@@ -512,9 +541,15 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def run_study(recipe: Recipe | str | os.PathLike | None = None, out_dir=None, *,
-              dataset: str | None = None, data_dir: str | None = None,
-              progress: bool = True, quiet: bool = False) -> dict:
+def run_study(
+    recipe: Recipe | str | os.PathLike | None = None,
+    out_dir=None,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+) -> dict:
     """Run a study from a recipe (a :class:`Recipe`, a TOML path, or ``None`` for the default).
 
     Args:

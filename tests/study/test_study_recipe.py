@@ -78,20 +78,26 @@ def test_malformed_toml(tmp_path):
         ("[prune]\nsparsty = 0.5\n", r"prune\.sparsty", "unknown key"),
         ("[prunning]\nsparsity = 0.5\n", "prunning", "unknown section"),
         ("[prune]\nsparsity = 1.5\n", r"prune\.sparsity", "must be <"),
-        ("[prune]\nsparsity = \"half\"\n", r"prune\.sparsity", "expected number"),
-        ("[prune]\nmethod = \"nm\"\nn = 4\nm = 4\n", r"prune\.n", "must be < m"),
-        ("[prune]\nmethod = \"random\"\n", r"prune\.method", "not one of"),
-        ("[prune]\nsparsity = 0.5\nwhere = \"(\"\n", r"prune\.where", "regex"),
+        ('[prune]\nsparsity = "half"\n', r"prune\.sparsity", "expected number"),
+        ('[prune]\nmethod = "nm"\nn = 4\nm = 4\n', r"prune\.n", "must be < m"),
+        ('[prune]\nmethod = "random"\n', r"prune\.method", "not one of"),
+        ('[prune]\nsparsity = 0.5\nwhere = "("\n', r"prune\.where", "regex"),
         ("[quantize]\nbits = 4\n[cluster]\nbits = 4\n", "cluster", "alternatives"),
         ("[distill]\ntemperature = 2.0\n", "distill", "needs a \\[teacher\\]"),
         ("[quantize]\nbits = 9\n", r"quantize\.bits", "must be <= 8"),
         ("[quantize]\nbits = true\n", r"quantize\.bits", "expected integer, got boolean"),
-        ("[edge]\ndevices = [\"rpi4\", \"rpi9\"]\n", r"edge\.devices\[1\]", "unknown device"),
-        ("[sweep]\nkey = \"prune.sparsity\"\nvalues = [0.5]\n", r"sweep\.key", "no \\[prune\\]"),
-        ("[prune]\nsparsity = 0.5\n[sweep]\nkey = \"prune.sparsity\"\nvalues = [0.5, 2.0]\n",
-         r"sweep\.values\[1\]", "must be <"),
-        ("[paper]\n[paper.values]\naccuracy_of_doom = 1.0\n", r"paper\.values\.accuracy_of_doom",
-         "unknown metric"),
+        ('[edge]\ndevices = ["rpi4", "rpi9"]\n', r"edge\.devices\[1\]", "unknown device"),
+        ('[sweep]\nkey = "prune.sparsity"\nvalues = [0.5]\n', r"sweep\.key", "no \\[prune\\]"),
+        (
+            '[prune]\nsparsity = 0.5\n[sweep]\nkey = "prune.sparsity"\nvalues = [0.5, 2.0]\n',
+            r"sweep\.values\[1\]",
+            "must be <",
+        ),
+        (
+            "[paper]\n[paper.values]\naccuracy_of_doom = 1.0\n",
+            r"paper\.values\.accuracy_of_doom",
+            "unknown metric",
+        ),
         ("[export]\nenabled = false\n[edge]\nthreads = 1\n", "edge", "needs export"),
     ],
 )
@@ -108,7 +114,7 @@ def test_model_must_fit_dataset(tmp_path):
 
 
 def test_missing_student(tmp_path):
-    p = _write(tmp_path, "[study]\nname = \"x\"\n", "s.toml")
+    p = _write(tmp_path, '[study]\nname = "x"\n', "s.toml")
     with pytest.raises(RecipeError, match=r"s\.toml: student: missing required section"):
         load_recipe(p)
 

@@ -70,8 +70,13 @@ def test_run_writes_folder_and_report(tiny_run):
     for f in ("report.md", "report.json", "recipe.toml", "run.json", "model.jcx"):
         assert (out / f).is_file(), f
     rep = json.loads((out / "report.json").read_text())
-    assert [s["stage"] for s in rep["stages"]] == ["teacher", "student", "distill", "prune",
-                                                   "quantize"]
+    assert [s["stage"] for s in rep["stages"]] == [
+        "teacher",
+        "student",
+        "distill",
+        "prune",
+        "quantize",
+    ]
     assert rep["seed"] == 3 and rep["versions"]["jax"] and rep["machine"]["cores"]
     assert set(rep["timings_s"]) >= {"teacher", "student", "prune", "quantize", "export", "edge"}
     final = rep["stages"][-1]
@@ -85,11 +90,18 @@ def test_run_writes_folder_and_report(tiny_run):
     assert [p["value"] for p in pts] == [2, 8] and any(p["pareto_size"] for p in pts)
     assert pts[0]["weight_bits_per_weight"] < pts[1]["weight_bits_per_weight"]
     md = (out / "report.md").read_text()
-    assert "## Results per stage" in md and "Pareto" in md and f"{100 * final['accuracy']:.2f}" in md
+    assert (
+        "## Results per stage" in md and "Pareto" in md and f"{100 * final['accuracy']:.2f}" in md
+    )
     for p in rep["plots"]:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {"plots/accuracy_vs_sparsity.png", "plots/accuracy_vs_bits.png",
-            "plots/size_latency.png", "plots/per_layer.png", "plots/sweep.png"} <= set(rep["plots"])
+    assert {
+        "plots/accuracy_vs_sparsity.png",
+        "plots/accuracy_vs_bits.png",
+        "plots/size_latency.png",
+        "plots/per_layer.png",
+        "plots/sweep.png",
+    } <= set(rep["plots"])
 
 
 def test_report_numbers_come_from_the_run(tiny_run):
@@ -109,7 +121,9 @@ def test_report_numbers_come_from_the_run(tiny_run):
     import jax
 
     kernels = [np.asarray(w) for w in jax.tree.leaves(dense) if np.ndim(w) >= 2]
-    assert np.mean(np.concatenate([k.ravel() for k in kernels]) == 0) == pytest.approx(0.5, abs=0.01)
+    assert np.mean(np.concatenate([k.ravel() for k in kernels]) == 0) == pytest.approx(
+        0.5, abs=0.01
+    )
 
 
 def test_resume_runs_only_unfinished_stages(tiny_run, capsys):
@@ -118,8 +132,15 @@ def test_resume_runs_only_unfinished_stages(tiny_run, capsys):
     os.remove(out / "stages" / "edge.json")  # as if interrupted during the edge stage
     os.remove(out / "stages" / "sweep_01.json")
     rep = run_study(str(recipe), out, progress=False, quiet=True)
-    assert set(rep["resumed_stages"]) >= {"teacher", "student", "distill", "prune", "quantize",
-                                          "export", "sweep_00"}
+    assert set(rep["resumed_stages"]) >= {
+        "teacher",
+        "student",
+        "distill",
+        "prune",
+        "quantize",
+        "export",
+        "sweep_00",
+    }
     assert "edge" not in rep["resumed_stages"] and "sweep_01" not in rep["resumed_stages"]
     assert (out / "stages" / "edge.json").is_file()
     assert (out / "stages" / "prune.json").read_text() == before  # finished work untouched
@@ -147,8 +168,10 @@ def test_mnist_without_data_dir_is_a_clear_error(tmp_path):
     from jaxcompress.study import RecipeError
 
     p = tmp_path / "m.toml"
-    p.write_text('[study]\nname = "m"\ndataset = "mnist"\n[student]\nmodel = "lenet300100"\n'
-                 "[export]\nenabled = false\n")
+    p.write_text(
+        '[study]\nname = "m"\ndataset = "mnist"\n[student]\nmodel = "lenet300100"\n'
+        "[export]\nenabled = false\n"
+    )
     with pytest.raises(RecipeError, match="--data-dir"):
         run_study(str(p), tmp_path / "o", progress=False, quiet=True)
 
@@ -159,8 +182,10 @@ def test_inspect_bench_export_commands(tiny_run, tmp_path, capsys):
     assert main(["inspect", art]) == 0
     text = capsys.readouterr().out
     assert "checksums verified" in text and "self-check against the bundled output: passed" in text
-    assert main(["bench", art, "--device", "rpi4", "--threads", "1", "--iters", "5",
-                 "--warmup", "1"]) == 0
+    assert (
+        main(["bench", art, "--device", "rpi4", "--threads", "1", "--iters", "5", "--warmup", "1"])
+        == 0
+    )
     assert "rpi4" in capsys.readouterr().out
     assert main(["bench", art, "--device", "nope"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
