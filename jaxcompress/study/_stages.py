@@ -160,8 +160,22 @@ def build_model(spec: dict, x_shape: tuple, num_classes: int, seed: int):
     return models.functional(model)
 
 
-def _adapt_models(sections: dict, dataset: str) -> list[str]:
-    """Swap MNIST-1D models for their MNIST counterparts (and back) when --dataset changes."""
+_EPOCH_KEYS = {
+    "teacher": ("epochs",),
+    "student": ("epochs",),
+    "distill": ("epochs",),
+    "prune": ("epochs",),
+    "quantize": ("qat_epochs",),
+    "cluster": ("finetune_epochs",),
+}
+
+
+def _adapt_models(sections: dict, dataset: str, old_dataset: str) -> list[str]:
+    """Swap MNIST-1D models for their MNIST counterparts (and back) when --dataset changes.
+
+    Moving from MNIST-1D (4,000 training examples) to MNIST (60,000) also divides every epoch
+    count by 15 (at least 1), so the study takes about as many optimizer steps as the recipe's.
+    """
     swap = {
         ("mnist1d", "cnn1d"): "lenet5",
         ("mnist1d", "transformer"): "lenet5",
@@ -179,6 +193,13 @@ def _adapt_models(sections: dict, dataset: str) -> list[str]:
                 continue
             sections[sec]["model"] = new
             notes.append(f"{sec}.model {old!r} -> {new!r} for dataset {dataset!r}")
+    if old_dataset == "mnist1d" and dataset != "mnist1d" and not sections["study"]["train_limit"]:
+        for sec, keys in _EPOCH_KEYS.items():
+            for k in keys:
+                if sec in sections and sections[sec].get(k):
+                    e = sections[sec][k]
+                    sections[sec][k] = max(1, round(e / 15))
+                    notes.append(f"{sec}.{k} {e} -> {sections[sec][k]} (15x more training data)")
     return notes
 
 
@@ -189,8 +210,9 @@ def override_dataset(recipe: Recipe, dataset: str | None, data_dir: str | None) 
     raw = recipe.to_dict()
     notes = []
     if dataset is not None and dataset != raw["study"]["dataset"]:
+        old = raw["study"]["dataset"]
         raw["study"]["dataset"] = dataset
-        notes = _adapt_models(raw, dataset)
+        notes = _adapt_models(raw, dataset, old)
         notes.insert(0, f"study.dataset -> {dataset!r} (command line)")
     if data_dir is not None:
         raw["study"]["data_dir"] = os.fspath(data_dir)

@@ -156,3 +156,12 @@ def test_relative_index_fillers():
     assert entries.tolist() == [1, 4, 12, 15]  # 12 is the filler
     assert gaps.tolist() == [1, 2, 7, 2]
     assert max(gaps) < 8
+
+
+def test_dataset_override_adapts_models_and_epochs():
+    from jaxcompress.study._stages import override_dataset
+
+    r, notes = override_dataset(load_recipe(None), "mnist", "/data")
+    assert r["study"]["dataset"] == "mnist" and r["study"]["data_dir"] == "/data"
+    assert r["teacher"]["model"] == "lenet5" and r["student"]["model"] == "lenet300100"
+    assert r["student"]["epochs"] == 4 and any("15x" in n for n in notes)
