@@ -21,7 +21,9 @@ import os
 # dropped so OpenBLAS picks its kernel for this CPU (the table reports the one it chose).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-_DROPPED_ENV = {k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+_DROPPED_ENV = {
+    k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ
+}
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
@@ -29,7 +31,6 @@ import gc  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -37,12 +38,11 @@ import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
+import jaxcompress_kernels as jk  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
-
-import jaxcompress_kernels as jk  # noqa: E402
 from jaxcompress_kernels import reference  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
 MIB = 1 << 20
@@ -137,7 +137,8 @@ def ort_session(ort, nodes, inits, k, n, threads, extra_inputs=()):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
         initializer=inits,
@@ -177,9 +178,15 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
 
         Wj = jax.device_put(W)
         f = jax.jit(lambda x, w: jnp.matmul(x, w, precision="highest"))
-        add(Impl("JAX fp32 (XLA CPU)", "fp32 dense",
-                 lambda x: f(x, Wj).block_until_ready(), W.nbytes,
-                 note=f"XLA pool fixed at start-up ({os.cpu_count()} threads)"))
+        add(
+            Impl(
+                "JAX fp32 (XLA CPU)",
+                "fp32 dense",
+                lambda x: f(x, Wj).block_until_ready(),
+                W.nbytes,
+                note=f"XLA pool fixed at start-up ({os.cpu_count()} threads)",
+            )
+        )
     if torch is not None:
         Wt = torch.from_numpy(W)
         add(Impl("PyTorch fp32", "fp32 dense", lambda x: torch.from_numpy(x) @ Wt, W.nbytes))
@@ -187,19 +194,48 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
     # ---------------- 4-bit g32
     c4, s4 = sym_quant(W, 4, 32)
     p4 = jk.pack_weight(c4, s4, bits=4, group_size=32)
-    add(Impl("ours qmatmul 4-bit g32", "4-bit", lambda x: jk.qmatmul(x, p4), p4.nbytes,
-             check=lambda x: reference.qmatmul(x, p4)))
+    add(
+        Impl(
+            "ours qmatmul 4-bit g32",
+            "4-bit",
+            lambda x: jk.qmatmul(x, p4),
+            p4.nbytes,
+            check=lambda x: reference.qmatmul(x, p4),
+        )
+    )
     ref4 = lambda x: reference.qmatmul(x, p4)  # noqa: E731
     if ort is not None:
         u4 = (c4.astype(np.int16) + 8).astype(np.uint8)
         b, s, _ = jk.to_matmulnbits(u4, s4, bits=4, block_size=32)
         for lvl in (0, 4):
-            node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft",
-                                    K=k, N=n, bits=4, block_size=32, accuracy_level=lvl)
-            fn = ort_impl(ort, [node], [numpy_helper.from_array(b, "B"),
-                                        numpy_helper.from_array(s, "S")], k, n, thread_counts)
-            add(Impl(f"ORT MatMulNBits 4-bit g32 acc{lvl}", "4-bit", fn, b.nbytes + s.nbytes,
-                     check=ref4))
+            node = helper.make_node(
+                "MatMulNBits",
+                ["A", "B", "S"],
+                ["Y"],
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=4,
+                block_size=32,
+                accuracy_level=lvl,
+            )
+            fn = ort_impl(
+                ort,
+                [node],
+                [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "S")],
+                k,
+                n,
+                thread_counts,
+            )
+            add(
+                Impl(
+                    f"ORT MatMulNBits 4-bit g32 acc{lvl}",
+                    "4-bit",
+                    fn,
+                    b.nbytes + s.nbytes,
+                    check=ref4,
+                )
+            )
     if torch is not None:
         try:
             wq = torch.from_numpy((c4.astype(np.int32) + 8).T.copy())
@@ -208,10 +244,18 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
             sz[:, :, 0] = torch.from_numpy(s4).to(torch.bfloat16)
             sz[:, :, 1] = 0.0
             fn = lambda x: torch._weight_int4pack_mm_for_cpu(  # noqa: E731
-                torch.from_numpy(x).to(torch.bfloat16), packed, 32, sz)
-            add(Impl("PyTorch int4 g32 (bf16 x)", "4-bit", fn,
-                     packed.numel() * packed.element_size() + sz.numel() * 2, check=ref4,
-                     note="bf16 scales"))
+                torch.from_numpy(x).to(torch.bfloat16), packed, 32, sz
+            )
+            add(
+                Impl(
+                    "PyTorch int4 g32 (bf16 x)",
+                    "4-bit",
+                    fn,
+                    packed.numel() * packed.element_size() + sz.numel() * 2,
+                    check=ref4,
+                    note="bf16 scales",
+                )
+            )
         except Exception as e:  # noqa: BLE001
             print(f"[bench] torch int4 unavailable: {e}", file=sys.stderr)
 
@@ -219,8 +263,15 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
     c8, s8 = sym_quant(W, 8, None)
     p8 = jk.pack_weight(c8, s8, bits=8)
     ref8 = lambda x: reference.qmatmul(x, p8)  # noqa: E731
-    add(Impl("ours qmatmul 8-bit per-channel", "int8", lambda x: jk.qmatmul(x, p8), p8.nbytes,
-             check=ref8))
+    add(
+        Impl(
+            "ours qmatmul 8-bit per-channel",
+            "int8",
+            lambda x: jk.qmatmul(x, p8),
+            p8.nbytes,
+            check=ref8,
+        )
+    )
     w8 = jk.int8_weight(c8)
     wsc = s8[0]
 
@@ -229,57 +280,137 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
         xq = np.clip(np.rint(x / sx), -127, 127).astype(np.int8)
         return jk.qmatmul_int8(xq, w8).astype(np.float32) * (sx * wsc)
 
-    add(Impl("ours int8 x int8 (dynamic x quant)", "int8", ours_int8, w8.nbytes, check=ref8,
-             note="x quantized per call, per tensor"))
+    add(
+        Impl(
+            "ours int8 x int8 (dynamic x quant)",
+            "int8",
+            ours_int8,
+            w8.nbytes,
+            check=ref8,
+            note="x quantized per call, per tensor",
+        )
+    )
     if ort is not None:
         c8g, s8g = sym_quant(W, 8, 32)
         u8 = (c8g.astype(np.int16) + 128).astype(np.uint8)
         b, s, _ = jk.to_matmulnbits(u8, s8g, bits=8, block_size=32)
         for lvl in (0, 4):
-            node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft",
-                                    K=k, N=n, bits=8, block_size=32, accuracy_level=lvl)
-            fn = ort_impl(ort, [node], [numpy_helper.from_array(b, "B"),
-                                        numpy_helper.from_array(s, "S")], k, n, thread_counts)
-            add(Impl(f"ORT MatMulNBits 8-bit g32 acc{lvl}", "int8", fn, b.nbytes + s.nbytes,
-                     check=ref8))
-        node = helper.make_node("DynamicQuantizeMatMul", ["A", "B", "S"], ["Y"],
-                                domain="com.microsoft")
-        fn = ort_impl(ort, [node], [numpy_helper.from_array(c8, "B"),
-                                    numpy_helper.from_array(s8[0], "S")], k, n, thread_counts)
+            node = helper.make_node(
+                "MatMulNBits",
+                ["A", "B", "S"],
+                ["Y"],
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=8,
+                block_size=32,
+                accuracy_level=lvl,
+            )
+            fn = ort_impl(
+                ort,
+                [node],
+                [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "S")],
+                k,
+                n,
+                thread_counts,
+            )
+            add(
+                Impl(
+                    f"ORT MatMulNBits 8-bit g32 acc{lvl}",
+                    "int8",
+                    fn,
+                    b.nbytes + s.nbytes,
+                    check=ref8,
+                )
+            )
+        node = helper.make_node(
+            "DynamicQuantizeMatMul", ["A", "B", "S"], ["Y"], domain="com.microsoft"
+        )
+        fn = ort_impl(
+            ort,
+            [node],
+            [numpy_helper.from_array(c8, "B"), numpy_helper.from_array(s8[0], "S")],
+            k,
+            n,
+            thread_counts,
+        )
         add(Impl("ORT DynamicQuantizeMatMul int8", "int8", fn, c8.nbytes, check=ref8))
     if torch is not None:
         wt8 = torch.from_numpy(c8.T.copy())
         st8 = torch.from_numpy(s8[0]).to(torch.bfloat16)
         fn = lambda x: torch._weight_int8pack_mm(  # noqa: E731
-            torch.from_numpy(x).to(torch.bfloat16), wt8, st8)
-        add(Impl("PyTorch int8 per-channel (bf16 x)", "int8", fn, c8.nbytes, check=ref8,
-                 note="bf16 scales"))
+            torch.from_numpy(x).to(torch.bfloat16), wt8, st8
+        )
+        add(
+            Impl(
+                "PyTorch int8 per-channel (bf16 x)",
+                "int8",
+                fn,
+                c8.nbytes,
+                check=ref8,
+                note="bf16 scales",
+            )
+        )
 
     # ---------------- other low-bit widths (no CPU anchor exists)
     for bits in (2, 3):
         c, s = sym_quant(W, bits, 32)
         p = jk.pack_weight(c, s, bits=bits, group_size=32)
-        add(Impl(f"ours qmatmul {bits}-bit g32", f"{bits}-bit",
-                 (lambda p: lambda x: jk.qmatmul(x, p))(p), p.nbytes,
-                 check=(lambda p: lambda x: reference.qmatmul(x, p))(p)))
+        add(
+            Impl(
+                f"ours qmatmul {bits}-bit g32",
+                f"{bits}-bit",
+                (lambda p: lambda x: jk.qmatmul(x, p))(p),
+                p.nbytes,  # noqa: B023
+                check=(lambda p: lambda x: reference.qmatmul(x, p))(p),
+            )
+        )  # noqa: B023
 
     # ---------------- N:M
     W24 = nm_prune(W, 2)
     nm = jk.nm_from_dense(W24, n=2)
-    add(Impl("ours 2:4 fp32 values", "2:4", lambda x: jk.spmm_nm(x, nm), nm.nbytes,
-             check=lambda x: reference.spmm_nm(x, nm)))
+    add(
+        Impl(
+            "ours 2:4 fp32 values",
+            "2:4",
+            lambda x: jk.spmm_nm(x, nm),
+            nm.nbytes,
+            check=lambda x: reference.spmm_nm(x, nm),
+        )
+    )
     c24, s24 = sym_quant(W24, 4, None)
     nmq = jk.nm_from_quantized(c24, s24[0], n=2)
-    add(Impl("ours 2:4 4-bit values", "2:4", lambda x: jk.spmm_nm(x, nmq), nmq.nbytes,
-             check=lambda x: reference.spmm_nm(x, nmq)))
+    add(
+        Impl(
+            "ours 2:4 4-bit values",
+            "2:4",
+            lambda x: jk.spmm_nm(x, nmq),
+            nmq.nbytes,
+            check=lambda x: reference.spmm_nm(x, nmq),
+        )
+    )
     W14 = nm_prune(W, 1)
     nm1 = jk.nm_from_dense(W14, n=1)
-    add(Impl("ours 1:4 fp32 values", "1:4", lambda x: jk.spmm_nm(x, nm1), nm1.nbytes,
-             check=lambda x: reference.spmm_nm(x, nm1)))
+    add(
+        Impl(
+            "ours 1:4 fp32 values",
+            "1:4",
+            lambda x: jk.spmm_nm(x, nm1),
+            nm1.nbytes,
+            check=lambda x: reference.spmm_nm(x, nm1),
+        )
+    )
     if torch is not None:
         Wt24 = torch.from_numpy(W24)
-        add(Impl("PyTorch fp32 dense on the 2:4 weight", "2:4", lambda x: torch.from_numpy(x) @ Wt24,
-                 W24.nbytes, note="no CPU 2:4 kernel exists"))
+        add(
+            Impl(
+                "PyTorch fp32 dense on the 2:4 weight",
+                "2:4",
+                lambda x: torch.from_numpy(x) @ Wt24,
+                W24.nbytes,
+                note="no CPU 2:4 kernel exists",
+            )
+        )
 
     # ---------------- CSR (unstructured) at several sparsities, BSR
     for sp in args.csr_sparsities:
@@ -288,34 +419,71 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
         Ws[np.abs(Ws) < thr] = 0
         cs = jk.csr_from_dense(Ws)
         cat = f"CSR {int(sp * 100)}%"
-        add(Impl(f"ours CSR fp32 {int(sp * 100)}%", cat, (lambda cs: lambda x: jk.spmm_csr(x, cs))(cs),
-                 cs.nbytes, check=(lambda cs: lambda x: reference.spmm_csr(x, cs))(cs)))
+        add(
+            Impl(
+                f"ours CSR fp32 {int(sp * 100)}%",
+                cat,
+                (lambda c: lambda x: jk.spmm_csr(x, c))(cs),
+                cs.nbytes,
+                check=(lambda c: lambda x: reference.spmm_csr(x, c))(cs),
+            )
+        )
         if sp == 0.9:
             cq, sq = sym_quant(Ws, 8, None)
             csq = jk.csr_from_quantized(cq, sq[0], mask=Ws != 0)
-            add(Impl("ours CSR int8 values 90%", cat, lambda x: jk.spmm_csr(x, csq), csq.nbytes,
-                     check=lambda x: reference.spmm_csr(x, csq)))
+            add(
+                Impl(
+                    "ours CSR int8 values 90%",
+                    cat,
+                    (lambda c: lambda x: jk.spmm_csr(x, c))(csq),
+                    csq.nbytes,
+                    check=(lambda c: lambda x: reference.spmm_csr(x, c))(csq),
+                )
+            )
         if scipy_sparse is not None:
             st = scipy_sparse.csr_matrix(Ws.T)
-            add(Impl(f"SciPy CSR {int(sp * 100)}%", cat,
-                     (lambda st: lambda x: (st @ x.T).T)(st),
-                     st.data.nbytes + st.indices.nbytes + st.indptr.nbytes))
+            add(
+                Impl(
+                    f"SciPy CSR {int(sp * 100)}%",
+                    cat,
+                    (lambda st: lambda x: (st @ x.T).T)(st),  # noqa: B023
+                    st.data.nbytes + st.indices.nbytes + st.indptr.nbytes,
+                )
+            )
         if torch is not None:
             tt = torch.from_numpy(Ws.T.copy()).to_sparse_csr()
-            add(Impl(f"PyTorch sparse CSR {int(sp * 100)}%", cat,
-                     (lambda tt: lambda x: (tt @ torch.from_numpy(x).T).T)(tt),
-                     tt.values().nbytes + tt.col_indices().nbytes + tt.crow_indices().nbytes))
+            add(
+                Impl(
+                    f"PyTorch sparse CSR {int(sp * 100)}%",
+                    cat,
+                    (lambda tt: lambda x: (tt @ torch.from_numpy(x).T).T)(tt),  # noqa: B023
+                    tt.values().nbytes + tt.col_indices().nbytes + tt.crow_indices().nbytes,
+                )
+            )
     # block sparse: 90% of (4, 16) blocks zero
     r, c = 4, 16
     keepb = rng.random((n // r, k // c)) >= 0.9
     Wb = W * np.kron(keepb, np.ones((r, c), np.float32)).T
     bs = jk.bsr_from_dense(Wb, block=(r, c))
-    add(Impl("ours BSR 4x16 90%", "BSR 90%", lambda x: jk.spmm_bsr(x, bs), bs.nbytes,
-             check=lambda x: reference.spmm_bsr(x, bs)))
+    add(
+        Impl(
+            "ours BSR 4x16 90%",
+            "BSR 90%",
+            lambda x: jk.spmm_bsr(x, bs),
+            bs.nbytes,
+            check=lambda x: reference.spmm_bsr(x, bs),
+        )
+    )
     if scipy_sparse is not None:
         sb = scipy_sparse.bsr_matrix(np.ascontiguousarray(Wb.T), blocksize=(r, c))
-        add(Impl("SciPy BSR 4x16 90%", "BSR 90%", lambda x: (sb @ x.T).T,
-                 sb.data.nbytes + sb.indices.nbytes + sb.indptr.nbytes))
+        add(
+            Impl(
+                "SciPy BSR 4x16 90%",
+                "BSR 90%",
+                lambda x: (sb @ x.T).T,
+                sb.data.nbytes + sb.indices.nbytes + sb.indptr.nbytes,
+            )
+        )
     return impls
 
 
@@ -406,12 +574,12 @@ def bench_packing(n, threads_list, repeats, libs, flush):
             pbuf = np.empty_like(packed)
             ubuf = np.empty_like(codes)
             fns = {
-                "ours pack": lambda: jk.pack_bits(codes, bits),
-                "ours pack out=": lambda: jk.pack_bits(codes, bits, out=pbuf),
-                "NumPy pack": lambda: np_pack(codes, bits),
-                "ours unpack": lambda: jk.unpack_bits(packed, bits, n),
-                "ours unpack out=": lambda: jk.unpack_bits(packed, bits, n, out=ubuf),
-                "NumPy unpack": lambda: np_unpack(packed, bits, n),
+                "ours pack": lambda: jk.pack_bits(codes, bits),  # noqa: B023
+                "ours pack out=": lambda: jk.pack_bits(codes, bits, out=pbuf),  # noqa: B023
+                "NumPy pack": lambda: np_pack(codes, bits),  # noqa: B023
+                "ours unpack": lambda: jk.unpack_bits(packed, bits, n),  # noqa: B023
+                "ours unpack out=": lambda: jk.unpack_bits(packed, bits, n, out=ubuf),  # noqa: B023
+                "NumPy unpack": lambda: np_unpack(packed, bits, n),  # noqa: B023
             }
             for f in fns.values():
                 f()
@@ -433,8 +601,11 @@ def bench_packing(n, threads_list, repeats, libs, flush):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one shape, batch 1, 2 threads, 3 repeats")
-    ap.add_argument("--shapes", default="4096x4096,4096x11008",
-                    help="comma list of KxN (W is (K, N) = (in, out), y = x @ W)")
+    ap.add_argument(
+        "--shapes",
+        default="4096x4096,4096x11008",
+        help="comma list of KxN (W is (K, N) = (in, out), y = x @ W)",
+    )
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=5)
@@ -494,10 +665,23 @@ def main(argv=None):
                 check = t == args.threads[0] and m == args.batches[0]
                 med = run_cell(impls, x, args.repeats, flush, check=check)
                 for im in impls:
-                    results.append(((k, n), m, t, im.name, im.category, med[im.name],
-                                    im.weight_bytes, im.err, im.note))
-                print(f"[bench] {k}x{n} batch {m} threads {t} done "
-                      f"({time.time() - t_start:.0f} s)", flush=True)
+                    results.append(
+                        (
+                            (k, n),
+                            m,
+                            t,
+                            im.name,
+                            im.category,
+                            med[im.name],
+                            im.weight_bytes,
+                            im.err,
+                            im.note,
+                        )
+                    )
+                print(
+                    f"[bench] {k}x{n} batch {m} threads {t} done ({time.time() - t_start:.0f} s)",
+                    flush=True,
+                )
                 if t == max(args.threads) and m == max(args.batches):
                     for im in impls:
                         if im.name.startswith("ours") or im.name.startswith("NumPy"):
@@ -535,16 +719,19 @@ def blas_info(libs):
     out = []
     for info in libs["tpc"].threadpool_info():
         if info.get("user_api") == "blas":
-            out.append(f"{info.get('internal_api')} {info.get('version')} "
-                       f"(kernel {info.get('architecture')}, {info.get('filepath', '').split('/')[-1]})")
+            out.append(
+                f"{info.get('internal_api')} {info.get('version')} "
+                f"(kernel {info.get('architecture')}, {info.get('filepath', '').split('/')[-1]})"
+            )
     return "; ".join(out) or "none found"
 
 
 def write_table(args, results, mem_rows, pack_rows, bw, libs, elapsed):
     lines = []
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "flock /tmp/jaxcompress-bench.lock " + " ".join(
-        shlex.quote(a) for a in [sys.executable, "benchmarks/bench_kernels.py", *sys.argv[1:]])
+        shlex.quote(a) for a in [sys.executable, "benchmarks/bench_kernels.py", *sys.argv[1:]]
+    )
     lines += [
         "# Edge kernel benchmark (issue 3)",
         "",
@@ -579,10 +766,13 @@ def write_table(args, results, mem_rows, pack_rows, bw, libs, elapsed):
         base = next(r[5] for r in rows if r[3].startswith("NumPy fp32"))
         if t == 1:
             rows = [r for r in rows if not r[3].startswith("JAX")]  # XLA ignores our thread limit
-        lines += [f"## W {shape[0]}x{shape[1]}, batch {m}, {t} thread(s)", "",
-                  "| implementation | category | ms | weight MB | weight GB/s | % BW | vs NumPy fp32 "
-                  "| vs best anchor | rel err | note |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## W {shape[0]}x{shape[1]}, batch {m}, {t} thread(s)",
+            "",
+            "| implementation | category | ms | weight MB | weight GB/s | % BW | vs NumPy fp32 "
+            "| vs best anchor | rel err | note |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in rows:
             _, _, _, name, cat, sec, wb, err, note = r
             anchors = [q[5] for q in rows if q[4] == cat and not q[3].startswith("ours")]
@@ -601,31 +791,44 @@ def write_table(args, results, mem_rows, pack_rows, bw, libs, elapsed):
             )
         lines.append("")
     if mem_rows:
-        lines += ["## Peak extra memory of one call (tracemalloc, includes Numba's allocations)", "",
-                  "| W | batch | implementation | peak extra MB | output MB | weight MB |",
-                  "|---|---:|---|---:|---:|---:|"]
+        lines += [
+            "## Peak extra memory of one call (tracemalloc, includes Numba's allocations)",
+            "",
+            "| W | batch | implementation | peak extra MB | output MB | weight MB |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
         for shape, m, name, peak, outb, wb in mem_rows:
-            lines.append(f"| {shape[0]}x{shape[1]} | {m} | {name} | {peak / 1e6:.2f} | "
-                         f"{outb / 1e6:.2f} | {wb / 1e6:.1f} |")
+            lines.append(
+                f"| {shape[0]}x{shape[1]} | {m} | {name} | {peak / 1e6:.2f} | "
+                f"{outb / 1e6:.2f} | {wb / 1e6:.1f} |"
+            )
         lines.append("")
-    lines += [f"## Bit packing, {args.pack_n} codes (uint8 in, cache flushed, median)", "",
-              "| bits | threads | ours pack Gvalue/s | ours pack out= | NumPy pack | pack ratio "
-              "(out=) | ours unpack Gvalue/s | ours unpack out= | NumPy unpack | unpack ratio "
-              "(out=) |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"## Bit packing, {args.pack_n} codes (uint8 in, cache flushed, median)",
+        "",
+        "| bits | threads | ours pack Gvalue/s | ours pack out= | NumPy pack | pack ratio "
+        "(out=) | ours unpack Gvalue/s | ours unpack out= | NumPy unpack | unpack ratio "
+        "(out=) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for bits, t, med in pack_rows:
-        g = lambda k: args.pack_n / med[k] / 1e9  # noqa: E731
+        g = lambda k, med=med: args.pack_n / med[k] / 1e9  # noqa: E731
         lines.append(
             f"| {bits} | {t} | {g('ours pack'):.2f} | {g('ours pack out='):.2f} | "
             f"{g('NumPy pack'):.2f} | {med['NumPy pack'] / med['ours pack']:.1f}x "
             f"({med['NumPy pack'] / med['ours pack out=']:.1f}x) | {g('ours unpack'):.2f} | "
             f"{g('ours unpack out='):.2f} | {g('NumPy unpack'):.2f} | "
             f"{med['NumPy unpack'] / med['ours unpack']:.1f}x "
-            f"({med['NumPy unpack'] / med['ours unpack out=']:.1f}x) |")
-    lines += ["", "NumPy versions: 2/4-bit strided shifts and ors; 3-bit via one uint32 per 8 codes "
-              "(see `np_pack` / `np_unpack` in the script). Both sides allocate their output per "
-              "call (page faults included); 'out=' reuses a preallocated output. Input read after "
-              "a cache flush.", ""]
+            f"({med['NumPy unpack'] / med['ours unpack out=']:.1f}x) |"
+        )
+    lines += [
+        "",
+        "NumPy versions: 2/4-bit strided shifts and ors; 3-bit via one uint32 per 8 codes "
+        "(see `np_pack` / `np_unpack` in the script). Both sides allocate their output per "
+        "call (page faults included); 'out=' reuses a preallocated output. Input read after "
+        "a cache flush.",
+        "",
+    ]
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

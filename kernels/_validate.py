@@ -7,7 +7,6 @@ raises `JaxCompressValueError` / `JaxCompressTypeError` with a message naming th
 from __future__ import annotations
 
 import numpy as np
-
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 
 __all__ = [
@@ -43,9 +42,7 @@ def check_array(
       `a`, unchanged.
     """
     if not isinstance(a, np.ndarray):
-        raise JaxCompressTypeError(
-            f"{name} must be a numpy.ndarray, got {type(a).__name__}"
-        )
+        raise JaxCompressTypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if dtype is not None:
         allowed = dtype if isinstance(dtype, tuple) else (dtype,)
         allowed = tuple(np.dtype(d) for d in allowed)
@@ -62,7 +59,9 @@ def check_array(
         if a.ndim not in allowed_nd:
             raise JaxCompressValueError(f"{name}.ndim={a.ndim} must be in {allowed_nd}")
     if shape is not None:
-        ok = len(shape) == a.ndim and all(s is None or s == d for s, d in zip(shape, a.shape))
+        ok = len(shape) == a.ndim and all(
+            s is None or s == d for s, d in zip(shape, a.shape, strict=True)
+        )
         if not ok:
             want = tuple("*" if s is None else s for s in shape)
             raise JaxCompressValueError(f"{name}.shape={a.shape} must be {want}")

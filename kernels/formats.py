@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from jaxcompress_kernels._validate import (
     check_array,
     check_bits,
@@ -210,7 +209,11 @@ class PackedWeight:
 
     @property
     def nbytes(self) -> int:
-        return self.data.nbytes + self.scales.nbytes + (0 if self.symmetric else self.zero_points.nbytes)
+        return (
+            self.data.nbytes
+            + self.scales.nbytes
+            + (0 if self.symmetric else self.zero_points.nbytes)
+        )
 
 
 def pack_weight(
@@ -243,9 +246,7 @@ def pack_weight(
     if group_size is not None:
         group_size = check_int("group_size", group_size, 8)
         if k % group_size or group_size % 8:
-            raise JaxCompressValueError(
-                f"{group_size=} must be a multiple of 8 that divides K={k}"
-            )
+            raise JaxCompressValueError(f"{group_size=} must be a multiple of 8 that divides K={k}")
         G = k // group_size
     else:
         G = 1
@@ -358,7 +359,9 @@ def int8_weight(codes: np.ndarray) -> Int8Weight:
     check_int("K", k, 0, 65536)
     data = np.zeros((n, _round_up(max(k, 1), INT8_BLOCK)), np.int8)
     data[:, :k] = codes.T
-    return Int8Weight(shape=(k, n), data=data, col_sums=codes.astype(np.int32).sum(0, dtype=np.int32))
+    return Int8Weight(
+        shape=(k, n), data=data, col_sums=codes.astype(np.int32).sum(0, dtype=np.int32)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -648,16 +651,18 @@ def _nm_build(w, n, m, mask, scales):
     vals = np.where(taken, vals, 0).reshape(np_, G * n)
     pos = _nm_pack_positions(order.reshape(np_, G * n))
     if scales is None:
-        return NMSparse(shape=(k, nout), n=n, m=m, positions=pos,
-                        values=_nm_interleave(vals.astype(np.float32)))
+        return NMSparse(
+            shape=(k, nout), n=n, m=m, positions=pos, values=_nm_interleave(vals.astype(np.float32))
+        )
     u = (vals.astype(np.int16) + 8).astype(np.uint8)
     s = u.shape[1]
     u2 = u.reshape(np_, s // 2, 2)
     packed = u2[:, :, 0] | (u2[:, :, 1] << 4)
     sc = np.zeros(np_, np.float32)
     sc[:nout] = scales
-    return NMSparse(shape=(k, nout), n=n, m=m, positions=pos, values=_nm_interleave(packed),
-                    bits=4, scales=sc)
+    return NMSparse(
+        shape=(k, nout), n=n, m=m, positions=pos, values=_nm_interleave(packed), bits=4, scales=sc
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -738,8 +743,13 @@ def bsr_from_dense(
     if mask is not None:
         mb = keep.T.reshape(n // r, r, k // c, c).transpose(0, 2, 1, 3)[br, bc].reshape(-1, r, c)
         blocks = np.where(mb, blocks, np.float32(0))
-    return BSRMatrix(shape=(k, n), block=(r, c), indptr=indptr, indices=bc.astype(np.int32),
-                     blocks=np.ascontiguousarray(blocks))
+    return BSRMatrix(
+        shape=(k, n),
+        block=(r, c),
+        indptr=indptr,
+        indices=bc.astype(np.int32),
+        blocks=np.ascontiguousarray(blocks),
+    )
 
 
 # ----------------------------------------------------------------------------------------------

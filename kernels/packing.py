@@ -16,10 +16,9 @@ three bytes. The stream has ``ceil(n * b / 8)`` bytes; unused high bits of the l
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-
 from jaxcompress_kernels._validate import check_array, check_bits, check_codes_range, check_int
 from jaxcompress_kernels.errors import JaxCompressValueError
+from numba import njit, prange
 
 __all__ = [
     "pack_bits",
@@ -86,7 +85,9 @@ def _masks(bits):
 def _compress8(w, bits, m1, m2, m4):
     # 8 byte lanes (codes < 2**bits) -> 8*bits contiguous bits, LSB first.
     b = np.uint64(bits)
-    t = (w & np.uint64(0x00FF00FF00FF00FF)) | ((w >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)) << b
+    t = (w & np.uint64(0x00FF00FF00FF00FF)) | (
+        (w >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)
+    ) << b
     t = (t & np.uint64(0x0000FFFF0000FFFF)) | (
         ((t >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)) << (np.uint64(2) * b)
     )

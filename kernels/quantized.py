@@ -17,11 +17,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from numba import njit, prange
-
 from jaxcompress_kernels._validate import check_array, check_int
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import INT8_BLOCK, Int8Weight, PackedWeight
+from numba import njit, prange
 
 __all__ = [
     "qmatmul",
@@ -521,8 +520,9 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
             xsum = xp.reshape(ng, nt * pl).sum(axis=1, dtype=np.float32)
             _qmatmul_gemv_kernel(xperm[0], xsum, d, w.scales, w.zero_points, nchunks, out)
         else:
-            _qmatmul_small_kernel(xperm.reshape(m, kp), d, w.scales, w.zero_points, nt, nchunks,
-                                  out)
+            _qmatmul_small_kernel(
+                xperm.reshape(m, kp), d, w.scales, w.zero_points, nt, nchunks, out
+            )
     if bias is not None:
         out += bias
     return out[0] if squeeze else out
@@ -688,8 +688,14 @@ def qmatmul_int8(
         else:
             xp = x2
         nb = kp // INT8_BLOCK
-        _qmatmul_int8_kernel(xp.reshape(m, nb, INT8_BLOCK), w.data.reshape(n, nb, INT8_BLOCK),
-                             w.col_sums, np.int32(x_zero_point), b, acc)
+        _qmatmul_int8_kernel(
+            xp.reshape(m, nb, INT8_BLOCK),
+            w.data.reshape(n, nb, INT8_BLOCK),
+            w.col_sums,
+            np.int32(x_zero_point),
+            b,
+            acc,
+        )
     if requant is None:
         return acc[0] if squeeze else acc
     out = np.empty((m, n), np.int8)

@@ -12,7 +12,6 @@ import time
 
 import numba
 import numpy as np
-
 from jaxcompress_kernels._validate import check_int
 
 __all__ = ["set_num_threads", "get_num_threads", "warmup"]
@@ -62,12 +61,18 @@ def warmup() -> float:
     dense = rng.standard_normal((k, n)).astype(np.float32)
     dense[np.abs(dense) < 1.0] = 0
     codes8 = np.clip(np.round(dense * 10), -127, 127).astype(np.int8)
-    csrs = [formats.csr_from_dense(dense), formats.csr_from_quantized(codes8, np.ones(n, np.float32))]
+    csrs = [
+        formats.csr_from_dense(dense),
+        formats.csr_from_quantized(codes8, np.ones(n, np.float32)),
+    ]
     nm = np.zeros((k, n), np.float32)
     nm[::2] = 1.0
     nm4 = np.zeros((k, n), np.int8)
     nm4[::4] = 3
-    nms = [formats.nm_from_dense(nm, n=2), formats.nm_from_quantized(nm4, np.ones(n, np.float32), n=1)]
+    nms = [
+        formats.nm_from_dense(nm, n=2),
+        formats.nm_from_quantized(nm4, np.ones(n, np.float32), n=1),
+    ]
     bsr = formats.bsr_from_dense(dense, block=(4, 16))
     for m in (1, 5):
         x = np.ones((m, k), np.float32)

@@ -8,12 +8,11 @@ bounds checks.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-
 from jaxcompress_kernels._validate import check_array
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import NM_LANES, BSRMatrix, CSRMatrix, NMSparse
 from jaxcompress_kernels.quantized import _rows_dot4x4
+from numba import njit, prange
 
 __all__ = ["spmm_csr", "spmm_nm", "spmm_bsr"]
 
@@ -21,7 +20,6 @@ _FM = {"reassoc", "contract"}
 
 # N:M batches below this use the lane kernel (select per row); larger ones decode 16-channel tiles.
 NM_LANE_MAX_BATCH = 16
-
 
 
 def _prep(x, k: int, n: int, bias):
@@ -262,7 +260,9 @@ def _nm_decode_one(positions, values, codes, scales, n_keep, q4, t, buf):
                 g = s // n_keep
                 p = (pb >> (2 * sub)) & 3
                 if q4:
-                    v = sc * (np.float32((codes[t, s >> 1, lane] >> (4 * (s & 1))) & 15) - np.float32(8.0))
+                    v = sc * (
+                        np.float32((codes[t, s >> 1, lane] >> (4 * (s & 1))) & 15) - np.float32(8.0)
+                    )
                 else:
                     v = values[t, s, lane]
                 r[4 * g + p] += v
@@ -333,7 +333,11 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
     if m < NM_LANE_MAX_BATCH:
         t, nq, _ = w.positions.shape
         xg = xp.reshape(m, nq, 4 // w.n, 4)
-        v4 = values.reshape(t, nq, 4, NM_LANES) if not q4 else np.zeros((1, 1, 4, NM_LANES), np.float32)
+        v4 = (
+            values.reshape(t, nq, 4, NM_LANES)
+            if not q4
+            else np.zeros((1, 1, 4, NM_LANES), np.float32)
+        )
         c4 = codes.reshape(t, nq, 2, NM_LANES) if q4 else np.zeros((1, 1, 2, NM_LANES), np.uint8)
         _spmv_nm_kernel(xg, w.positions, v4, c4, scales, w.n, q4, out)
     else:

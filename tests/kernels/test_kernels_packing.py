@@ -1,11 +1,10 @@
 """Bit packing: golden values, round trips for every width and odd lengths, ONNX Runtime layout."""
 
+import jaxcompress_kernels as jk
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import jaxcompress_kernels as jk
 from jaxcompress_kernels import packing, reference
 
 LENGTHS = (0, 1, 2, 7, 8, 9, 15, 17, 63, 1001)
@@ -86,18 +85,30 @@ def test_matmulnbits_runs_in_onnxruntime_when_present():
     zps = rng.integers(0, 16, (k // bs, n)).astype(np.uint8)
     b, s, z = jk.to_matmulnbits(codes, scales, zps, bits=4, block_size=bs)
     node = helper.make_node(
-        "MatMulNBits", ["A", "B", "scales", "zp"], ["Y"], domain="com.microsoft",
-        K=k, N=n, bits=4, block_size=bs, accuracy_level=0,
+        "MatMulNBits",
+        ["A", "B", "scales", "zp"],
+        ["Y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=4,
+        block_size=bs,
+        accuracy_level=0,
     )
     graph = helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n])],
-        initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "scales"),
-                     numpy_helper.from_array(z, "zp")],
+        initializer=[
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(s, "scales"),
+            numpy_helper.from_array(z, "zp"),
+        ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((1, k)).astype(np.float32)
     y = sess.run(None, {"A": x})[0]

@@ -1,10 +1,9 @@
 """Packed low-bit matmul and int8 x int8 matmul against their NumPy twins."""
 
+import jaxcompress_kernels as jk
 import numpy as np
 import pytest
-
-import jaxcompress_kernels as jk
-from jaxcompress_kernels import quantized, reference
+from jaxcompress_kernels import reference
 
 BATCHES = (0, 1, 3, 7, 37)
 
@@ -59,9 +58,7 @@ def test_qmatmul_dense_formula_exact_values():
     # W = scale * code: [[0.5 * 1], [0.5 * -2]]; x = [1, 1] -> -0.5 exactly
     w = jk.pack_weight(np.array([[1], [-2]], np.int8), np.array([0.5], np.float32), bits=4)
     np.testing.assert_array_equal(jk.qmatmul(np.ones((1, 2), np.float32), w), [[-0.5]])
-    np.testing.assert_array_equal(
-        jk.to_dense(w), np.array([[0.5], [-1.0]], np.float32)
-    )
+    np.testing.assert_array_equal(jk.to_dense(w), np.array([[0.5], [-1.0]], np.float32))
 
 
 def test_qmatmul_group_scales_apply_to_their_group():

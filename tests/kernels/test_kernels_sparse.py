@@ -1,10 +1,9 @@
 """CSR, N:M and BSR matmul against their NumPy twins; exact format conversions."""
 
+import jaxcompress_kernels as jk
 import numpy as np
 import pytest
-
-import jaxcompress_kernels as jk
-from jaxcompress_kernels import reference, sparse
+from jaxcompress_kernels import reference
 
 BATCHES = (0, 1, 3, 5, 16, 37)
 
@@ -94,7 +93,9 @@ def test_nm_positions_are_two_bits_per_kept_value():
     assert wq.values.nbytes * 8 == 4 * kept
 
 
-@pytest.mark.parametrize("k,n,block", [(16, 8, (4, 16)), (48, 6, (2, 8)), (8, 3, (1, 1)), (32, 4, (4, 32))])
+@pytest.mark.parametrize(
+    "k,n,block", [(16, 8, (4, 16)), (48, 6, (2, 8)), (8, 3, (1, 1)), (32, 4, (4, 32))]
+)
 def test_bsr(k, n, block):
     rng = np.random.default_rng(k + n)
     d = rng.standard_normal((k, n)).astype(np.float32)

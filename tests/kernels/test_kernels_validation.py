@@ -4,10 +4,9 @@ import os
 import subprocess
 import sys
 
+import jaxcompress_kernels as jk
 import numpy as np
 import pytest
-
-import jaxcompress_kernels as jk
 from jaxcompress_kernels import JaxCompressTypeError, JaxCompressValueError
 
 F32 = np.float32
@@ -52,14 +51,21 @@ def _pw(bits=4, k=64, n=3, gs=None):
 def test_pack_weight_errors():
     with pytest.raises(JaxCompressValueError, match=r"bits=5 must be in \(2, 3, 4, 8\)"):
         _pw(bits=5)
-    with pytest.raises(JaxCompressValueError, match="group_size=24 must be a multiple of 8 that divides K=64"):
+    with pytest.raises(
+        JaxCompressValueError, match="group_size=24 must be a multiple of 8 that divides K=64"
+    ):
         _pw(gs=24)
     with pytest.raises(JaxCompressValueError, match=r"scales\.shape=\(1, 3\) must be \(2, 3\)"):
         jk.pack_weight(np.zeros((64, 3), np.int8), np.ones(3, F32), bits=4, group_size=32)
-    with pytest.raises(JaxCompressValueError, match=r"codes has codes in \[-9, -9\], outside the allowed range \[-8, 7\]"):
+    with pytest.raises(
+        JaxCompressValueError,
+        match=r"codes has codes in \[-9, -9\], outside the allowed range \[-8, 7\]",
+    ):
         jk.pack_weight(np.full((4, 1), -9, np.int8), np.ones(1, F32), bits=4)
     with pytest.raises(JaxCompressValueError, match=r"zero_points has codes in \[16, 16\]"):
-        jk.pack_weight(np.zeros((4, 1), np.uint8), np.ones(1, F32), np.array([16], np.uint8), bits=4)
+        jk.pack_weight(
+            np.zeros((4, 1), np.uint8), np.ones(1, F32), np.array([16], np.uint8), bits=4
+        )
     with pytest.raises(JaxCompressValueError, match="scales must be finite"):
         jk.pack_weight(np.zeros((4, 1), np.int8), np.array([np.nan], F32), bits=4)
     with pytest.raises(JaxCompressTypeError, match=r"scales\.dtype=float64 must be float32"):
@@ -87,27 +93,53 @@ def test_qmatmul_errors():
 def test_container_invariants_are_checked():
     w = _pw()
     with pytest.raises(JaxCompressValueError, match=r"scales\.shape=\(3, 2\) must be \(3, 1\)"):
-        jk.PackedWeight(shape=w.shape, bits=4, group_size=None, symmetric=True, data=np.asarray(w.data),
-                        scales=np.ones((3, 2), F32), zero_points=np.asarray(w.zero_points))
+        jk.PackedWeight(
+            shape=w.shape,
+            bits=4,
+            group_size=None,
+            symmetric=True,
+            data=np.asarray(w.data),
+            scales=np.ones((3, 2), F32),
+            zero_points=np.asarray(w.zero_points),
+        )
     with pytest.raises(JaxCompressValueError, match=r"data\.shape=\(3, 31\) must be \(3, 32\)"):
-        jk.PackedWeight(shape=w.shape, bits=4, group_size=None, symmetric=True,
-                        data=np.zeros((3, 31), np.uint8), scales=np.asarray(w.scales),
-                        zero_points=np.asarray(w.zero_points))
+        jk.PackedWeight(
+            shape=w.shape,
+            bits=4,
+            group_size=None,
+            symmetric=True,
+            data=np.zeros((3, 31), np.uint8),
+            scales=np.asarray(w.scales),
+            zero_points=np.asarray(w.zero_points),
+        )
     # the stored arrays are read-only views
     with pytest.raises(ValueError, match="read-only"):
         w.data[0, 0] = 1
 
 
 def test_csr_errors():
-    ok = dict(shape=(4, 2), indptr=np.array([0, 1, 2], np.int64),
-              indices=np.array([0, 3], np.uint16), values=np.ones(2, F32))
+    ok = dict(
+        shape=(4, 2),
+        indptr=np.array([0, 1, 2], np.int64),
+        indices=np.array([0, 3], np.uint16),
+        values=np.ones(2, F32),
+    )
     jk.CSRMatrix(**ok)
     with pytest.raises(JaxCompressValueError, match="indptr must be non-decreasing"):
-        jk.CSRMatrix(**{**ok, "indptr": np.array([0, 3, 2], np.int64),
-                        "indices": np.array([0, 1], np.uint16)})
-    with pytest.raises(JaxCompressValueError, match=r"indices must be in \[0, K=4\) \(got 0\.\.4\)"):
+        jk.CSRMatrix(
+            **{
+                **ok,
+                "indptr": np.array([0, 3, 2], np.int64),
+                "indices": np.array([0, 1], np.uint16),
+            }
+        )
+    with pytest.raises(
+        JaxCompressValueError, match=r"indices must be in \[0, K=4\) \(got 0\.\.4\)"
+    ):
         jk.CSRMatrix(**{**ok, "indices": np.array([0, 4], np.uint16)})
-    with pytest.raises(JaxCompressValueError, match=r"indices must be in \[0, K=4\) \(got -1\.\.0\)"):
+    with pytest.raises(
+        JaxCompressValueError, match=r"indices must be in \[0, K=4\) \(got -1\.\.0\)"
+    ):
         jk.CSRMatrix(**{**ok, "indices": np.array([0, -1], np.int32)})
     with pytest.raises(JaxCompressValueError, match="indptr must start at 0 and end at nnz=2"):
         jk.CSRMatrix(**{**ok, "indptr": np.array([0, 1, 1], np.int64)})
@@ -122,13 +154,17 @@ def test_csr_errors():
         jk.spmm_csr(np.zeros((2, 5), F32), c)
     with pytest.raises(JaxCompressValueError, match="x must be C-contiguous"):
         jk.spmm_csr(np.zeros((2, 8), F32)[:, ::2], c)
-    with pytest.raises(JaxCompressValueError, match=r"mask\.shape=\(1, 2\) must equal w\.shape=\(4, 2\)"):
+    with pytest.raises(
+        JaxCompressValueError, match=r"mask\.shape=\(1, 2\) must equal w\.shape=\(4, 2\)"
+    ):
         jk.csr_from_dense(np.zeros((4, 2), F32), mask=np.zeros((1, 2), bool))
 
 
 def test_nm_and_bsr_errors():
     d = np.ones((8, 2), F32)
-    with pytest.raises(JaxCompressValueError, match="not 2:4 sparse: group k=0..3 of output channel 0 keeps 4"):
+    with pytest.raises(
+        JaxCompressValueError, match="not 2:4 sparse: group k=0..3 of output channel 0 keeps 4"
+    ):
         jk.nm_from_dense(d, n=2)
     with pytest.raises(JaxCompressValueError, match=r"K=6 must be a multiple of m=4"):
         jk.nm_from_dense(np.zeros((6, 2), F32), n=2)
@@ -143,11 +179,21 @@ def test_nm_and_bsr_errors():
         jk.bsr_from_dense(np.zeros((8, 2), F32), block=(3, 4))
     b = jk.bsr_from_dense(np.ones((8, 2), F32), block=(1, 4))
     with pytest.raises(JaxCompressValueError, match=r"indices must be in \[0, K/c=2\)"):
-        jk.BSRMatrix(shape=b.shape, block=b.block, indptr=np.asarray(b.indptr),
-                     indices=np.full_like(b.indices, 2), blocks=np.asarray(b.blocks))
+        jk.BSRMatrix(
+            shape=b.shape,
+            block=b.block,
+            indptr=np.asarray(b.indptr),
+            indices=np.full_like(b.indices, 2),
+            blocks=np.asarray(b.blocks),
+        )
     with pytest.raises(JaxCompressValueError, match="indptr must be non-decreasing"):
-        jk.BSRMatrix(shape=b.shape, block=b.block, indptr=np.array([0, 5, 4], np.int64),
-                     indices=np.asarray(b.indices), blocks=np.asarray(b.blocks))
+        jk.BSRMatrix(
+            shape=b.shape,
+            block=b.block,
+            indptr=np.array([0, 5, 4], np.int64),
+            indices=np.asarray(b.indices),
+            blocks=np.asarray(b.blocks),
+        )
 
 
 def test_int8_errors():
@@ -158,9 +204,13 @@ def test_int8_errors():
         jk.qmatmul_int8(np.zeros((1, 8), np.int8), w, x_zero_point=200)
     with pytest.raises(JaxCompressTypeError, match=r"bias\.dtype=float32 must be int32"):
         jk.qmatmul_int8(np.zeros((1, 8), np.int8), w, np.zeros(2, F32))
-    with pytest.raises(JaxCompressValueError, match=r"requant\.multiplier\.shape=\(3,\) must be \(2,\)"):
+    with pytest.raises(
+        JaxCompressValueError, match=r"requant\.multiplier\.shape=\(3,\) must be \(2,\)"
+    ):
         jk.qmatmul_int8(np.zeros((1, 8), np.int8), w, requant=jk.requantization(np.ones(3) * 0.1))
-    with pytest.raises(JaxCompressValueError, match=r"real_multiplier must be finite and in \[0, 2\*\*30\)"):
+    with pytest.raises(
+        JaxCompressValueError, match=r"real_multiplier must be finite and in \[0, 2\*\*30\)"
+    ):
         jk.requantization(np.array([-1.0]))
     with pytest.raises(JaxCompressValueError, match=r"K=70000 must be in 0\.\.65536"):
         jk.int8_weight(np.zeros((70000, 1), np.int8))
@@ -189,6 +239,8 @@ def test_edge_package_never_imports_jax():
         " for k in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["[[32.0,", "32.0]]", "nojax"]
