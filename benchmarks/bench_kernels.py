@@ -360,11 +360,11 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
             Impl(
                 f"ours qmatmul {bits}-bit g32",
                 f"{bits}-bit",
-                (lambda p: lambda x: jk.qmatmul(x, p))(p),
-                p.nbytes,  # noqa: B023
-                check=(lambda p: lambda x: reference.qmatmul(x, p))(p),
+                (lambda pw: lambda x: jk.qmatmul(x, pw))(p),
+                p.nbytes,
+                check=(lambda pw: lambda x: reference.qmatmul(x, pw))(p),
             )
-        )  # noqa: B023
+        )
 
     # ---------------- N:M
     W24 = nm_prune(W, 2)
