@@ -512,7 +512,8 @@ class NMSparse:
     slots per channel (slot ``s`` is the ``s % n``-th kept value of group ``s // n``):
 
     - ``positions``: ``(T, S // 4, 16)`` uint8; position of slot s, lane l is
-      ``(positions[t, s // 4, l] >> (2 * (s % 4))) & 3`` (2 bits per kept value).
+      ``(positions[t, s // 4, l] >> (2 * (s % 4))) & 3`` (2 bits per kept value). For 2:4 the two
+      positions of a group strictly increase (an unused slot holds value 0 at an unkept position).
     - ``values``: ``(T, S, 16)`` float32 (when `bits` is None), or
     - ``values``: ``(T, S // 2, 16)`` uint8 holding 4-bit codes (`bits` = 4): code of slot s is
       ``(values[t, s // 2, l] >> (4 * (s % 2))) & 15`` and
@@ -550,6 +551,14 @@ class NMSparse:
             check_array("scales", self.scales, dtype=np.float32, shape=(np_,))
         else:
             raise JaxCompressValueError(f"bits={self.bits} must be None (float32) or 4")
+        if self.n == 2 and self.positions.size:
+            p = self.positions
+            first = (p & 3, (p >> 4) & 3)
+            second = ((p >> 2) & 3, p >> 6)
+            if any((a >= b).any() for a, b in zip(first, second, strict=True)):
+                raise JaxCompressValueError(
+                    "positions of the two slots of every 2:4 group must strictly increase"
+                )
         for f in ("positions", "values", "scales"):
             if getattr(self, f) is not None:
                 object.__setattr__(self, f, _ro(getattr(self, f)))
@@ -576,8 +585,10 @@ def _nm_select(w_like: np.ndarray, keep: np.ndarray, n: int, m: int):
         )
     # positions of kept entries in increasing order, padded with unused slots
     order = np.argsort(~grp, axis=2, kind="stable")[:, :, :n]  # kept first, by position
+    # unused slots point at a position not kept (value 0 there); then sort the slots of a group
+    # by position, so positions within a group strictly increase (the 2:4 kernel relies on it)
+    order = np.sort(order, axis=2)
     taken = np.take_along_axis(grp, order, axis=2)
-    # unused slots: point at a position not kept (value 0 there)
     return order.astype(np.uint8), taken
 
 

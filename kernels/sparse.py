@@ -138,6 +138,18 @@ def _sel4(q, x0, x1, x2, x3):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _sel_lo(q, x0, x1, x2):
+    # first slot of a 2:4 group: position in {0, 1, 2} (positions strictly increase)
+    return x0 if q == 0.0 else (x1 if q == 1.0 else x2)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sel_hi(q, x1, x2, x3):
+    # second slot of a 2:4 group: position in {1, 2, 3}
+    return x1 if q == 1.0 else (x2 if q == 2.0 else x3)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _split4(pb):
     # a position byte -> its four 2-bit fields, in float arithmetic (exact for 0..255; integer ops
     # would be widened to int64 by Numba and de-vectorised)
@@ -196,10 +208,10 @@ def _spmv_nm_kernel(xg, positions, v4, c4, scales, n_keep, q4, out):
                             v2 = v4[t, qi, 2, lane]
                             v3 = v4[t, qi, 3, lane]
                         am[lane] += (
-                            v0 * _sel4(q0, a0, a1, a2, a3)
-                            + v1 * _sel4(q1, a0, a1, a2, a3)
-                            + v2 * _sel4(q2, b0, b1, b2, b3)
-                            + v3 * _sel4(q3, b0, b1, b2, b3)
+                            v0 * _sel_lo(q0, a0, a1, a2)
+                            + v1 * _sel_hi(q1, a1, a2, a3)
+                            + v2 * _sel_lo(q2, b0, b1, b2)
+                            + v3 * _sel_hi(q3, b1, b2, b3)
                         )
                 else:
                     xq = xg[m, qi]

@@ -244,3 +244,20 @@ def test_edge_package_never_imports_jax():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["[[32.0,", "32.0]]", "nojax"]
+
+
+def test_nm_positions_must_increase_within_a_2_4_group():
+    rng = np.random.default_rng(3)
+    d = rng.standard_normal((16, 16)).astype(F32)
+    d.reshape(4, 4, 16)[:, 2:, :] = 0  # keep positions 0 and 1 of every group
+    w = jk.nm_from_dense(d, n=2)
+    p = np.asarray(w.positions).copy()
+    p ^= 0b0101  # swap-ish: first slot 1, second slot 0 for group 0 of each pair
+    with pytest.raises(JaxCompressValueError, match="must strictly increase"):
+        jk.NMSparse(shape=w.shape, n=2, m=4, positions=p, values=np.asarray(w.values))
+    # one kept value at position 3: the unused slot sorts before it
+    d1 = np.zeros((4, 1), F32)
+    d1[3, 0] = 2.0
+    w1 = jk.nm_from_dense(d1, n=2)
+    np.testing.assert_array_equal(jk.to_dense(w1), d1)
+    np.testing.assert_array_equal(jk.spmm_nm(np.arange(4, dtype=F32), w1), [6.0])
