@@ -303,6 +303,51 @@ def _codes_dot_row_few(xt, d, n, acc):
         acc[gi] = t
 
 
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _codes_dot_pc(xt, d, n):
+    """Per-channel (one group): sum_{t, j} xt[t, j] * u[t, j] of channel n, with d (N, B, PL)
+    and xt (T, PL) so the plane index is the contiguous one."""
+    pl = d.shape[2]
+    nt = xt.shape[0]
+    t = np.float32(0.0)
+    if nt == 2:
+        for j in range(pl):
+            f = np.float32(d[n, 0, j])
+            hi = np.floor(f * np.float32(0.0625))
+            t += xt[0, j] * (f - np.float32(16.0) * hi) + xt[1, j] * hi
+    elif nt == 1:
+        for j in range(pl):
+            t += xt[0, j] * np.float32(d[n, 0, j])
+    elif nt == 4:
+        for j in range(pl):
+            q0, q1, q2, q3 = _split2(np.float32(d[n, 0, j]))
+            t += xt[0, j] * q0 + xt[1, j] * q1 + xt[2, j] * q2 + xt[3, j] * q3
+    else:
+        c4 = np.float32(4.0)
+        for j in range(pl):
+            a0, a2, a4, a6 = _split2(np.float32(d[n, 0, j]))
+            a1, a3, a5, a7 = _split2(np.float32(d[n, 1, j]))
+            h0, h1, h2, h3, h4, h5, h6, h7 = _split1(np.float32(d[n, 2, j]))
+            t += (
+                xt[0, j] * (a0 + c4 * h0)
+                + xt[1, j] * (a1 + c4 * h1)
+                + xt[2, j] * (a2 + c4 * h2)
+                + xt[3, j] * (a3 + c4 * h3)
+                + xt[4, j] * (a4 + c4 * h4)
+                + xt[5, j] * (a5 + c4 * h5)
+                + xt[6, j] * (a6 + c4 * h6)
+                + xt[7, j] * (a7 + c4 * h7)
+            )
+    return t
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _qmatmul_gemv_pc_kernel(xt, xsum, d, scales, zps, out):
+    """Batch 1, per-channel scales: out[0, n] += s[n] * (sum_k x[k] u[k, n] - z[n] * sum(x))."""
+    for n in prange(d.shape[0]):
+        out[0, n] += scales[n, 0] * (_codes_dot_pc(xt, d, n) - zps[n, 0] * xsum)
+
+
 _FEW_GROUPS = 8  # below this many groups per channel, reduce along the group instead
 
 
@@ -516,7 +561,11 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
         # x in the storage order: (M, G, T, PL) -> (M, T, PL, G); O(M K), once per call
         xperm = np.ascontiguousarray(xp.reshape(m, ng, nt, pl).transpose(0, 2, 3, 1))
         nchunks = min(n, 8 * _threads())
-        if m == 1:
+        if m == 1 and ng == 1:
+            xs = np.float32(xp.sum(dtype=np.float32))
+            d3 = w.data.reshape(n, dshape[1], pl)
+            _qmatmul_gemv_pc_kernel(xperm[0].reshape(nt, pl), xs, d3, w.scales, w.zero_points, out)
+        elif m == 1:
             xsum = xp.reshape(ng, nt * pl).sum(axis=1, dtype=np.float32)
             _qmatmul_gemv_kernel(xperm[0], xsum, d, w.scales, w.zero_points, nchunks, out)
         else:
