@@ -70,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--float-epochs", type=int, default=20)
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--prune-epochs", type=int, default=10)
+    ap.add_argument("--note", default="", help="a line added to the results header")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -141,6 +142,7 @@ def main(argv=None):
     lines = ["# reproduce_deep_compression_clustering (LeNet-300-100, MNIST"
              f"{' QUICK subset' if args.quick else ''})", ""]
     lines += common.header("reproduce_deep_compression_clustering.py")
+    lines += [f"- note: {args.note}"] if args.note else []
     lines += [
         f"- total wall time: {time.perf_counter() - t_all:.0f} s",
         "- sizes from `size_report` over all params (biases float32, codebooks float32): "

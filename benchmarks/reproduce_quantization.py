@@ -41,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--float-epochs", type=int, default=12)
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat2-epochs", type=int, default=2)
+    ap.add_argument("--note", default="", help="a line added to the results header")
     ap.add_argument("--quick", action="store_true", help="small subset, 1 epoch: a smoke run")
     ap.add_argument("--skip-qat", action="store_true")
     ap.add_argument("--out", default=None)
@@ -76,6 +77,7 @@ def main(argv=None):
         if partial:
             lines += ["**PARTIAL: the run had not finished when this was written.**", ""]
         lines += common.header("reproduce_quantization.py")
+        lines += [f"- note: {args.note}"] if args.note else []
         lines += [
             f"- total wall time: {time.perf_counter() - t_all:.0f} s (float model cache: `{info['cache']}`)",
             "- accuracy on the 10,000 MNIST test images (quick: 2,000); delta in percentage points vs"
