@@ -106,16 +106,19 @@ def _expand8(v, bits, m1, m2, m4):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _pack_words_kernel(words, bits, m1, m2, m4, out, nchunks):
-    """words: (n//8,) uint64 (8 codes each) -> out[g*bits : (g+1)*bits] bytes."""
+def _pack_words_kernel(words, bits, m1, m2, m4, out2, nchunks):
+    """words: (n//8,) uint64 (8 codes each) -> out2 (n//8, bits) bytes."""
     ng = words.shape[0]
     per = (ng + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for g in range(c * per, min(ng, (c + 1) * per)):
-            t = _compress8(words[g], bits, m1, m2, m4)
-            o = g * bits
+        lo = c * per
+        hi = min(ng, lo + per)
+        wv = words[lo:hi]
+        ov = out2[lo:hi]
+        for i in range(hi - lo):
+            t = _compress8(wv[i], bits, m1, m2, m4)
             for j in range(bits):
-                out[o + j] = np.uint8((t >> np.uint64(8 * j)) & np.uint64(0xFF))
+                ov[i, j] = np.uint8((t >> np.uint64(8 * j)) & np.uint64(0xFF))
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -123,8 +126,12 @@ def _pack_words4_kernel(words, m1, m2, m4, out32, nchunks):
     ng = words.shape[0]
     per = (ng + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for g in range(c * per, min(ng, (c + 1) * per)):
-            out32[g] = np.uint32(_compress8(words[g], 4, m1, m2, m4))
+        lo = c * per
+        hi = min(ng, lo + per)
+        wv = words[lo:hi]
+        ov = out32[lo:hi]
+        for i in range(hi - lo):
+            ov[i] = np.uint32(_compress8(wv[i], 4, m1, m2, m4))
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -132,21 +139,29 @@ def _pack_words2_kernel(words, m1, m2, m4, out16, nchunks):
     ng = words.shape[0]
     per = (ng + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for g in range(c * per, min(ng, (c + 1) * per)):
-            out16[g] = np.uint16(_compress8(words[g], 2, m1, m2, m4))
+        lo = c * per
+        hi = min(ng, lo + per)
+        wv = words[lo:hi]
+        ov = out16[lo:hi]
+        for i in range(hi - lo):
+            ov[i] = np.uint16(_compress8(wv[i], 2, m1, m2, m4))
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _unpack_words_kernel(packed, bits, m1, m2, m4, words, nchunks):
+def _unpack_words_kernel(packed2, bits, m1, m2, m4, words, nchunks):
+    """packed2 (n//8, bits) bytes -> words (n//8,) uint64 (8 codes each)."""
     ng = words.shape[0]
     per = (ng + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for g in range(c * per, min(ng, (c + 1) * per)):
-            o = g * bits
+        lo = c * per
+        hi = min(ng, lo + per)
+        pv = packed2[lo:hi]
+        wv = words[lo:hi]
+        for i in range(hi - lo):
             v = np.uint64(0)
             for j in range(bits):
-                v |= np.uint64(packed[o + j]) << np.uint64(8 * j)
-            words[g] = _expand8(v, bits, m1, m2, m4)
+                v |= np.uint64(pv[i, j]) << np.uint64(8 * j)
+            wv[i] = _expand8(v, bits, m1, m2, m4)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -154,8 +169,12 @@ def _unpack_words4_kernel(packed32, m1, m2, m4, words, nchunks):
     ng = words.shape[0]
     per = (ng + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for g in range(c * per, min(ng, (c + 1) * per)):
-            words[g] = _expand8(np.uint64(packed32[g]), 4, m1, m2, m4)
+        lo = c * per
+        hi = min(ng, lo + per)
+        pv = packed32[lo:hi]
+        wv = words[lo:hi]
+        for i in range(hi - lo):
+            wv[i] = _expand8(np.uint64(pv[i]), 4, m1, m2, m4)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -163,8 +182,12 @@ def _unpack_words2_kernel(packed16, m1, m2, m4, words, nchunks):
     ng = words.shape[0]
     per = (ng + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for g in range(c * per, min(ng, (c + 1) * per)):
-            words[g] = _expand8(np.uint64(packed16[g]), 2, m1, m2, m4)
+        lo = c * per
+        hi = min(ng, lo + per)
+        pv = packed16[lo:hi]
+        wv = words[lo:hi]
+        for i in range(hi - lo):
+            wv[i] = _expand8(np.uint64(pv[i]), 2, m1, m2, m4)
 
 
 def _nchunks(ng: int) -> int:
@@ -222,7 +245,7 @@ def pack_bits(codes: np.ndarray, bits: int, *, out: np.ndarray | None = None) ->
         elif bits == 2:
             _pack_words2_kernel(words, m1, m2, m4, out[: ng * 2].view(np.uint16), nc)
         else:
-            _pack_words_kernel(words, bits, m1, m2, m4, out, nc)
+            _pack_words_kernel(words, bits, m1, m2, m4, out[: ng * bits].reshape(ng, bits), nc)
     if n > ng * 8:
         _pack_tail(codes, bits, ng * 8, out, ng * bits)
     return out
@@ -272,7 +295,7 @@ def unpack_bits(
         elif bits == 2:
             _unpack_words2_kernel(packed[: ng * 2].view(np.uint16), m1, m2, m4, words, nc)
         else:
-            _unpack_words_kernel(packed, bits, m1, m2, m4, words, nc)
+            _unpack_words_kernel(packed[: ng * bits].reshape(ng, bits), bits, m1, m2, m4, words, nc)
     if count > ng * 8:
         _unpack_tail(packed, bits, ng * 8, count, out)
     return out
