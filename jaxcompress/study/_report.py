@@ -199,7 +199,7 @@ def to_markdown(rep: dict) -> str:
             out += [f"Reference: {pa['reference']}", ""]
         out += ["| metric | paper | ours (this run) |", "|---|---:|---:|"]
         for row in pa["rows"]:
-            out.append(f"| {row['label']} | {_f(row['paper'], 'g')} | {_f(row['ours'], '.3g')} |")
+            out.append(f"| {row['label']} | {_f(row['paper'], 'g')} | {_f(row['ours'], '.4g')} |")
         if pa["notes"]:
             out += ["", pa["notes"]]
         out.append("")
