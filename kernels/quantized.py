@@ -506,8 +506,6 @@ def _check_x(x, k: int):
     check_array("x", x, dtype=np.float32, ndim=(1, 2))
     if x.shape[-1] != k:
         raise JaxCompressValueError(f"x.shape={x.shape} must end in K={k} (W is (K, N))")
-    if x.size and not np.isfinite(x).all():
-        pass  # NaN/inf propagate like in BLAS; no error
 
 
 def _check_bias(bias, n: int, dtype=np.float32):
