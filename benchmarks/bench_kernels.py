@@ -737,6 +737,112 @@ def blas_info(libs):
     return "; ".join(out) or "none found"
 
 
+def _t(rows, name):
+    for r in rows:
+        if r[3] == name:
+            return r[5]
+    return None
+
+
+def _best(rows, pred):
+    ts = [r[5] for r in rows if pred(r)]
+    return min(ts) if ts else None
+
+
+def target_summary(by_cell, pack_rows):
+    """The issue's targets as measured ratios (higher = faster than the reference)."""
+    out = [
+        "## Targets of issue 3 (ratios measured in this run; 'met' compares with the minimum)",
+        "",
+        "| target | W | threads | measured | minimum (goal) | met |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+
+    def add(label, shape, t, ratio, minimum, goal=None):
+        if ratio is None:
+            return
+        g = f"{minimum:g}x" + (f" ({goal:g}x)" if goal else "")
+        out.append(
+            f"| {label} | {shape[0]}x{shape[1]} | {t} | {ratio:.2f}x | {g} | "
+            f"{'yes' if ratio >= minimum else '**no**'} |"
+        )
+
+    def ratio(ref, ours):
+        return None if ref is None or ours is None else ref / ours
+
+    not_ours = lambda r: not r[3].startswith("ours")  # noqa: E731
+    for (shape, m, t), rows in by_cell.items():
+        dense = _best(rows, lambda r: r[4] == "fp32 dense" and not_ours(r))
+        numpy_t = _t(rows, "NumPy fp32 (BLAS)")
+        q4 = _t(rows, "ours qmatmul 4-bit g32")
+        if m == 1:
+            best4 = _best(rows, lambda r: r[4] == "4-bit" and not_ours(r))
+            add("4-bit g32, batch 1, vs best 4-bit anchor", shape, t, ratio(best4, q4), 1.0, 1.5)
+            best8 = _best(rows, lambda r: r[4] == "int8" and not_ours(r))
+            q8 = _t(rows, "ours qmatmul 8-bit per-channel")
+            add(
+                "int8 per-channel, batch 1, vs best int8 anchor",
+                shape,
+                t,
+                ratio(best8, q8),
+                1.0,
+                1.3,
+            )
+            add(
+                "2:4 fp32 values, batch 1, vs NumPy fp32",
+                shape,
+                t,
+                ratio(numpy_t, _t(rows, "ours 2:4 fp32 values")),
+                1.4,
+                1.88,
+            )
+            add(
+                "2:4 4-bit values, batch 1, vs NumPy fp32",
+                shape,
+                t,
+                ratio(numpy_t, _t(rows, "ours 2:4 4-bit values")),
+                3.0,
+            )
+            c90 = _t(rows, "ours CSR fp32 90%")
+            if t == 2:
+                add(
+                    "CSR 90%, batch 1, vs SciPy CSR",
+                    shape,
+                    t,
+                    ratio(_t(rows, "SciPy CSR 90%"), c90),
+                    1.5,
+                )
+                add(
+                    "CSR 90%, batch 1, vs best CSR anchor",
+                    shape,
+                    t,
+                    ratio(_best(rows, lambda r: r[4] == "CSR 90%" and not_ours(r)), c90),
+                    1.0,
+                )
+                add(
+                    "CSR 75%, batch 1, vs best fp32 dense",
+                    shape,
+                    t,
+                    ratio(dense, _t(rows, "ours CSR fp32 75%")),
+                    1.0,
+                )
+        if m == 8:
+            add("4-bit g32, batch 8, vs best fp32 dense", shape, t, ratio(dense, q4), 2.0)
+        if m == 64:
+            add("4-bit g32, batch 64, vs best fp32 dense", shape, t, ratio(dense, q4), 1.0)
+    want = {4: 5.0, 2: 10.0, 3: 20.0}
+    for npack, how, rows in pack_rows:
+        for bits, t, med in rows:
+            for op in ("pack", "unpack"):
+                r = med[f"NumPy {op}"] / med[f"ours {op}"]
+                out.append(
+                    f"| {op} {bits}-bit vs NumPy ({npack} codes, {how}) | - | {t} | {r:.2f}x | "
+                    f"{want[bits]:g}x | {'yes' if r >= want[bits] else '**no**'} |"
+                )
+    out.append("")
+    return out
+
+
 def write_table(args, results, mem_rows, pack_rows, bw, libs, elapsed):
     lines = []
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -773,6 +879,7 @@ def write_table(args, results, mem_rows, pack_rows, bw, libs, elapsed):
     by_cell = {}
     for r in results:
         by_cell.setdefault((r[0], r[1], r[2]), []).append(r)
+    lines += target_summary(by_cell, pack_rows)
     for (shape, m, t), rows in by_cell.items():
         base = next(r[5] for r in rows if r[3].startswith("NumPy fp32"))
         if t == 1:
