@@ -272,6 +272,7 @@ def stage_student800(ds, args) -> dict:
         "epochs": args.student_epochs,
         "train_seconds": round(s_kd, 1),
         "test_errors": e_kd,
+        "teacher_epochs": args.teacher_epochs,
         "temperature": 20.0,
         "alpha": args.alpha,
     }
@@ -296,7 +297,14 @@ def stage_sweep30(ds, args) -> dict:
         )
         print(f"2x30 T={temp}: {e} errors ({s:.0f} s)", flush=True)
         rows.append({"temperature": temp, "test_errors": e, "train_seconds": round(s, 1)})
-    return {"sweep30": {"epochs": args.sweep_epochs, "alpha": args.alpha, "rows": rows}}
+    return {
+        "sweep30": {
+            "epochs": args.sweep_epochs,
+            "alpha": args.alpha,
+            "teacher_epochs": args.teacher_epochs,
+            "rows": rows,
+        }
+    }
 
 
 def stage_all(ds, args) -> dict:
@@ -337,7 +345,8 @@ def render(results: dict) -> str:
         )
     if d:
         lines.append(
-            f"| student 2x800 distilled, T = 20, alpha = {d['alpha']} | 74 | "
+            f"| student 2x800 distilled, T = 20, alpha = {d['alpha']} "
+            f"(teacher of {d.get('teacher_epochs', 20)} epochs) | 74 | "
             f"{d['test_errors']} | {d['epochs']} | {d['train_seconds']:.0f} s |"
         )
     if a and d:
@@ -353,7 +362,7 @@ def render(results: dict) -> str:
         lines += [
             "",
             f"## 2x30 student, temperature sweep ({sw['epochs']} epochs each, "
-            f"alpha = {sw['alpha']})",
+            f"alpha = {sw['alpha']}, teacher trained {sw.get('teacher_epochs', 20)} epochs)",
             "",
             "Paper: T in 2.5-4 works significantly better than higher or lower temperatures.",
             "",
