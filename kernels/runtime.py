@@ -397,27 +397,57 @@ class Runtime:
             )
         if self.num_threads is not None and get_num_threads() != self.num_threads:
             set_num_threads(self.num_threads)
+        env = self.initial_env(x)
+        times: list[tuple[int, str, float]] = []
+        self.run_nodes(env, 0, len(self.nodes), b, times=times)
+        self.last_times = times
+        outs = tuple(np.asarray(env[o]) for o in self.graph["outputs"])
+        return outs[0] if len(outs) == 1 else outs
+
+    __call__ = run
+
+    def initial_env(self, x: np.ndarray) -> dict:
+        """The value environment before node 0: constants plus the graph input ``x``.
+
+        ``x`` must already be validated (``run`` does it); used with :meth:`run_nodes` to run a
+        graph piecewise, e.g. up to an edge-cloud split point and on from it.
+        """
         env = dict(self.env0)
         env[self.graph["inputs"][0]] = np.ascontiguousarray(x)
-        times = []
+        return env
+
+    def run_nodes(self, env: dict, start: int, stop: int, batch: int, *, times=None) -> dict:
+        """Execute nodes ``[start, stop)`` in order, reading and writing ``env`` (returned).
+
+        Args:
+          env: value environment (from :meth:`initial_env` or an earlier ``run_nodes``).
+          start, stop: node range, ``0 <= start <= stop <= len(self.nodes)``.
+          batch: the batch size the symbolic shapes resolve to.
+          times: optional list that receives ``(index, op, seconds)`` per node.
+
+        Raises:
+          JaxCompressValueError: a bad range, or a node that fails on these inputs.
+        """
+        if not 0 <= start <= stop <= len(self.nodes):
+            raise JaxCompressValueError(
+                f"node range [{start=}, {stop=}) must lie within 0..{len(self.nodes)}"
+            )
         clock = time.perf_counter
-        for i, node in enumerate(self.nodes):
+        for i in range(start, stop):
+            node = self.nodes[i]
             t0 = clock()
             ins = [self._ref(env, r) for r in node["in"]]
             try:
-                env[node["out"]] = self._exec(node, ins, b)
+                env[node["out"]] = self._exec(node, ins, batch)
             except JaxCompressValueError:
                 raise
             except (ValueError, TypeError, IndexError, KeyError) as e:
                 raise JaxCompressValueError(
                     f"graph execution failed at node {i} ({node['op']}): {e}"
                 ) from None
-            times.append((i, node["op"], clock() - t0))
-        self.last_times = times
-        outs = tuple(np.asarray(env[o]) for o in self.graph["outputs"])
-        return outs[0] if len(outs) == 1 else outs
-
-    __call__ = run
+            if times is not None:
+                times.append((i, node["op"], clock() - t0))
+        return env
 
     def _exec(self, node, ins, b):
         op = node["op"]

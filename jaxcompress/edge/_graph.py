@@ -259,24 +259,15 @@ class GraphExecutor:
         self.outputs = tuple(self.runtime.graph["outputs"])
 
     def _step(self, env, i, b):
-        rt = self.runtime
-        node = self.nodes[i]
-        # the runtime's per-node implementation (jaxcompress_kernels.runtime.Runtime._exec)
-        ins = [rt._ref(env, r) for r in node["in"]]
-        env[node["out"]] = rt._exec(node, ins, b)
+        self.runtime.run_nodes(env, i, i + 1, b)
 
     def run_prefix(self, x, cut: int) -> dict:
         x = np.ascontiguousarray(np.asarray(x, np.float32))
-        env = dict(self.runtime.env0)
-        env[self.input] = x
-        for i in range(cut):
-            self._step(env, i, x.shape[0])
-        return env
+        return self.runtime.run_nodes(self.runtime.initial_env(x), 0, cut, x.shape[0])
 
     def run_suffix(self, env: dict, cut: int):
         b = env[self.input].shape[0] if self.input in env else None
-        for i in range(cut, len(self.nodes)):
-            self._step(env, i, b)
+        self.runtime.run_nodes(env, cut, len(self.nodes), b)
         outs = tuple(np.asarray(env[o]) for o in self.outputs)
         return outs[0] if len(outs) == 1 else outs
 
@@ -313,8 +304,7 @@ def graph_from_artifact(artifact, *, num_threads=None) -> EdgeGraph:
     tensors = art.tensors
     # batch 1 for symbolic-batch graphs; a static-batch export runs at its fixed batch
     x = np.ascontiguousarray(art.sample_input[:1] if rt.symbolic else art.sample_input)
-    env = dict(rt.env0)
-    env[ex.input] = x
+    env = rt.initial_env(x)
     static: set[str] = set(tensors)
     ops = []
     for i, node in enumerate(ex.nodes):
