@@ -127,15 +127,16 @@ def make_plots(rep: dict, folder: str) -> list[str]:
         has_lat = all("latency_p50_ms" in p for p in pts)
         fig, axes = plt.subplots(1, 2 if has_lat else 1, figsize=(10 if has_lat else 5.5, 3.8))
         axes = axes if has_lat else [axes]
-        panels = [("artifact_bytes", 1e-3, "artifact size (KB)", "pareto_size")]
+        from jaxcompress.study._compress import pareto_front
+
+        panels = [("artifact_bytes", 1e-3, "artifact size (KB)")]
         if has_lat:
-            panels.append(
-                ("latency_p50_ms", 1.0, "latency p50 on this host (ms)", "pareto_size_latency")
-            )
-        for ax, (k, sc, label, flag) in zip(axes, panels, strict=True):
+            panels.append(("latency_p50_ms", 1.0, "latency p50 on this host (ms)"))
+        for ax, (k, sc, label) in zip(axes, panels, strict=True):
             xs = [sc * p[k] for p in pts]
             ys = [100 * p["accuracy"] for p in pts]
-            front = sorted((x, y) for x, y, p in zip(xs, ys, pts, strict=True) if p[flag])
+            flags = pareto_front(pts, minimize=(k,))  # the front of this panel's two axes
+            front = sorted((x, y) for x, y, f in zip(xs, ys, flags, strict=True) if f)
             ax.scatter(xs, ys, color="tab:gray", label="sweep points")
             if front:
                 ax.plot(
@@ -154,6 +155,8 @@ def make_plots(rep: dict, folder: str) -> list[str]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         axes[0].set_title(f"sweep {sweep['key']}: accuracy / size trade-off")
+        if has_lat:
+            axes[1].set_title("accuracy / latency trade-off")
         _save(fig, folder, "sweep.png", out)
         plt.close(fig)
     return out
