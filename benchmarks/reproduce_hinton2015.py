@@ -407,9 +407,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--data-dir", default=str((HERE / ".." / ".." / "shared" / "data" / "mnist").resolve())
     )
-    p.add_argument("--teacher-epochs", type=int, default=20)
+    p.add_argument("--teacher-epochs", type=int, default=40)
     p.add_argument("--student-epochs", type=int, default=15)
-    p.add_argument("--sweep-epochs", type=int, default=10)
+    p.add_argument("--sweep-epochs", type=int, default=20)
     p.add_argument("--temperatures", type=float, nargs="+", default=[1, 2.5, 4, 8, 20])
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the soft term")
     p.add_argument("--seed", type=int, default=0)
