@@ -55,6 +55,7 @@ __all__ = [
 QMATMUL_BITS = (2, 3, 4, 8)
 _PER_CHANNEL_ALIGN = 32  # K is zero-padded to this multiple for per-channel packed weights
 NM_LANES = 16  # output channels interleaved per N:M tile
+LANE_BLOCK = 128  # output channels per block of the batch-1 "lanes" layout (bits 4 and 8)
 INT8_BLOCK = 256  # int8 products summed exactly in float32 over blocks of this many (2**22 max)
 
 
@@ -197,6 +198,9 @@ class PackedWeight:
         check_array("zero_points", self.zero_points, dtype=np.float32, shape=(n, G))
         for f in ("data", "scales", "zero_points"):
             object.__setattr__(self, f, _ro(getattr(self, f)))
+        object.__setattr__(self, "lanes", _lanes_layout(self))
+
+    lanes: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def padded_k(self) -> int:
@@ -214,6 +218,47 @@ class PackedWeight:
             + self.scales.nbytes
             + (0 if self.symmetric else self.zero_points.nbytes)
         )
+
+
+def _lanes_layout(w: PackedWeight):
+    """The batch-1 "lanes" layout of a 4- or 8-bit weight, built once at construction.
+
+    Output channels are cut in blocks of ``LANE_BLOCK`` (N zero-padded, padded channels have
+    scale 0). For block b, group gi, position kk in the group (k = gi * g + kk), the bytes
+    ``d[b, gi, kk]`` hold the codes of the block's channels side by side: 8-bit, byte c = channel
+    c, stored centred as int8 ``u - 128`` (then ``zs = s * (z - 128)``: small partial sums over
+    long per-channel groups); 4-bit, byte c = channel c (low nibble) and channel c + LANE_BLOCK/2
+    (high nibble). A contiguous run of bytes thus feeds whole SIMD lane groups (one broadcast x[k]
+    per row, no shuffles). Scales ``s[b, gi, c]`` and ``s * z`` (``zs``) are laid out alike.
+    Returns ``(d, s, zs)`` read-only, or None for other bit widths / empty weights. This is a
+    second copy of the codes (same size as `data`, plus two float32 arrays the size of `scales`),
+    traded for a faster batch-1 `qmatmul` (see docs/kernels.md for the measured ratios).
+    """
+    k, n = w.shape
+    kp = w.padded_k
+    if w.bits not in (4, 8) or not n or not kp:
+        return None
+    g = w.group_len
+    G = kp // g
+    cb = LANE_BLOCK
+    nb = -(-n // cb)
+    u = _decode_group_layout(_groups_outer(np.asarray(w.data), w.bits, g, kp), w.bits, g, kp)
+    up = np.zeros((nb * cb, kp), np.uint8)
+    up[:n] = u
+    ub = up.reshape(nb, cb, G, g).transpose(0, 2, 3, 1)  # (nb, G, g, cb)
+    zpl = w.zero_points
+    if w.bits == 4:
+        d = (ub[..., : cb // 2] | (ub[..., cb // 2 :] << 4)).astype(np.uint8)
+    else:  # centred, int8 u - 128 (smaller partial sums over long per-channel groups)
+        d = (ub.astype(np.int16) - 128).astype(np.int8)
+        zpl = zpl - np.float32(128.0)
+    sp = np.zeros((nb * cb, G), np.float32)
+    sp[:n] = w.scales
+    zsp = np.zeros((nb * cb, G), np.float32)
+    zsp[:n] = w.scales * zpl
+    s = sp.reshape(nb, cb, G).transpose(0, 2, 1)
+    zs = zsp.reshape(nb, cb, G).transpose(0, 2, 1)
+    return tuple(_ro(np.ascontiguousarray(a)) for a in (d, s, zs))
 
 
 def pack_weight(

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 from jaxcompress_kernels._validate import check_array, check_int
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
-from jaxcompress_kernels.formats import INT8_BLOCK, Int8Weight, PackedWeight
+from jaxcompress_kernels.formats import INT8_BLOCK, LANE_BLOCK, Int8Weight, PackedWeight
 from numba import njit, prange
 
 __all__ = [
@@ -487,6 +487,93 @@ def _qmatmul_small_kernel(xp, d, scales, zps, nt, nchunks, out):
             n += 1
 
 
+# ----------------------------------------------------------------------------------------------
+# Batch 1 on the "lanes" layout (4- and 8-bit, see formats._lanes_layout): SIMD lanes run across
+# LANE_BLOCK output channels, each x[k] is broadcast once per row of bytes, four k's per pass so
+# each partial sum is loaded and stored once per 4 k's. Per group, acc[c] = sum_k x[k] u[k, c];
+# then out[c] += s[c] * acc[c] - (s z)[c] * sum_group(x). Nibbles are split with narrow integer
+# ops (``np.uint8(v & 15)``, ``np.uint8(v >> 4)``: the truncation lets LLVM keep them 8-bit wide,
+# so they vectorise), then widened to int32 and converted to float.
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _gemv_lanes4_kernel(x, xsum, d, s, zs, n, out):
+    nb, ng, g = d.shape[0], d.shape[1], d.shape[2]
+    h = LANE_BLOCK // 2
+    for b in prange(nb):
+        o = np.zeros(LANE_BLOCK, np.float32)
+        acc = np.empty(LANE_BLOCK, np.float32)
+        alo = acc[:h]
+        ahi = acc[h:]
+        for gi in range(ng):
+            for c in range(LANE_BLOCK):
+                acc[c] = 0.0
+            xg = x[gi * g : (gi + 1) * g]
+            dg = d[b, gi]
+            for kk in range(0, g, 4):
+                x0 = xg[kk]
+                x1 = xg[kk + 1]
+                x2 = xg[kk + 2]
+                x3 = xg[kk + 3]
+                r0 = dg[kk]
+                r1 = dg[kk + 1]
+                r2 = dg[kk + 2]
+                r3 = dg[kk + 3]
+                for c in range(h):
+                    v0 = r0[c]
+                    v1 = r1[c]
+                    v2 = r2[c]
+                    v3 = r3[c]
+                    alo[c] += (
+                        x0 * np.float32(np.uint8(v0 & 15)) + x1 * np.float32(np.uint8(v1 & 15))
+                    ) + (x2 * np.float32(np.uint8(v2 & 15)) + x3 * np.float32(np.uint8(v3 & 15)))
+                    ahi[c] += (
+                        x0 * np.float32(np.uint8(v0 >> 4)) + x1 * np.float32(np.uint8(v1 >> 4))
+                    ) + (x2 * np.float32(np.uint8(v2 >> 4)) + x3 * np.float32(np.uint8(v3 >> 4)))
+            sg = s[b, gi]
+            zg = zs[b, gi]
+            xs = xsum[gi]
+            for c in range(LANE_BLOCK):
+                o[c] += sg[c] * acc[c] - zg[c] * xs
+        ob = out[b * LANE_BLOCK : min(n, (b + 1) * LANE_BLOCK)]
+        for c in range(ob.shape[0]):
+            ob[c] += o[c]
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _gemv_lanes8_kernel(x, xsum, d, s, zs, n, out):
+    nb, ng, g = d.shape[0], d.shape[1], d.shape[2]
+    for b in prange(nb):
+        o = np.zeros(LANE_BLOCK, np.float32)
+        acc = np.empty(LANE_BLOCK, np.float32)
+        for gi in range(ng):
+            for c in range(LANE_BLOCK):
+                acc[c] = 0.0
+            xg = x[gi * g : (gi + 1) * g]
+            dg = d[b, gi]
+            for kk in range(0, g, 4):
+                x0 = xg[kk]
+                x1 = xg[kk + 1]
+                x2 = xg[kk + 2]
+                x3 = xg[kk + 3]
+                r0 = dg[kk]
+                r1 = dg[kk + 1]
+                r2 = dg[kk + 2]
+                r3 = dg[kk + 3]
+                for c in range(LANE_BLOCK):
+                    acc[c] += (x0 * np.float32(r0[c]) + x1 * np.float32(r1[c])) + (
+                        x2 * np.float32(r2[c]) + x3 * np.float32(r3[c])
+                    )
+            sg = s[b, gi]
+            zg = zs[b, gi]
+            xs = xsum[gi]
+            for c in range(LANE_BLOCK):
+                o[c] += sg[c] * acc[c] - zg[c] * xs
+        ob = out[b * LANE_BLOCK : min(n, (b + 1) * LANE_BLOCK)]
+        for c in range(ob.shape[0]):
+            ob[c] += o[c]
+
+
 def _layout(w: PackedWeight):
     """-> (data view shape (N, B, PL, G), T): see formats.py."""
     g = w.group_len
@@ -557,6 +644,15 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
         _, _, pl, ng = dshape
         d = w.data.reshape(dshape)
         # x in the storage order: (M, G, T, PL) -> (M, T, PL, G); O(M K), once per call
+        if m == 1 and w.lanes is not None and w.group_len % 4 == 0:
+            ld, ls, lzs = w.lanes
+            g = w.group_len
+            xsum = xp.reshape(kp // g, g).sum(axis=1, dtype=np.float32)
+            kern = _gemv_lanes4_kernel if w.bits == 4 else _gemv_lanes8_kernel
+            kern(xp[0], xsum, ld, ls, lzs, n, out[0])
+            if bias is not None:
+                out += bias
+            return out[0] if squeeze else out
         xperm = np.ascontiguousarray(xp.reshape(m, ng, nt, pl).transpose(0, 2, 3, 1))
         nchunks = min(n, 8 * _threads())
         if m == 1 and ng == 1:

@@ -104,3 +104,44 @@ def test_requantization_multiplier_approximates_real():
     np.testing.assert_array_equal(jk.qmatmul_int8(x, w, requant=rq), [[2, -1, 3, 50]])
     rq = jk.requantization(np.full(4, 4.0))  # saturates
     np.testing.assert_array_equal(jk.qmatmul_int8(x, w, requant=rq), [[12, -12, 20, 127]])
+
+
+@pytest.mark.parametrize("bits", (4, 8))
+@pytest.mark.parametrize(
+    "k,n,group_size",
+    [(64, 1, 32), (96, 127, 8), (256, 129, 32), (200, 300, None), (1000, 130, None)],
+)
+@pytest.mark.parametrize("affine", (False, True))
+def test_qmatmul_batch1_lanes_layout(bits, k, n, group_size, affine):
+    # batch 1 of 4- and 8-bit weights runs on the load-time "lanes" layout (output channels in
+    # blocks of LANE_BLOCK, N padded): partial last blocks, several blocks, per-channel and
+    # per-group scales must all match the twin, and the layout must hold the same codes.
+    rng = np.random.default_rng(bits + k + n)
+    codes, scales, zps = _weight(rng, bits, k, n, group_size, affine)
+    w = jk.pack_weight(codes, scales, zps, bits=bits, group_size=group_size)
+    d, s, zs = w.lanes
+    cb = jk.formats.LANE_BLOCK
+    nb = -(-n // cb)
+    assert d.shape[0] == nb and s.shape[0] == nb and s.shape[2] == cb
+    g = w.group_len
+    u = d.reshape(nb, w.padded_k // g, g, -1).astype(np.int16)
+    if bits == 4:
+        u = np.concatenate([u & 15, u >> 4], axis=3)
+    else:
+        u = u + 128
+    u = u.transpose(1, 2, 0, 3).reshape(w.padded_k, nb * cb)[:k, :n]
+    half = 1 << (bits - 1)
+    expect = codes.astype(np.int16) if affine else codes.astype(np.int16) + half
+    np.testing.assert_array_equal(u, expect)
+    assert not s.reshape(nb, -1, cb).transpose(0, 2, 1).reshape(nb * cb, -1)[n:].any()
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = (rng.standard_normal((1, k)) + 3.0).astype(np.float32)  # large sums of x: cancellation
+    _rel_close(jk.qmatmul(x, w, bias), reference.qmatmul(x, w, bias))
+    _rel_close(jk.qmatmul(x[0], w), reference.qmatmul(x, w)[0])
+
+
+def test_qmatmul_lanes_only_for_4_and_8_bits():
+    rng = np.random.default_rng(0)
+    for bits in (2, 3):
+        codes, scales, _ = _weight(rng, bits, 64, 5, 32, False)
+        assert jk.pack_weight(codes, scales, bits=bits, group_size=32).lanes is None
