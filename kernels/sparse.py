@@ -151,23 +151,21 @@ def _sel_hi(q, x1, x2, x3):
 
 @njit(cache=True, nogil=True, inline="always")
 def _split4(pb):
-    # a position byte -> its four 2-bit fields, in float arithmetic (exact for 0..255; integer ops
-    # would be widened to int64 by Numba and de-vectorised)
-    f = np.float32(pb)
-    q3 = np.floor(f * np.float32(1.0 / 64.0))
-    r = f - np.float32(64.0) * q3
-    q2 = np.floor(r * np.float32(1.0 / 16.0))
-    r = r - np.float32(16.0) * q2
-    q1 = np.floor(r * np.float32(0.25))
-    q0 = r - np.float32(4.0) * q1
+    # a position byte -> its four 2-bit fields as floats. The integer ops are truncated back to
+    # uint8 so LLVM keeps them 8-bit wide (Numba would otherwise widen them to int64 and the loop
+    # would not vectorise).
+    q0 = np.float32(np.uint8(pb & 3))
+    q1 = np.float32(np.uint8((pb >> 2) & 3))
+    q2 = np.float32(np.uint8((pb >> 4) & 3))
+    q3 = np.float32(np.uint8(pb >> 6))
     return q0, q1, q2, q3
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _nibbles(cb):
-    f = np.float32(cb)
-    hi = np.floor(f * np.float32(0.0625))
-    return f - np.float32(16.0) * hi - np.float32(8.0), hi - np.float32(8.0)
+    lo = np.float32(np.uint8(cb & 15))
+    hi = np.float32(np.uint8(cb >> 4))
+    return lo - np.float32(8.0), hi - np.float32(8.0)
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
