@@ -230,14 +230,15 @@ def _lanes_layout(w: PackedWeight):
     long per-channel groups); 4-bit, byte c = channel c (low nibble) and channel c + LANE_BLOCK/2
     (high nibble). A contiguous run of bytes thus feeds whole SIMD lane groups (one broadcast x[k]
     per row, no shuffles). Scales ``s[b, gi, c]`` and ``s * z`` (``zs``) are laid out alike.
-    Returns ``(d, s, zs)`` read-only, or None for other bit widths / empty weights. This is a
+    Returns ``(d, s, zs)`` read-only, or None for other bit widths, empty weights or N below
+    ``LANE_BLOCK / 2`` (those keep the groups-across-lanes kernel). This is a
     second copy of the codes (same size as `data`, plus two float32 arrays the size of `scales`),
     traded for a faster batch-1 `qmatmul` (see docs/kernels.md for the measured ratios).
     """
     k, n = w.shape
     kp = w.padded_k
-    if w.bits not in (4, 8) or not n or not kp:
-        return None
+    if w.bits not in (4, 8) or n < LANE_BLOCK // 2 or not kp:
+        return None  # narrow layers: padding N to a block would waste more than it saves
     g = w.group_len
     G = kp // g
     cb = LANE_BLOCK

@@ -109,7 +109,7 @@ def test_requantization_multiplier_approximates_real():
 @pytest.mark.parametrize("bits", (4, 8))
 @pytest.mark.parametrize(
     "k,n,group_size",
-    [(64, 1, 32), (96, 127, 8), (256, 129, 32), (200, 300, None), (1000, 130, None)],
+    [(64, 64, 32), (96, 127, 8), (256, 129, 32), (200, 300, None), (1000, 130, None)],
 )
 @pytest.mark.parametrize("affine", (False, True))
 def test_qmatmul_batch1_lanes_layout(bits, k, n, group_size, affine):
@@ -140,8 +140,13 @@ def test_qmatmul_batch1_lanes_layout(bits, k, n, group_size, affine):
     _rel_close(jk.qmatmul(x[0], w), reference.qmatmul(x, w)[0])
 
 
-def test_qmatmul_lanes_only_for_4_and_8_bits():
+def test_qmatmul_lanes_only_for_4_and_8_bits_and_wide_layers():
     rng = np.random.default_rng(0)
     for bits in (2, 3):
-        codes, scales, _ = _weight(rng, bits, 64, 5, 32, False)
+        codes, scales, _ = _weight(rng, bits, 64, 80, 32, False)
         assert jk.pack_weight(codes, scales, bits=bits, group_size=32).lanes is None
+    for bits in (4, 8):
+        codes, scales, _ = _weight(rng, bits, 64, 63, 32, False)
+        assert jk.pack_weight(codes, scales, bits=bits, group_size=32).lanes is None
+        codes, scales, _ = _weight(rng, bits, 64, 64, 32, False)
+        assert jk.pack_weight(codes, scales, bits=bits, group_size=32).lanes is not None
