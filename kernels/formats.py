@@ -230,7 +230,8 @@ def _lanes_layout(w: PackedWeight):
     long per-channel groups); 4-bit, byte c = channel c (low nibble) and channel c + LANE_BLOCK/2
     (high nibble). A contiguous run of bytes thus feeds whole SIMD lane groups (one broadcast x[k]
     per row, no shuffles). Scales ``s[b, gi, c]`` and ``s * z`` (``zs``) are laid out alike.
-    Returns ``(d, s, zs)`` read-only, or None for other bit widths, empty weights or N below
+    For symmetric weights ``zs`` is empty (``s * 8`` for 4-bit, 0 for 8-bit, applied in the
+    kernel). Returns ``(d, s, zs)`` read-only, or None for other bit widths, empty weights or N below
     ``LANE_BLOCK / 2`` (those keep the groups-across-lanes kernel). This is a
     second copy of the codes (same size as `data`, plus two float32 arrays the size of `scales`),
     traded for a faster batch-1 `qmatmul` (see docs/kernels.md for the measured ratios).
@@ -259,6 +260,8 @@ def _lanes_layout(w: PackedWeight):
     zsp[:n] = w.scales * zpl
     s = sp.reshape(nb, cb, G).transpose(0, 2, 1)
     zs = zsp.reshape(nb, cb, G).transpose(0, 2, 1)
+    if w.symmetric:  # zs = s * 8 (4-bit) or 0 (8-bit, centred): not stored, not read
+        zs = np.zeros((0, G, cb), np.float32)
     return tuple(_ro(np.ascontiguousarray(a)) for a in (d, s, zs))
 
 

@@ -531,10 +531,15 @@ def _gemv_lanes4_kernel(x, xsum, d, s, zs, n, out):
                         x0 * np.float32(np.uint8(v0 >> 4)) + x1 * np.float32(np.uint8(v1 >> 4))
                     ) + (x2 * np.float32(np.uint8(v2 >> 4)) + x3 * np.float32(np.uint8(v3 >> 4)))
             sg = s[b, gi]
-            zg = zs[b, gi]
             xs = xsum[gi]
-            for c in range(LANE_BLOCK):
-                o[c] += sg[c] * acc[c] - zg[c] * xs
+            if zs.shape[0] == 0:  # symmetric: z = 8
+                xs8 = np.float32(8.0) * xs
+                for c in range(LANE_BLOCK):
+                    o[c] += sg[c] * (acc[c] - xs8)
+            else:
+                zg = zs[b, gi]
+                for c in range(LANE_BLOCK):
+                    o[c] += sg[c] * acc[c] - zg[c] * xs
         ob = out[b * LANE_BLOCK : min(n, (b + 1) * LANE_BLOCK)]
         for c in range(ob.shape[0]):
             ob[c] += o[c]
@@ -565,10 +570,14 @@ def _gemv_lanes8_kernel(x, xsum, d, s, zs, n, out):
                         x2 * np.float32(r2[c]) + x3 * np.float32(r3[c])
                     )
             sg = s[b, gi]
-            zg = zs[b, gi]
             xs = xsum[gi]
-            for c in range(LANE_BLOCK):
-                o[c] += sg[c] * acc[c] - zg[c] * xs
+            if zs.shape[0] == 0:  # symmetric: centred codes, z - 128 = 0
+                for c in range(LANE_BLOCK):
+                    o[c] += sg[c] * acc[c]
+            else:
+                zg = zs[b, gi]
+                for c in range(LANE_BLOCK):
+                    o[c] += sg[c] * acc[c] - zg[c] * xs
         ob = out[b * LANE_BLOCK : min(n, (b + 1) * LANE_BLOCK)]
         for c in range(ob.shape[0]):
             ob[c] += o[c]

@@ -120,6 +120,7 @@ def test_qmatmul_batch1_lanes_layout(bits, k, n, group_size, affine):
     codes, scales, zps = _weight(rng, bits, k, n, group_size, affine)
     w = jk.pack_weight(codes, scales, zps, bits=bits, group_size=group_size)
     d, s, zs = w.lanes
+    assert zs.shape[0] == (d.shape[0] if affine else 0)
     cb = jk.formats.LANE_BLOCK
     nb = -(-n // cb)
     assert d.shape[0] == nb and s.shape[0] == nb and s.shape[2] == cb
