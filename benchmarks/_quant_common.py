@@ -67,8 +67,16 @@ def float_model(name: str, train, test, *, epochs: int, seed: int = 0, quick: bo
         steps = epochs * (len(train[0]) // 128)
         sched = optax.cosine_decay_schedule(1e-3, steps)
         t0 = time.perf_counter()
-        res = fit(apply_fn, params, train, optimizer=optax.adam(sched), epochs=epochs,
-                  batch_size=128, key=jax.random.key(seed), progress=False)
+        res = fit(
+            apply_fn,
+            params,
+            train,
+            optimizer=optax.adam(sched),
+            epochs=epochs,
+            batch_size=128,
+            key=jax.random.key(seed),
+            progress=False,
+        )
         info["train_seconds"] = f"{time.perf_counter() - t0:.0f}"
         params = res.params
         save_params(path, params)
@@ -87,14 +95,17 @@ def machine() -> str:
         pass
     import flax
 
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, jax {jax.__version__}, "
-            f"flax {flax.__version__}, optax {optax.__version__}, numpy {np.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, jax {jax.__version__}, "
+        f"flax {flax.__version__}, optax {optax.__version__}, numpy {np.__version__}"
+    )
 
 
 def header(script: str) -> list[str]:
     try:
-        commit = subprocess.check_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                         text=True).strip()
+        commit = subprocess.check_output(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], text=True
+        ).strip()
     except Exception:
         commit = "?"
     return [

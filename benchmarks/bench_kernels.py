@@ -38,11 +38,12 @@ import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-import jaxcompress_kernels as jk  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from jaxcompress_kernels import reference  # noqa: E402
 from numba import njit, prange  # noqa: E402
+
+import jaxcompress_kernels as jk  # noqa: E402
+from jaxcompress_kernels import reference  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
 MIB = 1 << 20

@@ -42,11 +42,21 @@ HAN_KEEP = {"hidden/0/kernel": 0.08, "hidden/1/kernel": 0.09, "out/kernel": 0.26
 def finetune(apply_fn, ct, train, *, epochs, lr, seed=2):
     steps = max(1, epochs * (len(train[0]) // 128))
     opt = optax.chain(centroid_finetuning(ct), optax.adam(optax.cosine_decay_schedule(lr, steps)))
-    res = fit(apply_fn, shared_params(ct), train, optimizer=opt, epochs=epochs, batch_size=128,
-              key=jax.random.key(seed), progress=False)
+    res = fit(
+        apply_fn,
+        shared_params(ct),
+        train,
+        optimizer=opt,
+        epochs=epochs,
+        batch_size=128,
+        key=jax.random.key(seed),
+        progress=False,
+    )
     ct2 = update_codebooks(ct, res.params)
     # the fine-tuned weights are still exactly the shared codebook values
-    for a, b in zip(jax.tree.leaves(dequantize_params(ct2)), jax.tree.leaves(res.params), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(dequantize_params(ct2)), jax.tree.leaves(res.params), strict=True
+    ):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     return ct2
 
@@ -98,7 +108,13 @@ def main(argv=None):
         )
         print(rows[-1], flush=True)
 
-    row("float32", f_acc, params, 0, f"{args.float_epochs} epochs adam+cosine ({info['train_seconds']} s)")
+    row(
+        "float32",
+        f_acc,
+        params,
+        0,
+        f"{args.float_epochs} epochs adam+cosine ({info['train_seconds']} s)",
+    )
 
     for init in ("linear", "density", "kmeans++"):
         t0 = time.perf_counter()
@@ -110,8 +126,14 @@ def main(argv=None):
         t0 = time.perf_counter()
         ct = finetune(apply_fn, cluster(params, bits=bits), train, epochs=args.ft_epochs, lr=1e-4)
         acc = evaluate(apply_fn, dequantize_params(ct), x_test, y_test)
-        row(f"cluster {bits}-bit linear + centroid fine-tuning", acc, ct, time.perf_counter() - t0,
-            f"{args.ft_epochs} epochs, adam 1e-4 cosine on tied gradients", target=0.1 if bits == 5 else None)
+        row(
+            f"cluster {bits}-bit linear + centroid fine-tuning",
+            acc,
+            ct,
+            time.perf_counter() - t0,
+            f"{args.ft_epochs} epochs, adam 1e-4 cosine on tied gradients",
+            target=0.1 if bits == 5 else None,
+        )
 
     # --- Deep Compression pipeline: prune (Han 2015 per-layer keep ratios) + retrain, cluster, Huffman
     # iterative: keep^(1/3), keep^(2/3), keep, each followed by masked retraining (Han 2015 §3.3)
@@ -123,18 +145,31 @@ def main(argv=None):
         masks = magnitude_masks(current, {k: v ** (st / stages) for k, v in HAN_KEEP.items()})
         mask_fn = lambda p, masks=masks: jax.tree.map(lambda w, m: w * m, p, masks)  # noqa: E731
         steps = per_stage * (len(train[0]) // 128)
-        res = fit(apply_fn, mask_fn(current), train,
-                  optimizer=optax.adam(optax.cosine_decay_schedule(args.prune_lr, steps)),
-                  epochs=per_stage, batch_size=128, key=jax.random.key(3 + st),
-                  param_transform=mask_fn, progress=False)
+        res = fit(
+            apply_fn,
+            mask_fn(current),
+            train,
+            optimizer=optax.adam(optax.cosine_decay_schedule(args.prune_lr, steps)),
+            epochs=per_stage,
+            batch_size=128,
+            key=jax.random.key(3 + st),
+            param_transform=mask_fn,
+            progress=False,
+        )
         current = mask_fn(res.params)
     pruned = current
     p_acc = evaluate(apply_fn, pruned, x_test, y_test)
     sparsity = 1 - sum(float(m.sum()) for p, m in named_leaves(masks) if p in HAN_KEEP) / sum(
-        int(m.size) for p, m in named_leaves(masks) if p in HAN_KEEP)
-    row("pruned (Han keep 8%/9%/26%) + masked retraining", p_acc, pruned, time.perf_counter() - t0,
+        int(m.size) for p, m in named_leaves(masks) if p in HAN_KEEP
+    )
+    row(
+        "pruned (Han keep 8%/9%/26%) + masked retraining",
+        p_acc,
+        pruned,
+        time.perf_counter() - t0,
         f"3 magnitude stages x {per_stage} epochs, adam {args.prune_lr:g} cosine; kernel sparsity "
-        f"{100 * sparsity:.1f}%; dense float storage")
+        f"{100 * sparsity:.1f}%; dense float storage",
+    )
     for bits in (6, 5):
         t0 = time.perf_counter()
         ct = finetune(apply_fn, cluster(pruned, bits=bits), train, epochs=args.ft_epochs, lr=1e-4)
@@ -142,14 +177,23 @@ def main(argv=None):
         dq = dequantize_params(ct)
         zeros_kept = all(
             bool(jnp.all((a == 0) == (m == 0)))
-            for (p, a), (_, m) in zip(named_leaves(dq), named_leaves(masks), strict=True) if p in HAN_KEEP
+            for (p, a), (_, m) in zip(named_leaves(dq), named_leaves(masks), strict=True)
+            if p in HAN_KEEP
         )
-        row(f"pruned + cluster {bits}-bit + fine-tuning", acc, ct, time.perf_counter() - t0,
+        row(
+            f"pruned + cluster {bits}-bit + fine-tuning",
+            acc,
+            ct,
+            time.perf_counter() - t0,
             f"zeros kept exactly: {zeros_kept}; index 0 = reserved zero; vs pruned model "
-            f"{100 * (acc - p_acc):+.2f} pts")
+            f"{100 * (acc - p_acc):+.2f} pts",
+        )
 
-    lines = ["# reproduce_deep_compression_clustering (LeNet-300-100, MNIST"
-             f"{' QUICK subset' if args.quick else ''})", ""]
+    lines = [
+        "# reproduce_deep_compression_clustering (LeNet-300-100, MNIST"
+        f"{' QUICK subset' if args.quick else ''})",
+        "",
+    ]
     lines += common.header("reproduce_deep_compression_clustering.py")
     lines += [f"- note: {args.note}"] if args.note else []
     lines += [
@@ -167,8 +211,12 @@ def main(argv=None):
         *rows,
         "",
     ]
-    out = common.REPO / "benchmarks" / "results" / (
-        "reproduce_deep_compression_clustering" + ("_quick" if args.quick else "") + ".md")
+    out = (
+        common.REPO
+        / "benchmarks"
+        / "results"
+        / ("reproduce_deep_compression_clustering" + ("_quick" if args.quick else "") + ".md")
+    )
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
 

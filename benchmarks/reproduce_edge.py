@@ -29,13 +29,13 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from jaxcompress_kernels import set_num_threads
 
 import jaxcompress
 from jaxcompress import export, models, pruning, quantization
 from jaxcompress.data import load_dataset
 from jaxcompress.edge import Link, benchmark, calibrate_host
 from jaxcompress.training import evaluate, fit
+from jaxcompress_kernels import set_num_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 LINKS_MBIT = (1, 10, 100)
@@ -78,9 +78,7 @@ def lenet5(ds, quick):
     train = (ds.x_train[:n], ds.y_train[:n])
     apply_fn, params = models.functional(models.LeNet5(rngs=nnx.Rngs(0)))
     t0 = time.perf_counter()
-    params = _train(
-        apply_fn, params, train, epochs=1, lr=1e-3, batch_size=100, seed=0
-    )
+    params = _train(apply_fn, params, train, epochs=1, lr=1e-3, batch_size=100, seed=0)
     masks = pruning.magnitude_masks(params, 0.9, scope="global")
     pruned = pruning.apply_masks(params, masks)
     pruned = _train(

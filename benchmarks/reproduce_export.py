@@ -33,13 +33,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
-from jaxcompress_kernels import runtime  # noqa: E402
 
 import jaxcompress  # noqa: E402
 from jaxcompress import clustering, models, pruning, quantization  # noqa: E402
 from jaxcompress.data import load_dataset  # noqa: E402
 from jaxcompress.export import ORT_OPTIONS, onnx_session, reference_output, save, to_onnx  # noqa: E402
 from jaxcompress.training import fit  # noqa: E402
+from jaxcompress_kernels import runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -73,7 +73,10 @@ def main(argv=None):
     rep = None
 
     def write(partial=False):
-        lines = [f"# reproduce_quantization ({args.model}, MNIST{' QUICK subset' if args.quick else ''})", ""]
+        lines = [
+            f"# reproduce_quantization ({args.model}, MNIST{' QUICK subset' if args.quick else ''})",
+            "",
+        ]
         if partial:
             lines += ["**PARTIAL: the run had not finished when this was written.**", ""]
         lines += common.header("reproduce_quantization.py")
@@ -99,33 +102,60 @@ def main(argv=None):
             ]
         out.write_text("\n".join(lines))
 
-    out = Path(args.out) if args.out else common.REPO / "benchmarks" / "results" / (
-        "reproduce_quantization" + ("_quick" if args.quick else "") + ".md")
+    out = (
+        Path(args.out)
+        if args.out
+        else common.REPO
+        / "benchmarks"
+        / "results"
+        / ("reproduce_quantization" + ("_quick" if args.quick else "") + ".md")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    row("float32", f_acc, params, 0, f"trained {args.float_epochs} epochs (adam, cosine), {info['train_seconds']} s")
+    row(
+        "float32",
+        f_acc,
+        params,
+        0,
+        f"trained {args.float_epochs} epochs (adam, cosine), {info['train_seconds']} s",
+    )
 
     # --- PTQ -----------------------------------------------------------------------------------
     cal = [train[0][i : i + 100] for i in range(0, 1000, 100)]
     for name, kw, target in [
         ("PTQ int8 per-channel (weights)", dict(bits=8), 0.1),
-        ("PTQ int4 per-group g=32 (weights)", dict(bits=4, group_size=32, group_fallback="per_channel"), 0.5),
-        ("PTQ int4 per-group g=32, MSE clip", dict(bits=4, group_size=32, group_fallback="per_channel", calibration="mse"), 0.5),
-        *([("PTQ int4 per-group g=25 (every layer grouped)", dict(bits=4, group_size=25), 0.5)]
-          if args.model == "lenet5" else []),
+        (
+            "PTQ int4 per-group g=32 (weights)",
+            dict(bits=4, group_size=32, group_fallback="per_channel"),
+            0.5,
+        ),
+        (
+            "PTQ int4 per-group g=32, MSE clip",
+            dict(bits=4, group_size=32, group_fallback="per_channel", calibration="mse"),
+            0.5,
+        ),
+        *(
+            [("PTQ int4 per-group g=25 (every layer grouped)", dict(bits=4, group_size=25), 0.5)]
+            if args.model == "lenet5"
+            else []
+        ),
         ("PTQ int4 per-channel", dict(bits=4), None),
-        ("PTQ int8 weights + int8 activations (static, minmax)", dict(bits=8, activation_bits=8), 0.1),
+        (
+            "PTQ int8 weights + int8 activations (static, minmax)",
+            dict(bits=8, activation_bits=8),
+            0.1,
+        ),
     ]:
         t0 = time.perf_counter()
         res = ptq(apply_fn, params, cal, **kw)
         acc = evaluate(res.apply_fn, res.params, x_test, y_test)
         note = ""
         if kw.get("group_fallback") == "per_channel":
-            grouped = [
-                p for p, x in _qleaves(res.params) if x.group_size is not None
-            ]
-            note = (f"grouped: {', '.join(grouped) or 'none'}; other kernels (K not divisible by 32)"
-                    " per-channel")
+            grouped = [p for p, x in _qleaves(res.params) if x.group_size is not None]
+            note = (
+                f"grouped: {', '.join(grouped) or 'none'}; other kernels (K not divisible by 32)"
+                " per-channel"
+            )
         if kw.get("activation_bits"):
             note = f"{len(res.ranges.ranges)} activation sites, 10 calibration batches of 100"
         row(name, acc, res.params, time.perf_counter() - t0, note, target)
@@ -137,8 +167,13 @@ def main(argv=None):
     choice = mixed_precision(rep, avg_bits=3.0)
     mp = quantize_params(params, bits=choice)
     acc = evaluate(apply_fn, dequantize_params(mp), x_test, y_test)
-    row("PTQ mixed precision (avg <= 3 bits incl. scales)", acc, mp, time.perf_counter() - t0,
-        ", ".join(f"{k}: {v}" for k, v in choice.items()))
+    row(
+        "PTQ mixed precision (avg <= 3 bits incl. scales)",
+        acc,
+        mp,
+        time.perf_counter() - t0,
+        ", ".join(f"{k}: {v}" for k, v in choice.items()),
+    )
 
     # --- QAT ------------------------------------------------------------------------------------
     if not args.skip_qat:
@@ -148,15 +183,31 @@ def main(argv=None):
         ]:
             t0 = time.perf_counter()
             steps = epochs * (len(train[0]) // 128)
-            res = fit(apply_fn, params, train, optimizer=optax.adam(optax.cosine_decay_schedule(1e-4 if "int4" in name else 3e-4, steps)),
-                      epochs=epochs, batch_size=128, key=jax.random.key(1), param_transform=fq,
-                      progress=False)
+            res = fit(
+                apply_fn,
+                params,
+                train,
+                optimizer=optax.adam(
+                    optax.cosine_decay_schedule(1e-4 if "int4" in name else 3e-4, steps)
+                ),
+                epochs=epochs,
+                batch_size=128,
+                key=jax.random.key(1),
+                param_transform=fq,
+                progress=False,
+            )
             qtree = fq.quantize(res.params)
             acc = evaluate(apply_fn, dequantize_params(qtree), x_test, y_test)
             acc_fq = evaluate(apply_fn, fq(res.params), x_test, y_test)
             assert acc == acc_fq, (acc, acc_fq)  # what you train is what you deploy
-            row(name, acc, qtree, time.perf_counter() - t0,
-                f"{epochs} epochs from float, adam + cosine; deployed QuantizedArray tree", target)
+            row(
+                name,
+                acc,
+                qtree,
+                time.perf_counter() - t0,
+                f"{epochs} epochs from float, adam + cosine; deployed QuantizedArray tree",
+                target,
+            )
 
     write()
     print(f"wrote {out}")
@@ -166,7 +217,9 @@ def _qleaves(tree):
     from jaxcompress._core import key_path_str
     from jaxcompress.quantization import QuantizedArray
 
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, QuantizedArray))
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: isinstance(x, QuantizedArray)
+    )
     return [(key_path_str(p), x) for p, x in flat if isinstance(x, QuantizedArray)]
 
 

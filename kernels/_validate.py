@@ -7,6 +7,7 @@ raises `JaxCompressValueError` / `JaxCompressTypeError` with a message naming th
 from __future__ import annotations
 
 import numpy as np
+
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 
 __all__ = [

@@ -47,6 +47,7 @@ import os
 import struct
 
 import numpy as np
+
 from jaxcompress_kernels.errors import ArtifactError
 
 __all__ = [

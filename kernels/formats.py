@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
 from jaxcompress_kernels._validate import (
     check_array,
     check_bits,

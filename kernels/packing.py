@@ -16,9 +16,10 @@ three bytes. The stream has ``ceil(n * b / 8)`` bytes; unused high bits of the l
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
+
 from jaxcompress_kernels._validate import check_array, check_bits, check_codes_range, check_int
 from jaxcompress_kernels.errors import JaxCompressValueError
-from numba import njit, prange
 
 __all__ = [
     "pack_bits",

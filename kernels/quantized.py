@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from numba import njit, prange
+
 from jaxcompress_kernels._validate import check_array, check_int
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import INT8_BLOCK, LANE_BLOCK, Int8Weight, PackedWeight
-from numba import njit, prange
 
 __all__ = [
     "qmatmul",

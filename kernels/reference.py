@@ -9,6 +9,7 @@ Float results are computed in float64 and rounded to float32 once.
 from __future__ import annotations
 
 import numpy as np
+
 from jaxcompress_kernels.formats import (
     BSRMatrix,
     CSRMatrix,

@@ -33,6 +33,7 @@ import math
 import time
 
 import numpy as np
+
 from jaxcompress_kernels import artifact as _artifact
 from jaxcompress_kernels.errors import ArtifactError, JaxCompressValueError
 from jaxcompress_kernels.formats import (

@@ -12,6 +12,7 @@ import time
 
 import numba
 import numpy as np
+
 from jaxcompress_kernels._validate import check_int
 
 __all__ = ["set_num_threads", "get_num_threads", "warmup"]

@@ -8,11 +8,12 @@ bounds checks.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
+
 from jaxcompress_kernels._validate import check_array
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import NM_LANES, BSRMatrix, CSRMatrix, NMSparse
 from jaxcompress_kernels.quantized import _rows_dot4x4
-from numba import njit, prange
 
 __all__ = ["spmm_csr", "spmm_nm", "spmm_bsr"]
 

@@ -226,7 +226,9 @@ def cluster_array(
             raise JaxCompressValueError(f"{axis=} is out of range for an array of shape {shape}")
         axis %= len(shape)
     xf = jnp.asarray(x, jnp.float32)
-    zero = bool(keep_zeros) and (isinstance(x, jax.core.Tracer) or bool(np.any(np.asarray(xf) == 0)))
+    zero = bool(keep_zeros) and (
+        isinstance(x, jax.core.Tracer) or bool(np.any(np.asarray(xf) == 0))
+    )
     if zero and n_clusters < 2:
         raise JaxCompressValueError(f"{n_clusters=} must be >= 2 to keep zeros at zero")
     rows = _to_rows(xf, axis)

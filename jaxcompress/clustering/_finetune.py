@@ -70,9 +70,7 @@ def centroid_finetuning(clustered: Any) -> optax.GradientTransformation:
     """
     leaves, _ = _flat_clustered(clustered)
     segments = tuple(_segments(c) if _is_ca(c) else None for c in leaves)
-    frozen = tuple(
-        (c.indices == 0) if _is_ca(c) and c.zero_index else None for c in leaves
-    )
+    frozen = tuple((c.indices == 0) if _is_ca(c) and c.zero_index else None for c in leaves)
     nseg = tuple(_n_segments(c) if _is_ca(c) else 0 for c in leaves)
 
     def init_fn(params):

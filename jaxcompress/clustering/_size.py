@@ -100,7 +100,9 @@ def _leaf_size(path: str, x: Any, huffman: bool) -> LeafSize:
             "" if x.axis is None else (f" g{x.group_size}" if x.group_size else " per-channel")
         )
         if huffman:
-            code = huffman_bits(np.asarray(x.codes()).reshape(-1) - int(np.asarray(x.codes()).min()))
+            code = huffman_bits(
+                np.asarray(x.codes()).reshape(-1) - int(np.asarray(x.codes()).min())
+            )
             enc += " +huffman"
         else:
             code = n * x.bits

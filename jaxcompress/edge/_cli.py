@@ -74,11 +74,10 @@ def build_parser(prog: str = "jaxcompress edge") -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Runs the edge benchmark; prints the Markdown report. Returns 0, or 2 on bad input."""
     args = build_parser().parse_args(argv)
-    from jaxcompress_kernels.errors import ArtifactError
-
     from jaxcompress.edge._profiles import available_profiles, get_profile
     from jaxcompress.edge._report import benchmark
     from jaxcompress.edge._split import Link
+    from jaxcompress_kernels.errors import ArtifactError
 
     try:
         if args.list_devices:

@@ -12,13 +12,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from jaxcompress_kernels.artifact import FORMAT, FORMAT_VERSION
-from jaxcompress_kernels.packing import pack_bits
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError, key_path_str
 from jaxcompress.export._capture import capture
 from jaxcompress.quantization import QuantizedArray, dequantize_params, is_compressed
 from jaxcompress.quantization._numerics import stored_offset
+from jaxcompress_kernels.artifact import FORMAT, FORMAT_VERSION
+from jaxcompress_kernels.packing import pack_bits
 
 __all__ = ["ExportInfo", "save", "resolve_apply", "reference_output"]
 

@@ -35,46 +35,13 @@ import jax.extend.core as jcore
 import numpy as np
 
 from jaxcompress._core import JaxCompressError, JaxCompressValueError, key_path_str
+from jaxcompress_kernels import artifact as _artifact
 
 __all__ = ["CapturedGraph", "capture", "SUPPORTED_PRIMITIVES"]
 
-UNARY = {
-    "neg",
-    "exp",
-    "log",
-    "tanh",
-    "logistic",
-    "sqrt",
-    "rsqrt",
-    "abs",
-    "square",
-    "sign",
-    "log1p",
-    "expm1",
-    "erf",
-    "sin",
-    "cos",
-    "floor",
-    "ceil",
-    "not",
-}
-BINARY = {
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "max",
-    "min",
-    "pow",
-    "gt",
-    "ge",
-    "lt",
-    "le",
-    "eq",
-    "ne",
-    "and",
-    "or",
-}
+# Elementwise ops are exactly those the edge runtime executes (one list, kept in the artifact module).
+UNARY = frozenset(_artifact.UNARY_OPS)
+BINARY = frozenset(_artifact.BINARY_OPS)
 ALIASES = {"stop_gradient", "copy", "copy_p", "optimization_barrier"}
 CALLS = {
     "pjit",

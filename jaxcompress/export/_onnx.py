@@ -24,10 +24,10 @@ import math
 import os
 
 import numpy as np
-from jaxcompress_kernels import artifact as _artifact
-from jaxcompress_kernels.packing import to_matmulnbits
 
 from jaxcompress._core import JaxCompressValueError
+from jaxcompress_kernels import artifact as _artifact
+from jaxcompress_kernels.packing import to_matmulnbits
 
 __all__ = ["to_onnx", "save_onnx", "onnx_session", "cross_check", "CrossCheck", "ORT_OPTIONS"]
 

@@ -123,7 +123,11 @@ class FakeQuantize:
         try:
             return spec.resolve(shape)
         except Exception as e:
-            if self.group_fallback == "per_channel" and self.group_size is not None and "group_size" in str(e):
+            if (
+                self.group_fallback == "per_channel"
+                and self.group_size is not None
+                and "group_size" in str(e)
+            ):
                 return dataclasses.replace(spec, group_size=None).resolve(shape)
             raise
 

@@ -63,7 +63,9 @@ def check_bits(bits: object) -> int:
             else:
                 raise TypeError
         except TypeError:
-            raise JaxCompressTypeError(f"{bits=} must be an int in {MIN_BITS}..{MAX_BITS}") from None
+            raise JaxCompressTypeError(
+                f"{bits=} must be an int in {MIN_BITS}..{MAX_BITS}"
+            ) from None
     if not MIN_BITS <= bits <= MAX_BITS:
         raise JaxCompressValueError(
             f"{bits=} must be in {MIN_BITS}..{MAX_BITS} (codes are stored in int8; 1-bit binary "

@@ -50,8 +50,12 @@ class QuantSpec:
         check_bits(self.bits)
         check_scheme(self.scheme)
         if self.calibration not in CALIBRATIONS:
-            raise JaxCompressValueError(f"calibration={self.calibration!r} must be one of {CALIBRATIONS}")
-        if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
+            raise JaxCompressValueError(
+                f"calibration={self.calibration!r} must be one of {CALIBRATIONS}"
+            )
+        if self.axis is not None and (
+            isinstance(self.axis, bool) or not isinstance(self.axis, int)
+        ):
             raise JaxCompressTypeError(f"axis={self.axis!r} must be an int or None")
         if self.group_size is not None:
             if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
@@ -81,7 +85,9 @@ class QuantSpec:
         axis = self.axis
         if axis is not None:
             if not -ndim <= axis < ndim:
-                raise JaxCompressValueError(f"axis={axis} is out of range for an array of shape {shape}")
+                raise JaxCompressValueError(
+                    f"axis={axis} is out of range for an array of shape {shape}"
+                )
             axis %= ndim
             if self.group_size is not None:
                 c = shape[axis]
@@ -108,7 +114,9 @@ def _check_input(x: Any, *, name: str = "x", check_finite: bool | None = None) -
             "already quantized or are not weights)"
         )
     if x.size == 0:
-        raise JaxCompressValueError(f"{name} is empty (shape {tuple(x.shape)}); nothing to quantize")
+        raise JaxCompressValueError(
+            f"{name} is empty (shape {tuple(x.shape)}); nothing to quantize"
+        )
     concrete = not isinstance(x, jax.core.Tracer)
     if concrete and check_finite is not False:
         if not bool(np.all(np.isfinite(np.asarray(x, dtype=np.float32)))):
@@ -175,7 +183,9 @@ def _qparams_rows(
         hi = jnp.broadcast_to(jnp.asarray(clip_range[1], jnp.float32), rows.shape[:1])
         return _qparams_from_range(lo, hi, spec)
     lo, hi = _range_rows(rows, spec)
-    if spec.calibration == "mse" and not (spec.scheme == "fixed_point" and spec.frac_bits is not None):
+    if spec.calibration == "mse" and not (
+        spec.scheme == "fixed_point" and spec.frac_bits is not None
+    ):
 
         def err(r):
             s, z = _qparams_from_range(lo * r, hi * r, spec)
@@ -318,7 +328,9 @@ def is_compressed(x: Any) -> bool:
 
 def dequantize_params(tree: Any) -> Any:
     """Replace every QuantizedArray / ClusteredArray in ``tree`` by its dequantized array."""
-    return jax.tree.map(lambda x: dequantize(x) if is_compressed(x) else x, tree, is_leaf=is_compressed)
+    return jax.tree.map(
+        lambda x: dequantize(x) if is_compressed(x) else x, tree, is_leaf=is_compressed
+    )
 
 
 def _lookup(value: Any, path: str, name: str) -> Any:
@@ -386,10 +398,13 @@ def quantize_params(
         try:
             spec = spec.resolve(tuple(xx.shape))
         except JaxCompressValueError as e:
-            if group_fallback == "per_channel" and group_size is not None and "group_size" in str(e):
+            if (
+                group_fallback == "per_channel"
+                and group_size is not None
+                and "group_size" in str(e)
+            ):
                 spec = dataclasses.replace(spec, group_size=None).resolve(tuple(xx.shape))
             else:
                 raise JaxCompressValueError(f"params leaf {path!r}: {e}") from None
         out.append(_quantize_core(xx, spec))
     return jax.tree_util.tree_unflatten(treedef, out)
-

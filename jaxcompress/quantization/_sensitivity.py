@@ -55,7 +55,10 @@ class SensitivityReport:
         return list(dict.fromkeys(r.path for r in self.rows))
 
     def table(self) -> str:
-        out = ["| layer | bits | weights | SQNR (dB) | logit MSE | accuracy |", "|---|---:|---:|---:|---:|---:|"]
+        out = [
+            "| layer | bits | weights | SQNR (dB) | logit MSE | accuracy |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for r in self.rows:
             acc = "" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
             out.append(

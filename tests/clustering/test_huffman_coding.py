@@ -54,7 +54,34 @@ def test_golden_small_code_and_edge_cases():
 
 
 def test_long_codes_use_slow_path():
-    freqs = [int(x) for x in (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181, 6765, 10946, 17711, 28657)]
+    freqs = [
+        int(x)
+        for x in (
+            1,
+            1,
+            2,
+            3,
+            5,
+            8,
+            13,
+            21,
+            34,
+            55,
+            89,
+            144,
+            233,
+            377,
+            610,
+            987,
+            1597,
+            2584,
+            4181,
+            6765,
+            10946,
+            17711,
+            28657,
+        )
+    ]
     s = np.repeat(np.arange(len(freqs)), freqs)
     payload, n_bits, code = huffman_encode(s)
     assert max(code.lengths) > 20

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxcompress_kernels import artifact as _artifact
 
 from jaxcompress import export
 from jaxcompress.edge import (
@@ -22,6 +21,7 @@ from jaxcompress.edge import (
 )
 from jaxcompress.edge._cli import main
 from jaxcompress.edge._report import benchmark, size_report
+from jaxcompress_kernels import artifact as _artifact
 
 K, H, C = 16, 32, 4
 

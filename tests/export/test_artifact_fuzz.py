@@ -15,11 +15,11 @@ import pytest
 from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jaxcompress_kernels import ArtifactError, JaxCompressError, artifact, runtime
 
 from jaxcompress.export import save
 from jaxcompress.models import MLP, functional
 from jaxcompress.quantization import quantize_params
+from jaxcompress_kernels import ArtifactError, JaxCompressError, artifact, runtime
 
 SETTINGS = settings(
     max_examples=40,

@@ -14,11 +14,11 @@ import textwrap
 import numpy as np
 import pytest
 from flax import nnx
-from jaxcompress_kernels import ArtifactError, artifact, runtime
 
 from jaxcompress.export import save
 from jaxcompress.models import MLP, functional
 from jaxcompress.quantization import quantize_params
+from jaxcompress_kernels import ArtifactError, artifact, runtime
 
 
 @pytest.fixture(scope="module")

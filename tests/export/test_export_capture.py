@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jaxcompress_kernels import runtime
 
 from jaxcompress import JaxCompressValueError
 from jaxcompress.export import capture, cross_check, save
 from jaxcompress.models import CNN1D, MLP, functional
+from jaxcompress_kernels import runtime
 
 
 def _roundtrip(tmp_path, apply_fn, params, x, batches=(1, 5)):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flax import nnx
-from jaxcompress_kernels import artifact, runtime
 
 from jaxcompress._core import named_leaves
 from jaxcompress.export import cross_check, save
 from jaxcompress.models import MLP, functional
 from jaxcompress.quantization import dequantize_params, quantize_params
+from jaxcompress_kernels import artifact, runtime
 
 CASES = [
     # (quantize_params kwargs, expected encoding of hidden/0/kernel, kernel prefix)

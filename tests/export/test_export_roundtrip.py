@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from jaxcompress_kernels import artifact, runtime
 
 from jaxcompress.export import cross_check, onnx_session, reference_output, save, to_onnx
+from jaxcompress_kernels import artifact, runtime
 from tests.export._models import WAYS, compressed, inputs, rel_err
 
 TOL = 1e-5

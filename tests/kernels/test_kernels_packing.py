@@ -1,10 +1,11 @@
 """Bit packing: golden values, round trips for every width and odd lengths, ONNX Runtime layout."""
 
-import jaxcompress_kernels as jk
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import jaxcompress_kernels as jk
 from jaxcompress_kernels import packing, reference
 
 LENGTHS = (0, 1, 2, 7, 8, 9, 15, 17, 63, 1001)

@@ -1,8 +1,9 @@
 """Packed low-bit matmul and int8 x int8 matmul against their NumPy twins."""
 
-import jaxcompress_kernels as jk
 import numpy as np
 import pytest
+
+import jaxcompress_kernels as jk
 from jaxcompress_kernels import reference
 
 BATCHES = (0, 1, 3, 7, 37)

@@ -1,8 +1,9 @@
 """CSR, N:M and BSR matmul against their NumPy twins; exact format conversions."""
 
-import jaxcompress_kernels as jk
 import numpy as np
 import pytest
+
+import jaxcompress_kernels as jk
 from jaxcompress_kernels import reference
 
 BATCHES = (0, 1, 3, 5, 16, 37)

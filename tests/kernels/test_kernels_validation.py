@@ -4,9 +4,10 @@ import os
 import subprocess
 import sys
 
-import jaxcompress_kernels as jk
 import numpy as np
 import pytest
+
+import jaxcompress_kernels as jk
 from jaxcompress_kernels import JaxCompressTypeError, JaxCompressValueError
 
 F32 = np.float32

@@ -38,7 +38,9 @@ def test_forward_equals_dequantize_quantize_jit_and_eager(kw):
     x = jax.random.normal(jax.random.key(0), (8, 6))
     ref = dequantize(quantize(x, **kw))
     np.testing.assert_array_equal(np.asarray(fake_quant(x, **kw)), np.asarray(ref))
-    np.testing.assert_array_equal(np.asarray(jax.jit(lambda x: fake_quant(x, **kw))(x)), np.asarray(ref))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(lambda x: fake_quant(x, **kw))(x)), np.asarray(ref)
+    )
 
 
 def test_ste_gradient_is_one_inside_zero_outside():
@@ -48,7 +50,9 @@ def test_ste_gradient_is_one_inside_zero_outside():
     np.testing.assert_array_equal(np.asarray(g), [0, 1, 1, 1, 1, 1, 0, 0])
     # affine with a static clip range [0, 1.5]: the range ends are inclusive
     y = jnp.array([-0.5, 0.0, 0.7, 1.5, 2.0])
-    g = jax.grad(lambda y: jnp.sum(fake_quant(y, bits=8, scheme="affine", clip_range=(0.0, 1.5))))(y)
+    g = jax.grad(lambda y: jnp.sum(fake_quant(y, bits=8, scheme="affine", clip_range=(0.0, 1.5))))(
+        y
+    )
     np.testing.assert_array_equal(np.asarray(g), [0, 1, 1, 1, 0])
     # absmax calibration: everything inside, gradient is all ones (also w.r.t. upstream cotangent)
     z = jax.random.normal(jax.random.key(1), (5, 4))
@@ -73,7 +77,9 @@ def test_power_of_two_scales_fake_quant_matmul_equals_integer_matmul():
     np.testing.assert_array_equal(np.asarray(fake, np.float64), integer)
     # the int8 codes really reach dot_general as int8
     jpr = jax.make_jaxpr(
-        lambda a, b: jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+        lambda a, b: jax.lax.dot_general(
+            a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32
+        )
     )(xq.qvalue, wq.qvalue)
     (dot,) = [e for e in jpr.jaxpr.eqns if e.primitive.name == "dot_general"]
     assert [v.aval.dtype for v in dot.invars] == [jnp.int8, jnp.int8]
@@ -165,9 +171,20 @@ def test_no_retrace_on_new_values_and_fit_param_transform():
     x = rng.rand(64, 28, 28, 1).astype(np.float32)
     y = rng.randint(0, 10, 64).astype(np.int32)
     fq = fake_quantize(bits=3)
-    res = fit(f, p, (x, y), optimizer=optax.adam(1e-3), epochs=2, batch_size=32,
-              key=jax.random.key(0), param_transform=fq, progress=False)
+    res = fit(
+        f,
+        p,
+        (x, y),
+        optimizer=optax.adam(1e-3),
+        epochs=2,
+        batch_size=32,
+        key=jax.random.key(0),
+        param_transform=fq,
+        progress=False,
+    )
     assert jax.tree.structure(res.params) == jax.tree.structure(p)
     assert res.history[-1]["loss"] < res.history[0]["loss"]
-    leaves = jax.tree.leaves(fq.quantize(res.params), is_leaf=lambda a: isinstance(a, QuantizedArray))
+    leaves = jax.tree.leaves(
+        fq.quantize(res.params), is_leaf=lambda a: isinstance(a, QuantizedArray)
+    )
     assert all(a.bits == 3 for a in leaves if isinstance(a, QuantizedArray))

@@ -63,7 +63,9 @@ def test_static_and_dynamic_activation_quant(kind):
     assert np.abs(np.asarray(f2(p, X)) - ref).mean() > np.abs(np.asarray(fs(p, X)) - ref).mean()
     # a static range clips: values beyond the observed range produce zero gradient (clipped STE)
     small = observe_activations(f, p, [X * 0.5])
-    g = jax.jit(jax.grad(lambda x: quantize_activations(f, small, sites=["dot_general_0"])(p, x).sum()))(X[:2])
+    g = jax.jit(
+        jax.grad(lambda x: quantize_activations(f, small, sites=["dot_general_0"])(p, x).sum())
+    )(X[:2])
     g = np.asarray(g).reshape(2, -1)
     outside = X[:2].reshape(2, -1) > small.ranges["dot_general_0"][1] + 1e-3
     assert outside.any() and np.all(g[outside] == 0)
@@ -75,7 +77,13 @@ def test_ptq_weight_only_and_full():
     ref = np.asarray(f(p, X))
     res = ptq(f, p, bits=8)
     assert res.ranges is None
-    assert sum(isinstance(x, QuantizedArray) for x in jax.tree.leaves(res.params, is_leaf=lambda x: isinstance(x, QuantizedArray))) == 3
+    assert (
+        sum(
+            isinstance(x, QuantizedArray)
+            for x in jax.tree.leaves(res.params, is_leaf=lambda x: isinstance(x, QuantizedArray))
+        )
+        == 3
+    )
     out = np.asarray(jax.jit(res.apply_fn)(res.params, X))
     assert np.abs(out - ref).max() < 0.02 * np.abs(ref).max()
     full = ptq(f, p, np.array_split(X, 2), bits=4, activation_bits=8)
@@ -108,7 +116,11 @@ def test_sensitivity_and_mixed_precision_budget():
         total = sum(rep.get(path, b).size_bits for path, b in choice.items())
         assert total <= avg * sum(sizes.values())
         q = quantize_params(p, bits=choice)
-        assert {x.bits for x in jax.tree.leaves(q, is_leaf=lambda x: isinstance(x, QuantizedArray)) if isinstance(x, QuantizedArray)} <= {2, 4, 8}
+        assert {
+            x.bits
+            for x in jax.tree.leaves(q, is_leaf=lambda x: isinstance(x, QuantizedArray))
+            if isinstance(x, QuantizedArray)
+        } <= {2, 4, 8}
     assert set(mixed_precision(rep, avg_bits=9.0).values()) == {8}
     with pytest.raises(JaxCompressValueError, match="below the narrowest"):
         mixed_precision(rep, avg_bits=1.0)

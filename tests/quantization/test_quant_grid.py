@@ -113,7 +113,9 @@ def test_per_channel_and_per_group_shapes_and_independence():
     x = jax.random.normal(jax.random.key(0), (3, 3, 8, 5))  # conv kernel (kh, kw, in, out)
     qc = quantize(x, bits=4, axis=-1)
     assert qc.scale.shape == (5,) and qc.axis == 3
-    np.testing.assert_allclose(np.asarray(qc.scale), np.abs(np.asarray(x)).max(axis=(0, 1, 2)) / 7, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(qc.scale), np.abs(np.asarray(x)).max(axis=(0, 1, 2)) / 7, rtol=1e-6
+    )
     qg = quantize(x, bits=4, axis=-1, group_size=24)  # K = 72 -> 3 groups per channel
     assert qg.scale.shape == (3, 5)
     validate_quantized_array(qg)
@@ -155,7 +157,9 @@ def test_jit_matches_eager_and_jaxpr_is_int8():
     f = lambda x: quantize(x, bits=4, scheme="affine", axis=-1, group_size=8)  # noqa: E731
     q_eager, q_jit = f(x), jax.jit(f)(x)
     np.testing.assert_array_equal(np.asarray(q_eager.qvalue), np.asarray(q_jit.qvalue))
-    np.testing.assert_array_equal(np.asarray(dequantize(q_eager)), np.asarray(jax.jit(dequantize)(q_jit)))
+    np.testing.assert_array_equal(
+        np.asarray(dequantize(q_eager)), np.asarray(jax.jit(dequantize)(q_jit))
+    )
     jaxpr = jax.make_jaxpr(f)(x)
     out_dtypes = [a.dtype for a in jaxpr.out_avals]
     assert out_dtypes == [jnp.int8, jnp.float32, jnp.int8]  # qvalue, scale, zero_point
@@ -164,8 +168,11 @@ def test_jit_matches_eager_and_jaxpr_is_int8():
     assert dj.in_avals[0].dtype == jnp.int8
     conv = [e for e in _walk(dj.jaxpr) if e.primitive.name == "convert_element_type"]
     assert conv and conv[0].invars[0].aval.dtype == jnp.int8
-    assert not any(e.invars[0].aval.dtype == jnp.int8 for e in _walk(dj.jaxpr)
-                   if e.primitive.name in ("mul", "dot_general"))
+    assert not any(
+        e.invars[0].aval.dtype == jnp.int8
+        for e in _walk(dj.jaxpr)
+        if e.primitive.name in ("mul", "dot_general")
+    )
 
 
 def _walk(jaxpr):
@@ -195,7 +202,9 @@ def test_validator_catches_broken_invariants():
     with pytest.raises(JaxCompressValueError, match="zero_point must be 0"):
         validate_quantized_array(dataclasses.replace(q, zero_point=q.zero_point + 1))
     with pytest.raises(JaxCompressValueError, match="shapes"):
-        validate_quantized_array(dataclasses.replace(q, scale=q.scale[:2], zero_point=q.zero_point[:2]))
+        validate_quantized_array(
+            dataclasses.replace(q, scale=q.scale[:2], zero_point=q.zero_point[:2])
+        )
     with pytest.raises(JaxCompressTypeError):
         validate_quantized_array(jnp.zeros(3))
 
@@ -218,11 +227,19 @@ def test_quantized_array_is_a_pytree_with_static_metadata():
         (dict(bits=4, calibration="kl"), JaxCompressValueError, "calibration"),
         (dict(bits=4, axis=2), JaxCompressValueError, "axis=2 is out of range"),
         (dict(bits=4, axis=-3), JaxCompressValueError, "out of range"),
-        (dict(bits=4, axis=-1, group_size=3), JaxCompressValueError, "group_size=3 does not divide"),
+        (
+            dict(bits=4, axis=-1, group_size=3),
+            JaxCompressValueError,
+            "group_size=3 does not divide",
+        ),
         (dict(bits=4, group_size=4), JaxCompressValueError, "group_size requires axis"),
         (dict(bits=4, axis=-1, group_size=0), JaxCompressValueError, "positive"),
         (dict(bits=4, frac_bits=3), JaxCompressValueError, "frac_bits"),
-        (dict(bits=4, calibration="percentile", percentile=0.0), JaxCompressValueError, "percentile"),
+        (
+            dict(bits=4, calibration="percentile", percentile=0.0),
+            JaxCompressValueError,
+            "percentile",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
