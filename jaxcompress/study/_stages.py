@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import os
 import pickle
@@ -43,6 +44,9 @@ class RunFolderError(JaxCompressValueError):
 
 
 # -- small utilities ---------------------------------------------------------------------------
+_CORRUPT = object()  # sentinel: a saved stage state failed its checksum
+
+
 def atomic_write(path: str, data: bytes | str) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
     if isinstance(data, str):
@@ -321,8 +325,12 @@ class Study:
                 m = json.load(f)
             state = None
             if m.get("has_state"):
-                with open(blob, "rb") as f:
-                    state = pickle.load(f)
+                state = self._load_state(name, m)
+                if state is _CORRUPT:
+                    self._say(f"stage {name}: saved state failed its checksum, running it again")
+                    os.remove(marker)
+                    return self.stage(name, fn)
+                self._states[name] = state
             self.stage_metrics[name] = m["metrics"]
             self.timings[name] = m["seconds"]
             self.resumed.append(name)
@@ -332,8 +340,11 @@ class Study:
         t0 = time.perf_counter()
         state, metrics = fn()
         seconds = time.perf_counter() - t0
+        digest = None
         if state is not None:
-            atomic_write(blob, pickle.dumps(_to_numpy(state), protocol=pickle.HIGHEST_PROTOCOL))
+            payload = pickle.dumps(_to_numpy(state), protocol=pickle.HIGHEST_PROTOCOL)
+            digest = hashlib.sha256(payload).hexdigest()
+            atomic_write(blob, payload)
         atomic_write(
             marker,
             _json(
@@ -342,6 +353,7 @@ class Study:
                     "seconds": seconds,
                     "finished": _now(),
                     "has_state": state is not None,
+                    "state_sha256": digest,
                     "metrics": metrics,
                 }
             ),
@@ -463,10 +475,26 @@ class Study:
 
     def state(self, name: str):
         if name not in self._states:
-            blob = self._p("stages", f"{name}.pkl")
-            with open(blob, "rb") as f:
-                self._states[name] = pickle.load(f)
+            with open(self._p("stages", f"{name}.json"), encoding="utf-8") as f:
+                marker = json.load(f)
+            state = self._load_state(name, marker)
+            if state is _CORRUPT:
+                raise RunFolderError(
+                    f"{self._p('stages', name + '.pkl')} does not match the sha256 in its stage "
+                    "marker; delete the marker to run the stage again"
+                )
+            self._states[name] = state
         return self._states[name]
+
+    def _load_state(self, name: str, marker: dict):
+        # A stage's state is unpickled only when its bytes match the sha256 written in the
+        # stage marker at save time (a truncated or edited blob is never loaded). Pickle still
+        # trusts the folder's author: resume only run folders you created.
+        with open(self._p("stages", f"{name}.pkl"), "rb") as f:
+            payload = f.read()
+        if hashlib.sha256(payload).hexdigest() != marker.get("state_sha256"):
+            return _CORRUPT
+        return pickle.loads(payload)  # noqa: S301 (checksummed, written by this run folder)
 
     # -- export and edge ----------------------------------------------------------------------
     def _export(self, apply_fn, chain) -> dict:
@@ -552,8 +580,6 @@ def _edge_schema():
 
 
 def _recipe_hash(recipe: Recipe) -> str:
-    import hashlib
-
     sec = recipe.to_dict()
     sec["study"] = dict(sec["study"], data_dir=None)  # moving the data does not change the run
     return hashlib.sha256(json.dumps(sec, sort_keys=True, default=str).encode()).hexdigest()

@@ -146,6 +146,16 @@ def test_resume_runs_only_unfinished_stages(tiny_run, capsys):
     assert (out / "stages" / "prune.json").read_text() == before  # finished work untouched
 
 
+def test_corrupted_stage_state_is_never_unpickled_and_the_stage_reruns(tiny_run):
+    recipe, out, _ = tiny_run
+    blob = out / "stages" / "quantize.pkl"
+    blob.write_bytes(blob.read_bytes()[:-7])  # truncated: its sha256 no longer matches
+    rep = run_study(str(recipe), out, progress=False, quiet=True)
+    assert "quantize" not in rep["resumed_stages"] and "prune" in rep["resumed_stages"]
+    marker = json.loads((out / "stages" / "quantize.json").read_text())
+    assert marker["state_sha256"] == __import__("hashlib").sha256(blob.read_bytes()).hexdigest()
+
+
 def test_folder_holding_another_run_is_refused(tiny_run, tmp_path, capsys):
     recipe, out, _ = tiny_run
     other = tmp_path / "other.toml"
