@@ -5,6 +5,13 @@
     flock /tmp/jaxcompress-bench.lock /work/venv/bin/python benchmarks/reproduce_han2015.py \
         --model lenet5
 
+The LeNet-300-100 configuration that meets the 0.1-point target on the mean of seeds (Han's L2
+weight decay, ramp over the first half of the phase; ``results/reproduce_han2015_lenet300.md``)::
+
+    flock /tmp/jaxcompress-bench.lock /work/venv/bin/python benchmarks/reproduce_han2015.py \
+        --model lenet300 --no-nm --prune-epochs 30 --prune-frac 0.5 --wd 1e-4 --wd-mode l2 \
+        --seeds 0 1 2 3 4
+
 Protocol (one loop, ``jaxcompress.training.fit``, for every row):
 
 1. dense pre-training: ``--epochs`` epochs of Adam at ``--lr`` (batch ``--batch-size``);
@@ -15,6 +22,12 @@ Protocol (one loop, ``jaxcompress.training.fit``, for every row):
      phase (``frequency`` 100 steps) to Han's per-layer targets (``explicit`` distribution), then
      fine-tuning with the masks fixed (the transform keeps them);
    * 2:4 (LeNet-300-100 only): ``nm_pruning(2, 4)`` from the first step of the phase.
+
+Options: ``--wd`` weight decay in every run (``--wd-mode l2``: ``add_decayed_weights`` before
+Adam, as Caffe/Han; ``adamw``: decoupled); ``--seeds`` several seeds (per-seed rows and means);
+``--method iterative --rounds R`` Han's prune/retrain rounds (``iterative_pruning`` at
+``--retrain-lr-scale`` x ``--lr``) instead of the cubic ramp; ``--variants cubic:0.5 iterative:3``
+several pruned branches against one dense branch in the same run.
 
 Writes ``benchmarks/results/reproduce_han2015_<model>.md``.
 """
