@@ -6,6 +6,7 @@ how far a schedule has come (``schedule(step) / final sparsity``); one-shot call
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import re
@@ -41,17 +42,19 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
         raise JaxCompressValueError(f"{name}={value} must be in [0, 1)")
 
 
-class Distribution:
+class Distribution(abc.ABC):
     """Base class: ``layer_sparsities(named_shapes, progress) -> list`` (one per selected leaf)."""
 
     @property
-    def final_sparsity(self) -> float:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def final_sparsity(self) -> float:
+        """The overall sparsity the distribution reaches at ``progress = 1``."""
 
+    @abc.abstractmethod
     def layer_sparsities(
         self, named_shapes: Sequence[tuple[str, tuple[int, ...]]], progress: Any = 1.0
-    ) -> list[Any]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    ) -> list[Any]:
+        """One sparsity per selected leaf, given ``(path, shape)`` pairs."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ recomputes its masks. ``final_sparsity`` is the value the schedule ends at.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any
 
@@ -26,16 +27,18 @@ __all__ = [
 ]
 
 
-class Schedule:
+class Schedule(abc.ABC):
     """Base class of sparsity schedules."""
 
     final_sparsity: float
 
-    def __call__(self, step: Any) -> Any:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, step: Any) -> Any:
+        """Target sparsity at ``step``."""
 
-    def is_update_step(self, step: Any) -> Any:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def is_update_step(self, step: Any) -> Any:
+        """Whether masks are recomputed at ``step``."""
 
 
 def _check_step(name: str, v: Any) -> None:
