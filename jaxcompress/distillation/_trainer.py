@@ -27,6 +27,7 @@ from jaxcompress.distillation._parallel import (
     shard_batch,
 )
 from jaxcompress.training import FitResult, evaluate, predict
+from jaxcompress.training._loop import _as_xy  # one (x, y) / Dataset validator for both loops
 
 __all__ = ["distill", "distillation_loss"]
 
@@ -129,21 +130,6 @@ def distillation_loss(
 
         return fit_loss
     return lambda params, x, y, key: loss(params, x, y, key, teacher_params)
-
-
-def _as_xy(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-    if hasattr(data, "x_train") and hasattr(data, "y_train"):
-        return np.asarray(data.x_train), np.asarray(data.y_train)
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise JaxCompressTypeError(
-            f"{name} must be an (x, y) pair or a Dataset, got {type(data).__name__}"
-        )
-    x, y = np.asarray(data[0]), np.asarray(data[1])
-    if x.shape[0] != y.shape[0]:
-        raise JaxCompressValueError(f"{name}: x has {x.shape[0]} examples but y has {y.shape[0]}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise JaxCompressTypeError(f"{name}: labels must be integers, got {y.dtype}")
-    return x, y
 
 
 def distill(
