@@ -15,11 +15,18 @@ three bytes. The stream has ``ceil(n * b / 8)`` bytes; unused high bits of the l
 
 from __future__ import annotations
 
+import platform
+
+import llvmlite.binding as _llvm
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from jaxcompress_kernels._validate import check_array, check_bits, check_codes_range, check_int
-from jaxcompress_kernels.errors import JaxCompressValueError
+from jaxcompress_kernels.errors import JaxCompressError, JaxCompressValueError
 
 __all__ = [
     "pack_bits",
@@ -29,8 +36,9 @@ __all__ = [
     "from_matmulnbits",
 ]
 
-# Below this many codes the parallel kernels are not worth their thread launch.
-_PARALLEL_MIN = 1 << 16
+# Inputs below this many codes are packed on the calling thread: starting the thread pool costs
+# more than it saves there (measured: 1M codes in cache, 2 threads were slower than 1).
+_PARALLEL_MIN = 1 << 22
 
 
 def packed_size(n: int, bits: int) -> int:
@@ -39,16 +47,101 @@ def packed_size(n: int, bits: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# compiled kernels (no bounds checks: the wrappers validate)
+# BMI2 (pext / pdep) and unaligned 8-byte loads / stores
+
+
+def _host_has_bmi2() -> bool:
+    """True when Numba compiles for an x86-64 CPU with BMI2 (pext / pdep)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if numba.config.CPU_NAME:  # a fixed (e.g. portable "generic") target: trust only its features
+        return "+bmi2" in (numba.config.CPU_FEATURES or "")
+    try:
+        return bool(_llvm.get_host_cpu_features().get("bmi2", False))
+    except RuntimeError:
+        return False
+
+
+# Read at compile time by the kernels: without BMI2 the pext/pdep kernels are never compiled.
+_HAS_BMI2 = _host_has_bmi2()
+_I64 = ir.IntType(64)
+
+
+def _bmi2(name):
+    @intrinsic
+    def op(typingctx, x, m):
+        sig = types.uint64(types.uint64, types.uint64)
+
+        def codegen(context, builder, signature, args):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_I64, [_I64, _I64]), name
+            )
+            return builder.call(fn, list(args))
+
+        return sig, codegen
+
+    return op
+
+
+# _pext(x, m): the bits of x at the set bits of m, packed to the bottom; _pdep is the inverse.
+_pext = _bmi2("llvm.x86.bmi.pext.64")
+_pdep = _bmi2("llvm.x86.bmi.pdep.64")
+
+
+def _byte_ptr(context, builder, signature, args):
+    ary = context.make_array(signature.args[0])(context, builder, args[0])
+    off = args[1]
+    if off.type.width < 64:
+        off = builder.sext(off, _I64) if signature.args[1].signed else builder.zext(off, _I64)
+    return builder.bitcast(builder.gep(ary.data, [off]), _I64.as_pointer())
+
+
+@intrinsic
+def _load_u64(typingctx, a, off):
+    """The 8 bytes ``a[off:off + 8]`` of a uint8 array as a little-endian uint64 (unaligned)."""
+    if not (isinstance(a, types.Array) and a.dtype == types.uint8):
+        return None
+    sig = types.uint64(a, off)
+
+    def codegen(context, builder, signature, args):
+        return builder.load(_byte_ptr(context, builder, signature, args), align=1, typ=_I64)
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_u64(typingctx, a, off, v):
+    """Writes uint64 `v` little-endian to the 8 bytes ``a[off:off + 8]`` of a uint8 array."""
+    if not (isinstance(a, types.Array) and a.dtype == types.uint8):
+        return None
+    sig = types.void(a, off, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        builder.store(args[2], _byte_ptr(context, builder, signature, args), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ----------------------------------------------------------------------------------------------
+# compiled kernels (no bounds checks: the wrappers validate). Codes are processed in groups of 8
+# (one uint64 word of codes <-> `bits` packed bytes); the pack kernels return the OR of every code
+# word they read, so the wrapper can reject codes >= 2**bits after one pass over the data. A code
+# out of range only garbles output bits: no kernel indexes memory with a code value.
+
+_LANES = 0x0101010101010101  # one bit per byte of a uint64
 
 
 @njit(cache=True, nogil=True)
 def _pack_tail(codes, bits, start, out, out_start):
-    # Generic bit loop for the last (< 8) codes.
+    # Generic bit loop for the last (< 8) codes; returns the OR of the codes.
     acc = np.uint64(0)
+    seen = np.uint64(0)
     nb = 0
     for i in range(start, codes.shape[0]):
-        acc |= np.uint64(codes[i]) << np.uint64(nb)
+        c = np.uint64(codes[i])
+        seen |= c
+        acc |= c << np.uint64(nb)
         nb += bits
     j = out_start
     while nb > 0:
@@ -56,6 +149,7 @@ def _pack_tail(codes, bits, start, out, out_start):
         acc >>= np.uint64(8)
         nb -= 8
         j += 1
+    return seen
 
 
 @njit(cache=True, nogil=True)
@@ -84,8 +178,9 @@ def _masks(bits):
 
 @njit(cache=True, nogil=True, inline="always")
 def _compress8(w, bits, m1, m2, m4):
-    # 8 byte lanes (codes < 2**bits) -> 8*bits contiguous bits, LSB first.
+    # 8 byte lanes (codes < 2**bits) -> 8*bits contiguous bits, LSB first (portable pext).
     b = np.uint64(bits)
+    w = w & (m1 | (m1 << np.uint64(8)))
     t = (w & np.uint64(0x00FF00FF00FF00FF)) | (
         (w >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)
     ) << b
@@ -98,7 +193,7 @@ def _compress8(w, bits, m1, m2, m4):
 
 @njit(cache=True, nogil=True, inline="always")
 def _expand8(v, bits, m1, m2, m4):
-    # inverse of _compress8: 8*bits bits -> 8 byte lanes.
+    # inverse of _compress8: 8*bits bits -> 8 byte lanes (portable pdep).
     b = np.uint64(bits)
     t = (v & m4) | (((v >> (np.uint64(4) * b)) & m4) << np.uint64(32))
     t = (t & m2) | (((t >> (np.uint64(2) * b)) & m2) << np.uint64(16))
@@ -106,97 +201,232 @@ def _expand8(v, bits, m1, m2, m4):
     return t
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _pack_words_kernel(words, bits, m1, m2, m4, out2, nchunks):
-    """words: (n//8,) uint64 (8 codes each) -> out2 (n//8, bits) bytes."""
-    ng = words.shape[0]
-    per = (ng + nchunks - 1) // nchunks
-    for c in prange(nchunks):
-        lo = c * per
-        hi = min(ng, lo + per)
-        wv = words[lo:hi]
-        ov = out2[lo:hi]
-        for i in range(hi - lo):
-            t = _compress8(wv[i], bits, m1, m2, m4)
-            for j in range(bits):
-                ov[i, j] = np.uint8((t >> np.uint64(8 * j)) & np.uint64(0xFF))
+@njit(cache=True, nogil=True)
+def _pack4_run(w16, out, lo, hi):
+    # 4 bits: code pair (one uint16) -> one byte; contiguous, so LLVM vectorizes it (vpmovwb).
+    acc = np.uint16(0)
+    wv = w16[lo:hi]  # slices: indices from 0 let LLVM drop the negative-index wraparound
+    ov = out[lo:hi]
+    for i in range(wv.shape[0]):
+        w = wv[i]
+        acc = np.uint16(acc | w)  # truncation keeps the reduction in 16-bit lanes
+        ov[i] = np.uint8(w | (w >> np.uint16(4)))
+    return np.uint64(acc)
+
+
+@njit(cache=True, nogil=True)
+def _pack2_run(w32, out, lo, hi):
+    # 2 bits: 4 codes (one uint32) -> one byte.
+    acc = np.uint32(0)
+    wv = w32[lo:hi]
+    ov = out[lo:hi]
+    for i in range(wv.shape[0]):
+        w = wv[i]
+        acc = np.uint32(acc | w)
+        t = w | (w >> np.uint32(6))
+        ov[i] = np.uint8(t | (t >> np.uint32(12)))
+    return np.uint64(acc)
+
+
+@njit(cache=True, nogil=True)
+def _packx_run(w64, out, bits, lo, hi):
+    # any width with BMI2: pext 8 codes -> 8*bits bits, one unaligned 8-byte store at bits*i
+    # (its upper bytes are rewritten by the next groups). The last groups of [lo, hi) store
+    # exactly `bits` bytes so no store crosses into another chunk's bytes.
+    mask = np.uint64(((1 << bits) - 1) * _LANES)
+    acc = np.uint64(0)
+    wv = w64[lo:hi]
+    ov = out[lo * bits : hi * bits]
+    ng = wv.shape[0]
+    stop = max(0, ng - (bits + 7) // bits + 1)
+    for i in range(stop):
+        w = wv[i]
+        acc |= w
+        _store_u64(ov, i * bits, _pext(w, mask))
+    for i in range(stop, ng):
+        w = wv[i]
+        acc |= w
+        t = _pext(w, mask)
+        for j in range(bits):
+            ov[i * bits + j] = np.uint8((t >> np.uint64(8 * j)) & np.uint64(0xFF))
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _packs_run(w64, out, bits, m1, m2, m4, lo, hi):
+    # any width without BMI2: shift tree, byte stores.
+    acc = np.uint64(0)
+    wv = w64[lo:hi]
+    ov = out[lo * bits : hi * bits]
+    for i in range(wv.shape[0]):
+        w = wv[i]
+        acc |= w
+        t = _compress8(w, bits, m1, m2, m4)
+        for j in range(bits):
+            ov[i * bits + j] = np.uint8((t >> np.uint64(8 * j)) & np.uint64(0xFF))
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _unpack4_run(packed, o16, lo, hi):
+    pv = packed[lo:hi]
+    ov = o16[lo:hi]
+    for i in range(pv.shape[0]):
+        p = np.uint16(pv[i])
+        ov[i] = np.uint16((p & np.uint16(15)) | ((p >> np.uint16(4)) << np.uint16(8)))
+
+
+@njit(cache=True, nogil=True)
+def _unpack2_run(packed, o32, lo, hi):
+    pv = packed[lo:hi]
+    ov = o32[lo:hi]
+    for i in range(pv.shape[0]):
+        p = np.uint32(pv[i])
+        ov[i] = np.uint32(
+            (p & np.uint32(3))
+            | ((p & np.uint32(0xC)) << np.uint32(6))
+            | ((p & np.uint32(0x30)) << np.uint32(12))
+            | ((p & np.uint32(0xC0)) << np.uint32(18))
+        )
+
+
+@njit(cache=True, nogil=True)
+def _unpackx_run(packed, o64, bits, lo, hi):
+    # any width with BMI2: one unaligned 8-byte load at bits*i, pdep to 8 byte lanes. Groups whose
+    # 8-byte load would run past the end of `packed` assemble their `bits` bytes one by one.
+    mask = np.uint64(((1 << bits) - 1) * _LANES)
+    ov = o64[lo:hi]
+    pv = packed[lo * bits :]
+    ng = ov.shape[0]
+    stop = min(ng, max(0, (pv.shape[0] - 8) // bits + 1))
+    for i in range(stop):
+        ov[i] = _pdep(_load_u64(pv, i * bits), mask)
+    for i in range(stop, ng):
+        v = np.uint64(0)
+        for j in range(bits):
+            v |= np.uint64(pv[i * bits + j]) << np.uint64(8 * j)
+        ov[i] = _pdep(v, mask)
+
+
+@njit(cache=True, nogil=True)
+def _unpacks_run(packed, o64, bits, m1, m2, m4, lo, hi):
+    # any width without BMI2: byte loads, shift tree.
+    ov = o64[lo:hi]
+    pv = packed[lo * bits : hi * bits]
+    for i in range(ov.shape[0]):
+        v = np.uint64(0)
+        for j in range(bits):
+            v |= np.uint64(pv[i * bits + j]) << np.uint64(8 * j)
+        ov[i] = _expand8(v, bits, m1, m2, m4)
+
+
+# Parallel drivers: chunk c of `nchunks` covers [lo, hi) of the kernel's index space (words for the
+# 2-/4-bit kernels, 8-code groups for the others). The word views are made by NumPy in the wrapper,
+# so a misaligned `codes` / `out` gets an unaligned-typed view (byte-aligned loads), never UB.
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _chunk(c, n, nchunks):
+    per = (n + nchunks - 1) // nchunks
+    lo = min(n, c * per)
+    return lo, min(n, lo + per)
+
+
+@njit(cache=True, nogil=True)
+def _or_all(accs):
+    acc = np.uint64(0)
+    for a in accs:
+        acc |= a
+    return acc
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _pack_words4_kernel(words, m1, m2, m4, out32, nchunks):
-    ng = words.shape[0]
-    per = (ng + nchunks - 1) // nchunks
+def _pack4_par(w16, out, nchunks):
+    accs = np.zeros(nchunks, np.uint64)
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(ng, lo + per)
-        wv = words[lo:hi]
-        ov = out32[lo:hi]
-        for i in range(hi - lo):
-            ov[i] = np.uint32(_compress8(wv[i], 4, m1, m2, m4))
+        lo, hi = _chunk(c, w16.shape[0], nchunks)
+        accs[c] = _pack4_run(w16, out, lo, hi)
+    return _or_all(accs)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _pack_words2_kernel(words, m1, m2, m4, out16, nchunks):
-    ng = words.shape[0]
-    per = (ng + nchunks - 1) // nchunks
+def _pack2_par(w32, out, nchunks):
+    accs = np.zeros(nchunks, np.uint64)
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(ng, lo + per)
-        wv = words[lo:hi]
-        ov = out16[lo:hi]
-        for i in range(hi - lo):
-            ov[i] = np.uint16(_compress8(wv[i], 2, m1, m2, m4))
+        lo, hi = _chunk(c, w32.shape[0], nchunks)
+        accs[c] = _pack2_run(w32, out, lo, hi)
+    return _or_all(accs)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _unpack_words_kernel(packed2, bits, m1, m2, m4, words, nchunks):
-    """packed2 (n//8, bits) bytes -> words (n//8,) uint64 (8 codes each)."""
-    ng = words.shape[0]
-    per = (ng + nchunks - 1) // nchunks
+def _packx_par(w64, out, bits, nchunks):
+    accs = np.zeros(nchunks, np.uint64)
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(ng, lo + per)
-        pv = packed2[lo:hi]
-        wv = words[lo:hi]
-        for i in range(hi - lo):
-            v = np.uint64(0)
-            for j in range(bits):
-                v |= np.uint64(pv[i, j]) << np.uint64(8 * j)
-            wv[i] = _expand8(v, bits, m1, m2, m4)
+        lo, hi = _chunk(c, w64.shape[0], nchunks)
+        accs[c] = _packx_run(w64, out, bits, lo, hi)
+    return _or_all(accs)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _unpack_words4_kernel(packed32, m1, m2, m4, words, nchunks):
-    ng = words.shape[0]
-    per = (ng + nchunks - 1) // nchunks
+def _packs_par(w64, out, bits, m1, m2, m4, nchunks):
+    accs = np.zeros(nchunks, np.uint64)
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(ng, lo + per)
-        pv = packed32[lo:hi]
-        wv = words[lo:hi]
-        for i in range(hi - lo):
-            wv[i] = _expand8(np.uint64(pv[i]), 4, m1, m2, m4)
+        lo, hi = _chunk(c, w64.shape[0], nchunks)
+        accs[c] = _packs_run(w64, out, bits, m1, m2, m4, lo, hi)
+    return _or_all(accs)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _unpack_words2_kernel(packed16, m1, m2, m4, words, nchunks):
-    ng = words.shape[0]
-    per = (ng + nchunks - 1) // nchunks
+def _unpack4_par(packed, o16, nchunks):
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(ng, lo + per)
-        pv = packed16[lo:hi]
-        wv = words[lo:hi]
-        for i in range(hi - lo):
-            wv[i] = _expand8(np.uint64(pv[i]), 2, m1, m2, m4)
+        lo, hi = _chunk(c, o16.shape[0], nchunks)
+        _unpack4_run(packed, o16, lo, hi)
 
 
-def _nchunks(ng: int) -> int:
-    import numba
+@njit(cache=True, nogil=True, parallel=True)
+def _unpack2_par(packed, o32, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _chunk(c, o32.shape[0], nchunks)
+        _unpack2_run(packed, o32, lo, hi)
 
-    if ng < _PARALLEL_MIN // 8:
+
+@njit(cache=True, nogil=True, parallel=True)
+def _unpackx_par(packed, o64, bits, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _chunk(c, o64.shape[0], nchunks)
+        _unpackx_run(packed, o64, bits, lo, hi)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _unpacks_par(packed, o64, bits, m1, m2, m4, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _chunk(c, o64.shape[0], nchunks)
+        _unpacks_run(packed, o64, bits, m1, m2, m4, lo, hi)
+
+
+def _kernels(bits: int, pack: bool, words: np.ndarray, portable: bool = False):
+    """(serial run, parallel driver, word view, extra args) for one width; `words` is uint8."""
+    if bits == 4:
+        run, par = (_pack4_run, _pack4_par) if pack else (_unpack4_run, _unpack4_par)
+        return run, par, words.view(np.uint16), ()
+    if bits == 2:
+        run, par = (_pack2_run, _pack2_par) if pack else (_unpack2_run, _unpack2_par)
+        return run, par, words.view(np.uint32), ()
+    if _HAS_BMI2 and not portable:
+        run, par = (_packx_run, _packx_par) if pack else (_unpackx_run, _unpackx_par)
+        return run, par, words.view(np.uint64), (bits,)
+    run, par = (_packs_run, _packs_par) if pack else (_unpacks_run, _unpacks_par)
+    return run, par, words.view(np.uint64), (bits, *_MASKS[bits])
+
+
+def _nchunks(n: int) -> int:
+    """Parallel chunks for `n` codes; 1 means: run on the calling thread."""
+    if n < _PARALLEL_MIN:
         return 1
-    return min(ng, 4 * numba.get_num_threads())
+    return numba.get_num_threads()
+
+
+_MASKS = {b: tuple(np.uint64(v) for v in _masks(b)) for b in range(1, 9)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +440,8 @@ def pack_bits(codes: np.ndarray, bits: int, *, out: np.ndarray | None = None) ->
       codes: ``(n,)`` uint8, C-contiguous, every value in ``[0, 2**bits)``.
       bits: code width, 1..8.
       out: optional preallocated ``(ceil(n * bits / 8),)`` uint8 C-contiguous output (saves the
-        allocation and its page faults when packing repeatedly).
+        allocation and its page faults when packing repeatedly). If `codes` has a value out of
+        range the error is raised after the packing pass, so `out` then holds garbage.
 
     Returns:
       ``(ceil(n * bits / 8),)`` uint8 (`out` if given).
@@ -225,30 +456,36 @@ def pack_bits(codes: np.ndarray, bits: int, *, out: np.ndarray | None = None) ->
     """
     bits = check_bits(bits)
     check_array("codes", codes, dtype=np.uint8, ndim=1)
-    check_codes_range("codes", codes, 0, (1 << bits) - 1)
+    hi = (1 << bits) - 1
     n = codes.shape[0]
+    size = packed_size(n, bits)
     if out is None:
-        out = np.empty(packed_size(n, bits), np.uint8)
+        out = np.empty(size, np.uint8)
     else:
-        check_array("out", out, dtype=np.uint8, shape=(packed_size(n, bits),))
+        try:
+            check_array("out", out, dtype=np.uint8, shape=(size,))
+        except JaxCompressError:
+            check_codes_range("codes", codes, 0, hi)  # a bad code is reported first
+            raise
     if n == 0:
         return out
-    if bits == 8:
+    if bits == 8:  # every uint8 is in range
         out[:] = codes
         return out
     ng = n // 8
+    acc = np.uint64(0)
     if ng:
-        words = codes[: ng * 8].view(np.uint64)
-        m1, m2, m4 = (np.uint64(v) for v in _masks(bits))
-        nc = _nchunks(ng)
-        if bits == 4:
-            _pack_words4_kernel(words, m1, m2, m4, out[: ng * 4].view(np.uint32), nc)
-        elif bits == 2:
-            _pack_words2_kernel(words, m1, m2, m4, out[: ng * 2].view(np.uint16), nc)
+        run, par, src, extra = _kernels(bits, True, codes if n == ng * 8 else codes[: ng * 8])
+        nc = _nchunks(n)
+        if nc > 1:
+            acc = par(src, out, *extra, nc)
         else:
-            _pack_words_kernel(words, bits, m1, m2, m4, out[: ng * bits].reshape(ng, bits), nc)
+            acc = run(src, out, *extra, 0, src.shape[0])
     if n > ng * 8:
-        _pack_tail(codes, bits, ng * 8, out, ng * bits)
+        acc |= _pack_tail(codes, bits, ng * 8, out, ng * bits)
+    if int(acc) & ~(hi * _LANES) & (2**64 - 1):
+        check_codes_range("codes", codes, 0, hi)
+        raise JaxCompressValueError(f"codes has a code outside the allowed range [0, {hi}]")
     return out
 
 
@@ -288,15 +525,12 @@ def unpack_bits(
         return out
     ng = count // 8
     if ng:
-        words = out[: ng * 8].view(np.uint64)
-        m1, m2, m4 = (np.uint64(v) for v in _masks(bits))
-        nc = _nchunks(ng)
-        if bits == 4:
-            _unpack_words4_kernel(packed[: ng * 4].view(np.uint32), m1, m2, m4, words, nc)
-        elif bits == 2:
-            _unpack_words2_kernel(packed[: ng * 2].view(np.uint16), m1, m2, m4, words, nc)
+        run, par, dst, extra = _kernels(bits, False, out if count == ng * 8 else out[: ng * 8])
+        nc = _nchunks(count)
+        if nc > 1:
+            par(packed, dst, *extra, nc)
         else:
-            _unpack_words_kernel(packed[: ng * bits].reshape(ng, bits), bits, m1, m2, m4, words, nc)
+            run(packed, dst, *extra, 0, dst.shape[0])
     if count > ng * 8:
         _unpack_tail(packed, bits, ng * 8, count, out)
     return out

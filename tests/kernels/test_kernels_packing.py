@@ -132,3 +132,97 @@ def test_out_buffers_are_used_and_checked():
         jk.pack_bits(codes, 3, out=np.empty(5, np.uint8))
     with pytest.raises(jk.JaxCompressTypeError, match=r"out\.dtype=int8 must be uint8"):
         jk.unpack_bits(buf, 3, 1003, out=np.empty(1003, np.int8))
+
+
+# --- fast-path edges: word / chunk boundaries, fused range check, alignment, portable kernels
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_lengths_around_word_boundaries(bits):
+    rng = np.random.default_rng(bits)
+    for n in (3, 4, 5, 6, 8, 16, 23, 24, 25, 31, 32, 33, 64, 65, 127, 128, 129):
+        codes = rng.integers(0, 1 << bits, n).astype(np.uint8)
+        packed = jk.pack_bits(codes, bits)
+        np.testing.assert_array_equal(packed, reference.pack_bits(codes, bits))
+        np.testing.assert_array_equal(jk.unpack_bits(packed, bits, n), codes)
+
+
+@pytest.mark.parametrize("bits", range(1, 8))
+@pytest.mark.parametrize("portable", (False, True))
+def test_chunked_kernels_match_reference(bits, portable):
+    """Parallel drivers with awkward chunk counts: every chunk boundary must be exact (the
+    unaligned 8-byte stores of the BMI2 kernel must not clobber the next chunk's bytes)."""
+    rng = np.random.default_rng(bits + 10 * portable)
+    for ng in (1, 2, 3, 5, 9, 40, 101):
+        codes = rng.integers(0, 1 << bits, 8 * ng).astype(np.uint8)
+        want = reference.pack_bits(codes, bits)
+        for nchunks in (1, 2, 3, 7):
+            out = np.full(want.shape[0] + 16, 0xAA, np.uint8)
+            run, par, src, extra = packing._kernels(bits, True, codes, portable)
+            acc = par(src, out[: want.shape[0]], *extra, nchunks)
+            np.testing.assert_array_equal(out[: want.shape[0]], want)
+            assert (out[want.shape[0] :] == 0xAA).all()  # nothing written past the end
+            # the returned word OR covers every code: its bytes OR to the OR of the codes
+            acc_bytes = np.array([int(acc)], np.uint64).view(np.uint8)
+            assert np.bitwise_or.reduce(acc_bytes) == np.bitwise_or.reduce(codes)
+            back = np.full(8 * ng + 8, 0xAA, np.uint8)
+            run, par, dst, extra = packing._kernels(bits, False, back[: 8 * ng], portable)
+            par(want, dst, *extra, nchunks)
+            np.testing.assert_array_equal(back[: 8 * ng], codes)
+            assert (back[8 * ng :] == 0xAA).all()
+            if nchunks == 1:  # the serial entry points agree
+                run, _, dst, extra = packing._kernels(bits, False, back[: 8 * ng], portable)
+                back[:] = 0
+                run(want, dst, *extra, 0, dst.shape[0])
+                np.testing.assert_array_equal(back[: 8 * ng], codes)
+
+
+@pytest.mark.parametrize("bits", range(1, 8))
+@pytest.mark.parametrize("n", (9, 64, 67, LONG))
+def test_out_of_range_code_anywhere_is_rejected(bits, n):
+    """The range check is fused into the kernel: a bad code in a word, in the last word, in the
+    tail or on the parallel path gives the same error as before, and never a result."""
+    rng = np.random.default_rng(n + bits)
+    codes = rng.integers(0, 1 << bits, n).astype(np.uint8)
+    hi = (1 << bits) - 1
+    for pos in (0, n // 2, (n // 8) * 8 - 1, n - 1):
+        bad = codes.copy()
+        bad[pos] = hi + 1 + pos % (255 - hi)
+        lo_v, hi_v = int(bad.min()), int(bad.max())
+        msg = rf"codes has codes in \[{lo_v}, {hi_v}\], outside the allowed range \[0, {hi}\]"
+        with pytest.raises(jk.JaxCompressValueError, match=msg):
+            jk.pack_bits(bad, bits)
+        with pytest.raises(jk.JaxCompressValueError, match=msg):
+            jk.pack_bits(bad, bits, out=np.empty(jk.packed_size(n, bits), np.uint8))
+    bad = codes.copy()
+    bad[-1] = 255
+    with pytest.raises(jk.JaxCompressValueError, match=rf"\[{bad.min()}, 255\], outside"):
+        jk.pack_bits(bad, bits)
+
+
+def test_bad_codes_reported_before_bad_out():
+    codes = np.array([0, 1, 16], np.uint8)
+    with pytest.raises(jk.JaxCompressValueError, match="outside the allowed range"):
+        jk.pack_bits(codes, 4, out=np.empty(7, np.uint8))
+    with pytest.raises(jk.JaxCompressValueError, match=r"out\.shape=\(7,\) must be \(1,\)"):
+        jk.pack_bits(codes[:2], 4, out=np.empty(7, np.uint8))
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_misaligned_and_guarded_buffers(bits):
+    """Inputs / outputs at odd addresses (word views are unaligned) and bytes next to `out` are
+    never touched."""
+    rng = np.random.default_rng(bits)
+    for n, off in ((1001, 1), (4096, 3), (LONG, 5)):
+        buf = rng.integers(0, 1 << bits, n + 16).astype(np.uint8)
+        codes = buf[off : off + n]
+        size = jk.packed_size(n, bits)
+        big = np.full(size + 24, 0x5A, np.uint8)
+        out = big[off + 1 : off + 1 + size]
+        assert jk.pack_bits(codes, bits, out=out) is out
+        np.testing.assert_array_equal(out, reference.pack_bits(codes, bits))
+        assert (big[: off + 1] == 0x5A).all() and (big[off + 1 + size :] == 0x5A).all()
+        ubig = np.full(n + 24, 0x5A, np.uint8)
+        uout = ubig[off + 2 : off + 2 + n]
+        np.testing.assert_array_equal(jk.unpack_bits(out, bits, n, out=uout), codes)
+        assert (ubig[: off + 2] == 0x5A).all() and (ubig[off + 2 + n :] == 0x5A).all()
