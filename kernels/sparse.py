@@ -10,17 +10,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from jaxcompress_kernels._nm_tile import nm_tile_dot, nm_tile_dot4
 from jaxcompress_kernels._validate import check_array
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
-from jaxcompress_kernels.formats import NM_LANES, BSRMatrix, CSRMatrix, NMSparse
-from jaxcompress_kernels.quantized import _rows_dot4x4
+from jaxcompress_kernels.formats import BSRMatrix, CSRMatrix, NMSparse
 
 __all__ = ["spmm_csr", "spmm_nm", "spmm_bsr"]
 
 _FM = {"reassoc", "contract"}
-
-# N:M batches below this use the lane kernel (select per row); larger ones decode 16-channel tiles.
-NM_LANE_MAX_BATCH = 16
 
 
 def _prep(x, k: int, n: int, bias):
@@ -132,188 +129,41 @@ def spmm_csr(x: np.ndarray, w: CSRMatrix, bias: np.ndarray | None = None) -> np.
 # N:M
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _sel4(q, x0, x1, x2, x3):
-    # q is a float in {0, 1, 2, 3}: compares + blends, which vectorise across lanes
-    return x0 if q == 0.0 else (x1 if q == 1.0 else (x2 if q == 2.0 else x3))
+@njit(cache=True, nogil=True, parallel=True)
+def _spmm_nm_tiles(x, positions, values, scales, q4, out):
+    """Every 16-channel tile dotted with 4 (then 1) rows of x at a time (`nm_tile_dot4`).
 
-
-@njit(cache=True, nogil=True, inline="always")
-def _sel_lo(q, x0, x1, x2):
-    # first slot of a 2:4 group: position in {0, 1, 2} (positions strictly increase)
-    return x0 if q == 0.0 else (x1 if q == 1.0 else x2)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _sel_hi(q, x1, x2, x3):
-    # second slot of a 2:4 group: position in {1, 2, 3}
-    return x1 if q == 1.0 else (x2 if q == 2.0 else x3)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _split4(pb):
-    # a position byte -> its four 2-bit fields as floats. The integer ops are truncated back to
-    # uint8 so LLVM keeps them 8-bit wide (Numba would otherwise widen them to int64 and the loop
-    # would not vectorise).
-    q0 = np.float32(np.uint8(pb & 3))
-    q1 = np.float32(np.uint8((pb >> 2) & 3))
-    q2 = np.float32(np.uint8((pb >> 4) & 3))
-    q3 = np.float32(np.uint8(pb >> 6))
-    return q0, q1, q2, q3
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _nibbles(cb):
-    lo = np.float32(np.uint8(cb & 15))
-    hi = np.float32(np.uint8(cb >> 4))
-    return lo - np.float32(8.0), hi - np.float32(8.0)
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _spmv_nm_kernel(xg, positions, v4, c4, scales, n_keep, q4, out):
-    """Small batches, lanes = 16 interleaved output channels.
-
-    positions (T, nq, 16): one byte = the 2-bit positions of 4 consecutive slots.
-    v4 (T, nq, 4, 16) float32 values or c4 (T, nq, 2, 16) two 4-bit codes per byte.
-    xg (M, nq, 4 // n_keep, 4): the x values of the groups those 4 slots belong to.
+    Parallel over tiles; rows past the first four re-read the tile from L1/L2, not DRAM.
     """
     ntiles = positions.shape[0]
-    nq = positions.shape[1]
-    mm = xg.shape[0]
+    mm = x.shape[0]
     nout = out.shape[1]
     for t in prange(ntiles):
-        acc = np.zeros((mm, 16), np.float32)
-        for qi in range(nq):
-            pb = positions[t, qi]
-            for m in range(mm):
-                am = acc[m]
-                if n_keep == 2:
-                    a0 = xg[m, qi, 0, 0]
-                    a1 = xg[m, qi, 0, 1]
-                    a2 = xg[m, qi, 0, 2]
-                    a3 = xg[m, qi, 0, 3]
-                    b0 = xg[m, qi, 1, 0]
-                    b1 = xg[m, qi, 1, 1]
-                    b2 = xg[m, qi, 1, 2]
-                    b3 = xg[m, qi, 1, 3]
-                    for lane in range(16):
-                        q0, q1, q2, q3 = _split4(pb[lane])
-                        if q4:
-                            v0, v1 = _nibbles(c4[t, qi, 0, lane])
-                            v2, v3 = _nibbles(c4[t, qi, 1, lane])
-                        else:
-                            v0 = v4[t, qi, 0, lane]
-                            v1 = v4[t, qi, 1, lane]
-                            v2 = v4[t, qi, 2, lane]
-                            v3 = v4[t, qi, 3, lane]
-                        am[lane] += (
-                            v0 * _sel_lo(q0, a0, a1, a2)
-                            + v1 * _sel_hi(q1, a1, a2, a3)
-                            + v2 * _sel_lo(q2, b0, b1, b2)
-                            + v3 * _sel_hi(q3, b1, b2, b3)
-                        )
-                else:
-                    xq = xg[m, qi]
-                    for lane in range(16):
-                        q0, q1, q2, q3 = _split4(pb[lane])
-                        if q4:
-                            v0, v1 = _nibbles(c4[t, qi, 0, lane])
-                            v2, v3 = _nibbles(c4[t, qi, 1, lane])
-                        else:
-                            v0 = v4[t, qi, 0, lane]
-                            v1 = v4[t, qi, 1, lane]
-                            v2 = v4[t, qi, 2, lane]
-                            v3 = v4[t, qi, 3, lane]
-                        am[lane] += (
-                            v0 * _sel4(q0, xq[0, 0], xq[0, 1], xq[0, 2], xq[0, 3])
-                            + v1 * _sel4(q1, xq[1, 0], xq[1, 1], xq[1, 2], xq[1, 3])
-                            + v2 * _sel4(q2, xq[2, 0], xq[2, 1], xq[2, 2], xq[2, 3])
-                            + v3 * _sel4(q3, xq[3, 0], xq[3, 1], xq[3, 2], xq[3, 3])
-                        )
-        for lane in range(16):
-            c = t * 16 + lane
-            if c < nout:
-                sc = scales[c] if q4 else np.float32(1.0)
-                for m in range(mm):
-                    out[m, c] = acc[m, lane] * sc
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _spmm_nm_small_kernel(x, positions, values, codes, scales, n_keep, q4, out):
-    """Small batches: decode a 16-channel tile to a per-thread buffer, then dot every row."""
-    ntiles = positions.shape[0]
-    kp = x.shape[1]
-    nout = out.shape[1]
-    for t in prange(ntiles):
-        buf = np.empty((16, kp), np.float32)
-        _nm_decode_one(positions, values, codes, scales, n_keep, q4, t, buf)
-        if t * 16 + 16 <= nout:
-            for q in range(4):
-                _rows_dot4x4(x, buf[4 * q : 4 * q + 4], out, t * 16 + 4 * q)
-        else:
+        buf = np.empty((4, 16), np.float32)
+        m = 0
+        while m < mm:
+            r = 4 if m + 4 <= mm else 1
+            if r == 4:
+                nm_tile_dot4(x, m, positions, values, t, buf)
+            else:
+                nm_tile_dot(x, m, positions, values, t, buf)
             for lane in range(16):
                 c = t * 16 + lane
                 if c < nout:
-                    _rows_dot_nm(x, buf[lane], out, c)
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _nm_decode_one(positions, values, codes, scales, n_keep, q4, t, buf):
-    nq = positions.shape[1]
-    for lane in range(16):
-        r = buf[lane]
-        r[:] = 0.0
-        sc = scales[t * 16 + lane] if q4 else np.float32(1.0)
-        for qi in range(nq):
-            pb = positions[t, qi, lane]
-            for sub in range(4):
-                s = qi * 4 + sub
-                g = s // n_keep
-                p = (pb >> (2 * sub)) & 3
-                if q4:
-                    v = sc * (
-                        np.float32((codes[t, s >> 1, lane] >> (4 * (s & 1))) & 15) - np.float32(8.0)
-                    )
-                else:
-                    v = values[t, s, lane]
-                r[4 * g + p] += v
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _rows_dot_nm(x, w, out, n):
-    mm = x.shape[0]
-    kk = w.shape[0]
-    m = 0
-    while m + 4 <= mm:
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for k in range(kk):
-            wk = w[k]
-            a0 += x[m, k] * wk
-            a1 += x[m + 1, k] * wk
-            a2 += x[m + 2, k] * wk
-            a3 += x[m + 3, k] * wk
-        out[m, n] = a0
-        out[m + 1, n] = a1
-        out[m + 2, n] = a2
-        out[m + 3, n] = a3
-        m += 4
-    while m < mm:
-        a0 = np.float32(0.0)
-        for k in range(kk):
-            a0 += x[m, k] * w[k]
-        out[m, n] = a0
-        m += 1
+                    sc = scales[c] if q4 else np.float32(1.0)
+                    for i in range(r):
+                        out[m + i, c] = buf[i, lane] * sc
+            m += r
 
 
 def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.ndarray:
     """N:M structured-sparse matmul ``y = x @ W + bias`` (2:4 or 1:4; float32 or 4-bit values).
 
-    Batch 1 selects, for 16 output channels at once, the x value each kept weight multiplies
-    (2-bit position -> one of the group's four x values) and accumulates; larger batches decode
-    a 16-channel tile into a per-thread buffer and dot it with every row of x.
+    For 16 output channels at once (one vector of lanes) it selects the x value each kept
+    weight multiplies (2-bit position -> one of the group's four x values, by vector selects on
+    position bits) and accumulates in registers; a 4-bit value enters as ``code - 8`` and the
+    channel scale is applied once at the end. Four rows of x share one pass over a tile, so a
+    batch reads W from DRAM once. Never builds a dense copy of W.
 
     Args:
       x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
@@ -338,21 +188,8 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
     else:
         xp = x2
     q4 = w.bits == 4
-    values = w.values if not q4 else np.zeros((1, 1, 1), np.float32)
-    codes = w.values if q4 else np.zeros((1, 1, 1), np.uint8)
     scales = w.scales if q4 else np.ones(1, np.float32)
-    if m < NM_LANE_MAX_BATCH:
-        t, nq, _ = w.positions.shape
-        xg = xp.reshape(m, nq, 4 // w.n, 4)
-        v4 = (
-            values.reshape(t, nq, 4, NM_LANES)
-            if not q4
-            else np.zeros((1, 1, 4, NM_LANES), np.float32)
-        )
-        c4 = codes.reshape(t, nq, 2, NM_LANES) if q4 else np.zeros((1, 1, 2, NM_LANES), np.uint8)
-        _spmv_nm_kernel(xg, w.positions, v4, c4, scales, w.n, q4, out)
-    else:
-        _spmm_nm_small_kernel(xp, w.positions, values, codes, scales, w.n, q4, out)
+    _spmm_nm_tiles(xp, w.positions, w.values, scales, q4, out)
     return _finish(out, bias, squeeze)
 
 

@@ -1,5 +1,9 @@
 """CSR, N:M and BSR matmul against their NumPy twins; exact format conversions."""
 
+import itertools
+import platform
+import re
+
 import numpy as np
 import pytest
 
@@ -92,6 +96,84 @@ def test_nm_positions_are_two_bits_per_kept_value():
     assert w.values.nbytes == 4 * kept
     wq = jk.nm_from_quantized(np.clip(np.round(d), -8, 7).astype(np.int8), np.ones(16, np.float32))
     assert wq.values.nbytes * 8 == 4 * kept
+
+
+def _all_patterns_weight(keep, k, n):
+    """Integer-valued (K, N) n:m weight whose groups cycle through every kept-position pattern
+    (including groups keeping fewer than n values), shifted per channel so every lane of every
+    tile sees every pattern."""
+    pats = [c for c in itertools.product((0, 1), repeat=4) if sum(c) <= keep]
+    w = np.zeros((k, n), np.float32)
+    for c in range(n):
+        for g in range(k // 4):
+            pat = pats[(g + c) % len(pats)]
+            for j in range(4):
+                if pat[j]:
+                    w[4 * g + j, c] = float((g * 7 + c * 3 + j) % 13 - 6) or 5.0
+    return w
+
+
+@pytest.mark.parametrize("keep", (1, 2))
+@pytest.mark.parametrize("m", (1, 4, 6))
+def test_nm_every_position_pattern_is_exact(keep, m):
+    # small integers: every product and sum is exact in float32, so equality is required
+    k, n = 88, 35
+    w = _all_patterns_weight(keep, k, n)
+    x = (np.arange(m * k).reshape(m, k) % 11 - 5).astype(np.float32)
+    expect = (x.astype(np.float64) @ w.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(jk.spmm_nm(x, jk.nm_from_dense(w, n=keep)), expect)
+    codes = np.clip(w, -8, 7).astype(np.int8)
+    wq = jk.nm_from_quantized(codes, np.full(n, 2.0, np.float32), n=keep)
+    expect_q = (2.0 * (x.astype(np.float64) @ codes.astype(np.float64))).astype(np.float32)
+    np.testing.assert_array_equal(jk.spmm_nm(x, wq), expect_q)
+
+
+def test_nm_long_k_matches_twin():
+    # K long enough that the software prefetch runs far ahead of (and past) the weight arrays
+    rng = np.random.default_rng(7)
+    k, n = 4100, 40
+    d = _nm_weight(rng, k, n, 2)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for w in (
+        jk.nm_from_dense(d, n=2),
+        jk.nm_from_quantized(
+            np.clip(np.round(d * 3), -8, 7).astype(np.int8), np.ones(n, np.float32), n=2
+        ),
+    ):
+        for m in (1, 7):
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            _rel_close(jk.spmm_nm(x, w, bias), reference.spmm_nm(x, w, bias))
+
+
+def test_nm_tile_dot_selects_in_vectors_without_gathers():
+    from numba import njit
+
+    from jaxcompress_kernels._nm_tile import nm_tile_dot, nm_tile_dot4
+
+    @njit
+    def both(x, positions, values, buf):
+        nm_tile_dot4(x, 0, positions, values, 0, buf)
+        nm_tile_dot(x, 4, positions, values, 0, buf)
+
+    rng = np.random.default_rng(3)
+    d = _nm_weight(rng, 32, 16, 2)
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    codes = np.clip(np.round(d * 3), -8, 7).astype(np.int8)
+    for w in (jk.nm_from_dense(d, n=2), jk.nm_from_quantized(codes, np.ones(16, np.float32))):
+        buf = np.zeros((4, 16), np.float32)
+        both(x, w.positions, w.values, buf)
+        # the last call wrote row 4 into buf[0]; rows 1..3 are still those of the 4-row call
+        y = reference.spmm_nm(x, w)
+        _rel_close(buf[0], y[4])
+        _rel_close(buf[1:], y[1:4])
+    asms = list(both.inspect_asm().values())
+    assert len(asms) == 2
+    for asm in asms:
+        assert not re.search(r"^\s+\w*gather\w*\s", asm, re.M)  # no gather instruction
+        if platform.machine() in ("x86_64", "AMD64"):
+            assert re.search(r"prefetcht[12]\s", asm)  # the L2 software prefetch
+            assert re.search(r"vfmadd\w*ps\s[^\n]*[yz]mm", asm)  # lanes in one vector FMA
+            assert re.search(r"(vblendmps|vblendvps)\s", asm)  # x chosen by vector selects
 
 
 @pytest.mark.parametrize(
