@@ -423,7 +423,7 @@ def _nchunks(n: int) -> int:
     """Parallel chunks for `n` codes; 1 means: run on the calling thread."""
     if n < _PARALLEL_MIN:
         return 1
-    return numba.get_num_threads()
+    return 4 * numba.get_num_threads()  # a few chunks per thread: balance on a shared machine
 
 
 _MASKS = {b: tuple(np.uint64(v) for v in _masks(b)) for b in range(1, 9)}
