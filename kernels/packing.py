@@ -15,6 +15,8 @@ three bytes. The stream has ``ceil(n * b / 8)`` bytes; unused high bits of the l
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import platform
 
 import llvmlite.binding as _llvm
@@ -25,6 +27,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from jaxcompress_kernels._intrinsics import prefetch
 from jaxcompress_kernels._validate import check_array, check_bits, check_codes_range, check_int
 from jaxcompress_kernels.errors import JaxCompressError, JaxCompressValueError
 
@@ -65,6 +68,7 @@ def _host_has_bmi2() -> bool:
 # Read at compile time by the kernels: without BMI2 the pext/pdep kernels are never compiled.
 _HAS_BMI2 = _host_has_bmi2()
 _I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
 
 
 def _bmi2(name):
@@ -123,6 +127,37 @@ def _store_u64(typingctx, a, off, v):
     return sig, codegen
 
 
+@intrinsic
+def _store_nt_u64(typingctx, a, off, v):
+    """`_store_u64` as a non-temporal store (``movnti``: no read-for-ownership, bypasses the
+    cache); the address must be 8-byte aligned. Follow a run of them with `_sfence()`."""
+    if not (isinstance(a, types.Array) and a.dtype == types.uint8):
+        return None
+    sig = types.void(a, off, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        st = builder.store(args[2], _byte_ptr(context, builder, signature, args), align=8)
+        st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _sfence(typingctx):
+    """Orders the preceding non-temporal stores before any later store (x86 ``sfence``)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence"
+        )
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ----------------------------------------------------------------------------------------------
 # compiled kernels (no bounds checks: the wrappers validate). Codes are processed in groups of 8
 # (one uint64 word of codes <-> `bits` packed bytes); the pack kernels return the OR of every code
@@ -130,6 +165,7 @@ def _store_u64(typingctx, a, off, v):
 # out of range only garbles output bits: no kernel indexes memory with a code value.
 
 _LANES = 0x0101010101010101  # one bit per byte of a uint64
+_PF_WORDS16 = 2048  # 4 KiB of uint16 code pairs
 
 
 @njit(cache=True, nogil=True)
@@ -204,13 +240,18 @@ def _expand8(v, bits, m1, m2, m4):
 @njit(cache=True, nogil=True)
 def _pack4_run(w16, out, lo, hi):
     # 4 bits: code pair (one uint16) -> one byte; contiguous, so LLVM vectorizes it (vpmovwb).
+    # Blocks of 4 KiB of codes, each prefetching the block 4 KiB ahead: keeps the input stream
+    # going across the page faults of a fresh output (64M codes, 1 thread: 11.1 -> 9.9 ms).
     acc = np.uint16(0)
-    wv = w16[lo:hi]  # slices: indices from 0 let LLVM drop the negative-index wraparound
-    ov = out[lo:hi]
-    for i in range(wv.shape[0]):
-        w = wv[i]
-        acc = np.uint16(acc | w)  # truncation keeps the reduction in 16-bit lanes
-        ov[i] = np.uint8(w | (w >> np.uint16(4)))
+    for b0 in range(lo, hi, _PF_WORDS16):
+        for k in range(0, _PF_WORDS16, 32):
+            prefetch(w16, b0 + _PF_WORDS16 + k)
+        wv = w16[b0 : min(hi, b0 + _PF_WORDS16)]  # from 0: LLVM drops the negative-index wrap
+        ov = out[b0 : min(hi, b0 + _PF_WORDS16)]
+        for i in range(wv.shape[0]):
+            w = wv[i]
+            acc = np.uint16(acc | w)  # truncation keeps the reduction in 16-bit lanes
+            ov[i] = np.uint8(w | (w >> np.uint16(4)))
     return np.uint64(acc)
 
 
@@ -419,6 +460,66 @@ def _kernels(bits: int, pack: bool, words: np.ndarray, portable: bool = False):
     return run, par, words.view(np.uint64), (bits, *_MASKS[bits])
 
 
+@njit(cache=True, nogil=True)
+def _unpack_nt_run(packed, o8, bits, lo, hi):
+    # BMI2 unpack of groups [lo, hi) with non-temporal 8-byte stores (o8 8-byte aligned): for
+    # large outputs whose pages are already mapped, skipping the read-for-ownership of every output
+    # line halves the DRAM traffic.
+    mask = np.uint64(((1 << bits) - 1) * _LANES)
+    ov = o8[lo * 8 : hi * 8]
+    pv = packed[lo * bits :]
+    ng = hi - lo
+    stop = min(ng, max(0, (pv.shape[0] - 8) // bits + 1))
+    for i in range(stop):
+        _store_nt_u64(ov, 8 * i, _pdep(_load_u64(pv, i * bits), mask))
+    _sfence()
+    for i in range(stop, ng):
+        v = np.uint64(0)
+        for j in range(bits):
+            v |= np.uint64(pv[i * bits + j]) << np.uint64(8 * j)
+        _store_u64(ov, 8 * i, _pdep(v, mask))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _unpack_nt_par(packed, o8, bits, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _chunk(c, o8.shape[0] // 8, nchunks)
+        _unpack_nt_run(packed, o8, bits, lo, hi)
+
+
+# Outputs of at least this many codes passed as `out=` (already mapped) are unpacked with
+# non-temporal stores. Measured on 64M codes, 1 thread: 4.0 ms vs 8.3 ms with ordinary stores into
+# a touched buffer, but 21 ms vs 12 ms into fresh pages (the kernel's zeroing left them in cache),
+# hence the residency check.
+_NT_MIN = 1 << 24
+
+
+def _mincore():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).mincore
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MINCORE = _mincore() if _HAS_BMI2 else None
+
+
+def _mapped(a: np.ndarray) -> bool:
+    """True if the first, middle and last pages of `a` are resident (i.e. `a` was written before)."""
+    if _MINCORE is None or a.nbytes == 0:
+        return False
+    page = mmap.PAGESIZE
+    vec = ctypes.create_string_buffer(1)
+    start = a.ctypes.data
+    for addr in (start, start + a.nbytes // 2, start + a.nbytes - 1):
+        if _MINCORE(addr & ~(page - 1), page, vec) != 0 or not vec.raw[0] & 1:
+            return False
+    return True
+
+
 def _nchunks(n: int) -> int:
     """Parallel chunks for `n` codes; 1 means: run on the calling thread."""
     if n < _PARALLEL_MIN:
@@ -514,6 +615,7 @@ def unpack_bits(
         raise JaxCompressValueError(
             f"packed has {packed.shape[0]} bytes but {count=} codes of {bits=} need {need}"
         )
+    given = out is not None
     if out is None:
         out = np.empty(count, np.uint8)
     else:
@@ -525,12 +627,25 @@ def unpack_bits(
         return out
     ng = count // 8
     if ng:
-        run, par, dst, extra = _kernels(bits, False, out if count == ng * 8 else out[: ng * 8])
+        o8 = out if count == ng * 8 else out[: ng * 8]
         nc = _nchunks(count)
-        if nc > 1:
-            par(packed, dst, *extra, nc)
+        if (
+            given
+            and count >= _NT_MIN
+            and bits != 8
+            and out.ctypes.data % 8 == 0
+            and _mapped(out)  # implies BMI2 (_MINCORE is None without it)
+        ):
+            if nc > 1:
+                _unpack_nt_par(packed, o8, bits, nc)
+            else:
+                _unpack_nt_run(packed, o8, bits, 0, ng)
         else:
-            run(packed, dst, *extra, 0, dst.shape[0])
+            run, par, dst, extra = _kernels(bits, False, o8)
+            if nc > 1:
+                par(packed, dst, *extra, nc)
+            else:
+                run(packed, dst, *extra, 0, dst.shape[0])
     if count > ng * 8:
         _unpack_tail(packed, bits, ng * 8, count, out)
     return out

@@ -226,3 +226,28 @@ def test_misaligned_and_guarded_buffers(bits):
         uout = ubig[off + 2 : off + 2 + n]
         np.testing.assert_array_equal(jk.unpack_bits(out, bits, n, out=uout), codes)
         assert (ubig[: off + 2] == 0x5A).all() and (ubig[off + 2 + n :] == 0x5A).all()
+
+
+@pytest.mark.parametrize("bits", range(1, 8))
+def test_nontemporal_unpack_into_mapped_out(bits, monkeypatch):
+    """Large unpacks into an already-written `out=` use non-temporal stores (BMI2 hosts only);
+    exact, chunk boundaries included, and nothing written outside `out`."""
+    monkeypatch.setattr(packing, "_NT_MIN", 64)
+    rng = np.random.default_rng(bits)
+    for n in (64, 200, 8 * 1001 + 5):
+        codes = rng.integers(0, 1 << bits, n).astype(np.uint8)
+        packed = reference.pack_bits(codes, bits)
+        big = np.full(n + 32, 0xAA, np.uint8)  # written, so resident; out at an 8-aligned address
+        off = (-big.ctypes.data) % 8
+        out = big[off : off + n]
+        assert packing._mapped(out) == packing._HAS_BMI2
+        assert jk.unpack_bits(packed, bits, n, out=out) is out
+        np.testing.assert_array_equal(out, codes)
+        assert (big[:off] == 0xAA).all() and (big[off + n :] == 0xAA).all()
+        if packing._HAS_BMI2:
+            ng = n // 8
+            for nchunks in (2, 3, 7):
+                out[:] = 0
+                packing._unpack_nt_par(packed, out[: 8 * ng], bits, nchunks)
+                np.testing.assert_array_equal(out[: 8 * ng], codes[: 8 * ng])
+    assert not packing._mapped(np.zeros(0, np.uint8))
