@@ -6,7 +6,9 @@ tile `t` of an `NMSparse` (storage described there) and row ``r0`` of ``x``,
 position(s, l)`` is the K index slot ``s`` of lane ``l`` points at. 4-bit values enter as the
 signed codes ``code - 8`` (the caller applies the per-channel scale). ``nm_tile_dot4`` does rows
 ``r0..r0+3`` into ``dst[0..3]``, sharing the position masks and the decoded values between the
-four rows.
+four rows; ``nm_tile_dot_pair`` does one row for tiles ``t`` and ``t + 1`` into ``dst[0..1]``
+(two weight streams in flight and the x broadcasts shared: ~5% faster than two single-tile calls
+for float32 values at batch 1, ~10% slower for 4-bit ones, whose loop is compute bound).
 
 Why an intrinsic: the natural Numba loop (lanes innermost, accumulators in a heap array) kept the
 accumulators in memory, re-checked aliasing of every array on every K step and widened the 2-bit
@@ -32,8 +34,8 @@ position byte and bit ``i`` of it written ``b_i``:
 - 1:4: slot j in {0, 1, 2, 3}: ``b_hi ? (b_lo ? x3 : x2) : (b_lo ? x1 : x0)``.
 
 The arguments are trusted: the caller passes C-contiguous arrays of a validated `NMSparse`, ``x`` of
-shape ``(M, Kp)`` float32 (Kp = padded K), ``0 <= t < T``, ``r0 + rows <= M`` and ``dst`` float32
-C-contiguous of at least ``(rows, 16)``.
+shape ``(M, Kp)`` float32 (Kp = padded K), ``0 <= t`` and ``t + tiles <= T``, ``r0 + rows <= M`` and
+``dst`` float32 C-contiguous of at least ``(tiles * rows, 16)``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["nm_tile_dot", "nm_tile_dot4", "PREFETCH_BYTES"]
+__all__ = ["nm_tile_dot", "nm_tile_dot4", "nm_tile_dot_pair", "PREFETCH_BYTES"]
 
 PREFETCH_BYTES = 8192  # software prefetch distance on the values stream (positions: scaled)
 _PREFETCH_LOCALITY = 1  # llvm.prefetch locality 1: into L2, not L1 (x86 prefetcht2)
@@ -84,7 +86,7 @@ def _fmuladd(builder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
-def _make_tile_dot(rows: int):
+def _make_tile_dot(rows: int, tiles: int = 1):
     @intrinsic
     def tile_dot(typingctx, x, r0, positions, values, t, dst):
         arr = types.Array
@@ -107,7 +109,7 @@ def _make_tile_dot(rows: int):
             return None
         sig = types.void(x, r0, positions, values, t, dst)
         return sig, lambda context, builder, signature, args: _codegen(
-            context, builder, signature, args, rows
+            context, builder, signature, args, rows, tiles
         )
 
     return tile_dot
@@ -119,7 +121,7 @@ def _as_i64(builder, v, ty):
     return v
 
 
-def _codegen(context, builder, signature, args, rows):
+def _codegen(context, builder, signature, args, rows, tiles):
     xty, r0ty, pty, vty, tty, dty = signature.args
     q4 = vty.dtype == types.uint8
     xa = context.make_array(xty)(context, builder, args[0])
@@ -136,22 +138,32 @@ def _codegen(context, builder, signature, args, rows):
     is24 = builder.icmp_signed("==", builder.shl(slots, _c(1)), kp)
 
     xrows = [builder.gep(xa.data, [builder.mul(builder.add(r0, _c(r)), kp)]) for r in range(rows)]
-    pbase = builder.gep(
-        builder.bitcast(pa.data, _I8.as_pointer()), [builder.mul(ti, builder.mul(nq, _c(16)))]
-    )
+    pbases = [
+        builder.gep(
+            builder.bitcast(pa.data, _I8.as_pointer()),
+            [builder.mul(builder.add(ti, _c(u)), builder.mul(nq, _c(16)))],
+        )
+        for u in range(tiles)
+    ]
     vrow = builder.mul(s, _c(16))  # elements per tile of values
     elem = _I8 if q4 else _F32
-    vbase = builder.gep(builder.bitcast(va.data, elem.as_pointer()), [builder.mul(ti, vrow)])
-    vbase_i8 = builder.bitcast(vbase, _I8.as_pointer())
+    vbases = [
+        builder.gep(
+            builder.bitcast(va.data, elem.as_pointer()), [builder.mul(builder.add(ti, _c(u)), vrow)]
+        )
+        for u in range(tiles)
+    ]
     step_bytes = 32 if q4 else 256  # values bytes per K step
     nacc = 4 if rows == 1 else 2
     zero = ir.Constant(_VF, [0.0] * _L)
-    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nacc)] for _ in range(rows)]
+    accs = [
+        [cgutils.alloca_once_value(builder, zero) for _ in range(nacc)] for _ in range(tiles * rows)
+    ]
 
     def load_vec(ptr_elem, vty_):
         return builder.load(builder.bitcast(ptr_elem, vty_.as_pointer()), align=1)
 
-    def slot_values(qi):
+    def slot_values(qi, vbase):
         if q4:
             out = []
             for half in range(2):
@@ -169,13 +181,15 @@ def _codegen(context, builder, signature, args, rows):
 
     def step(qi, variant24):
         vq = builder.mul(qi, _c(step_bytes))
-        for line in range(0, step_bytes, 64):
-            _prefetch(builder, vbase_i8, builder.add(vq, _c(PREFETCH_BYTES + line)))
         pq = builder.mul(qi, _c(16))
-        _prefetch(builder, pbase, builder.add(pq, _c(PREFETCH_BYTES * 16 // step_bytes)))
-        pb = load_vec(builder.gep(pbase, [pq]), _V8)
-        vals = slot_values(qi)
-        b = [_bit(builder, pb, i) for i in range(8)]
+        per_tile = []
+        for u in range(tiles):
+            vbase_i8 = builder.bitcast(vbases[u], _I8.as_pointer())
+            for line in range(0, step_bytes, 64):
+                _prefetch(builder, vbase_i8, builder.add(vq, _c(PREFETCH_BYTES + line)))
+            _prefetch(builder, pbases[u], builder.add(pq, _c(PREFETCH_BYTES * 16 // step_bytes)))
+            pb = load_vec(builder.gep(pbases[u], [pq]), _V8)
+            per_tile.append((slot_values(qi, vbases[u]), [_bit(builder, pb, i) for i in range(8)]))
         span = 8 if variant24 else 16
         k0 = builder.mul(qi, _c(span))
         for r in range(rows):
@@ -183,25 +197,10 @@ def _codegen(context, builder, signature, args, rows):
                 _splat(builder, builder.load(builder.gep(xrows[r], [builder.add(k0, _c(i))])), _VF)
                 for i in range(span)
             ]
-            sel = []
-            if variant24:
-                for g in range(2):
-                    x0, x1, x2, x3 = xs[4 * g : 4 * g + 4]
-                    bb = b[4 * g : 4 * g + 4]
-                    sel.append(builder.select(bb[1], x2, builder.select(bb[0], x1, x0)))
-                    sel.append(builder.select(bb[2], builder.select(bb[3], x3, x1), x2))
-            else:
-                for j in range(4):
-                    x0, x1, x2, x3 = xs[4 * j : 4 * j + 4]
-                    blo, bhi = b[2 * j], b[2 * j + 1]
-                    sel.append(
-                        builder.select(
-                            bhi, builder.select(blo, x3, x2), builder.select(blo, x1, x0)
-                        )
-                    )
-            for j in range(4):
-                a = accs[r][j % nacc]
-                builder.store(_fmuladd(builder, vals[j], sel[j], builder.load(a)), a)
+            for u, (vals, b) in enumerate(per_tile):
+                for j, sel in enumerate(_select_x(builder, xs, b, variant24)):
+                    a = accs[u * rows + r][j % nacc]
+                    builder.store(_fmuladd(builder, vals[j], sel, builder.load(a)), a)
 
     with builder.if_else(is24) as (then24, then14):
         with then24:
@@ -210,7 +209,7 @@ def _codegen(context, builder, signature, args, rows):
         with then14:
             with cgutils.for_range(builder, nq) as loop:
                 step(loop.index, False)
-    for r in range(rows):
+    for r in range(tiles * rows):
         a = [builder.load(p) for p in accs[r]]
         while len(a) > 1:
             a = [builder.fadd(a[i], a[i + 1]) for i in range(0, len(a), 2)]
@@ -219,8 +218,28 @@ def _codegen(context, builder, signature, args, rows):
     return context.get_dummy_value()
 
 
+def _select_x(builder, xs, b, variant24):
+    """The x value each of the 4 slots of a K step multiplies, per lane (see module docstring)."""
+    sel = []
+    if variant24:
+        for g in range(2):
+            x0, x1, x2, x3 = xs[4 * g : 4 * g + 4]
+            bb = b[4 * g : 4 * g + 4]
+            sel.append(builder.select(bb[1], x2, builder.select(bb[0], x1, x0)))
+            sel.append(builder.select(bb[2], builder.select(bb[3], x3, x1), x2))
+    else:
+        for j in range(4):
+            x0, x1, x2, x3 = xs[4 * j : 4 * j + 4]
+            blo, bhi = b[2 * j], b[2 * j + 1]
+            sel.append(
+                builder.select(bhi, builder.select(blo, x3, x2), builder.select(blo, x1, x0))
+            )
+    return sel
+
+
 nm_tile_dot = _make_tile_dot(1)
 nm_tile_dot4 = _make_tile_dot(4)
+nm_tile_dot_pair = _make_tile_dot(1, 2)
 
 
 def _c(v: int) -> ir.Constant:

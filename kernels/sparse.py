@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from jaxcompress_kernels._nm_tile import nm_tile_dot, nm_tile_dot4
+from jaxcompress_kernels._nm_tile import nm_tile_dot, nm_tile_dot4, nm_tile_dot_pair
 from jaxcompress_kernels._validate import check_array
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import BSRMatrix, CSRMatrix, NMSparse
@@ -131,29 +131,45 @@ def spmm_csr(x: np.ndarray, w: CSRMatrix, bias: np.ndarray | None = None) -> np.
 
 @njit(cache=True, nogil=True, parallel=True)
 def _spmm_nm_tiles(x, positions, values, scales, q4, out):
-    """Every 16-channel tile dotted with 4 (then 1) rows of x at a time (`nm_tile_dot4`).
+    """Pairs of 16-channel tiles, each dotted with 4 (then 1) rows of x at a time.
 
-    Parallel over tiles; rows past the first four re-read the tile from L1/L2, not DRAM.
+    Parallel over tile pairs; rows past the first four re-read the tile from L1/L2, not DRAM.
+    Single rows of float32 weights run both tiles in one loop (`nm_tile_dot_pair`).
     """
     ntiles = positions.shape[0]
     mm = x.shape[0]
-    nout = out.shape[1]
-    for t in prange(ntiles):
+    for tp in prange((ntiles + 1) // 2):
+        t = 2 * tp
+        nt = 2 if t + 1 < ntiles else 1
         buf = np.empty((4, 16), np.float32)
         m = 0
         while m < mm:
-            r = 4 if m + 4 <= mm else 1
-            if r == 4:
-                nm_tile_dot4(x, m, positions, values, t, buf)
+            if m + 4 <= mm:
+                for u in range(nt):
+                    nm_tile_dot4(x, m, positions, values, t + u, buf)
+                    _nm_store(buf, 4, m, t + u, scales, q4, out)
+                m += 4
             else:
-                nm_tile_dot(x, m, positions, values, t, buf)
-            for lane in range(16):
-                c = t * 16 + lane
-                if c < nout:
-                    sc = scales[c] if q4 else np.float32(1.0)
-                    for i in range(r):
-                        out[m + i, c] = buf[i, lane] * sc
-            m += r
+                if nt == 2 and not q4:
+                    nm_tile_dot_pair(x, m, positions, values, t, buf)
+                    _nm_store(buf[0:1], 1, m, t, scales, q4, out)
+                    _nm_store(buf[1:2], 1, m, t + 1, scales, q4, out)
+                else:
+                    for u in range(nt):
+                        nm_tile_dot(x, m, positions, values, t + u, buf)
+                        _nm_store(buf, 1, m, t + u, scales, q4, out)
+                m += 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _nm_store(buf, r, m, t, scales, q4, out):
+    nout = out.shape[1]
+    for lane in range(16):
+        c = t * 16 + lane
+        if c < nout:
+            sc = scales[c] if q4 else np.float32(1.0)
+            for i in range(r):
+                out[m + i, c] = buf[i, lane] * sc
 
 
 def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.ndarray:

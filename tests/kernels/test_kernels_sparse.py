@@ -148,26 +148,28 @@ def test_nm_long_k_matches_twin():
 def test_nm_tile_dot_selects_in_vectors_without_gathers():
     from numba import njit
 
-    from jaxcompress_kernels._nm_tile import nm_tile_dot, nm_tile_dot4
+    from jaxcompress_kernels._nm_tile import nm_tile_dot, nm_tile_dot4, nm_tile_dot_pair
 
     @njit
-    def both(x, positions, values, buf):
-        nm_tile_dot4(x, 0, positions, values, 0, buf)
-        nm_tile_dot(x, 4, positions, values, 0, buf)
+    def both(x, positions, values, buf, pair):
+        nm_tile_dot4(x, 0, positions, values, 0, buf)  # rows 0..3 of tile 0 -> buf[0..3]
+        nm_tile_dot(x, 4, positions, values, 1, buf)  # row 4 of tile 1 -> buf[0]
+        nm_tile_dot_pair(x, 4, positions, values, 0, pair)  # row 4 of tiles 0, 1 -> pair[0..1]
 
     rng = np.random.default_rng(3)
-    d = _nm_weight(rng, 32, 16, 2)
+    d = _nm_weight(rng, 32, 32, 2)
     x = rng.standard_normal((5, 32)).astype(np.float32)
     codes = np.clip(np.round(d * 3), -8, 7).astype(np.int8)
-    for w in (jk.nm_from_dense(d, n=2), jk.nm_from_quantized(codes, np.ones(16, np.float32))):
+    for w in (jk.nm_from_dense(d, n=2), jk.nm_from_quantized(codes, np.ones(32, np.float32))):
         buf = np.zeros((4, 16), np.float32)
-        both(x, w.positions, w.values, buf)
-        # the last call wrote row 4 into buf[0]; rows 1..3 are still those of the 4-row call
+        pair = np.zeros((2, 16), np.float32)
+        both(x, w.positions, w.values, buf, pair)
         y = reference.spmm_nm(x, w)
-        _rel_close(buf[0], y[4])
-        _rel_close(buf[1:], y[1:4])
+        _rel_close(buf[1:], y[1:4, :16])
+        _rel_close(buf[0], y[4, 16:])
+        _rel_close(pair, y[4].reshape(2, 16))
     asms = list(both.inspect_asm().values())
-    assert len(asms) == 2
+    assert len(asms) == 2  # float32 and 4-bit values
     for asm in asms:
         assert not re.search(r"^\s+\w*gather\w*\s", asm, re.M)  # no gather instruction
         if platform.machine() in ("x86_64", "AMD64"):
