@@ -105,6 +105,7 @@ def _make_tile_dot(rows: int, tiles: int = 1):
             and positions.ndim == 3
             and values.ndim == 3
             and dst.ndim == 2
+            and all(a.layout == "C" for a in (x, positions, values, dst))  # raw pointer arithmetic
         ):
             return None
         sig = types.void(x, r0, positions, values, t, dst)
