@@ -35,7 +35,13 @@ from jaxcompress_kernels.packing import (
     to_matmulnbits,
     unpack_bits,
 )
-from jaxcompress_kernels.quantized import Requantization, qmatmul, qmatmul_int8, requantization
+from jaxcompress_kernels.quantized import (
+    Requantization,
+    int8_x_block,
+    qmatmul,
+    qmatmul_int8,
+    requantization,
+)
 from jaxcompress_kernels.runtime_config import get_num_threads, set_num_threads, warmup
 from jaxcompress_kernels.sparse import spmm_bsr, spmm_csr, spmm_nm
 
@@ -68,6 +74,7 @@ __all__ = [
     "from_matmulnbits",
     # kernels
     "qmatmul",
+    "int8_x_block",
     "qmatmul_int8",
     "Requantization",
     "requantization",

@@ -17,19 +17,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["prefetch"]
+__all__ = ["prefetch", "prefetch_l2", "wide_vectors"]
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
-@intrinsic
-def prefetch(typingctx, a, i):
-    """prefetch(a, i): hint the CPU to bring ``&a.ravel()[i]`` into L1 (read, high locality)."""
-    if not isinstance(a, types.Array) or not isinstance(i, types.Integer):
-        return None
-    sig = types.void(a, i)
-
+def _prefetch_codegen(locality):
     def codegen(context, builder, signature, args):
         aryty, ity = signature.args
         ary = context.make_array(aryty)(context, builder, args[0])
@@ -43,8 +37,49 @@ def prefetch(typingctx, a, i):
         ptr = builder.inttoptr(addr, ir.IntType(8).as_pointer())
         fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), _I32, _I32, _I32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # rw = 0 (read), locality = 3 (keep in all levels), cache type = 1 (data)
-        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        # rw = 0 (read), locality, cache type = 1 (data)
+        builder.call(
+            fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, locality), ir.Constant(_I32, 1)]
+        )
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, i):
+    """prefetch(a, i): hint the CPU to bring ``&a.ravel()[i]`` into L1 (read, high locality)."""
+    if not isinstance(a, types.Array) or not isinstance(i, types.Integer):
+        return None
+    return types.void(a, i), _prefetch_codegen(3)
+
+
+@intrinsic
+def prefetch_l2(typingctx, a, i):
+    """prefetch_l2(a, i): as `prefetch`, into L2 only (locality 1, x86 ``prefetcht2``): does not
+    evict L1 and suits streams read a few KiB later."""
+    if not isinstance(a, types.Array) or not isinstance(i, types.Integer):
+        return None
+    return types.void(a, i), _prefetch_codegen(1)
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """wide_vectors(): let LLVM vectorise the enclosing compiled function with 512-bit vectors.
+
+    Numba compiles for the host CPU, where LLVM prefers 256-bit vectors on AVX-512 machines
+    (``prefer-vector-width=256``: wide vectors can lower the clock of other code). This marks only
+    the enclosing LLVM function ``"prefer-vector-width"="512"``, so a hot kernel can use the full
+    width without changing every Numba function in the process (which the process-wide
+    ``NUMBA_CPU_FEATURES`` would). On CPUs without AVX-512 it changes nothing. Call it once at
+    the top of the function body (inside a ``prange`` body: that body is its own function).
+    """
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        # llvmlite's AttributeSet only admits enum attributes by name; a string attribute is
+        # emitted verbatim, so add it to the underlying set.
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
         return context.get_dummy_value()
 
     return sig, codegen

@@ -19,11 +19,13 @@ import dataclasses
 import numpy as np
 from numba import njit, prange
 
+from jaxcompress_kernels._intrinsics import prefetch_l2, wide_vectors
 from jaxcompress_kernels._validate import check_array, check_int
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import INT8_BLOCK, LANE_BLOCK, Int8Weight, PackedWeight
 
 __all__ = [
+    "int8_x_block",
     "qmatmul",
     "qmatmul_int8",
     "Requantization",
@@ -44,6 +46,7 @@ _FM = {"reassoc", "contract"}
 def _rows_dot4x4(x, w, out, n):
     """out[m, n + c] += dot(x[m], w[c]) for c < 4 and every row m: a 4 x 4 register block
     (8 loads per 16 FMAs), so x is streamed once per 4 output channels."""
+    wide_vectors()
     mm = x.shape[0]
     kk = w.shape[1]
     w0 = w[0]
@@ -136,6 +139,7 @@ def _rows_dot4x4(x, w, out, n):
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _rows_dot(x, w, out, n):
     """out[m, n] += dot(x[m], w) for every row m, four rows at a time (one load of w each)."""
+    wide_vectors()
     mm = x.shape[0]
     kk = w.shape[0]
     m = 0
@@ -346,6 +350,7 @@ def _codes_dot_pc(xt, d, n):
 def _qmatmul_gemv_pc_kernel(xt, xsum, d, scales, zps, out):
     """Batch 1, per-channel scales: out[0, n] += s[n] * (sum_k x[k] u[k, n] - z[n] * sum(x))."""
     for n in prange(d.shape[0]):
+        wide_vectors()
         out[0, n] += scales[n, 0] * (_codes_dot_pc(xt, d, n) - zps[n, 0] * xsum)
 
 
@@ -360,6 +365,7 @@ def _qmatmul_gemv_kernel(xt, xsum, d, scales, zps, nchunks, out):
     nt = xt.shape[0]
     per = (nn + nchunks - 1) // nchunks
     for c in prange(nchunks):
+        wide_vectors()
         acc = np.empty(ng, np.float32)
         for n in range(c * per, min(nn, (c + 1) * per)):
             if ng < _FEW_GROUPS:
@@ -381,6 +387,7 @@ def _qmatmul_gemv_kernel(xt, xsum, d, scales, zps, nchunks, out):
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _decode_row_few(d, n, scales, zps, w):
     """`_decode_row` for few groups: the vectorised loop runs along the plane."""
+    wide_vectors()
     pl, ng = d.shape[2], d.shape[3]
     nt = w.shape[0]
     c4 = np.float32(4.0)
@@ -421,6 +428,7 @@ def _decode_row_few(d, n, scales, zps, w):
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _decode_row(d, n, scales, zps, w):
     """w (T, PL, G) = dequantized output channel n, in the permuted (storage) order."""
+    wide_vectors()
     pl, ng = d.shape[2], d.shape[3]
     nt = w.shape[0]
     if ng < _FEW_GROUPS:
@@ -474,6 +482,7 @@ def _qmatmul_small_kernel(xp, d, scales, zps, nt, nchunks, out):
     kp = xp.shape[1]
     per = (nn + nchunks - 1) // nchunks
     for c in prange(nchunks):
+        wide_vectors()
         buf = np.empty((4, kp), np.float32)
         n = c * per
         end = min(nn, (c + 1) * per)
@@ -489,99 +498,360 @@ def _qmatmul_small_kernel(xp, d, scales, zps, nt, nchunks, out):
 
 
 # ----------------------------------------------------------------------------------------------
-# Batch 1 on the "lanes" layout (4- and 8-bit, see formats._lanes_layout): SIMD lanes run across
-# LANE_BLOCK output channels, each x[k] is broadcast once per row of bytes, four k's per pass so
-# each partial sum is loaded and stored once per 4 k's. Per group, acc[c] = sum_k x[k] u[k, c];
-# then out[c] += s[c] * acc[c] - (s z)[c] * sum_group(x). Nibbles are split with narrow integer
-# ops (``np.uint8(v & 15)``, ``np.uint8(v >> 4)``: the truncation lets LLVM keep them 8-bit wide,
-# so they vectorise), then widened to int32 and converted to float.
+# Small batches on the "lanes" layout (4- and 8-bit, see formats._lanes_layout): SIMD lanes run
+# across LANE_BLOCK output channels, each x[k] is broadcast once per row of bytes, four k's per
+# pass so each partial sum is loaded and stored once per 4 k's. Per group, acc[c] = sum_k x[k]
+# u[k, c]; then out[c] += s[c] * acc[c] - (s z)[c] * sum_group(x). Nibbles are split with narrow
+# integer ops (``np.uint8(v & 15)``, ``np.uint8(v >> 4)``: the truncation lets LLVM keep them
+# 8-bit wide, so they vectorise). The loops run group by group and, inside a group, row by row of
+# x: the group's bytes (g x LANE_BLOCK/2 or g x LANE_BLOCK) stay in L1 while every row uses them,
+# so W streams from memory once per call whatever the batch. The weight stream is software
+# prefetched _PF bytes ahead (the hardware prefetchers alone left the loop waiting on DRAM).
+
+_PF = 4096  # prefetch distance in bytes of the lanes stream (into L2)
+_LINE = 64
+_PF_GROUPS = 8  # scales are prefetched this many groups ahead
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_run(flat, start, nbytes):
+    for q in range(0, nbytes, _LINE):
+        prefetch_l2(flat, start + q)
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _gemv_lanes4_kernel(x, xsum, d, s, zs, n, out):
-    nb, ng, g = d.shape[0], d.shape[1], d.shape[2]
-    h = LANE_BLOCK // 2
+def _lanes4_kernel(x, xsum, d, s, zs, out):
+    """x (M, Kp) float32, xsum (M, G); out (M, N) += x @ dequant(W)."""
+    nb, ng, g, h = d.shape
+    mm = x.shape[0]
+    n = out.shape[1]
+    dflat = d.reshape(-1)
+    sflat = s.reshape(-1)
     for b in prange(nb):
-        o = np.zeros(LANE_BLOCK, np.float32)
+        wide_vectors()
+        o = np.zeros((mm, LANE_BLOCK), np.float32)
         acc = np.empty(LANE_BLOCK, np.float32)
         alo = acc[:h]
         ahi = acc[h:]
         for gi in range(ng):
-            for c in range(LANE_BLOCK):
-                acc[c] = 0.0
-            xg = x[gi * g : (gi + 1) * g]
             dg = d[b, gi]
-            for kk in range(0, g, 4):
-                x0 = xg[kk]
-                x1 = xg[kk + 1]
-                x2 = xg[kk + 2]
-                x3 = xg[kk + 3]
-                r0 = dg[kk]
-                r1 = dg[kk + 1]
-                r2 = dg[kk + 2]
-                r3 = dg[kk + 3]
-                for c in range(h):
-                    v0 = r0[c]
-                    v1 = r1[c]
-                    v2 = r2[c]
-                    v3 = r3[c]
-                    alo[c] += (
-                        x0 * np.float32(np.uint8(v0 & 15)) + x1 * np.float32(np.uint8(v1 & 15))
-                    ) + (x2 * np.float32(np.uint8(v2 & 15)) + x3 * np.float32(np.uint8(v3 & 15)))
-                    ahi[c] += (
-                        x0 * np.float32(np.uint8(v0 >> 4)) + x1 * np.float32(np.uint8(v1 >> 4))
-                    ) + (x2 * np.float32(np.uint8(v2 >> 4)) + x3 * np.float32(np.uint8(v3 >> 4)))
             sg = s[b, gi]
-            xs = xsum[gi]
-            if zs.shape[0] == 0:  # symmetric: z = 8
-                xs8 = np.float32(8.0) * xs
+            sbase = (b * ng + gi + _PF_GROUPS) * LANE_BLOCK
+            for q in range(0, LANE_BLOCK, 16):
+                prefetch_l2(sflat, sbase + q)
+            base = (b * ng + gi) * g * h + _PF
+            for m in range(mm):
                 for c in range(LANE_BLOCK):
-                    o[c] += sg[c] * (acc[c] - xs8)
-            else:
-                zg = zs[b, gi]
-                for c in range(LANE_BLOCK):
-                    o[c] += sg[c] * acc[c] - zg[c] * xs
-        ob = out[b * LANE_BLOCK : min(n, (b + 1) * LANE_BLOCK)]
-        for c in range(ob.shape[0]):
-            ob[c] += o[c]
+                    acc[c] = 0.0
+                xg = x[m, gi * g : (gi + 1) * g]
+                for kk in range(0, g, 4):
+                    if m == 0:
+                        _prefetch_run(dflat, base + kk * h, 4 * h)
+                    x0 = xg[kk]
+                    x1 = xg[kk + 1]
+                    x2 = xg[kk + 2]
+                    x3 = xg[kk + 3]
+                    r0 = dg[kk]
+                    r1 = dg[kk + 1]
+                    r2 = dg[kk + 2]
+                    r3 = dg[kk + 3]
+                    for c in range(h):
+                        v0 = r0[c]
+                        v1 = r1[c]
+                        v2 = r2[c]
+                        v3 = r3[c]
+                        alo[c] += (
+                            x0 * np.float32(np.uint8(v0 & 15)) + x1 * np.float32(np.uint8(v1 & 15))
+                        ) + (
+                            x2 * np.float32(np.uint8(v2 & 15)) + x3 * np.float32(np.uint8(v3 & 15))
+                        )
+                        ahi[c] += (
+                            x0 * np.float32(np.uint8(v0 >> 4)) + x1 * np.float32(np.uint8(v1 >> 4))
+                        ) + (
+                            x2 * np.float32(np.uint8(v2 >> 4)) + x3 * np.float32(np.uint8(v3 >> 4))
+                        )
+                om = o[m]
+                xs = xsum[m, gi]
+                if zs.shape[0] == 0:  # symmetric: z = 8
+                    xs8 = np.float32(8.0) * xs
+                    for c in range(LANE_BLOCK):
+                        om[c] += sg[c] * (acc[c] - xs8)
+                else:
+                    zg = zs[b, gi]
+                    for c in range(LANE_BLOCK):
+                        om[c] += sg[c] * acc[c] - zg[c] * xs
+        c0 = b * LANE_BLOCK
+        for m in range(mm):
+            ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
+            om = o[m]
+            for c in range(ob.shape[0]):
+                ob[c] += om[c]
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _gemv_lanes8_kernel(x, xsum, d, s, zs, n, out):
-    nb, ng, g = d.shape[0], d.shape[1], d.shape[2]
+def _lanes8_kernel(x, xsum, d, s, zs, out):
+    nb, ng, g, w = d.shape
+    mm = x.shape[0]
+    n = out.shape[1]
+    dflat = d.reshape(-1)
+    sflat = s.reshape(-1)
     for b in prange(nb):
-        o = np.zeros(LANE_BLOCK, np.float32)
+        wide_vectors()
+        o = np.zeros((mm, LANE_BLOCK), np.float32)
         acc = np.empty(LANE_BLOCK, np.float32)
         for gi in range(ng):
-            for c in range(LANE_BLOCK):
-                acc[c] = 0.0
-            xg = x[gi * g : (gi + 1) * g]
             dg = d[b, gi]
-            for kk in range(0, g, 4):
-                x0 = xg[kk]
-                x1 = xg[kk + 1]
-                x2 = xg[kk + 2]
-                x3 = xg[kk + 3]
-                r0 = dg[kk]
-                r1 = dg[kk + 1]
-                r2 = dg[kk + 2]
-                r3 = dg[kk + 3]
-                for c in range(LANE_BLOCK):
-                    acc[c] += (x0 * np.float32(r0[c]) + x1 * np.float32(r1[c])) + (
-                        x2 * np.float32(r2[c]) + x3 * np.float32(r3[c])
-                    )
             sg = s[b, gi]
-            xs = xsum[gi]
-            if zs.shape[0] == 0:  # symmetric: centred codes, z - 128 = 0
+            sbase = (b * ng + gi + _PF_GROUPS) * LANE_BLOCK
+            for q in range(0, LANE_BLOCK, 16):
+                prefetch_l2(sflat, sbase + q)
+            base = (b * ng + gi) * g * w + _PF
+            for m in range(mm):
                 for c in range(LANE_BLOCK):
-                    o[c] += sg[c] * acc[c]
-            else:
-                zg = zs[b, gi]
+                    acc[c] = 0.0
+                xg = x[m, gi * g : (gi + 1) * g]
+                for kk in range(0, g, 4):
+                    if m == 0:
+                        _prefetch_run(dflat, base + kk * w, 4 * w)
+                    x0 = xg[kk]
+                    x1 = xg[kk + 1]
+                    x2 = xg[kk + 2]
+                    x3 = xg[kk + 3]
+                    r0 = dg[kk]
+                    r1 = dg[kk + 1]
+                    r2 = dg[kk + 2]
+                    r3 = dg[kk + 3]
+                    for c in range(LANE_BLOCK):
+                        acc[c] += (x0 * np.float32(r0[c]) + x1 * np.float32(r1[c])) + (
+                            x2 * np.float32(r2[c]) + x3 * np.float32(r3[c])
+                        )
+                om = o[m]
+                if zs.shape[0] == 0:  # symmetric: centred codes, z - 128 = 0
+                    for c in range(LANE_BLOCK):
+                        om[c] += sg[c] * acc[c]
+                else:
+                    zg = zs[b, gi]
+                    xs = xsum[m, gi]
+                    for c in range(LANE_BLOCK):
+                        om[c] += sg[c] * acc[c] - zg[c] * xs
+        c0 = b * LANE_BLOCK
+        for m in range(mm):
+            ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
+            om = o[m]
+            for c in range(ob.shape[0]):
+                ob[c] += om[c]
+
+
+# ----------------------------------------------------------------------------------------------
+# compute="int8": x is rounded per call to int8 codes per block of L = int8_x_block(g) values
+# (symmetric, scale max|x| / 127, round half to even), and the lanes kernels sum code products
+# in 16-bit integer lanes (vpmullw / vpaddw), exactly: for 4-bit, sum_k xq (u - 8) over 32 k's is
+# at most 32 * 8 * 127 = 32512 in magnitude, and int16 arithmetic is exact modulo 2**16, so
+# accumulating xq * u and subtracting 8 * sum(xq) once gives the exact value; for 8-bit (centred
+# codes, |u - 128| <= 128), each pair of products fits int16 and is widened to an int32 sum. Each
+# block's integer sum is converted to float once and scaled by the block's x scale. Like ONNX
+# Runtime's MatMulNBits accuracy_level=4 (int8 activations per block of 32).
+
+
+def int8_x_block(group_len: int) -> int:
+    """Block length of the per-call int8 quantization of x for ``compute="int8"``: the largest
+    of 32, 16, 8 dividing the weight's group length (always a multiple of 8)."""
+    for blk in (32, 16, 8):
+        if group_len % blk == 0:
+            return blk
+    raise JaxCompressValueError(f"group length {group_len} is not a multiple of 8")
+
+
+@njit(cache=True, nogil=True)
+def _quantize_x_kernel(x, blk, xq, xsq, sx):
+    """Per block of `blk` values of each row: sx = max|x| / 127 (0 for an all-zero block),
+    xq = clip(rint(x / sx), -127, 127) as int16, xsq = sum(xq). Returns False on a non-finite x."""
+    mm, kp = x.shape
+    nblk = kp // blk
+    ok = True
+    for m in range(mm):
+        for bl in range(nblk):
+            xb = x[m, bl * blk : (bl + 1) * blk]
+            a = np.float32(0.0)
+            for j in range(blk):
+                v = abs(xb[j])
+                if not np.isfinite(v):
+                    ok = False
+                elif v > a:
+                    a = v
+            qb = xq[m, bl * blk : (bl + 1) * blk]
+            if a == 0:
+                for j in range(blk):
+                    qb[j] = 0
+                sx[m, bl] = 0.0
+                xsq[m, bl] = 0
+                continue
+            sc = a / np.float32(127.0)
+            tot = 0
+            for j in range(blk):
+                q = np.rint(xb[j] / sc)
+                if q > 127.0:
+                    q = 127.0
+                elif q < -127.0:
+                    q = -127.0
+                qi = np.int16(q)
+                qb[j] = qi
+                tot += qi
+            sx[m, bl] = sc
+            xsq[m, bl] = tot
+    return ok
+
+
+def _quantize_x(xp: np.ndarray, blk: int):
+    m, kp = xp.shape
+    xq = np.empty((m, kp), np.int16)
+    xsq = np.empty((m, kp // blk), np.int32)
+    sx = np.empty((m, kp // blk), np.float32)
+    if not _quantize_x_kernel(xp, blk, xq, xsq, sx):
+        raise JaxCompressValueError('x must be finite for compute="int8"')
+    return xq, xsq, sx
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _lanes4_int_kernel(xq, xsq, sx, xs, d, s, zs, blk, out):
+    """xq (M, Kp) int16, xsq / sx (M, Kp / blk), xs (M, G) = sum_blocks sx * xsq per group."""
+    nb, ng, g, h = d.shape
+    mm = xq.shape[0]
+    n = out.shape[1]
+    nsub = g // blk
+    dflat = d.reshape(-1)
+    sflat = s.reshape(-1)
+    for b in prange(nb):
+        wide_vectors()
+        o = np.zeros((mm, LANE_BLOCK), np.float32)
+        facc = np.empty(LANE_BLOCK, np.float32)
+        acc = np.empty(LANE_BLOCK, np.int16)
+        alo = acc[:h]
+        ahi = acc[h:]
+        for gi in range(ng):
+            sg = s[b, gi]
+            sbase = (b * ng + gi + _PF_GROUPS) * LANE_BLOCK
+            for q in range(0, LANE_BLOCK, 16):
+                prefetch_l2(sflat, sbase + q)
+            base = (b * ng + gi) * g * h + _PF
+            for m in range(mm):
                 for c in range(LANE_BLOCK):
-                    o[c] += sg[c] * acc[c] - zg[c] * xs
-        ob = out[b * LANE_BLOCK : min(n, (b + 1) * LANE_BLOCK)]
-        for c in range(ob.shape[0]):
-            ob[c] += o[c]
+                    facc[c] = 0.0
+                for sb in range(nsub):
+                    for c in range(LANE_BLOCK):
+                        acc[c] = 0
+                    k0 = sb * blk
+                    xg = xq[m, gi * g + k0 : gi * g + k0 + blk]
+                    dg = d[b, gi, k0 : k0 + blk]
+                    for kk in range(0, blk, 4):
+                        if m == 0:
+                            _prefetch_run(dflat, base + (k0 + kk) * h, 4 * h)
+                        x0 = xg[kk]
+                        x1 = xg[kk + 1]
+                        x2 = xg[kk + 2]
+                        x3 = xg[kk + 3]
+                        r0 = dg[kk]
+                        r1 = dg[kk + 1]
+                        r2 = dg[kk + 2]
+                        r3 = dg[kk + 3]
+                        for c in range(h):
+                            v0 = r0[c]
+                            v1 = r1[c]
+                            v2 = r2[c]
+                            v3 = r3[c]
+                            alo[c] = np.int16(
+                                alo[c]
+                                + (x0 * np.int16(v0 & 15) + x1 * np.int16(v1 & 15))
+                                + (x2 * np.int16(v2 & 15) + x3 * np.int16(v3 & 15))
+                            )
+                            ahi[c] = np.int16(
+                                ahi[c]
+                                + (x0 * np.int16(v0 >> 4) + x1 * np.int16(v1 >> 4))
+                                + (x2 * np.int16(v2 >> 4) + x3 * np.int16(v3 >> 4))
+                            )
+                    bi = gi * nsub + sb
+                    corr = np.int16(8 * xsq[m, bi])
+                    f = sx[m, bi]
+                    for c in range(LANE_BLOCK):
+                        facc[c] += f * np.float32(np.int16(acc[c] - corr))
+                om = o[m]
+                if zs.shape[0] == 0:  # symmetric: z = 8
+                    for c in range(LANE_BLOCK):
+                        om[c] += sg[c] * facc[c]
+                else:
+                    zg = zs[b, gi]
+                    xg_s = xs[m, gi]
+                    for c in range(LANE_BLOCK):
+                        om[c] += sg[c] * facc[c] - (zg[c] - np.float32(8.0) * sg[c]) * xg_s
+        c0 = b * LANE_BLOCK
+        for m in range(mm):
+            ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
+            om = o[m]
+            for c in range(ob.shape[0]):
+                ob[c] += om[c]
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
+def _lanes8_int_kernel(xq, xsq, sx, xs, d, s, zs, blk, out):
+    nb, ng, g, w = d.shape
+    mm = xq.shape[0]
+    n = out.shape[1]
+    nsub = g // blk
+    dflat = d.reshape(-1)
+    sflat = s.reshape(-1)
+    for b in prange(nb):
+        wide_vectors()
+        o = np.zeros((mm, LANE_BLOCK), np.float32)
+        facc = np.empty(LANE_BLOCK, np.float32)
+        acc = np.empty(LANE_BLOCK, np.int32)
+        for gi in range(ng):
+            sg = s[b, gi]
+            sbase = (b * ng + gi + _PF_GROUPS) * LANE_BLOCK
+            for q in range(0, LANE_BLOCK, 16):
+                prefetch_l2(sflat, sbase + q)
+            base = (b * ng + gi) * g * w + _PF
+            for m in range(mm):
+                for c in range(LANE_BLOCK):
+                    facc[c] = 0.0
+                for sb in range(nsub):
+                    for c in range(LANE_BLOCK):
+                        acc[c] = 0
+                    k0 = sb * blk
+                    xg = xq[m, gi * g + k0 : gi * g + k0 + blk]
+                    dg = d[b, gi, k0 : k0 + blk]
+                    for kk in range(0, blk, 4):
+                        if m == 0:
+                            _prefetch_run(dflat, base + (k0 + kk) * w, 4 * w)
+                        x0 = xg[kk]
+                        x1 = xg[kk + 1]
+                        x2 = xg[kk + 2]
+                        x3 = xg[kk + 3]
+                        r0 = dg[kk]
+                        r1 = dg[kk + 1]
+                        r2 = dg[kk + 2]
+                        r3 = dg[kk + 3]
+                        for c in range(LANE_BLOCK):
+                            acc[c] += np.int32(
+                                np.int16(x0 * np.int16(r0[c]) + x1 * np.int16(r1[c]))
+                            ) + np.int32(np.int16(x2 * np.int16(r2[c]) + x3 * np.int16(r3[c])))
+                    f = sx[m, gi * nsub + sb]
+                    for c in range(LANE_BLOCK):
+                        facc[c] += f * np.float32(acc[c])
+                om = o[m]
+                if zs.shape[0] == 0:  # symmetric: centred codes
+                    for c in range(LANE_BLOCK):
+                        om[c] += sg[c] * facc[c]
+                else:
+                    zg = zs[b, gi]
+                    xg_s = xs[m, gi]
+                    for c in range(LANE_BLOCK):
+                        om[c] += sg[c] * facc[c] - zg[c] * xg_s
+        c0 = b * LANE_BLOCK
+        for m in range(mm):
+            ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
+            om = o[m]
+            for c in range(ob.shape[0]):
+                ob[c] += om[c]
 
 
 def _layout(w: PackedWeight):
@@ -610,24 +880,43 @@ def _check_bias(bias, n: int, dtype=np.float32):
         check_array("bias", bias, dtype=dtype, shape=(n,))
 
 
-def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> np.ndarray:
+_LANES_MAX_M = 4  # batches up to this many rows run on the lanes layout (measured: M = 8 is
+# faster on the decode-and-dot kernel)
+_COMPUTE = ("float32", "int8")
+
+
+def qmatmul(
+    x: np.ndarray,
+    w: PackedWeight,
+    bias: np.ndarray | None = None,
+    *,
+    compute: str = "float32",
+) -> np.ndarray:
     """Packed low-bit matmul ``y = x @ dequant(W) + bias``, dequantizing on the fly.
 
-    ``dequant(W)[k, n] = scales[n, g(k)] * (u[k, n] - zero_points[n, g(k)])``; accumulation is in
-    float32. Extra memory: the output plus a K-float buffer per chunk of output channels (at most
-    8 chunks per thread); never a dense copy of W.
+    ``dequant(W)[k, n] = scales[n, g(k)] * (u[k, n] - zero_points[n, g(k)])``. Extra memory: the
+    output plus a small per-thread buffer (a K-float buffer per chunk of output channels, or
+    ``M x LANE_BLOCK`` floats per block on the lanes layout); never a dense copy of W.
 
     Args:
       x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
       w: a `PackedWeight` of logical shape ``(K, N)`` (see `pack_weight`).
       bias: optional ``(N,)`` float32.
+      compute: ``"float32"`` (default): x is used as given, accumulation in float32.
+        ``"int8"``: x is first rounded to int8 codes per block of ``L = int8_x_block(group_len)``
+        values along K (symmetric, ``scale = max|x| / 127``, round half to even), i.e. ``x`` is
+        replaced by ``scale * code``; 4- and 8-bit weights with the lanes layout then sum the code
+        products in exact integer arithmetic (the fast path, like ONNX Runtime's MatMulNBits
+        ``accuracy_level=4``); other weights run the float kernels on the rounded x, so results
+        agree across paths. Costs about 0.5% relative error (the rounding of x).
 
     Returns:
       ``(M, N)`` (or ``(N,)``) float32.
 
     Raises:
       JaxCompressTypeError: wrong types or dtypes.
-      JaxCompressValueError: shape mismatch or non-contiguous input.
+      JaxCompressValueError: shape mismatch, non-contiguous input, unknown `compute`, or a
+        non-finite x with ``compute="int8"``.
 
     Example:
       >>> w = pack_weight(np.array([[1], [-2]], np.int8), np.array([0.5], np.float32), bits=4)
@@ -636,6 +925,8 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
     """
     if not isinstance(w, PackedWeight):
         raise JaxCompressTypeError(f"w must be a PackedWeight, got {type(w).__name__}")
+    if compute not in _COMPUTE:
+        raise JaxCompressValueError(f"{compute=} must be one of {_COMPUTE}")
     k, n = w.shape
     _check_x(x, k)
     _check_bias(bias, n)
@@ -650,19 +941,34 @@ def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> n
             xp[:, :k] = x2
         else:
             xp = x2
+        g = w.group_len
+        ng = kp // g
+        lanes = w.lanes is not None and m <= _LANES_MAX_M
+        if compute == "int8":
+            blk = int8_x_block(g)
+            xq, xsq, sx = _quantize_x(xp, blk)
+            if lanes:
+                ld, ls, lzs = w.lanes
+                xs = (sx * xsq.astype(np.float32)).reshape(m, ng, g // blk).sum(axis=2)
+                kern = _lanes4_int_kernel if w.bits == 4 else _lanes8_int_kernel
+                kern(xq, xsq, sx, xs, ld, ls, lzs, blk, out)
+                if bias is not None:
+                    out += bias
+                return out[0] if squeeze else out
+            # no integer kernel for this weight: the float kernels on the rounded x
+            xp = (xq.reshape(m, -1, blk) * sx[:, :, None]).reshape(m, kp).astype(np.float32)
+        if lanes:
+            ld, ls, lzs = w.lanes
+            xsum = xp.reshape(m, ng, g).sum(axis=2, dtype=np.float32)
+            kern = _lanes4_kernel if w.bits == 4 else _lanes8_kernel
+            kern(xp, xsum, ld, ls, lzs, out)
+            if bias is not None:
+                out += bias
+            return out[0] if squeeze else out
         dshape, nt = _layout(w)
         _, _, pl, ng = dshape
         d = w.data.reshape(dshape)
         # x in the storage order: (M, G, T, PL) -> (M, T, PL, G); O(M K), once per call
-        if m == 1 and w.lanes is not None and w.group_len % 4 == 0:
-            ld, ls, lzs = w.lanes
-            g = w.group_len
-            xsum = xp.reshape(kp // g, g).sum(axis=1, dtype=np.float32)
-            kern = _gemv_lanes4_kernel if w.bits == 4 else _gemv_lanes8_kernel
-            kern(xp[0], xsum, ld, ls, lzs, n, out[0])
-            if bias is not None:
-                out += bias
-            return out[0] if squeeze else out
         xperm = np.ascontiguousarray(xp.reshape(m, ng, nt, pl).transpose(0, 2, 3, 1))
         nchunks = min(n, 8 * _threads())
         if m == 1 and ng == 1:
@@ -757,6 +1063,7 @@ def _qmatmul_int8_kernel(x3, d3, col_sums, x_zp, bias, out):
     nb = d3.shape[1]
     bl = d3.shape[2]
     for n in prange(nn):
+        wide_vectors()
         corr = np.int64(bias[n]) - np.int64(x_zp) * np.int64(col_sums[n])
         for m in range(mm):
             acc = np.int64(0)

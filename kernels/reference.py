@@ -18,12 +18,13 @@ from jaxcompress_kernels.formats import (
     PackedWeight,
     to_dense,
 )
-from jaxcompress_kernels.quantized import Requantization
+from jaxcompress_kernels.quantized import Requantization, int8_x_block
 
 __all__ = [
     "pack_bits",
     "unpack_bits",
     "qmatmul",
+    "quantize_x_int8",
     "qmatmul_int8",
     "spmm_csr",
     "spmm_nm",
@@ -53,8 +54,29 @@ def _mm(x, wd, bias):
     return y.astype(np.float32)
 
 
-def qmatmul(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> np.ndarray:
-    """``x @ to_dense(w) + bias`` in float64."""
+def quantize_x_int8(x: np.ndarray, block: int) -> np.ndarray:
+    """The ``compute="int8"`` rounding of x: per block of `block` values along the last axis
+    (zero-padded to a multiple of it), ``scale = max|x| / 127`` in float32 and
+    ``x -> scale * clip(rint(x / scale), -127, 127)`` (0 for an all-zero block)."""
+    x = np.asarray(x, np.float32)
+    k = x.shape[-1]
+    kp = -(-k // block) * block
+    xp = np.zeros(x.shape[:-1] + (kp,), np.float32)
+    xp[..., :k] = x
+    xb = xp.reshape(x.shape[:-1] + (kp // block, block))
+    sc = np.abs(xb).max(axis=-1, keepdims=True) / np.float32(127.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(sc > 0, np.clip(np.rint(xb / sc), -127, 127), 0)
+    return (q.astype(np.float64) * sc.astype(np.float64)).reshape(xp.shape)[..., :k]
+
+
+def qmatmul(
+    x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None, *, compute: str = "float32"
+) -> np.ndarray:
+    """``x @ to_dense(w) + bias`` in float64; with ``compute="int8"`` x is first rounded by
+    `quantize_x_int8` per block of ``int8_x_block(w.group_len)``."""
+    if compute == "int8":
+        x = quantize_x_int8(x, int8_x_block(w.group_len))
     return _mm(x, to_dense(w), bias)
 
 

@@ -152,3 +152,81 @@ def test_qmatmul_lanes_only_for_4_and_8_bits_and_wide_layers():
         assert jk.pack_weight(codes, scales, bits=bits, group_size=32).lanes is None
         codes, scales, _ = _weight(rng, bits, 64, 64, 32, False)
         assert jk.pack_weight(codes, scales, bits=bits, group_size=32).lanes is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# compute="int8": x rounded per block to int8, integer sums on the lanes layout
+
+
+@pytest.mark.parametrize("bits", (2, 3, 4, 8))
+@pytest.mark.parametrize(
+    "k,n,group_size",
+    [(64, 64, 32), (96, 130, 8), (256, 129, 32), (200, 300, None), (64, 17, 16), (128, 70, 64)],
+)
+@pytest.mark.parametrize("affine", (False, True))
+def test_qmatmul_int8_compute_matches_twin(bits, k, n, group_size, affine):
+    rng = np.random.default_rng(bits * 3 + k + n)
+    codes, scales, zps = _weight(rng, bits, k, n, group_size, affine)
+    w = jk.pack_weight(codes, scales, zps, bits=bits, group_size=group_size)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for m in (0, 1, 2, 3, 5, 70):  # lanes kernels for small batches, float kernels beyond
+        x = (rng.standard_normal((m, k)) + 1.0).astype(np.float32)
+        if m:
+            x[0, : min(k, 16)] = 0.0  # an all-zero block
+        y = jk.qmatmul(x, w, bias, compute="int8")
+        _rel_close(y, reference.qmatmul(x, w, bias, compute="int8"))
+        # the rounding of x is the only approximation: close to the float result
+        yf = reference.qmatmul(x, w, bias)
+        if m:
+            assert np.abs(y - yf).max() <= 0.05 * np.abs(yf).max()
+    x1 = rng.standard_normal(k).astype(np.float32)
+    _rel_close(jk.qmatmul(x1, w, compute="int8"), reference.qmatmul(x1[None], w, compute="int8")[0])
+
+
+@pytest.mark.parametrize("bits", (4, 8))
+@pytest.mark.parametrize("code", ("min", "max"))
+def test_qmatmul_int8_compute_extreme_sums_are_exact(bits, code):
+    # x = +1 everywhere -> every x code is 127; every weight code at one end of its range: the
+    # 16-bit partial sums reach +-32512 (4-bit: 32 * 8 * 127) and the uncorrected sums wrap
+    # around int16; the result must still be exact (ints times one power-of-two scale here).
+    k, n = 256, 128
+    half = 1 << (bits - 1)
+    c = -half if code == "min" else half - 1
+    codes = np.full((k, n), c, np.int8)
+    scales = np.full((k // 32, n), 0.5, np.float32)
+    w = jk.pack_weight(codes, scales, bits=bits, group_size=32)
+    assert w.lanes is not None
+    x = np.ones((1, k), np.float32)
+    y = jk.qmatmul(x, w, compute="int8")
+    np.testing.assert_array_equal(y, np.full((1, n), k * c * 0.5, np.float32))
+    x = -np.ones((2, k), np.float32)
+    np.testing.assert_array_equal(
+        jk.qmatmul(x, w, compute="int8"), np.full((2, n), -k * c * 0.5, np.float32)
+    )
+
+
+def test_quantize_x_int8_twin_by_hand():
+    x = np.array([[0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]], np.float32)
+    q = reference.quantize_x_int8(x, 8)
+    s = np.float32(1.0) / np.float32(127.0)
+    expect = np.array([np.rint(0.5 / s), -127, np.rint(0.25 / s)], np.float64) * np.float64(s)
+    np.testing.assert_allclose(q[0, :3], expect, rtol=0, atol=0)
+    # a block of its own (zero padded): its max maps to code 127
+    assert q[0, 8] == 127 * np.float64(np.float32(2.0) / np.float32(127.0))
+    assert jk.int8_x_block(32) == 32 and jk.int8_x_block(96) == 32 and jk.int8_x_block(48) == 16
+    assert jk.int8_x_block(40) == 8
+
+
+def test_qmatmul_compute_errors():
+    rng = np.random.default_rng(0)
+    codes, scales, _ = _weight(rng, 4, 64, 64, 32, False)
+    w = jk.pack_weight(codes, scales, bits=4, group_size=32)
+    x = np.ones((1, 64), np.float32)
+    with pytest.raises(jk.JaxCompressValueError, match="compute"):
+        jk.qmatmul(x, w, compute="int4")
+    for bad in (np.nan, np.inf):
+        xb = x.copy()
+        xb[0, 5] = bad
+        with pytest.raises(jk.JaxCompressValueError, match="finite"):
+            jk.qmatmul(xb, w, compute="int8")
+        assert np.isnan(jk.qmatmul(xb, w)).any() or np.isinf(jk.qmatmul(xb, w)).any()
