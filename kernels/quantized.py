@@ -19,10 +19,11 @@ import dataclasses
 import numpy as np
 from numba import njit, prange
 
+from jaxcompress_kernels._int8dot import int8_matmul_kernel
 from jaxcompress_kernels._intrinsics import prefetch_l2, wide_vectors
 from jaxcompress_kernels._validate import check_array, check_int
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
-from jaxcompress_kernels.formats import INT8_BLOCK, LANE_BLOCK, Int8Weight, PackedWeight
+from jaxcompress_kernels.formats import LANE_BLOCK, Int8Weight, PackedWeight
 
 __all__ = [
     "int8_x_block",
@@ -1050,31 +1051,6 @@ def requantization(real_multiplier: np.ndarray, *, out_zero_point: int = 0) -> R
     )
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _qmatmul_int8_kernel(x3, d3, col_sums, x_zp, bias, out):
-    """out[m, n] = sum_k x[m,k] w[n,k] - x_zp * col_sums[n] + bias[n] (int32, exact).
-
-    x3 (M, nb, 256) and d3 (N, nb, 256) are int8. Each block of 256 products (|p| <= 2**14) is
-    summed in float32: every partial sum is an integer of magnitude <= 2**22, so it is exact in
-    any order, and the loop vectorises (Numba would widen int8 * int8 to int64 multiplies).
-    """
-    mm = x3.shape[0]
-    nn = d3.shape[0]
-    nb = d3.shape[1]
-    bl = d3.shape[2]
-    for n in prange(nn):
-        wide_vectors()
-        corr = np.int64(bias[n]) - np.int64(x_zp) * np.int64(col_sums[n])
-        for m in range(mm):
-            acc = np.int64(0)
-            for b in range(nb):
-                fs = np.float32(0.0)
-                for j in range(bl):
-                    fs += np.float32(x3[m, b, j]) * np.float32(d3[n, b, j])
-                acc += np.int64(fs)
-            out[m, n] = np.int32(acc + corr)
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def _requantize_kernel(acc, mult, shift, zp, out):
     mm, nn = acc.shape
@@ -1147,15 +1123,7 @@ def qmatmul_int8(
             xp[:, :k] = x2
         else:
             xp = x2
-        nb = kp // INT8_BLOCK
-        _qmatmul_int8_kernel(
-            xp.reshape(m, nb, INT8_BLOCK),
-            w.data.reshape(n, nb, INT8_BLOCK),
-            w.col_sums,
-            np.int32(x_zero_point),
-            b,
-            acc,
-        )
+        int8_matmul_kernel(xp, w.data, w.col_sums, np.int32(x_zero_point), b, acc)
     if requant is None:
         return acc[0] if squeeze else acc
     out = np.empty((m, n), np.int8)
