@@ -13,8 +13,9 @@ of ``LANE_BLOCK`` = 128 output channels; for each panel of ``KC`` rows of K it
    ``MR x 32`` tile of ``out`` kept in 16 ``<16 x float>`` registers while K runs over the panel;
    per K step, two vector loads of the panel, ``MR`` broadcasts of x and ``2 MR`` FMAs.
 
-x is packed once per call as ``(ceil(M / 8), Kp, 8)`` (8 rows side by side per k, rows past M are
-zero) so the broadcasts of a K step come from one cache line. Each weight code is thus decoded
+x is packed once per call as ``(ceil(M / 8), Kp, 8)``: rows cut in ceil(M / 8) blocks of balanced
+sizes (at most 8), a block's rows side by side per k (unused slots zero), so the broadcasts of a K
+step come from one cache line. Each weight code is thus decoded
 once per call whatever M, and W is read from memory once. Extra memory: the packed x (the size of
 x), one panel per thread and, for a last partial block of channels, an ``M x 128`` tile.
 
@@ -302,10 +303,11 @@ def _decode(d, s, zs, b, k0, kc, pan):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _qgemm_kernel(xpk, mm, d, s, zs, kc, out):
+def _qgemm_kernel(xpk, lo, d, s, zs, kc, out):
     nb = d.shape[0]
     kp = xpk.shape[1]
     nrb = xpk.shape[0]
+    mm = out.shape[0]
     n = out.shape[1]
     for b in prange(nb):
         wide_vectors()
@@ -317,12 +319,13 @@ def _qgemm_kernel(xpk, mm, d, s, zs, kc, out):
             kcc = min(kc, kp - k0)
             _decode(d, s, zs, b, k0, kcc, pan)
             for rb in range(nrb):
-                rows = min(MR, mm - rb * MR)
+                r0 = lo[rb]
+                rows = lo[rb + 1] - r0
                 for st in range(_STRIPS):
                     if full:
-                        _tile(rows, xpk, rb, k0, kcc, pan, st, out, rb * MR, c0 + st * NR)
+                        _tile(rows, xpk, rb, k0, kcc, pan, st, out, r0, c0 + st * NR)
                     else:
-                        _tile(rows, xpk, rb, k0, kcc, pan, st, tmp, rb * MR, st * NR)
+                        _tile(rows, xpk, rb, k0, kcc, pan, st, tmp, r0, st * NR)
         if not full:
             for m in range(mm):
                 for c in range(n - c0):
@@ -334,16 +337,24 @@ def qgemm_supported(w: PackedWeight) -> bool:
     return w.lanes is not None and w.bits in (4, 8)
 
 
-def pack_x(xp: np.ndarray) -> np.ndarray:
-    """(M, Kp) -> (ceil(M / MR), Kp, MR): MR rows side by side per k, zero rows past M."""
-    m, kp = xp.shape
+def _row_blocks(m: int):
+    """Row block rb of x covers rows ``lo[rb]`` to ``lo[rb + 1]``: ceil(M / MR) blocks of
+    balanced sizes (M = 9 runs 5 + 4 rows, not 8 + 1: a 1-row tile has 2 accumulators, too few
+    to hide the FMA latency)."""
     nrb = -(-m // MR)
+    return (np.arange(nrb + 1) * m) // nrb
+
+
+def pack_x(xp: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """(M, Kp) -> (nrb, Kp, MR): the rows of block rb side by side per k, zero slots past them."""
+    m, kp = xp.shape
+    nrb = lo.shape[0] - 1
     xpk = np.zeros((nrb, kp, MR), np.float32)
-    full = m // MR
-    if full:
-        xpk[:full] = xp[: full * MR].reshape(full, MR, kp).transpose(0, 2, 1)
-    if m > full * MR:
-        xpk[full, :, : m - full * MR] = xp[full * MR :].T
+    if nrb and m == nrb * MR:
+        xpk[:] = xp.reshape(nrb, MR, kp).transpose(0, 2, 1)
+    else:
+        for rb in range(nrb):
+            xpk[rb, :, : lo[rb + 1] - lo[rb]] = xp[lo[rb] : lo[rb + 1]].T
     return xpk
 
 
@@ -378,4 +389,5 @@ def qgemm_accumulate(
         xp = (xq.reshape(m, -1, blk) * sx[:, :, None]).reshape(m, kp).astype(np.float32)
     elif compute != "float32":
         raise JaxCompressValueError(f"{compute=} must be 'float32' or 'int8'")
-    _qgemm_kernel(pack_x(xp), m, d, s, zs, kc, out)
+    lo = _row_blocks(m)
+    _qgemm_kernel(pack_x(xp, lo), lo, d, s, zs, kc, out)
