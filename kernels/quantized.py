@@ -20,7 +20,8 @@ import numpy as np
 from numba import njit, prange
 
 from jaxcompress_kernels._int8dot import int8_matmul_kernel
-from jaxcompress_kernels._intrinsics import prefetch_l2, wide_vectors
+from jaxcompress_kernels._intrinsics import wide_vectors
+from jaxcompress_kernels._lanes_tile import lanes_dot, lanes_dot2, lanes_dot_int, lanes_dot_int2
 from jaxcompress_kernels._validate import check_array, check_int
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import LANE_BLOCK, Int8Weight, PackedWeight
@@ -499,148 +500,55 @@ def _qmatmul_small_kernel(xp, d, scales, zps, nt, nchunks, out):
 
 
 # ----------------------------------------------------------------------------------------------
-# Small batches on the "lanes" layout (4- and 8-bit, see formats._lanes_layout): SIMD lanes run
-# across LANE_BLOCK output channels, each x[k] is broadcast once per row of bytes, four k's per
-# pass so each partial sum is loaded and stored once per 4 k's. Per group, acc[c] = sum_k x[k]
-# u[k, c]; then out[c] += s[c] * acc[c] - (s z)[c] * sum_group(x). Nibbles are split with narrow
-# integer ops (``np.uint8(v & 15)``, ``np.uint8(v >> 4)``: the truncation lets LLVM keep them
-# 8-bit wide, so they vectorise). The loops run group by group and, inside a group, row by row of
-# x: the group's bytes (g x LANE_BLOCK/2 or g x LANE_BLOCK) stay in L1 while every row uses them,
-# so W streams from memory once per call whatever the batch. The weight stream is software
-# prefetched _PF bytes ahead (the hardware prefetchers alone left the loop waiting on DRAM).
-
-_PF = 4096  # prefetch distance in bytes of the lanes stream (into L2)
-_LINE = 64
-_PF_GROUPS = 8  # scales are prefetched this many groups ahead
+# Small batches on the "lanes" layout (4- and 8-bit, see formats._lanes_layout): one parallel
+# task per block of LANE_BLOCK output channels runs the LLVM vector IR tile of _lanes_tile.py over
+# all of K (accumulators for the block's 128 channels in registers, codes and scales prefetched
+# into L2), one or two rows of x per pass. Everything a call needs besides the output (group sums
+# of x, the int8 rounding of x, the bias) is done inside the one kernel call: with the cache
+# flushed, each extra NumPy call cost 30-80 us, i.e. 5-10% of a 4096 x 4096 4-bit GEMV.
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_run(flat, start, nbytes):
-    for q in range(0, nbytes, _LINE):
-        prefetch_l2(flat, start + q)
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _lanes4_kernel(x, xsum, d, s, zs, out):
-    """x (M, Kp) float32, xsum (M, G); out (M, N) += x @ dequant(W)."""
-    nb, ng, g, h = d.shape
-    mm = x.shape[0]
+def _lanes_store(o, bias, b, out):
+    """out[:, block b] = o (+ bias): the block's channels, cut at N."""
     n = out.shape[1]
-    dflat = d.reshape(-1)
-    sflat = s.reshape(-1)
-    for b in prange(nb):
-        wide_vectors()
-        o = np.zeros((mm, LANE_BLOCK), np.float32)
-        acc = np.empty(LANE_BLOCK, np.float32)
-        alo = acc[:h]
-        ahi = acc[h:]
-        for gi in range(ng):
-            dg = d[b, gi]
-            sg = s[b, gi]
-            sbase = (b * ng + gi + _PF_GROUPS) * LANE_BLOCK
-            for q in range(0, LANE_BLOCK, 16):
-                prefetch_l2(sflat, sbase + q)
-            base = (b * ng + gi) * g * h + _PF
-            for m in range(mm):
-                for c in range(LANE_BLOCK):
-                    acc[c] = 0.0
-                xg = x[m, gi * g : (gi + 1) * g]
-                for kk in range(0, g, 4):
-                    if m == 0:
-                        _prefetch_run(dflat, base + kk * h, 4 * h)
-                    x0 = xg[kk]
-                    x1 = xg[kk + 1]
-                    x2 = xg[kk + 2]
-                    x3 = xg[kk + 3]
-                    r0 = dg[kk]
-                    r1 = dg[kk + 1]
-                    r2 = dg[kk + 2]
-                    r3 = dg[kk + 3]
-                    for c in range(h):
-                        v0 = r0[c]
-                        v1 = r1[c]
-                        v2 = r2[c]
-                        v3 = r3[c]
-                        alo[c] += (
-                            x0 * np.float32(np.uint8(v0 & 15)) + x1 * np.float32(np.uint8(v1 & 15))
-                        ) + (
-                            x2 * np.float32(np.uint8(v2 & 15)) + x3 * np.float32(np.uint8(v3 & 15))
-                        )
-                        ahi[c] += (
-                            x0 * np.float32(np.uint8(v0 >> 4)) + x1 * np.float32(np.uint8(v1 >> 4))
-                        ) + (
-                            x2 * np.float32(np.uint8(v2 >> 4)) + x3 * np.float32(np.uint8(v3 >> 4))
-                        )
-                om = o[m]
-                xs = xsum[m, gi]
-                if zs.shape[0] == 0:  # symmetric: z = 8
-                    xs8 = np.float32(8.0) * xs
-                    for c in range(LANE_BLOCK):
-                        om[c] += sg[c] * (acc[c] - xs8)
-                else:
-                    zg = zs[b, gi]
-                    for c in range(LANE_BLOCK):
-                        om[c] += sg[c] * acc[c] - zg[c] * xs
-        c0 = b * LANE_BLOCK
-        for m in range(mm):
-            ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
-            om = o[m]
+    c0 = b * LANE_BLOCK
+    for m in range(o.shape[0]):
+        ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
+        om = o[m]
+        if bias.shape[0]:
+            bb = bias[c0 : c0 + ob.shape[0]]
             for c in range(ob.shape[0]):
-                ob[c] += om[c]
+                ob[c] = om[c] + bb[c]
+        else:
+            for c in range(ob.shape[0]):
+                ob[c] = om[c]
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _lanes8_kernel(x, xsum, d, s, zs, out):
-    nb, ng, g, w = d.shape
+@njit(cache=True, nogil=True, parallel=True)
+def _lanes_kernel(x, d, s, zs, bias, out):
+    """x (M, Kp) float32; out (M, N) = x @ dequant(W) + bias (bias empty: none). The group sums
+    of x are computed here (one kernel call per matmul: on a cold cache every extra NumPy call
+    costs tens of microseconds). Rows run in pairs that share each group's decode."""
+    nb, ng, g, _ = d.shape
     mm = x.shape[0]
-    n = out.shape[1]
-    dflat = d.reshape(-1)
-    sflat = s.reshape(-1)
-    for b in prange(nb):
-        wide_vectors()
-        o = np.zeros((mm, LANE_BLOCK), np.float32)
-        acc = np.empty(LANE_BLOCK, np.float32)
+    xsum = np.empty((mm, ng), np.float32)
+    for m in range(mm):
         for gi in range(ng):
-            dg = d[b, gi]
-            sg = s[b, gi]
-            sbase = (b * ng + gi + _PF_GROUPS) * LANE_BLOCK
-            for q in range(0, LANE_BLOCK, 16):
-                prefetch_l2(sflat, sbase + q)
-            base = (b * ng + gi) * g * w + _PF
-            for m in range(mm):
-                for c in range(LANE_BLOCK):
-                    acc[c] = 0.0
-                xg = x[m, gi * g : (gi + 1) * g]
-                for kk in range(0, g, 4):
-                    if m == 0:
-                        _prefetch_run(dflat, base + kk * w, 4 * w)
-                    x0 = xg[kk]
-                    x1 = xg[kk + 1]
-                    x2 = xg[kk + 2]
-                    x3 = xg[kk + 3]
-                    r0 = dg[kk]
-                    r1 = dg[kk + 1]
-                    r2 = dg[kk + 2]
-                    r3 = dg[kk + 3]
-                    for c in range(LANE_BLOCK):
-                        acc[c] += (x0 * np.float32(r0[c]) + x1 * np.float32(r1[c])) + (
-                            x2 * np.float32(r2[c]) + x3 * np.float32(r3[c])
-                        )
-                om = o[m]
-                if zs.shape[0] == 0:  # symmetric: centred codes, z - 128 = 0
-                    for c in range(LANE_BLOCK):
-                        om[c] += sg[c] * acc[c]
-                else:
-                    zg = zs[b, gi]
-                    xs = xsum[m, gi]
-                    for c in range(LANE_BLOCK):
-                        om[c] += sg[c] * acc[c] - zg[c] * xs
-        c0 = b * LANE_BLOCK
-        for m in range(mm):
-            ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
-            om = o[m]
-            for c in range(ob.shape[0]):
-                ob[c] += om[c]
+            xg = x[m, gi * g : (gi + 1) * g]
+            t = np.float32(0.0)
+            for j in range(g):
+                t += xg[j]
+            xsum[m, gi] = t
+    for b in prange(nb):
+        o = np.zeros((mm, LANE_BLOCK), np.float32)
+        r = 0
+        while r + 2 <= mm:
+            lanes_dot2(x, r, xsum, d, s, zs, b, o)
+            r += 2
+        if r < mm:
+            lanes_dot(x, r, xsum, d, s, zs, b, o)
+        _lanes_store(o, bias, b, out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -713,146 +621,36 @@ def _quantize_x(xp: np.ndarray, blk: int):
     return xq, xsq, sx
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _lanes4_int_kernel(xq, xsq, sx, xs, d, s, zs, blk, out):
-    """xq (M, Kp) int16, xsq / sx (M, Kp / blk), xs (M, G) = sum_blocks sx * xsq per group."""
-    nb, ng, g, h = d.shape
-    mm = xq.shape[0]
-    n = out.shape[1]
+@njit(cache=True, nogil=True, parallel=True)
+def _lanes_int_kernel(x, d, s, zs, blk, bias, out):
+    """compute="int8" on the lanes layout, x (M, Kp) float32 rounded here per block of `blk`
+    (`_quantize_x_kernel`); out = x @ dequant(W) + bias. Returns False (out untouched) on a
+    non-finite x."""
+    nb, ng, g, _ = d.shape
+    mm, kp = x.shape
     nsub = g // blk
-    dflat = d.reshape(-1)
-    sflat = s.reshape(-1)
-    for b in prange(nb):
-        wide_vectors()
-        o = np.zeros((mm, LANE_BLOCK), np.float32)
-        facc = np.empty(LANE_BLOCK, np.float32)
-        acc = np.empty(LANE_BLOCK, np.int16)
-        alo = acc[:h]
-        ahi = acc[h:]
+    xq = np.empty((mm, kp), np.int16)
+    xsq = np.empty((mm, kp // blk), np.int32)
+    sx = np.empty((mm, kp // blk), np.float32)
+    if not _quantize_x_kernel(x, blk, xq, xsq, sx):
+        return False
+    xs = np.empty((mm, ng), np.float32)  # per group: sum_blocks sx * xsq
+    for m in range(mm):
         for gi in range(ng):
-            sg = s[b, gi]
-            sbase = (b * ng + gi + _PF_GROUPS) * LANE_BLOCK
-            for q in range(0, LANE_BLOCK, 16):
-                prefetch_l2(sflat, sbase + q)
-            base = (b * ng + gi) * g * h + _PF
-            for m in range(mm):
-                for c in range(LANE_BLOCK):
-                    facc[c] = 0.0
-                for sb in range(nsub):
-                    for c in range(LANE_BLOCK):
-                        acc[c] = 0
-                    k0 = sb * blk
-                    xg = xq[m, gi * g + k0 : gi * g + k0 + blk]
-                    dg = d[b, gi, k0 : k0 + blk]
-                    for kk in range(0, blk, 4):
-                        if m == 0:
-                            _prefetch_run(dflat, base + (k0 + kk) * h, 4 * h)
-                        x0 = xg[kk]
-                        x1 = xg[kk + 1]
-                        x2 = xg[kk + 2]
-                        x3 = xg[kk + 3]
-                        r0 = dg[kk]
-                        r1 = dg[kk + 1]
-                        r2 = dg[kk + 2]
-                        r3 = dg[kk + 3]
-                        for c in range(h):
-                            v0 = r0[c]
-                            v1 = r1[c]
-                            v2 = r2[c]
-                            v3 = r3[c]
-                            alo[c] = np.int16(
-                                alo[c]
-                                + (x0 * np.int16(v0 & 15) + x1 * np.int16(v1 & 15))
-                                + (x2 * np.int16(v2 & 15) + x3 * np.int16(v3 & 15))
-                            )
-                            ahi[c] = np.int16(
-                                ahi[c]
-                                + (x0 * np.int16(v0 >> 4) + x1 * np.int16(v1 >> 4))
-                                + (x2 * np.int16(v2 >> 4) + x3 * np.int16(v3 >> 4))
-                            )
-                    bi = gi * nsub + sb
-                    corr = np.int16(8 * xsq[m, bi])
-                    f = sx[m, bi]
-                    for c in range(LANE_BLOCK):
-                        facc[c] += f * np.float32(np.int16(acc[c] - corr))
-                om = o[m]
-                if zs.shape[0] == 0:  # symmetric: z = 8
-                    for c in range(LANE_BLOCK):
-                        om[c] += sg[c] * facc[c]
-                else:
-                    zg = zs[b, gi]
-                    xg_s = xs[m, gi]
-                    for c in range(LANE_BLOCK):
-                        om[c] += sg[c] * facc[c] - (zg[c] - np.float32(8.0) * sg[c]) * xg_s
-        c0 = b * LANE_BLOCK
-        for m in range(mm):
-            ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
-            om = o[m]
-            for c in range(ob.shape[0]):
-                ob[c] += om[c]
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-def _lanes8_int_kernel(xq, xsq, sx, xs, d, s, zs, blk, out):
-    nb, ng, g, w = d.shape
-    mm = xq.shape[0]
-    n = out.shape[1]
-    nsub = g // blk
-    dflat = d.reshape(-1)
-    sflat = s.reshape(-1)
+            t = np.float32(0.0)
+            for sb in range(nsub):
+                t += sx[m, gi * nsub + sb] * np.float32(xsq[m, gi * nsub + sb])
+            xs[m, gi] = t
     for b in prange(nb):
-        wide_vectors()
         o = np.zeros((mm, LANE_BLOCK), np.float32)
-        facc = np.empty(LANE_BLOCK, np.float32)
-        acc = np.empty(LANE_BLOCK, np.int32)
-        for gi in range(ng):
-            sg = s[b, gi]
-            sbase = (b * ng + gi + _PF_GROUPS) * LANE_BLOCK
-            for q in range(0, LANE_BLOCK, 16):
-                prefetch_l2(sflat, sbase + q)
-            base = (b * ng + gi) * g * w + _PF
-            for m in range(mm):
-                for c in range(LANE_BLOCK):
-                    facc[c] = 0.0
-                for sb in range(nsub):
-                    for c in range(LANE_BLOCK):
-                        acc[c] = 0
-                    k0 = sb * blk
-                    xg = xq[m, gi * g + k0 : gi * g + k0 + blk]
-                    dg = d[b, gi, k0 : k0 + blk]
-                    for kk in range(0, blk, 4):
-                        if m == 0:
-                            _prefetch_run(dflat, base + (k0 + kk) * w, 4 * w)
-                        x0 = xg[kk]
-                        x1 = xg[kk + 1]
-                        x2 = xg[kk + 2]
-                        x3 = xg[kk + 3]
-                        r0 = dg[kk]
-                        r1 = dg[kk + 1]
-                        r2 = dg[kk + 2]
-                        r3 = dg[kk + 3]
-                        for c in range(LANE_BLOCK):
-                            acc[c] += np.int32(
-                                np.int16(x0 * np.int16(r0[c]) + x1 * np.int16(r1[c]))
-                            ) + np.int32(np.int16(x2 * np.int16(r2[c]) + x3 * np.int16(r3[c])))
-                    f = sx[m, gi * nsub + sb]
-                    for c in range(LANE_BLOCK):
-                        facc[c] += f * np.float32(acc[c])
-                om = o[m]
-                if zs.shape[0] == 0:  # symmetric: centred codes
-                    for c in range(LANE_BLOCK):
-                        om[c] += sg[c] * facc[c]
-                else:
-                    zg = zs[b, gi]
-                    xg_s = xs[m, gi]
-                    for c in range(LANE_BLOCK):
-                        om[c] += sg[c] * facc[c] - zg[c] * xg_s
-        c0 = b * LANE_BLOCK
-        for m in range(mm):
-            ob = out[m, c0 : min(n, c0 + LANE_BLOCK)]
-            om = o[m]
-            for c in range(ob.shape[0]):
-                ob[c] += om[c]
+        r = 0
+        while r + 2 <= mm:
+            lanes_dot_int2(xq, r, xsq, sx, xs, d, s, zs, blk, b, o)
+            r += 2
+        if r < mm:
+            lanes_dot_int(xq, r, xsq, sx, xs, d, s, zs, blk, b, o)
+        _lanes_store(o, bias, b, out)
+    return True
 
 
 def _layout(w: PackedWeight):
@@ -881,6 +679,7 @@ def _check_bias(bias, n: int, dtype=np.float32):
         check_array("bias", bias, dtype=dtype, shape=(n,))
 
 
+_NO_BIAS = np.zeros(0, np.float32)
 _LANES_MAX_M = 4  # batches up to this many rows run on the lanes layout (measured: M = 8 is
 # faster on the decode-and-dot kernel)
 _COMPUTE = ("float32", "int8")
@@ -945,26 +744,20 @@ def qmatmul(
         g = w.group_len
         ng = kp // g
         lanes = w.lanes is not None and m <= _LANES_MAX_M
+        nobias = _NO_BIAS if bias is None else bias
         if compute == "int8":
             blk = int8_x_block(g)
-            xq, xsq, sx = _quantize_x(xp, blk)
-            if lanes:
+            if lanes:  # one kernel call: x rounded, integer sums, bias added
                 ld, ls, lzs = w.lanes
-                xs = (sx * xsq.astype(np.float32)).reshape(m, ng, g // blk).sum(axis=2)
-                kern = _lanes4_int_kernel if w.bits == 4 else _lanes8_int_kernel
-                kern(xq, xsq, sx, xs, ld, ls, lzs, blk, out)
-                if bias is not None:
-                    out += bias
+                if not _lanes_int_kernel(xp, ld, ls, lzs, blk, nobias, out):
+                    raise JaxCompressValueError('x must be finite for compute="int8"')
                 return out[0] if squeeze else out
+            xq, xsq, sx = _quantize_x(xp, blk)
             # no integer kernel for this weight: the float kernels on the rounded x
             xp = (xq.reshape(m, -1, blk) * sx[:, :, None]).reshape(m, kp).astype(np.float32)
-        if lanes:
+        if lanes:  # one kernel call, bias added
             ld, ls, lzs = w.lanes
-            xsum = xp.reshape(m, ng, g).sum(axis=2, dtype=np.float32)
-            kern = _lanes4_kernel if w.bits == 4 else _lanes8_kernel
-            kern(xp, xsum, ld, ls, lzs, out)
-            if bias is not None:
-                out += bias
+            _lanes_kernel(xp, ld, ls, lzs, nobias, out)
             return out[0] if squeeze else out
         dshape, nt = _layout(w)
         _, _, pl, ng = dshape
