@@ -241,6 +241,13 @@ def _codegen_float(context, builder, signature, args, rows):
         builder.select(builder.icmp_signed("==", builder.srem(g, _c(16)), _c(0)), _c(16), _c(8)),
     )
     nsub = builder.sdiv(g, sub)
+    lut = None
+    if q4 and _use_permvar():  # code -> float table: u (affine) or u - 8 (symmetric)
+        lut = builder.select(
+            cm.affine,
+            ir.Constant(vty, [float(u) for u in range(16)]),
+            ir.Constant(vty, [float(u - 8) for u in range(16)]),
+        )
     with cgutils.for_range(builder, ng) as gl:
         gi = gl.index
         dg, soff = cm.group_prologue(builder, gi)
@@ -260,13 +267,16 @@ def _codegen_float(context, builder, signature, args, rows):
             with cgutils.for_range_slice(builder, kb, builder.add(kb, sub), _c(2)) as (kq, _):
                 for u in range(2):
                     kk = builder.add(kq, _c(u))
-                    vals = cm.decode_k(builder, dg, kk, q4, n)
-                    fv = [
-                        builder.uitofp(builder.zext(v, _vec(_I32, n)), vty)
-                        if q4
-                        else builder.sitofp(builder.sext(v, _vec(_I32, n)), vty)
-                        for v in vals
-                    ]
+                    if lut is not None:
+                        fv = _lut_decode(builder, cm, dg, kk, lut)
+                    else:
+                        vals = cm.decode_k(builder, dg, kk, q4, n)
+                        fv = [
+                            builder.uitofp(builder.zext(v, _vec(_I32, n)), vty)
+                            if q4
+                            else builder.sitofp(builder.sext(v, _vec(_I32, n)), vty)
+                            for v in vals
+                        ]
                     for r in range(rows):
                         xk = _splat(builder, builder.load(builder.gep(xrows[r], [kk])), n)
                         for j, a in enumerate(subs[r]):
@@ -277,10 +287,61 @@ def _codegen_float(context, builder, signature, args, rows):
         for r in range(rows):
             rr = builder.add(r0, _c(r))
             xs = builder.load(builder.gep(xsa.data, [builder.add(builder.mul(rr, ng), gi)]))
-            cm.group_epilogue(
-                builder, rr, soff, [builder.load(a) for a in accs[r]], xs, q4, n, False
-            )
+            acc = [builder.load(a) for a in accs[r]]
+            if lut is not None:  # lanes hold channels 4 l + j: back to channel order
+                acc = _unpermute(builder, acc[:4]) + _unpermute(builder, acc[4:])
+            # with the LUT, symmetric codes are already centred (u - 8)
+            cm.group_epilogue(builder, rr, soff, acc, xs, q4 and lut is None, n, False)
     return context.get_dummy_value()
+
+
+def _use_permvar() -> bool:
+    """True if the host has AVX-512 (vpermps decodes 16 nibbles in one instruction) and Numba
+    compiles for the host CPU."""
+    import llvmlite.binding as ll
+    from numba.core import config
+
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        return bool(ll.get_host_cpu_features().get("avx512f", False))
+    except RuntimeError:
+        return False
+
+
+def _permvar(builder, table, idx):
+    vty = _vec(_F32, 16)
+    fnty = ir.FunctionType(vty, [vty, _vec(_I32, 16)])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.permvar.sf.512")
+    return builder.call(fn, [table, idx])
+
+
+def _lut_decode(builder, cm, dg, kk, lut):
+    """4-bit row kk as 8 float vectors through a 16-entry table (vpermps reads the low 4 bits of
+    each 32-bit index): dword l of the 64 bytes holds channels 4 l + j (j = 0..3, low nibbles at
+    bits 8 j) and 64 + 4 l + j (bits 8 j + 4); vector j < 4 gets channels 4 l + j, vector 4 + j
+    channels 64 + 4 l + j, i.e. shifts and table look-ups only, no widening or conversion."""
+    off = builder.mul(kk, cm.h)
+    _prefetch(builder, dg, builder.add(off, _c(PREFETCH_BYTES)))
+    v = _load_vec(builder, builder.gep(dg, [off]), _vec(_I32, 16))
+    out = []
+    for sh in (0, 8, 16, 24, 4, 12, 20, 28):
+        idx = v if sh == 0 else builder.lshr(v, _const_vec(_I32, 16, sh))
+        out.append(_permvar(builder, lut, idx))
+    return out
+
+
+def _unpermute(builder, p):
+    """p[j][l] = channel 4 l + j (j < 4) -> 4 vectors of channels 16 q .. 16 q + 15."""
+    i32 = lambda vals: ir.Constant(_vec(_I32, len(vals)), vals)  # noqa: E731
+    t01 = builder.shuffle_vector(p[0], p[1], i32(list(range(32))))
+    t23 = builder.shuffle_vector(p[2], p[3], i32(list(range(32))))
+    t = builder.shuffle_vector(t01, t23, i32(list(range(64))))
+    undef = ir.Constant(t.type, ir.Undefined)
+    return [
+        builder.shuffle_vector(t, undef, i32([(i % 4) * 16 + 4 * q + i // 4 for i in range(16)]))
+        for q in range(4)
+    ]
 
 
 def _make_int(rows):
