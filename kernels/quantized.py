@@ -22,6 +22,7 @@ from numba import njit, prange
 from jaxcompress_kernels._int8dot import int8_matmul_kernel
 from jaxcompress_kernels._intrinsics import wide_vectors
 from jaxcompress_kernels._lanes_tile import lanes_dot, lanes_dot2, lanes_dot_int, lanes_dot_int2
+from jaxcompress_kernels._qgemm import qgemm_accumulate
 from jaxcompress_kernels._validate import check_array, check_int
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.formats import LANE_BLOCK, Int8Weight, PackedWeight
@@ -758,6 +759,11 @@ def qmatmul(
         if lanes:  # one kernel call, bias added
             ld, ls, lzs = w.lanes
             _lanes_kernel(xp, ld, ls, lzs, nobias, out)
+            return out[0] if squeeze else out
+        if w.lanes is not None:  # M > _LANES_MAX_M (x already rounded for compute="int8")
+            qgemm_accumulate(xp, w, out)
+            if bias is not None:
+                out += bias
             return out[0] if squeeze else out
         dshape, nt = _layout(w)
         _, _, pl, ng = dshape
