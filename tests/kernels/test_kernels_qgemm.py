@@ -128,3 +128,21 @@ def test_qgemm_random_shapes(bits, k, n, m, affine, kc, seed):
     w = _weight(rng, bits, k, n, None, affine)
     x = rng.standard_normal((m, k)).astype(np.float32)
     _rel_close(_run(x, w, kc=kc), reference.qmatmul(x, w))
+
+
+@pytest.mark.parametrize("bits", (4, 8))
+@pytest.mark.parametrize("k,n,group_size", [(96, 130, 32), (200, 300, None), (64, 64, 8)])
+def test_qmatmul_routes_every_batch_size_to_a_matching_kernel(bits, k, n, group_size):
+    # through the public qmatmul: lanes tiles (M <= 4), _qgemm (M > 4), with bias, both compute
+    # modes, and the 1-D x form
+    rng = np.random.default_rng(bits + k + n)
+    w = _weight(rng, bits, k, n, group_size, True)
+    assert w.lanes is not None
+    bias = rng.standard_normal(n).astype(np.float32)
+    for m in (1, 2, 4, 5, 9, 33):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        for compute in ("float32", "int8"):
+            _rel_close(
+                jk.qmatmul(x, w, bias, compute=compute),
+                reference.qmatmul(x, w, bias, compute=compute),
+            )
