@@ -47,15 +47,19 @@ def warmup() -> float:
     for bits in range(1, 9):
         for codes in (big[:13], big):
             packing.unpack_bits(packing.pack_bits(codes, bits), bits, codes.shape[0])
-    k, n = 64, 20
-    for bits in formats.QMATMUL_BITS:
-        half = 1 << (bits - 1)
-        codes = rng.integers(-half, half, (k, n)).astype(np.int8)
-        for gs in (None, 32):
-            g = 1 if gs is None else k // gs
-            w = formats.pack_weight(codes, np.ones((g, n), np.float32), bits=bits, group_size=gs)
-            for m in (1, 5):
-                quantized.qmatmul(np.ones((m, k), np.float32), w)
+    k = 64
+    for n in (20, formats.LANE_BLOCK):  # narrow layers and the load-time lanes layout
+        for bits in formats.QMATMUL_BITS:
+            half = 1 << (bits - 1)
+            codes = rng.integers(-half, half, (k, n)).astype(np.int8)
+            for gs in (None, 32):
+                g = 1 if gs is None else k // gs
+                scales = np.ones((g, n), np.float32)
+                w = formats.pack_weight(codes, scales, bits=bits, group_size=gs)
+                for m in (1, 2, 3, 5):  # lanes tiles (one and two rows per pass), then _qgemm
+                    for compute in ("float32", "int8"):
+                        quantized.qmatmul(np.ones((m, k), np.float32), w, compute=compute)
+    n = 20
     wi = formats.int8_weight(rng.integers(-127, 128, (k, n)).astype(np.int8))
     rq = quantized.requantization(np.full(n, 1e-3))
     quantized.qmatmul_int8(np.ones((2, k), np.int8), wi, requant=rq)
