@@ -154,6 +154,70 @@ def test_qmatmul_lanes_only_for_4_and_8_bits_and_wide_layers():
         assert jk.pack_weight(codes, scales, bits=bits, group_size=32).lanes is not None
 
 
+@pytest.mark.parametrize("bits", (4, 8))
+@pytest.mark.parametrize(
+    # K = 1001: padded per-channel group (sub-blocks of 8 k's); 48: sub-blocks of 16; groups 8/32
+    "k,n,group_size",
+    [(1001, 200, None), (48, 64, None), (64, 130, 8), (128, 257, 32)],
+)
+@pytest.mark.parametrize("affine", (False, True))
+def test_qmatmul_lanes_small_batches_and_threads(bits, k, n, group_size, affine):
+    # batches 1..4 run the lanes tiles one row (M = 1) or two rows per pass (M >= 2, odd M ends
+    # on a single row); every row must match the twin and its own batch-1 result, and the result
+    # must not depend on the thread count (each block of channels is summed by one thread).
+    import numba
+
+    rng = np.random.default_rng(bits + k + n + affine)
+    codes, scales, zps = _weight(rng, bits, k, n, group_size, affine)
+    w = jk.pack_weight(codes, scales, zps, bits=bits, group_size=group_size)
+    assert w.lanes is not None
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = (rng.standard_normal((4, k)) + 1.0).astype(np.float32)
+    for compute in ("float32", "int8"):
+        single = [jk.qmatmul(x[r], w, bias, compute=compute) for r in range(4)]
+        for m in (1, 2, 3, 4):
+            y = jk.qmatmul(x[:m], w, bias, compute=compute)
+            _rel_close(y, reference.qmatmul(x[:m], w, bias, compute=compute))
+            for r in range(m):
+                _rel_close(y[r][None], single[r][None], rtol=1e-6)
+        threads = numba.get_num_threads()
+        try:
+            numba.set_num_threads(1)
+            y1 = jk.qmatmul(x[:3], w, compute=compute)
+        finally:
+            numba.set_num_threads(threads)
+        np.testing.assert_array_equal(y1, jk.qmatmul(x[:3], w, compute=compute))
+
+
+@pytest.mark.parametrize("affine", (False, True))
+def test_qmatmul_lanes_portable_4bit_path(monkeypatch, affine):
+    # without AVX-512 the 4-bit float tile widens and converts the nibbles instead of looking them
+    # up with vpermps (and subtracts 8 sum(x) for symmetric codes): compile that variant here.
+    from numba import njit
+
+    from jaxcompress_kernels import _lanes_tile
+
+    monkeypatch.setattr(_lanes_tile, "_use_permvar", lambda: False)
+
+    @njit
+    def run(x, xsum, d, s, zs, o):
+        for b in range(d.shape[0]):
+            _lanes_tile.lanes_dot(x, 0, xsum, d, s, zs, b, o[b])
+            _lanes_tile.lanes_dot2(x, 1, xsum, d, s, zs, b, o[b])
+
+    rng = np.random.default_rng(3)
+    k, n = 96, 200
+    codes, scales, zps = _weight(rng, 4, k, n, 32, affine)
+    w = jk.pack_weight(codes, scales, zps, bits=4, group_size=32)
+    d, s, zs = w.lanes
+    x = (rng.standard_normal((3, k)) + 2.0).astype(np.float32)
+    xsum = x.reshape(3, k // 32, 32).sum(axis=2, dtype=np.float32)
+    o = np.zeros((d.shape[0], 3, jk.formats.LANE_BLOCK), np.float32)
+    run(x, xsum, d, s, zs, o)
+    y = o.transpose(1, 0, 2).reshape(3, -1)[:, :n]
+    _rel_close(y, reference.qmatmul(x, w))
+
+
 # ----------------------------------------------------------------------------------------------
 # compute="int8": x rounded per block to int8, integer sums on the lanes layout
 
