@@ -8,10 +8,15 @@ nibble; 8-bit: int8 ``u - 128``), ``s[b, gi, :]`` the scales, ``zs[b, gi, :] = s
 for symmetric weights: ``z = 8`` for 4-bit, ``z - 128 = 0`` for 8-bit).
 
 - ``lanes_dot`` / ``lanes_dot2`` (compute="float32"): per group and row, 8 accumulators
-  ``<16 x float>`` (the 128 channels) live in registers over the group: per k, one 64- (4-bit) or
-  128-byte (8-bit) load, nibbles split with vector ``and`` / ``lshr``, widened and converted
-  (``vpmovzxbd`` + ``vcvtdq2ps``), and 8 FMAs with the broadcast ``x[k]``; at the group end
-  ``o += s * (acc - 8 * sum_group(x))`` (4-bit symmetric), ``o += s * acc`` (8-bit symmetric) or
+  ``<16 x float>`` (the 128 channels) live in registers over the group (long groups: over
+  sub-blocks of 32 / 16 / 8 k's, then added to the group sums). Per k, one 64- (4-bit) or
+  128-byte (8-bit) load; 8-bit codes are widened and converted (``vpmovsxbd`` + ``vcvtdq2ps``);
+  4-bit codes, on AVX-512, are looked up in a 16-entry float table with ``vpermps`` (which reads
+  the low 4 bits of each 32-bit index: 7 shifts + 8 look-ups, no widening or conversion; codes
+  ``u - 8`` for symmetric weights, so no ``8 sum(x)`` correction), the lanes then holding channels
+  ``4 l + j`` until one un-permute per group; elsewhere split with ``and`` / ``lshr``, widened and
+  converted. Then 8 FMAs with the broadcast ``x[k]``; at the group end ``o += s * acc``
+  (symmetric; portable 4-bit path ``s * (acc - 8 * sum_group(x))``) or
   ``o += s * acc - zs * sum_group(x)`` (affine). ``lanes_dot2`` does two rows sharing the decode.
 - ``lanes_dot_int`` / ``lanes_dot_int2`` (compute="int8"; x rounded per block of ``blk`` k's to
   int16-held int8 codes ``xq``): per block of x, 4-bit codes are summed as ``xq * u`` in
