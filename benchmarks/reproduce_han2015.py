@@ -98,8 +98,9 @@ def make_optimizer(lr, wd: float, wd_mode: str) -> optax.GradientTransformation:
 def parse_variants(args):
     """Pruned branches: ``--variants cubic:0.5 iterative:3`` or the single ``--method`` one."""
     if not args.variants:
-        return [("cubic", args.prune_frac)] if args.method == "cubic" else [
-            ("iterative", args.rounds)]
+        return (
+            [("cubic", args.prune_frac)] if args.method == "cubic" else [("iterative", args.rounds)]
+        )
     out = []
     for v in args.variants:
         kind, _, val = v.partition(":")
@@ -152,15 +153,22 @@ def run_seed(args, seed, data, apply_fn_params, epochs, prune_epochs, han):
             end_step = max(1, int(val * phase_steps))
             end_steps.append(end_step)
             schedule = pruning.polynomial(
-                max(targets.values()), begin_step=0, end_step=end_step,
+                max(targets.values()),
+                begin_step=0,
+                end_step=end_step,
                 frequency=min(100, end_step),
             )
             name = "magnitude, Zhu-Gupta cubic to Han's per-layer targets"
             if args.variants:
                 name += f", ramp over {val:g} of the phase"
             branches.append(
-                (name, ("tx", pruning.magnitude_pruning(
-                    schedule, distribution=pruning.explicit(targets))))
+                (
+                    name,
+                    (
+                        "tx",
+                        pruning.magnitude_pruning(schedule, distribution=pruning.explicit(targets)),
+                    ),
+                )
             )
         else:
             rounds = int(val)
@@ -292,8 +300,13 @@ def main(argv=None):
     per_seed, infos = {}, {}
     for seed in seeds:
         per_seed[seed], infos[seed] = run_seed(
-            args, seed, (x_train, y_train, x_test, y_test), apply_fn_params, epochs,
-            prune_epochs, han,
+            args,
+            seed,
+            (x_train, y_train, x_test, y_test),
+            apply_fn_params,
+            epochs,
+            prune_epochs,
+            han,
         )
     total = time.perf_counter() - t_start
     info = infos[seeds[0]]
@@ -316,8 +329,9 @@ def main(argv=None):
             )
     prune_desc = "; ".join(descs)
     wd_desc = (
-        "none" if args.wd <= 0 else
-        f"{args.wd:g} ({'optax.adamw, decoupled' if args.wd_mode == 'adamw' else 'coupled L2, add_decayed_weights before Adam'})"
+        "none"
+        if args.wd <= 0
+        else f"{args.wd:g} ({'optax.adamw, decoupled' if args.wd_mode == 'adamw' else 'coupled L2, add_decayed_weights before Adam'})"
     )
     opt_name = "AdamW" if args.wd > 0 and args.wd_mode == "adamw" else "Adam"
     lines = [
@@ -392,12 +406,10 @@ def main(argv=None):
     for i in range(1, 1 + n_pruned):
         gap = means[i] - means[0]
         verdict = "met" if gap <= 0.1 else "MISSED"
-        gaps = ", ".join(
-            f"seed {s}: {per_seed[s][i][1] - per_seed[s][0][1]:+.2f}" for s in seeds
-        )
+        gaps = ", ".join(f"seed {s}: {per_seed[s][i][1] - per_seed[s][0][1]:+.2f}" for s in seeds)
         lines.append(
             f"Target (pruned within 0.1 points of dense, mean over seeds) for "
-            f"\"{per_seed[seeds[0]][i][0]}\": {verdict} ({gap:+.2f} points; {gaps})."
+            f'"{per_seed[seeds[0]][i][0]}": {verdict} ({gap:+.2f} points; {gaps}).'
         )
     if n_rows > 1 + n_pruned:
         lines.append(f"2:4 vs dense: {means[-1] - means[0]:+.2f} points.")
