@@ -1,15 +1,24 @@
 """Packed low-bit matmul ``y = x @ dequant(W) (+ bias)`` and int8 x int8 -> int32 matmul.
 
-`qmatmul` never materialises a dense float copy of W. Batch 1 runs a fused decode + dot per
-output channel; larger batches decode one output channel at a time into a K-float per-thread
-buffer (L1/L2 resident) and dot it with four rows of x at a time. Both are one parallel region
-over output channels: no BLAS call, so no hand-over between two thread pools (which, on a loaded
-2-core machine, cost more than the matmul). Extra memory: the output plus one K-float buffer per
-chunk of output channels.
+`qmatmul` never materialises a dense float copy of W. Which kernel runs (see docs/kernels.md):
+
+- 4- and 8-bit weights with ``N >= 64`` carry a load-time "lanes" layout (`PackedWeight.lanes`).
+  Batches 1-4 run the lanes tile (`_lanes_tile`, LLVM vector IR): 128 output channels per
+  block, their accumulators in registers over all of K, codes and scales prefetched into L2.
+  Batches above 4 run `_qgemm`: a panel of W decoded once per call into a per-thread L1 buffer,
+  then an 8 x 32 register microkernel.
+- Other widths (2-, 3-bit) and narrow layers: batch 1 runs a fused decode + dot per output
+  channel (SIMD lanes across groups); larger batches decode four output channels at a time into
+  a per-thread buffer and run a 4 x 4 register-blocked dot.
+
+``compute="int8"`` rounds x per block to int8 codes first; on the lanes tile the code products
+are then summed exactly in 16-/32-bit integer lanes. All paths are parallel regions over output
+channels with no BLAS call (no hand-over between thread pools). Extra memory of a call: the
+output plus small per-thread buffers (and O(M K) for the permuted / rounded x); never a dense W.
 
 `qmatmul_int8` follows Jacob et al. 2018: int8 activations with a zero point, symmetric int8
-weights, int32 accumulation, an int32 bias, and requantization by a fixed-point multiplier and a
-right shift.
+weights, int32 accumulation (`_int8dot`, ``vpmaddwd``), an int32 bias, and requantization by a
+fixed-point multiplier and a right shift.
 """
 
 from __future__ import annotations
