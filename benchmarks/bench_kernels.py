@@ -909,7 +909,14 @@ def target_summary(by_cell, pack_rows):
 
     not_ours = lambda r: not r[3].startswith("ours")  # noqa: E731
     for (shape, m, t), rows in by_cell.items():
-        dense = _best(rows, lambda r: r[4] == "fp32 dense" and not_ours(r))
+        # XLA's CPU pool is fixed at start-up (all cores) and ignores the thread limit, so JAX
+        # is no anchor in 1-thread cells (its rows are not printed there either)
+        dense = _best(
+            rows,
+            lambda r, t=t: (
+                r[4] == "fp32 dense" and not_ours(r) and not (t == 1 and r[3].startswith("JAX"))
+            ),
+        )
         numpy_t = _t(rows, "NumPy fp32 (BLAS)")
         q4 = _t(rows, "ours qmatmul 4-bit g32")
         if m == 1:
