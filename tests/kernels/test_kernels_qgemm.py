@@ -10,24 +10,12 @@ import jaxcompress_kernels as jk
 from jaxcompress_kernels import reference
 from jaxcompress_kernels._qgemm import MR, qgemm_accumulate, qgemm_supported
 from jaxcompress_kernels.errors import JaxCompressValueError
-
-
-def _rel_close(y, yr, rtol=1e-5):
-    assert y.dtype == np.float32 and y.shape == yr.shape
-    scale = max(float(np.abs(yr).max()) if yr.size else 0.0, 1e-30)
-    assert float(np.abs(y - yr).max() if y.size else 0.0) <= rtol * scale
+from tests.kernels._helpers import random_codes
+from tests.kernels._helpers import rel_close as _rel_close
 
 
 def _weight(rng, bits, k, n, group_size, affine):
-    g = 1 if group_size is None else k // group_size
-    scales = (rng.random((g, n)) + 0.1).astype(np.float32)
-    if affine:
-        codes = rng.integers(0, 1 << bits, (k, n)).astype(np.uint8)
-        zps = rng.integers(0, 1 << bits, (g, n)).astype(np.uint8)
-    else:
-        half = 1 << (bits - 1)
-        codes = rng.integers(-half, half, (k, n)).astype(np.int8)
-        zps = None
+    codes, scales, zps = random_codes(rng, bits, k, n, group_size, affine)
     return jk.pack_weight(codes, scales, zps, bits=bits, group_size=group_size)
 
 

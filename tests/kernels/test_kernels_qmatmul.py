@@ -5,27 +5,10 @@ import pytest
 
 import jaxcompress_kernels as jk
 from jaxcompress_kernels import reference
+from tests.kernels._helpers import random_codes as _weight
+from tests.kernels._helpers import rel_close as _rel_close
 
 BATCHES = (0, 1, 3, 7, 37)
-
-
-def _rel_close(y, yr, rtol=1e-5):
-    assert y.dtype == np.float32 and y.shape == yr.shape
-    scale = max(float(np.abs(yr).max()) if yr.size else 0.0, 1e-30)
-    assert float(np.abs(y - yr).max() if y.size else 0.0) <= rtol * scale
-
-
-def _weight(rng, bits, k, n, group_size, affine):
-    g = 1 if group_size is None else k // group_size
-    scales = (rng.random((g, n)) + 0.1).astype(np.float32)
-    if affine:
-        codes = rng.integers(0, 1 << bits, (k, n)).astype(np.uint8)
-        zps = rng.integers(0, 1 << bits, (g, n)).astype(np.uint8)
-    else:
-        half = 1 << (bits - 1)
-        codes = rng.integers(-half, half, (k, n)).astype(np.int8)
-        zps = None
-    return codes, scales, zps
 
 
 @pytest.mark.parametrize("bits", (2, 3, 4, 8))
