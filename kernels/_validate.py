@@ -15,6 +15,7 @@ __all__ = [
     "check_bits",
     "check_int",
     "check_codes_range",
+    "check_no_overlap",
 ]
 
 
@@ -27,6 +28,7 @@ def check_array(
     ndim: int | tuple[int, ...] | None = None,
     shape: tuple | None = None,
     contiguous: bool = True,
+    writeable: bool = False,
 ) -> np.ndarray:
     """Checks that `a` is a NumPy array with the given dtype / kind / rank / shape / contiguity.
 
@@ -38,6 +40,8 @@ def check_array(
       ndim: the required rank (or a tuple of allowed ranks).
       shape: the required shape; ``None`` entries match any size.
       contiguous: require C-contiguity (kernels read raw memory).
+      writeable: require a writeable array (outputs: kernels store through raw pointers, which
+        would bypass NumPy's read-only flag).
 
     Returns:
       `a`, unchanged.
@@ -70,7 +74,16 @@ def check_array(
         raise JaxCompressValueError(
             f"{name} must be C-contiguous (got strides {a.strides}); pass np.ascontiguousarray({name})"
         )
+    if writeable and not a.flags.writeable:
+        raise JaxCompressValueError(f"{name} must be writeable (got a read-only array)")
     return a
+
+
+def check_no_overlap(name: str, a: np.ndarray, other_name: str, other: np.ndarray) -> None:
+    """Raises if the memory of output `a` may overlap input `other` (kernels read and write
+    through raw pointers, so an overlapping output would corrupt the input mid-call)."""
+    if a.size and other.size and np.may_share_memory(a, other):
+        raise JaxCompressValueError(f"{name} must not overlap {other_name}")
 
 
 def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:

@@ -28,7 +28,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from jaxcompress_kernels._intrinsics import prefetch, wide_vectors
-from jaxcompress_kernels._validate import check_array, check_bits, check_codes_range, check_int
+from jaxcompress_kernels._validate import (
+    check_array,
+    check_bits,
+    check_codes_range,
+    check_int,
+    check_no_overlap,
+)
 from jaxcompress_kernels.errors import JaxCompressError, JaxCompressValueError
 
 __all__ = [
@@ -568,7 +574,8 @@ def pack_bits(codes: np.ndarray, bits: int, *, out: np.ndarray | None = None) ->
         out = np.empty(size, np.uint8)
     else:
         try:
-            check_array("out", out, dtype=np.uint8, shape=(size,))
+            check_array("out", out, dtype=np.uint8, shape=(size,), writeable=True)
+            check_no_overlap("out", out, "codes", codes)
         except JaxCompressError:
             check_codes_range("codes", codes, 0, hi)  # a bad code is reported first
             raise
@@ -623,7 +630,8 @@ def unpack_bits(
     if out is None:
         out = np.empty(count, np.uint8)
     else:
-        check_array("out", out, dtype=np.uint8, shape=(count,))
+        check_array("out", out, dtype=np.uint8, shape=(count,), writeable=True)
+        check_no_overlap("out", out, "packed", packed)
     if count == 0:
         return out
     if bits == 8:
@@ -636,7 +644,6 @@ def unpack_bits(
         if (
             given
             and count >= _NT_MIN
-            and bits != 8
             and out.ctypes.data % 8 == 0
             and _mapped(out)  # implies BMI2 (_MINCORE is None without it)
         ):

@@ -492,7 +492,9 @@ def _qmatmul_small_kernel(xp, d, scales, zps, nt, nchunks, out):
     nn = d.shape[0]
     pl, ng = d.shape[2], d.shape[3]
     kp = xp.shape[1]
-    per = (nn + nchunks - 1) // nchunks
+    # chunks of a multiple of 4 channels: the same channels take the 4 x 4 path (and the same
+    # summation order) whatever the thread count
+    per = ((nn + nchunks - 1) // nchunks + 3) // 4 * 4
     for c in prange(nchunks):
         wide_vectors()
         buf = np.empty((4, kp), np.float32)

@@ -251,3 +251,34 @@ def test_nontemporal_unpack_into_mapped_out(bits, monkeypatch):
                 packing._unpack_nt_par(packed, out[: 8 * ng], bits, nchunks)
                 np.testing.assert_array_equal(out[: 8 * ng], codes[: 8 * ng])
     assert not packing._mapped(np.zeros(0, np.uint8))
+
+
+@pytest.mark.parametrize("bits", (2, 3, 4, 8))
+@pytest.mark.parametrize("n", (13, 1 << 20))
+def test_out_must_be_writeable_and_not_overlap_the_input(bits, n):
+    # kernels store through raw pointers: a read-only or overlapping out= must be refused up
+    # front (a read-only mmap would crash, an immutable bytes object would be changed)
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, n).astype(np.uint8)
+    packed = jk.pack_bits(codes, bits)
+    ro_p = np.frombuffer(bytes(packed.size), np.uint8)
+    ro_u = np.frombuffer(bytes(n), np.uint8)
+    with pytest.raises(jk.JaxCompressValueError, match="out must be writeable"):
+        jk.pack_bits(codes, bits, out=ro_p)
+    with pytest.raises(jk.JaxCompressValueError, match="out must be writeable"):
+        jk.unpack_bits(packed, bits, n, out=ro_u)
+    assert not ro_p.any() and not ro_u.any()  # untouched
+    buf = np.zeros(n + packed.size, np.uint8)
+    buf[: packed.size] = packed
+    with pytest.raises(jk.JaxCompressValueError, match="out must not overlap packed"):
+        jk.unpack_bits(buf[: packed.size], bits, n, out=buf[:n])
+    buf[:n] = codes
+    with pytest.raises(jk.JaxCompressValueError, match="out must not overlap codes"):
+        jk.pack_bits(
+            buf[:n], bits, out=buf[n - packed.size // 2 : n - packed.size // 2 + packed.size]
+        )
+    # a bad code is still reported before a bad out
+    bad = codes.copy()
+    bad[0] = 255 if bits < 8 else 0
+    if bits < 8:
+        with pytest.raises(jk.JaxCompressValueError, match="codes"):
+            jk.pack_bits(bad, bits, out=ro_p)

@@ -277,3 +277,25 @@ def test_qmatmul_compute_errors():
         with pytest.raises(jk.JaxCompressValueError, match="finite"):
             jk.qmatmul(xb, w, compute="int8")
         assert np.isnan(jk.qmatmul(xb, w)).any() or np.isinf(jk.qmatmul(xb, w)).any()
+
+
+@pytest.mark.parametrize("bits", (2, 3))
+def test_qmatmul_small_batches_independent_of_thread_count(bits):
+    # weights without the lanes layout (2/3-bit, or N < 64): batches > 1 must give bit-identical
+    # results at 1 and 2 threads (the 4 x 4 channel blocks must not depend on the chunking)
+    import numba
+
+    rng = np.random.default_rng(bits)
+    codes, scales, zps = _weight(rng, bits, 64, 37, 8, False)
+    w = jk.pack_weight(codes, scales, zps, bits=bits, group_size=8)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    old = jk.get_num_threads()
+    try:
+        ys = []
+        for t in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            jk.set_num_threads(t)
+            ys.append(jk.qmatmul(x, w))
+    finally:
+        jk.set_num_threads(old)
+    np.testing.assert_array_equal(ys[0], ys[-1])
+    _rel_close(ys[0], reference.qmatmul(x, w))
