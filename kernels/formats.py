@@ -57,7 +57,7 @@ QMATMUL_BITS = (2, 3, 4, 8)
 _PER_CHANNEL_ALIGN = 32  # K is zero-padded to this multiple for per-channel packed weights
 NM_LANES = 16  # output channels interleaved per N:M tile
 LANE_BLOCK = 128  # output channels per block of the batch-1 "lanes" layout (bits 4 and 8)
-INT8_BLOCK = 256  # int8 products summed exactly in float32 over blocks of this many (2**22 max)
+INT8_BLOCK = 256  # Int8Weight rows are zero-padded to this many bytes (aligned rows)
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
@@ -381,7 +381,7 @@ class Int8Weight:
     Attributes:
       shape: the logical ``(K, N)``; K <= 65536 so int32 accumulation cannot overflow.
       data: ``(N, Kp)`` int8, output-channel-major, K zero-padded to ``Kp = round_up(K, 256)``
-        (the kernel sums exact float32 partial sums over blocks of 256 products).
+        (aligned rows; the kernel reads only the first K bytes of each).
       col_sums: ``(N,)`` int32, ``sum_k W[k, n]`` (for the input zero-point correction).
     """
 

@@ -638,13 +638,13 @@ def _quantize_x_kernel(x, blk, xq, xsq, sx):
                 elif v > a:
                     a = v
             qb = xq[m, bl * blk : (bl + 1) * blk]
-            if a == 0:
+            sc = a / np.float32(127.0)
+            if sc == 0:  # an all-zero block, or a maximum so small its scale underflows
                 for j in range(blk):
                     qb[j] = 0
                 sx[m, bl] = 0.0
                 xsq[m, bl] = 0
                 continue
-            sc = a / np.float32(127.0)
             tot = 0
             for j in range(blk):
                 q = np.rint(xb[j] / sc)
@@ -994,13 +994,7 @@ def qmatmul_int8(
     acc = np.zeros((m, n), np.int32)
     b = bias if bias is not None else np.zeros(n, np.int32)
     if m and n:
-        kp = w.data.shape[1]
-        if kp != k:
-            xp = np.zeros((m, kp), np.int8)
-            xp[:, :k] = x2
-        else:
-            xp = x2
-        int8_matmul_kernel(xp, w.data, w.col_sums, np.int32(x_zero_point), b, acc)
+        int8_matmul_kernel(x2, w.data, w.col_sums, np.int32(x_zero_point), b, acc)
     if requant is None:
         return acc[0] if squeeze else acc
     out = np.empty((m, n), np.int8)
