@@ -728,6 +728,13 @@ def parse_args(argv=None):
     return a
 
 
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def summarize_file(path):
     """Re-reads the per-cell tables of a results file and (re)writes its targets section."""
     import re
@@ -774,7 +781,7 @@ def summarize_file(path):
     else:
         first = text.index("\n## W ") + 1
         text = text[:first] + summary + "\n" + text[first:]
-    pathlib.Path(path).write_text(text)
+    _write_atomic(pathlib.Path(path), text)
     print(summary)
 
 
@@ -1146,7 +1153,7 @@ def write_table(args, results, mem_rows, pack_rows, bw, libs, elapsed):
     ]
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    _write_atomic(out, "\n".join(lines))
     print("\n".join(lines))
     print(f"[bench] wrote {out}")
 

@@ -782,8 +782,9 @@ def qmatmul(
     """Packed low-bit matmul ``y = x @ dequant(W) + bias``, dequantizing on the fly.
 
     ``dequant(W)[k, n] = scales[n, g(k)] * (u[k, n] - zero_points[n, g(k)])``. Extra memory: the
-    output plus a small per-thread buffer (a K-float buffer per chunk of output channels, or
-    ``M x LANE_BLOCK`` floats per block on the lanes layout); never a dense copy of W.
+    output, O(M K) for the padded / packed / rounded x, and small per-thread buffers (a K-float
+    buffer per chunk of output channels, ``M x LANE_BLOCK`` floats per block on the lanes
+    layout, one decoded panel per thread above batch 4); never a dense copy of W.
 
     Args:
       x: ``(M, K)`` or ``(K,)`` float32, C-contiguous.
@@ -792,10 +793,10 @@ def qmatmul(
       compute: ``"float32"`` (default): x is used as given, accumulation in float32.
         ``"int8"``: x is first rounded to int8 codes per block of ``L = int8_x_block(group_len)``
         values along K (symmetric, ``scale = max|x| / 127``, round half to even), i.e. ``x`` is
-        replaced by ``scale * code``; 4- and 8-bit weights with the lanes layout then sum the code
-        products in exact integer arithmetic (the fast path, like ONNX Runtime's MatMulNBits
-        ``accuracy_level=4``); other weights run the float kernels on the rounded x, so results
-        agree across paths. Costs about 0.5% relative error (the rounding of x).
+        replaced by ``scale * code``; for batches up to 4 on 4- and 8-bit weights with the lanes
+        layout the code products are then summed in exact integer arithmetic (the fast path,
+        like ONNX Runtime's MatMulNBits ``accuracy_level=4``); every other case runs the float
+        kernels on the rounded x, so results agree across paths. Costs about 0.5% relative error (the rounding of x).
 
     Returns:
       ``(M, N)`` (or ``(N,)``) float32.
