@@ -93,7 +93,16 @@ def test_requantization_multiplier_approximates_real():
 @pytest.mark.parametrize("bits", (4, 8))
 @pytest.mark.parametrize(
     "k,n,group_size",
-    [(64, 64, 32), (96, 127, 8), (256, 129, 32), (200, 300, None), (1000, 130, None)],
+    [
+        (64, 64, 32),
+        (96, 127, 8),
+        (256, 129, 32),
+        (200, 300, None),
+        (1000, 130, None),
+        (96, 130, 48),  # sub-blocks of 16
+        (72, 128, 24),  # sub-blocks of 8
+        (64, 128, 16),
+    ],
 )
 @pytest.mark.parametrize("affine", (False, True))
 def test_qmatmul_batch1_lanes_layout(bits, k, n, group_size, affine):
@@ -208,7 +217,17 @@ def test_qmatmul_lanes_portable_4bit_path(monkeypatch, affine):
 @pytest.mark.parametrize("bits", (2, 3, 4, 8))
 @pytest.mark.parametrize(
     "k,n,group_size",
-    [(64, 64, 32), (96, 130, 8), (256, 129, 32), (200, 300, None), (64, 17, 16), (128, 70, 64)],
+    [
+        (64, 64, 32),
+        (96, 130, 8),
+        (256, 129, 32),
+        (200, 300, None),
+        (64, 17, 16),
+        (128, 70, 64),
+        (96, 130, 48),  # x blocks of 16 on the lanes layout
+        (72, 128, 24),  # x blocks of 8
+        (64, 128, 16),
+    ],
 )
 @pytest.mark.parametrize("affine", (False, True))
 def test_qmatmul_int8_compute_matches_twin(bits, k, n, group_size, affine):
