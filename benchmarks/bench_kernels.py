@@ -172,6 +172,30 @@ def ort_impl(ort, nodes, inits, k, n, thread_counts):
     return lambda x: sessions[CUR["threads"]].run(None, {"A": x})[0]
 
 
+def matmulnbits_impls(ort, b, s, k, n, bits, category, check, thread_counts):
+    """ONNX Runtime MatMulNBits (block 32) at accuracy levels 0 and 4 on the tensors (b, s)."""
+    from onnx import helper, numpy_helper
+
+    out = []
+    for lvl in (0, 4):
+        node = helper.make_node(
+            "MatMulNBits",
+            ["A", "B", "S"],
+            ["Y"],
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=bits,
+            block_size=32,
+            accuracy_level=lvl,
+        )
+        inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "S")]
+        fn = ort_impl(ort, [node], inits, k, n, thread_counts)
+        name = f"ORT MatMulNBits {bits}-bit g32 acc{lvl}"
+        out.append(Impl(name, category, fn, b.nbytes + s.nbytes, check=check))
+    return out
+
+
 def build_cell_impls(W, k, n, thread_counts, libs, args):
     """All implementations for one weight; x is bound later. Returns list of (Impl, setup)."""
     from onnx import helper, numpy_helper
@@ -227,35 +251,7 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
     if ort is not None:
         u4 = (c4.astype(np.int16) + 8).astype(np.uint8)
         b, s, _ = jk.to_matmulnbits(u4, s4, bits=4, block_size=32)
-        for lvl in (0, 4):
-            node = helper.make_node(
-                "MatMulNBits",
-                ["A", "B", "S"],
-                ["Y"],
-                domain="com.microsoft",
-                K=k,
-                N=n,
-                bits=4,
-                block_size=32,
-                accuracy_level=lvl,
-            )
-            fn = ort_impl(
-                ort,
-                [node],
-                [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "S")],
-                k,
-                n,
-                thread_counts,
-            )
-            add(
-                Impl(
-                    f"ORT MatMulNBits 4-bit g32 acc{lvl}",
-                    "4-bit",
-                    fn,
-                    b.nbytes + s.nbytes,
-                    check=ref4,
-                )
-            )
+        impls += matmulnbits_impls(ort, b, s, k, n, 4, "4-bit", ref4, thread_counts)
     if torch is not None:
         try:
             wq = torch.from_numpy((c4.astype(np.int32) + 8).T.copy())
@@ -324,35 +320,7 @@ def build_cell_impls(W, k, n, thread_counts, libs, args):
         c8g, s8g = sym_quant(W, 8, 32)
         u8 = (c8g.astype(np.int16) + 128).astype(np.uint8)
         b, s, _ = jk.to_matmulnbits(u8, s8g, bits=8, block_size=32)
-        for lvl in (0, 4):
-            node = helper.make_node(
-                "MatMulNBits",
-                ["A", "B", "S"],
-                ["Y"],
-                domain="com.microsoft",
-                K=k,
-                N=n,
-                bits=8,
-                block_size=32,
-                accuracy_level=lvl,
-            )
-            fn = ort_impl(
-                ort,
-                [node],
-                [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "S")],
-                k,
-                n,
-                thread_counts,
-            )
-            add(
-                Impl(
-                    f"ORT MatMulNBits 8-bit g32 acc{lvl}",
-                    "int8",
-                    fn,
-                    b.nbytes + s.nbytes,
-                    check=ref8,
-                )
-            )
+        impls += matmulnbits_impls(ort, b, s, k, n, 8, "int8", ref8, thread_counts)
         node = helper.make_node(
             "DynamicQuantizeMatMul", ["A", "B", "S"], ["Y"], domain="com.microsoft"
         )
