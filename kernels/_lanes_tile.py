@@ -191,7 +191,12 @@ class _Common:
                     zv = _load_vec(builder, zp, vty)
                     if zs_minus_8s:  # the integer sums already subtracted 8 sum(x)
                         zv = builder.fsub(zv, builder.fmul(sv, _const_vec(_F32, n, 8.0)))
-                    aff = builder.fsub(_fmuladd(builder, sv, acc, ov), builder.fmul(zv, xsv))
+                    # a zero point of 0 contributes exactly 0 (not 0 * inf = NaN when x holds
+                    # an inf: the twin's x @ dequant(W) gives inf there)
+                    zero = _const_vec(_F32, n, 0.0)
+                    zx = builder.fmul(zv, xsv)
+                    zx = builder.select(builder.fcmp_ordered("==", zv, zero), zero, zx)
+                    aff = builder.fsub(_fmuladd(builder, sv, acc, ov), zx)
                     _store_vec(builder, aff, op)
                 with then_sym:
                     _store_vec(builder, sym, op)

@@ -318,3 +318,22 @@ def test_qmatmul_small_batches_independent_of_thread_count(bits):
         jk.set_num_threads(old)
     np.testing.assert_array_equal(ys[0], ys[-1])
     _rel_close(ys[0], reference.qmatmul(x, w))
+
+
+@pytest.mark.parametrize("bits", (4, 8))
+@pytest.mark.parametrize("m", (1, 2, 5))
+def test_qmatmul_inf_in_x_with_zero_points_of_zero(bits, m):
+    # affine weights whose zero points are 0: an inf in x must give the twin's inf, not the
+    # NaN of 0 * inf in a zero-point term
+    k, n = 64, 128
+    codes = np.full((k, n), (1 << bits) - 1, np.uint8)
+    scales = np.full((k // 32, n), 0.5, np.float32)
+    zps = np.zeros((k // 32, n), np.uint8)
+    w = jk.pack_weight(codes, scales, zps, bits=bits, group_size=32)
+    x = np.ones((m, k), np.float32)
+    x[0, 3] = np.inf
+    y = jk.qmatmul(x, w)
+    yr = reference.qmatmul(x, w)
+    assert np.isposinf(yr[0]).all()
+    np.testing.assert_array_equal(y[0], yr[0])
+    _rel_close(y[1:], yr[1:])
