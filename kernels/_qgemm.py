@@ -383,11 +383,9 @@ def qgemm_accumulate(
         return
     if compute == "int8":
         # imported here: quantized.py imports this module
-        from jaxcompress_kernels.quantized import _quantize_x, int8_x_block
+        from jaxcompress_kernels.quantized import _rounded_x, int8_x_block
 
-        blk = int8_x_block(w.group_len)
-        xq, _, sx = _quantize_x(xp, blk)
-        xp = (xq.reshape(m, -1, blk) * sx[:, :, None]).reshape(m, kp).astype(np.float32)
+        xp = _rounded_x(xp, int8_x_block(w.group_len))
     elif compute != "float32":
         raise JaxCompressValueError(f"{compute=} must be 'float32' or 'int8'")
     lo = _row_blocks(m)

@@ -670,6 +670,14 @@ def _quantize_x(xp: np.ndarray, blk: int):
     return xq, xsq, sx
 
 
+def _rounded_x(xp: np.ndarray, blk: int) -> np.ndarray:
+    """The ``compute="int8"`` rounding of x as float32 values ``scale * code`` (for the float
+    kernels, which have no integer path)."""
+    m, kp = xp.shape
+    xq, _, sx = _quantize_x(xp, blk)
+    return (xq.reshape(m, -1, blk) * sx[:, :, None]).reshape(m, kp).astype(np.float32, copy=False)
+
+
 @njit(cache=True, nogil=True)
 def _lanes_int_prep(x, d, blk, n):
     """x padded and rounded per block of `blk` (`_quantize_x_kernel`) -> (ok, xq, xsq, sx, xs,
@@ -835,10 +843,8 @@ def qmatmul(
         g = w.group_len
         ng = kp // g
         if compute == "int8":
-            blk = int8_x_block(g)
-            xq, xsq, sx = _quantize_x(xp, blk)
-            # no integer kernel for this weight: the float kernels on the rounded x
-            xp = (xq.reshape(m, -1, blk) * sx[:, :, None]).reshape(m, kp).astype(np.float32)
+            # no integer kernel for this weight / batch: the float kernels on the rounded x
+            xp = _rounded_x(xp, int8_x_block(g))
         if w.lanes is not None:  # M > _LANES_MAX_M (x already rounded for compute="int8")
             qgemm_accumulate(xp, w, out)
             if bias is not None:
