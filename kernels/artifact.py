@@ -706,6 +706,15 @@ def csr_codebook_values(e: TensorEntry) -> np.ndarray:
     return cb[rows, idx]
 
 
+def unpack_indices(e: TensorEntry) -> np.ndarray:
+    """The ``codebook`` entry's indices, ``S`` row-major, uint8, each checked against the
+    codebook's length."""
+    idx = _unpack(e.parts["indices"], e.attrs["bits"], e.size)
+    if int(idx.max(initial=0)) >= e.parts["codebook"].shape[-1]:
+        raise ArtifactError(f"tensor {e.name!r}: a codebook index is out of range")
+    return idx
+
+
 def decode_dense(e: TensorEntry) -> np.ndarray:
     """The logical tensor as a dense array of its shape (float32 for compressed encodings).
 

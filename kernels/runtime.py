@@ -35,10 +35,18 @@ import time
 import numpy as np
 
 from jaxcompress_kernels import artifact as _artifact
-from jaxcompress_kernels.errors import ArtifactError, JaxCompressValueError
+from jaxcompress_kernels._graph_kernels import (
+    depthwise_conv_nhwc,
+    im2col_nhwc,
+    lut_matmul_unchecked,
+    max_pool2d_into,
+)
+from jaxcompress_kernels._plan import ALIGN, Limits, Plan, assign_arena, infer_graph
+from jaxcompress_kernels._validate import check_int
+from jaxcompress_kernels.errors import ArtifactError, JaxCompressTypeError, JaxCompressValueError
+from jaxcompress_kernels.format import ops as _ops
 from jaxcompress_kernels.formats import (
     CSRMatrix,
-    csr_from_dense,
     nm_from_dense,
     nm_from_quantized,
     pack_weight,
@@ -47,9 +55,7 @@ from jaxcompress_kernels.quantized import qmatmul
 from jaxcompress_kernels.runtime_config import get_num_threads, set_num_threads
 from jaxcompress_kernels.sparse import spmm_csr, spmm_nm
 
-__all__ = ["Runtime", "SelfCheck", "load", "exec_op"]
-
-_SPARSE_DENSITY = 0.5
+__all__ = ["Runtime", "SelfCheck", "Limits", "Plan", "load", "exec_op"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,127 +263,251 @@ def exec_op(node, ins, b):
     raise ArtifactError(f"unknown op {op!r}")  # unreachable: load() checks ops
 
 
+# ----------------------------------------------------------------------------------------------
+# weight kernels
+
+
+class _WeightKernel:
+    """One weight's candidate kernels, prepared once at load.
+
+    ``candidates``: `_Cand` list; the first is the encoding's own kernel (none for dense float
+    weights). ``dense()``: the float32 ``(K, N)`` weight, decoded once on demand (BLAS, the
+    direct conv, grouped convs).
+    """
+
+    def __init__(self, entry):
+        self.entry = entry
+        self.k, self.n = entry.kn
+        self._dense = None
+        self.candidates = []
+        native = _native_kernel(entry)
+        if native is not None:
+            self.candidates.append(native)
+
+    def dense(self) -> np.ndarray:
+        if self._dense is None:
+            e = self.entry
+            self._dense = np.ascontiguousarray(
+                _artifact.decode_dense(e).reshape(self.k, self.n), np.float32
+            )
+        return self._dense
+
+    @property
+    def decoded_bytes(self) -> int:
+        return 4 * self.k * self.n
+
+    def dense_candidate(self) -> _Cand:
+        d = self.dense()
+        label = "matmul(f32)" + ("" if self.entry.encoding == "dense" else f", decoded {self.entry.encoding}")
+        return _Cand(label, lambda x, bias: _dense_mm(x, d, bias), d.nbytes, dense=d)
+
+    @property
+    def resident(self) -> int:
+        """Bytes the kernels hold for this weight (its own container and any decoded copy)."""
+        own = sum(c.nbytes for c in self.candidates)
+        return own + (0 if self._dense is None else self._dense.nbytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cand:
+    """A kernel for one weight: ``fn(x2 (M, K), bias (N,) | None) -> (M, N)`` float32."""
+
+    label: str
+    fn: object
+    nbytes: int
+    dense: np.ndarray | None = None
+
+
+def _native_kernel(e):
+    """``(label, fn, bytes)`` of the encoding's own kernel, or None for dense float weights."""
+    k, n = e.kn
+    enc, a = e.encoding, e.attrs
+    if enc == "csr":
+        w = CSRMatrix(
+            shape=(k, n),
+            indptr=e.parts["indptr"].astype(np.int64),
+            indices=e.parts["indices"],
+            values=e.parts["values"],
+            scales=e.parts.get("scales"),
+        )
+        label = (
+            f"spmm_csr({'int8' if w.scales is not None else 'f32'}, "
+            f"density={w.nnz / max(k * n, 1):.3f})"
+        )
+        return _Cand(label, lambda x, bias: spmm_csr(x, w, bias), w.nbytes)
+    if enc == "csr_codebook":
+        w = CSRMatrix(
+            shape=(k, n),
+            indptr=e.parts["indptr"].astype(np.int64),
+            indices=e.parts["indices"],
+            values=np.ascontiguousarray(_artifact.csr_codebook_values(e), np.float32),
+        )
+        label = f"spmm_csr(f32 from codebook, density={w.nnz / max(k * n, 1):.3f})"
+        return _Cand(label, lambda x, bias: spmm_csr(x, w, bias), w.nbytes)
+    if enc == "nm" and a["m"] == 4 and a["n"] in (1, 2):
+        if "values" in e.parts:
+            w = nm_from_dense(_artifact.decode_dense(e).reshape(k, n), n=a["n"])
+            return _Cand(f"spmm_nm({a['n']}:4, f32)", lambda x, bias: spmm_nm(x, w, bias), w.nbytes)
+        codes, scales, _ = _artifact.decode_codes(e)
+        if a["bits"] <= 4 and a.get("group_size") is None:
+            w = nm_from_quantized(codes.astype(np.int8), np.ascontiguousarray(scales[0]), n=a["n"])
+            label = f"spmm_nm({a['n']}:4, {a['bits']}-bit per-channel)"
+            return _Cand(label, lambda x, bias: spmm_nm(x, w, bias), w.nbytes)
+    if enc in ("packed", "nm") and "codes" in e.parts:
+        bits, gs = a["bits"], a.get("group_size")
+        if bits in (2, 3, 4, 8) and (gs is None or (gs % 8 == 0 and k % gs == 0)):
+            codes, scales, zps = _artifact.decode_codes(e)
+            sym = zps is None
+            w = pack_weight(
+                codes.astype(np.int8 if sym else np.uint8),
+                scales,
+                None if sym else zps.astype(np.uint8),
+                bits=bits,
+                group_size=gs,
+            )
+            gdesc = "per-channel" if gs is None else f"g={gs}"
+            label = f"qmatmul({bits}-bit, {gdesc}" + (", from N:M storage)" if enc == "nm" else ")")
+            return _Cand(label, lambda x, bias: qmatmul(x, w, bias), w.nbytes)
+    if enc == "codebook":
+        return _codebook_kernel(e)
+    return None
+
+
+def _codebook_kernel(e):
+    """A codebook weight through a lookup table: the per-tensor codebook's 2^b centroids are
+    the table a 4/8-bit `qmatmul` decodes through (``W = codebook[idx]``, exact when the codebook
+    is an affine grid), else the indices' bucket sums ``y[n] = sum_c cb[c] * sum_{idx=c} x``
+    (one pass over the indices, no float copy of W)."""
+    k, n = e.kn
+    bits = e.attrs["bits"]
+    cb = e.parts["codebook"]
+    idx = _artifact.unpack_indices(e).reshape(k, n)
+    if e.attrs.get("axis") is None and cb.ndim == 1:
+        table = np.ascontiguousarray(cb, np.float32)
+        idx_t = np.ascontiguousarray(idx.T.astype(np.uint8))
+        label = f"lut_matmul({bits}-bit codebook, {table.shape[0]} centroids)"
+        return _Cand(label, lambda x, bias: lut_matmul_unchecked(x, idx_t, table, bias), idx_t.nbytes)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# the runtime
+
+
 class Runtime:
-    """Executes an artifact's graph.
+    """Executes an artifact's graph through a plan made at load.
 
     Args:
       artifact: a verified `jaxcompress_kernels.artifact.Artifact` (or a path, loaded and verified).
       num_threads: threads for the parallel kernels during `run` (None keeps the current
         setting). NumPy's BLAS (dense matmuls) keeps its own thread pool: set
         ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` before starting the process to pin it.
+      limits: `Limits` the plan must respect (activation bytes and FLOPs per example, weight
+        bytes, nodes); an artifact over them is refused with `ArtifactError` naming the node.
+      autotune: time each weight node's candidate kernels (the encoding's own kernel, and the
+        decoded float32 kernel when the decoded weight is at most ``autotune_max_bytes``) on the
+        planned shape and keep the fastest; False runs every encoding's own kernel.
+      autotune_max_bytes: largest decoded float32 weight the autotuner may hold.
 
     Attributes:
-      plan: ``{weight name: kernel description}`` chosen at load.
-      last_times: ``[(node index, op, seconds)]`` of the last `run`.
+      plan: the `Plan` for the load-time batch (1, or the exported batch of a static-batch
+        artifact): a mapping ``{weight name: kernel}`` with ``plan.nodes`` (per node: shape,
+        dtype, FLOPs, bytes, kernel, step), ``plan.arena_bytes``, ``plan.flops``.
+      last_times: ``[(first node index, step label, seconds)]`` of the last `run`, one per step.
     """
 
-    def __init__(self, artifact, *, num_threads: int | None = None):
+    def __init__(
+        self,
+        artifact,
+        *,
+        num_threads: int | None = None,
+        limits: Limits | None = None,
+        autotune: bool = True,
+        autotune_max_bytes: int = 2 << 20,
+    ):
         if not isinstance(artifact, _artifact.Artifact):
             artifact = _artifact.load(artifact)
+        if limits is None:
+            limits = Limits()
+        elif not isinstance(limits, Limits):
+            raise JaxCompressTypeError(f"limits must be a Limits, got {type(limits).__name__}")
         self.artifact = artifact
         self.num_threads = num_threads
+        self.limits = limits
+        self.autotune = bool(autotune)
+        self.autotune_max_bytes = int(autotune_max_bytes)
         g = artifact.graph
         self.graph = g
         self.nodes = g["nodes"]
         self.symbolic = g["batch"] == "symbolic"
         self.static_batch = int(artifact.sample_input.shape[0])
         self.input_shape = tuple(g["input_shapes"][0])
-        self.plan: dict[str, str] = {}
         self.last_times: list[tuple[int, str, float]] = []
+        self._last_b = 0
+        self._plans: dict[int, _Exec] = {}
+        self._choice: dict[tuple[int, int], int] = {}
+        path = artifact.path
         tensors = artifact.tensors
-        weight_names = {n["weight"] for n in self.nodes if "weight" in n}
-        other = {r for n in self.nodes for r in n["in"] if isinstance(r, str) and r in tensors}
-        other |= {o for o in g["outputs"] if o in tensors}
+        b0 = 1 if self.symbolic else self.static_batch
+        # shapes and bounds first: nothing is decoded or allocated for a graph that fails them
+        self._shapes1, self._dtypes1, self._static, records = infer_graph(
+            g, tensors, b0, limits, path=path
+        )
         try:
-            self.env0 = {name: _artifact.decode_dense(tensors[name]) for name in other}
-            self.weights = {name: self._weight(tensors[name]) for name in weight_names}
+            self.weights = {}
+            wbytes = 0
+            for n in self.nodes:
+                name = n.get("weight")
+                if name is None or name in self.weights:
+                    continue
+                wk = _WeightKernel(tensors[name])
+                self.weights[name] = wk
+                wbytes += sum(c.nbytes for c in wk.candidates) or wk.decoded_bytes
+                if wbytes > limits.max_weight_bytes:
+                    raise ArtifactError(
+                        f"{path}: weights up to {name!r} take {wbytes} bytes as the kernels "
+                        f"hold them, over limits.max_weight_bytes={limits.max_weight_bytes}"
+                    )
+            self._consts = self._fold_constants()
         except ArtifactError:
             raise
         except (JaxCompressValueError, ValueError, TypeError, IndexError, KeyError) as e:
             # a container invariant failed while decoding: the file is bad
-            raise ArtifactError(f"artifact {artifact.path!r} refused: {e}") from None
+            raise ArtifactError(f"artifact {path!r} refused: {e}") from None
+        self._records1 = records
+        self.plan = self._exec(b0).plan
 
-    # -- weights -------------------------------------------------------------------------
-    def _weight(self, e):
-        k, n = e.kn
-        enc, a = e.encoding, e.attrs
-        if enc == "csr":
-            w = CSRMatrix(
-                shape=(k, n),
-                indptr=e.parts["indptr"].astype(np.int64),
-                indices=e.parts["indices"],
-                values=e.parts["values"],
-                scales=e.parts.get("scales"),
-            )
-            self.plan[e.name] = (
-                f"spmm_csr({'int8' if w.scales is not None else 'f32'}, "
-                f"density={w.nnz / max(k * n, 1):.3f})"
-            )
-            return lambda x: spmm_csr(x, w)
-        if enc == "csr_codebook":
-            w = CSRMatrix(
-                shape=(k, n),
-                indptr=e.parts["indptr"].astype(np.int64),
-                indices=e.parts["indices"],
-                values=np.ascontiguousarray(_artifact.csr_codebook_values(e), np.float32),
-            )
-            self.plan[e.name] = f"spmm_csr(f32 from codebook, density={w.nnz / max(k * n, 1):.3f})"
-            return lambda x: spmm_csr(x, w)
-        if enc == "nm" and a["m"] == 4 and a["n"] in (1, 2):
-            if "values" in e.parts:
-                w = nm_from_dense(_artifact.decode_dense(e).reshape(k, n), n=a["n"])
-                self.plan[e.name] = f"spmm_nm({a['n']}:4, f32)"
-                return lambda x: spmm_nm(x, w)
-            codes, scales, _ = _artifact.decode_codes(e)
-            if a["bits"] <= 4 and a.get("group_size") is None:
-                w = nm_from_quantized(
-                    codes.astype(np.int8), np.ascontiguousarray(scales[0]), n=a["n"]
-                )
-                self.plan[e.name] = f"spmm_nm({a['n']}:4, {a['bits']}-bit per-channel)"
-                return lambda x: spmm_nm(x, w)
-        if enc in ("packed", "nm") and "codes" in e.parts:
-            bits, gs = a["bits"], a.get("group_size")
-            if bits in (2, 3, 4, 8) and (gs is None or (gs % 8 == 0 and k % gs == 0)):
-                codes, scales, zps = _artifact.decode_codes(e)
-                sym = zps is None
-                w = pack_weight(
-                    codes.astype(np.int8 if sym else np.uint8),
-                    scales,
-                    None if sym else zps.astype(np.uint8),
-                    bits=bits,
-                    group_size=gs,
-                )
-                gdesc = "per-channel" if gs is None else f"g={gs}"
-                self.plan[e.name] = f"qmatmul({bits}-bit, {gdesc}" + (
-                    ", from N:M storage)" if enc == "nm" else ")"
-                )
-                return lambda x: qmatmul(x, w)
-        dense = np.ascontiguousarray(_artifact.decode_dense(e).reshape(k, n), np.float32)
-        if enc != "dense" and k * n and np.count_nonzero(dense) <= _SPARSE_DENSITY * k * n:
-            w = csr_from_dense(dense)
-            self.plan[e.name] = f"spmm_csr(f32, decoded {enc}, density={w.nnz / (k * n):.3f})"
-            return lambda x: spmm_csr(x, w)
-        self.plan[e.name] = "matmul(f32)" + ("" if enc == "dense" else f", decoded {enc}")
-        return lambda x: x @ dense
+    # -- planning --------------------------------------------------------------------------
+    def _fold_constants(self) -> dict:
+        tensors = self.artifact.tensors
+        env = {}
+        for name in {r for n in self.nodes for r in n["in"] if isinstance(r, str)} | set(
+            self.graph["outputs"]
+        ):
+            if name in tensors:
+                env[name] = _artifact.decode_dense(tensors[name])
+        for i, node in enumerate(self.nodes):
+            if node["out"] in self._static:
+                ins = [_lit_ref(r) if isinstance(r, dict) else env[r] for r in node["in"]]
+                try:
+                    env[node["out"]] = np.asarray(exec_op(node, ins, 1))
+                except (ValueError, TypeError, IndexError, KeyError) as e:
+                    raise ArtifactError(
+                        f"{self.artifact.path}: folding graph node {i} ({node['op']}) failed: {e}"
+                    ) from None
+        return env
+
+    def _exec(self, batch: int) -> _Exec:
+        ex = self._plans.get(batch)
+        if ex is None:
+            if len(self._plans) > 8:
+                self._plans.clear()
+            ex = _Exec(self, batch)
+            self._plans[batch] = ex
+        return ex
 
     # -- execution -----------------------------------------------------------------------
-    def _ref(self, env, r):
-        if isinstance(r, dict):
-            return _lit_ref(r)
-        return env[r]
-
-    def run(self, inputs):
-        """Runs the graph.
-
-        Args:
-          inputs: ``(batch, *input_shape)`` float32 array (or a one-element list/tuple of it).
-
-        Returns:
-          The output array (or a tuple when the graph has several outputs).
-
-        Raises:
-          JaxCompressValueError: the input has the wrong shape or dtype.
-        """
+    def _check_input(self, inputs) -> np.ndarray:
         if isinstance(inputs, (list, tuple)):
             if len(inputs) != 1:
                 raise JaxCompressValueError(f"inputs must hold 1 array, got {len(inputs)}")
@@ -396,16 +526,36 @@ class Runtime:
             raise JaxCompressValueError(
                 f"this artifact was exported for batch {self.static_batch}, got {b}"
             )
+        if b < 1:
+            raise JaxCompressValueError("inputs must hold at least one example")
+        return x
+
+    def run(self, inputs):
+        """Runs the graph.
+
+        Args:
+          inputs: ``(batch, *input_shape)`` float32 array (or a one-element list/tuple of it).
+
+        Returns:
+          The output array (or a tuple when the graph has several outputs).
+
+        Raises:
+          JaxCompressValueError: the input has the wrong shape or dtype.
+          ArtifactError: the plan for this batch size exceeds the runtime's limits.
+        """
+        x = self._check_input(inputs)
         if self.num_threads is not None and get_num_threads() != self.num_threads:
             set_num_threads(self.num_threads)
-        env = self.initial_env(x)
-        times: list[tuple[int, str, float]] = []
-        self.run_nodes(env, 0, len(self.nodes), b, times=times)
-        self.last_times = times
-        outs = tuple(np.asarray(env[o]) for o in self.graph["outputs"])
+        ex = self._exec(x.shape[0])
+        outs = ex.run(x)
+        self.last_times = ex.times()
         return outs[0] if len(outs) == 1 else outs
 
     __call__ = run
+
+    def plan_for(self, batch: int) -> Plan:
+        """The `Plan` for `batch` (made and cached on first use)."""
+        return self._exec(check_int("batch", batch, 1, 1 << 24)).plan
 
     def initial_env(self, x: np.ndarray) -> dict:
         """The value environment before node 0: constants plus the graph input ``x``.
@@ -413,12 +563,15 @@ class Runtime:
         ``x`` must already be validated (``run`` does it); used with :meth:`run_nodes` to run a
         graph piecewise, e.g. up to an edge-cloud split point and on from it.
         """
-        env = dict(self.env0)
+        env = dict(self._consts)
         env[self.graph["inputs"][0]] = np.ascontiguousarray(x)
         return env
 
     def run_nodes(self, env: dict, start: int, stop: int, batch: int, *, times=None) -> dict:
-        """Execute nodes ``[start, stop)`` in order, reading and writing ``env`` (returned).
+        """Executes nodes ``[start, stop)`` one by one (no fusion), reading and writing ``env``.
+
+        Weight nodes run the kernel the plan chose for them; this path is for running a graph
+        piecewise (edge-cloud split points), `run` is the fast one.
 
         Args:
           env: value environment (from :meth:`initial_env` or an earlier ``run_nodes``).
@@ -433,13 +586,17 @@ class Runtime:
             raise JaxCompressValueError(
                 f"node range [{start=}, {stop=}) must lie within 0..{len(self.nodes)}"
             )
+        ex = self._exec(batch)
         clock = time.perf_counter
         for i in range(start, stop):
             node = self.nodes[i]
+            if node["out"] in self._static:
+                env[node["out"]] = self._consts[node["out"]]
+                continue
             t0 = clock()
-            ins = [self._ref(env, r) for r in node["in"]]
+            ins = [_lit_ref(r) if isinstance(r, dict) else env[r] for r in node["in"]]
             try:
-                env[node["out"]] = self._exec(node, ins, batch)
+                env[node["out"]] = ex.exec_node(i, ins)
             except JaxCompressValueError:
                 raise
             except (ValueError, TypeError, IndexError, KeyError) as e:
@@ -450,47 +607,28 @@ class Runtime:
                 times.append((i, node["op"], clock() - t0))
         return env
 
-    def _exec(self, node, ins, b):
-        op = node["op"]
-        if op == "linear":
-            x = ins[0]
-            k = x.shape[-1]
-            y = self.weights[node["weight"]](np.ascontiguousarray(x.reshape(-1, k), np.float32))
-            return y.reshape(*x.shape[:-1], y.shape[-1])
-        if op == "conv":
-            return self._conv(node, ins[0])
-        return exec_op(node, ins, b)
-
-    def _conv(self, node, x):
-        kshape = node["kernel"]
-        nd = len(kshape) - 2
-        dil = node["dilation"]
-        span = tuple((kshape[i] - 1) * dil[i] + 1 for i in range(nd))
-        pads = [[0, 0]] + [list(p) for p in node["pads"]] + [[0, 0]]
-        if any(p[0] or p[1] for p in pads):
-            # negative padding crops (lax semantics)
-            crop = tuple(
-                slice(max(-p[0], 0), x.shape[i] - max(-p[1], 0)) for i, p in enumerate(pads)
-            )
-            x = np.pad(x[crop], [[max(p[0], 0), max(p[1], 0)] for p in pads])
-        v = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(1, nd + 1)))
-        v = v[(slice(None),) + tuple(slice(None, None, s) for s in node["strides"])]
-        if any(d != 1 for d in dil):
-            v = v[(Ellipsis,) + tuple(slice(None, None, d) for d in dil)]
-        # v: (B, *out_spatial, C, *kernel_spatial) -> (B, *out_spatial, *kernel_spatial, C)
-        perm = (*range(nd + 1), *range(nd + 2, 2 * nd + 2), nd + 1)
-        cols = np.ascontiguousarray(np.transpose(v, perm), np.float32)
-        outer = cols.shape[: nd + 1]
-        y = self.weights[node["weight"]](cols.reshape(math.prod(outer), -1))
-        return y.reshape(*outer, y.shape[-1])
-
     # -- diagnostics ---------------------------------------------------------------------
     def op_times(self) -> dict[str, float]:
-        """Seconds per op type in the last `run` (summed over nodes of that type)."""
+        """Seconds per step label in the last `run` (summed over steps with that label)."""
         out: dict[str, float] = {}
         for _, op, t in self.last_times:
             out[op] = out.get(op, 0.0) + t
         return out
+
+    def node_times(self) -> list[float]:
+        """Seconds per graph node in the last `run`: a step's time goes to the nodes it
+        computes in proportion to their FLOPs (views and folded nodes get 0)."""
+        ex = self._plans.get(self._last_b) if self.last_times else None
+        out = [0.0] * len(self.nodes)
+        if ex is None:
+            return out
+        for (_, _, t), members in zip(self.last_times, ex.step_members, strict=True):
+            fl = [max(ex.plan.nodes[j].flops, 1.0) for j in members]
+            tot = sum(fl)
+            for j, f in zip(members, fl, strict=True):
+                out[j] += t * f / tot
+        return out
+
 
     def self_check(self, *, rtol: float = 1e-5, raise_on_failure: bool = False) -> SelfCheck:
         """Runs the bundled sample input and compares with the bundled expected output.
@@ -515,6 +653,592 @@ class Runtime:
         return res
 
 
-def load(path, *, num_threads: int | None = None) -> Runtime:
-    """`jaxcompress_kernels.artifact.load` (full verification) + `Runtime`."""
-    return Runtime(_artifact.load(path), num_threads=num_threads)
+def load(
+    path,
+    *,
+    num_threads: int | None = None,
+    limits: Limits | None = None,
+    autotune: bool = True,
+) -> Runtime:
+    """`jaxcompress_kernels.artifact.load` (full verification) + `Runtime` (the load-time plan)."""
+    return Runtime(_artifact.load(path), num_threads=num_threads, limits=limits, autotune=autotune)
+
+
+# ----------------------------------------------------------------------------------------------
+# the plan for one batch size: fused steps over one arena
+
+_RELU, _RELU6 = "relu", "relu6"
+
+
+def _is_lit(r, value) -> bool:
+    return isinstance(r, dict) and r["dtype"] == "float32" and _lit_value(r) == value
+
+
+def _lit_value(r):
+    v = r["lit"]
+    return float(v) if isinstance(v, str) else v
+
+
+class _Exec:
+    """Shapes, fusion, kernel choice, arena and step closures for one batch size."""
+
+    def __init__(self, rt: Runtime, batch: int):
+        self.rt = rt
+        self.batch = batch
+        art = rt.artifact
+        g = rt.graph
+        nodes = rt.nodes
+        if batch == (1 if rt.symbolic else rt.static_batch) and hasattr(rt, "_records1"):
+            shapes, dtypes, records = rt._shapes1, rt._dtypes1, rt._records1
+        else:
+            shapes, dtypes, _, records = infer_graph(
+                g, art.tensors, batch, rt.limits, path=art.path
+            )
+        self.shapes, self.dtypes = shapes, dtypes
+        records = [dataclasses.replace(r) for r in records]
+        static = rt._static
+        consts = rt._consts
+        # uses of every activation value (graph outputs count as a use)
+        uses: dict[str, list[int]] = {}
+        for i, n in enumerate(nodes):
+            for r in n["in"]:
+                if isinstance(r, str) and r not in static:
+                    uses.setdefault(r, []).append(i)
+        outputs = list(g["outputs"])
+        for o in outputs:
+            uses.setdefault(o, []).append(len(nodes))
+        # ---- fusion: group nodes into steps
+        groups: list[dict] = []
+        owner: dict[int, int] = {}
+        root: dict[str, str] = {}  # alias value -> the value whose buffer it views
+        for i, n in enumerate(nodes):
+            if i in owner or n["out"] in static:
+                continue
+            spec = _ops.OPS[n["op"]]
+            if spec.kind == "alias" and isinstance(n["in"][0], str):
+                src = n["in"][0]
+                root[n["out"]] = root.get(src, src)
+                records[i].kernel = "view"
+                continue
+            grp = {"kind": "op", "nodes": [i], "out": n["out"]}
+            if n["op"] in ("linear", "conv"):
+                grp = self._fuse(i, nodes, uses, static, consts, owner)
+            for j in grp["nodes"]:
+                owner[j] = len(groups)
+            groups.append(grp)
+        # ---- buffers and liveness (in step indices)
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        inp = g["inputs"][0]
+        first[inp] = -1
+        last[inp] = -1
+        step_of = {}
+        for s, grp in enumerate(groups):
+            first[grp["out"]] = s
+            last.setdefault(grp["out"], s)
+            for j in grp["nodes"]:
+                step_of[j] = s
+                for r in nodes[j]["in"]:
+                    if isinstance(r, str) and r not in static:
+                        b = root.get(r, r)
+                        last[b] = max(last.get(b, s), s)
+        for o in outputs:
+            b = root.get(o, o)
+            last[b] = len(groups)
+        sizes = {}
+        for v in first:
+            shp = shapes[v]
+            sizes[v] = max(math.prod(shp) * _ops.ITEMSIZE[dtypes[v]], 1)
+        for s, grp in enumerate(groups):
+            if grp.get("scratch"):
+                name = f"__scratch{s}"
+                sizes[name] = grp["scratch"]
+                first[name] = last[name] = s
+                grp["scratch_name"] = name
+        offsets, total = assign_arena(sizes, {v: (first[v], last[v]) for v in sizes})
+        if total > rt.limits.max_activation_bytes * batch:
+            raise ArtifactError(
+                f"{art.path}: the activation arena needs {total} bytes at batch {batch}, over "
+                f"limits.max_activation_bytes={rt.limits.max_activation_bytes} per example"
+            )
+        self.arena = np.zeros(total + ALIGN, np.uint8)
+        base = (-self.arena.ctypes.data) % ALIGN
+        views: dict = {}
+
+        def view(v):
+            if v in views:
+                return views[v]
+            if v in static:
+                a = consts[v]
+            elif v in root:
+                a = view(root[v]).reshape(shapes[v])
+            else:
+                off = base + offsets[v]
+                nb = math.prod(shapes[v]) * _ops.ITEMSIZE[dtypes[v]]
+                a = self.arena[off : off + nb].view(dtypes[v]).reshape(shapes[v])
+            views[v] = a
+            return a
+
+        self.view = view
+        self.input_view = view(inp)
+        self.output_views = [view(o) if isinstance(o, str) else None for o in outputs]
+        self.steps = []
+        self.labels = []
+        self.step_members = []
+        for s, grp in enumerate(groups):
+            fn, label = self._build(grp, nodes, view, records, offsets, base)
+            self.steps.append(fn)
+            self.labels.append(label)
+            self.step_members.append(grp["nodes"])
+            for j in grp["nodes"]:
+                records[j].step = s
+                if not records[j].kernel:
+                    records[j].kernel = label if j == grp["nodes"][0] else f"fused into step {s}"
+        for r in records:
+            if r.static:
+                r.kernel = "folded at load"
+        self._t = [0.0] * len(self.steps)
+        first_idx = [grp["nodes"][0] for grp in groups]
+        self._first = first_idx
+        kernels = {}
+        for grp, label in zip(groups, self.labels, strict=True):
+            w = nodes[grp["nodes"][0]].get("weight")
+            if w is not None:
+                kernels.setdefault(w, grp.get("wlabel", label))
+        const_bytes = sum(
+            int(np.asarray(v).nbytes) for k, v in consts.items() if k not in art.tensors
+        )
+        wbytes = sum(wk.resident for wk in rt.weights.values())
+        self.plan = Plan(
+            batch=batch,
+            nodes=records,
+            steps=list(zip(first_idx, self.labels, strict=True)),
+            arena_bytes=int(total),
+            const_bytes=const_bytes,
+            weight_bytes=int(wbytes),
+            flops=float(sum(r.flops for r in records if not r.static)),
+            kernels=kernels,
+        )
+
+    # -- fusion ------------------------------------------------------------------------------
+    def _fuse(self, i, nodes, uses, static, consts, owner) -> dict:
+        """linear/conv at node i + bias add + ReLU/ReLU6 (+ max pool after a conv)."""
+        n = nodes[i]
+        grp = {"kind": n["op"], "nodes": [i], "out": n["out"], "bias": None, "act": None}
+        nout = self.shapes[n["out"]][-1]
+        cur = n["out"]
+
+        def single_next():
+            u = uses.get(cur, [])
+            if len(u) != 1 or u[0] >= len(nodes) or u[0] in owner:
+                return None
+            return u[0]
+
+        j = single_next()
+        if j is not None and nodes[j]["op"] == "add":
+            other = [r for r in nodes[j]["in"] if r != cur]
+            if len(other) == 1 and isinstance(other[0], str) and other[0] in static:
+                b = np.asarray(consts[other[0]])
+                if (
+                    b.dtype == np.float32
+                    and b.ndim <= len(self.shapes[cur])
+                    and all(d == 1 for d in b.shape[:-1])
+                    and (b.ndim == 0 or b.shape[-1] in (1, nout))
+                ):
+                    grp["bias"] = np.ascontiguousarray(np.broadcast_to(b.reshape(-1), (nout,)))
+                    grp["nodes"].append(j)
+                    cur = nodes[j]["out"]
+                    j = single_next()
+        if j is not None:
+            nj = nodes[j]
+            ins = nj["in"]
+            if nj["op"] == "max" and len(ins) == 2 and cur in ins:
+                other = ins[1] if ins[0] == cur else ins[0]
+                if _is_lit(other, 0.0):
+                    grp["act"] = _RELU
+                    grp["nodes"].append(j)
+                    cur = nj["out"]
+                    j = single_next()
+                    if j is not None and nodes[j]["op"] == "min":
+                        ins = nodes[j]["in"]
+                        other = ins[1] if ins[0] == cur else ins[0]
+                        if cur in ins and _is_lit(other, 6.0):
+                            grp["act"] = _RELU6
+                            grp["nodes"].append(j)
+                            cur = nodes[j]["out"]
+                            j = single_next()
+            elif nj["op"] == "clamp" and ins[1] == cur and _is_lit(ins[0], 0.0):
+                if _is_lit(ins[2], 6.0):
+                    grp["act"] = _RELU6
+                    grp["nodes"].append(j)
+                    cur = nj["out"]
+                    j = single_next()
+        if n["op"] == "conv" and j is not None and nodes[j]["op"] == "reduce_window_max":
+            pool = nodes[j]
+            rank = len(self.shapes[cur])
+            if (
+                rank == 4
+                and pool["window"][0] == pool["window"][-1] == 1
+                and pool["strides"][0] == pool["strides"][-1] == 1
+                and all(p == [0, 0] for p in pool["pads"])
+            ):
+                grp["pool"] = (tuple(pool["window"][1:3]), tuple(pool["strides"][1:3]))
+                grp["nodes"].append(j)
+                cur = pool["out"]
+        grp["out"] = cur
+        return grp
+
+    # -- step closures -------------------------------------------------------------------------
+    def _build(self, grp, nodes, view, records, offsets, base):
+        if grp["kind"] == "op":
+            i = grp["nodes"][0]
+            return self._generic(i, nodes[i], view), nodes[i]["op"]
+        return self._weight_step(grp, nodes, view, records)
+
+    def _generic(self, i, node, view):
+        ins = [_lit_ref(r) if isinstance(r, dict) else view(r) for r in node["in"]]
+        out = view(node["out"])
+        op = node["op"]
+        b = self.batch
+        uf = _UFUNCS.get(op)
+        if uf is not None and out.dtype == np.result_type(*ins) and op not in _CMP:
+            return lambda: uf(*ins, out=out)
+        if op == "reduce_window_max" and out.ndim == 4 and ins[0].dtype == np.float32:
+            win, st, pads = node["window"], node["strides"], node["pads"]
+            if win[0] == win[3] == st[0] == st[3] == 1 and all(p == [0, 0] for p in pads):
+                x = ins[0]
+                kh, kw, sh, sw = win[1], win[2], st[1], st[2]
+                return lambda: max_pool2d_into(x, out, kh, kw, sh, sw)
+
+        def f():
+            out[...] = exec_op(node, ins, b)
+
+        return f
+
+    def _weight_step(self, grp, nodes, view, records):
+        i = grp["nodes"][0]
+        node = nodes[i]
+        wk = self.rt.weights[node["weight"]]
+        x = view(node["in"][0])
+        out = view(grp["out"])
+        bias, act, pool = grp["bias"], grp["act"], grp.get("pool")
+        if node["op"] == "linear":
+            x2 = x.reshape(-1, wk.k)
+            y2 = out.reshape(x2.shape[0], wk.n)
+            cand = self._choose(i, wk, x2.shape)
+            grp["wlabel"] = cand.label
+            return _linear_step(cand, x2, y2, bias, act), cand.label + _suffix(bias, act, None)
+        conv = _ConvGeometry(node, x.shape)
+        if pool is None:
+            conv_out = out
+        else:
+            conv_out = np.empty((*x.shape[:1], *conv.out, wk.n), np.float32)
+        cand = self._choose(i, wk, None, conv=conv)
+        grp["wlabel"] = cand.label
+        step = _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out)
+        return step, cand.label + _suffix(bias, act, pool)
+
+    def _choose(self, i, wk, x2_shape, conv=None) -> _Cand:
+        """The kernel for weight node i at this input shape: the encoding's own kernel or, when
+        autotuning and the decoded weight is small, whichever of it and float32 (BLAS for
+        linear, the direct kernel for conv) is faster on this shape. Grouped convs run float32."""
+        rt = self.rt
+        cands = list(wk.candidates)
+        if conv is not None and conv.groups != 1:
+            return wk.direct_candidate()
+        if not cands or (rt.autotune and wk.decoded_bytes <= rt.autotune_max_bytes):
+            cands.append(wk.direct_candidate() if conv is not None else wk.dense_candidate())
+        if len(cands) == 1 or not rt.autotune:
+            return cands[0]
+        key = (i, self.batch)
+        if key not in rt._choice:
+            rt._choice[key] = _fastest(cands, x2_shape, conv, wk)
+        return cands[rt._choice[key]]
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, x):
+        np.copyto(self.input_view, x)
+        clock = time.perf_counter
+        t = self._t
+        k = 0
+        for fn in self.steps:
+            t0 = clock()
+            fn()
+            t[k] = clock() - t0
+            k += 1
+        self.rt._last_b = self.batch
+        return tuple(np.array(v) for v in self.output_views)
+
+    def times(self):
+        return list(zip(self._first, self.labels, list(self._t), strict=True))
+
+    def exec_node(self, i, ins):
+        """One node on its own (no fusion): weight nodes run the plan's kernel for them."""
+        node = self.rt.nodes[i]
+        op = node["op"]
+        if op == "linear":
+            wk = self.rt.weights[node["weight"]]
+            x = ins[0]
+            x2 = np.ascontiguousarray(x.reshape(-1, wk.k), np.float32)
+            y = self._choose(i, wk, x2.shape).fn(x2, None)
+            return y.reshape(*x.shape[:-1], wk.n)
+        if op == "conv":
+            wk = self.rt.weights[node["weight"]]
+            x = np.ascontiguousarray(ins[0], np.float32)
+            conv = _ConvGeometry(node, x.shape)
+            y = np.empty((x.shape[0], *conv.out, wk.n), np.float32)
+            cand = self._choose(i, wk, None, conv=conv)
+            _conv_step(cand, wk, conv, x, y, None, None, None, y)()
+            return y
+        return exec_op(node, ins, self.batch)
+
+
+def _suffix(bias, act, pool) -> str:
+    parts = (["+bias"] if bias is not None else []) + ([f"+{act}"] if act else [])
+    if pool:
+        parts.append(f"+maxpool{pool[0][0]}x{pool[0][1]}")
+    return "".join(parts)
+
+
+def _dense_mm(x, w, bias):
+    y = x @ w
+    if bias is not None:
+        y += bias
+    return y
+
+
+def _activate(y, act):
+    if act == _RELU:
+        np.maximum(y, 0.0, out=y)
+    elif act == _RELU6:
+        np.clip(y, 0.0, 6.0, out=y)
+
+
+def _linear_step(cand, x2, y2, bias, act):
+    """One fused linear step writing into the arena view ``y2``."""
+    dense = cand.dense
+    if dense is not None:  # BLAS straight into the arena, then the epilogue in place
+        mm, add = np.matmul, np.add
+        if act is None and bias is None:
+            return lambda: mm(x2, dense, out=y2)
+        if act is None:
+
+            def f():
+                mm(x2, dense, out=y2)
+                add(y2, bias, out=y2)
+
+            return f
+
+        def g():
+            mm(x2, dense, out=y2)
+            if bias is not None:
+                add(y2, bias, out=y2)
+            _activate(y2, act)
+
+        return g
+    fn = cand.fn
+
+    def h():
+        y2[...] = fn(x2, bias)  # the packed / sparse kernels apply the bias themselves
+        if act is not None:
+            _activate(y2, act)
+
+    return h
+
+
+class _ConvGeometry:
+    """Output size, padding and im2col shape of one conv node at one input shape."""
+
+    def __init__(self, node, xshape):
+        self.node = node
+        kshape = node["kernel"]
+        self.nd = nd = len(kshape) - 2
+        self.groups = node.get("groups", 1)
+        self.kernel = tuple(kshape)
+        self.strides = tuple(node["strides"])
+        self.dilation = tuple(node["dilation"])
+        self.pads = tuple(tuple(p) for p in node["pads"])
+        self.xshape = tuple(xshape)
+        out = []
+        for i in range(nd):
+            span = (kshape[i] - 1) * self.dilation[i] + 1
+            lo, hi = self.pads[i]
+            out.append((xshape[i + 1] + lo + hi - span) // self.strides[i] + 1)
+        self.out = tuple(out)
+        self.rows = xshape[0] * math.prod(out)
+        self.k = math.prod(kshape[:-1])
+
+
+def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
+    """One fused conv step: the direct float32 kernel, or im2col + the weight's own kernel;
+    then bias, activation and max pooling into ``out``."""
+    if cand.dense is not None or cand.fn is None:
+        run = _direct_conv(conv, wk.dense(), x, conv_out, bias, act)
+    else:
+        cols = np.empty((conv.rows, conv.k), np.float32)
+        fill = _im2col(conv, x, cols)
+        y2 = conv_out.reshape(conv.rows, wk.n)
+        fn = cand.fn
+
+        def run():
+            fill()
+            y2[...] = fn(cols, bias)
+            if act is not None:
+                _activate(y2, act)
+
+    if pool is None:
+        return run
+    (kh, kw), (sh, sw) = pool
+
+    def pooled():
+        run()
+        max_pool2d_into(conv_out, out, kh, kw, sh, sw)
+
+    return pooled
+
+
+def _fastest(cands, x2_shape, conv, wk) -> int:
+    """Index of the fastest candidate on a zero input of the planned shape (median of 5)."""
+    best, best_t = 0, math.inf
+    clock = time.perf_counter
+    if conv is not None:
+        x = np.zeros(conv.xshape, np.float32)
+        y = np.empty((conv.xshape[0], *conv.out, wk.n), np.float32)
+    else:
+        x = np.zeros(x2_shape, np.float32)
+        y = np.empty((x2_shape[0], wk.n), np.float32)
+    for ci, c in enumerate(cands):
+        if conv is not None:
+            step = _conv_step(c, wk, conv, x, y, None, None, None, y)
+        else:
+            step = _linear_step(c, x, y, None, None)
+        step()
+        ts = []
+        for _ in range(5):
+            t0 = clock()
+            step()
+            ts.append(clock() - t0)
+        t = sorted(ts)[2]
+        if t < best_t:
+            best, best_t = ci, t
+    return best
+
+
+def _direct_candidate(self) -> _Cand:
+    d = self.dense()
+    label = "conv(f32" + ("" if self.entry.encoding == "dense" else f", decoded {self.entry.encoding}") + ")"
+    return _Cand(label, None, d.nbytes, dense=d)
+
+
+_WeightKernel.direct_candidate = _direct_candidate
+
+
+def _im2col(conv, x, cols):
+    """A closure filling ``cols`` with the im2col of ``x`` (2-D convs; 1-D as H = 1)."""
+    if conv.nd == 2:
+        x4 = x
+        kern, st, dil = conv.kernel[:2], conv.strides, conv.dilation
+        lo, out_hw = (conv.pads[0][0], conv.pads[1][0]), conv.out
+    elif conv.nd == 1:
+        x4 = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2])
+        kern, st, dil = (1, conv.kernel[0]), (1, conv.strides[0]), (1, conv.dilation[0])
+        lo, out_hw = (0, conv.pads[0][0]), (1, conv.out[0])
+    else:
+        node = conv.node
+
+        def generic():
+            cols[...] = _im2col_numpy(node, x).reshape(cols.shape)
+
+        return generic
+    return lambda: im2col_nhwc(x4, cols, kern, st, dil, lo, out_hw)
+
+
+def _im2col_numpy(node, x):
+    kshape = node["kernel"]
+    nd = len(kshape) - 2
+    dil = node["dilation"]
+    span = tuple((kshape[i] - 1) * dil[i] + 1 for i in range(nd))
+    pads = [[0, 0]] + [list(p) for p in node["pads"]] + [[0, 0]]
+    if any(p[0] or p[1] for p in pads):
+        # negative padding crops (lax semantics)
+        crop = tuple(slice(max(-p[0], 0), x.shape[i] - max(-p[1], 0)) for i, p in enumerate(pads))
+        x = np.pad(x[crop], [[max(p[0], 0), max(p[1], 0)] for p in pads])
+    v = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(1, nd + 1)))
+    v = v[(slice(None),) + tuple(slice(None, None, s) for s in node["strides"])]
+    if any(d != 1 for d in dil):
+        v = v[(Ellipsis,) + tuple(slice(None, None, d) for d in dil)]
+    perm = (*range(nd + 1), *range(nd + 2, 2 * nd + 2), nd + 1)
+    return np.ascontiguousarray(np.transpose(v, perm), np.float32)
+
+
+def _direct_conv(conv, dense2d, x, out, bias, act):
+    """A closure computing the float32 conv of ``x`` into ``out`` (bias and activation fused)."""
+    actc = {None: 0, _RELU: 1, _RELU6: 2}[act]
+    if conv.groups != 1:
+        cin = x.shape[-1]
+        kern = dense2d.reshape(conv.kernel)
+        if conv.kernel[-2] == 1 and conv.groups == cin and conv.nd in (1, 2):
+            b = np.zeros(conv.kernel[-1], np.float32) if bias is None else bias
+            if conv.nd == 2:
+                x4, o4, st, dil = x, out, conv.strides, conv.dilation
+                lo = (conv.pads[0][0], conv.pads[1][0])
+                w4 = kern
+            else:
+                x4 = x.reshape(x.shape[0], 1, *x.shape[1:])
+                o4 = out.reshape(out.shape[0], 1, *out.shape[1:])
+                st, dil, lo = (1, conv.strides[0]), (1, conv.dilation[0]), (0, conv.pads[0][0])
+                w4 = kern.reshape(1, *kern.shape)
+            return lambda: depthwise_conv_nhwc(x4, w4, b, o4, st, dil, lo, actc)
+        return _grouped_conv(conv, kern, x, out, bias, act)
+    cols = np.empty((conv.rows, conv.k), np.float32)
+    fill = _im2col(conv, x, cols)
+    y2 = out.reshape(conv.rows, dense2d.shape[1])
+    mm, add = np.matmul, np.add
+
+    def run():
+        fill()
+        mm(cols, dense2d, out=y2)
+        if bias is not None:
+            add(y2, bias, out=y2)
+        if act is not None:
+            _activate(y2, act)
+
+    return run
+
+
+def _grouped_conv(conv, kern, x, out, bias, act):
+    g = conv.groups
+    cin_g = kern.shape[-2]
+    cout_g = kern.shape[-1] // g
+    node = conv.node
+
+    def run():
+        for gi in range(g):
+            xs = np.ascontiguousarray(x[..., gi * cin_g : (gi + 1) * cin_g])
+            cols = _im2col_numpy(node, xs)
+            w = kern[..., gi * cout_g : (gi + 1) * cout_g].reshape(-1, cout_g)
+            out[..., gi * cout_g : (gi + 1) * cout_g] = cols.reshape(-1, w.shape[0]).dot(w).reshape(
+                *out.shape[:-1], cout_g
+            )
+        if bias is not None:
+            np.add(out, bias, out=out)
+        if act is not None:
+            _activate(out, act)
+
+    return run
+
+
+_UFUNCS = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "max": np.maximum,
+    "min": np.minimum,
+    "neg": np.negative,
+    "exp": np.exp,
+    "tanh": np.tanh,
+    "abs": np.abs,
+    "sqrt": np.sqrt,
+    "square": np.square,
+}
+_CMP = frozenset({"gt", "ge", "lt", "le", "eq", "ne"})

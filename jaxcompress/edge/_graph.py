@@ -10,18 +10,8 @@ are never sent over a link.
 Build one from a verified artifact (`graph_from_artifact`, shapes by running the edge runtime once
 at batch 1) or by hand (`chain_graph`, or `EdgeGraph(...)` directly) for synthetic studies.
 
-FLOP counts (a multiply-add is 2 FLOPs):
-
-| op                          | FLOPs                                                          |
-|-----------------------------|----------------------------------------------------------------|
-| ``linear`` / ``conv``       | ``2 * M * nnz(W)`` when the runtime runs the weight sparse      |
-|                             | (csr, nm, or a sparse codebook), else ``2 * M * K * N``;        |
-|                             | ``M`` = output elements / N (im2col rows for conv)             |
-| ``dot_general``             | ``2 * out_elements * contracted size``                         |
-| ``reduce_window_*``         | ``out_elements * window size``                                 |
-| ``reduce_*``, ``arg*``      | input elements                                                 |
-| elementwise                 | output elements (a transcendental counts as 1)                 |
-| data movement               | 0                                                              |
+FLOPs, shapes and kernels come from the runtime's plan, which reads the artifact format's op specs
+(`jaxcompress_kernels.format.ops`): this module keeps no op table of its own.
 """
 
 from __future__ import annotations
@@ -36,10 +26,6 @@ from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
 
 __all__ = ["Op", "EdgeGraph", "chain_graph", "graph_from_artifact", "GraphExecutor"]
 
-ALIAS_OPS = frozenset({"reshape", "squeeze", "expand_dims"})
-MOVE_OPS = frozenset(
-    {"broadcast_in_dim", "transpose", "concatenate", "pad", "rev", "slice", "convert"}
-)
 _ITEMSIZE = {
     "float32": 4,
     "int32": 4,
@@ -75,6 +61,7 @@ class Op:
       alias: True when the output is a view of ``inputs[0]`` (no bytes moved, no new buffer).
       static: True when the output depends on parameters/literals only (never sent).
       weight: the weight tensor name for ``linear``/``conv``, else None.
+      kernel: what the edge runtime's plan runs for it (from an artifact), else ``""``.
     """
 
     name: str
@@ -87,6 +74,7 @@ class Op:
     alias: bool = False
     static: bool = False
     weight: str | None = None
+    kernel: str = ""
 
     @property
     def out_bytes(self) -> int:
@@ -272,93 +260,44 @@ class GraphExecutor:
         return outs[0] if len(outs) == 1 else outs
 
 
-def _weight_flops(entry, m: int) -> tuple[float, bool]:
-    from jaxcompress_kernels import artifact as _artifact
-
-    k, n = entry.kn
-    dense_flops = 2.0 * m * k * n
-    if entry.encoding in ("csr", "nm"):
-        if entry.encoding == "csr":
-            nnz = int(entry.parts["indices"].shape[0])
-        else:
-            nnz = int(np.count_nonzero(_artifact.decode_dense(entry)))
-        return 2.0 * m * nnz, True
-    if entry.encoding == "codebook":
-        nnz = int(np.count_nonzero(_artifact.decode_dense(entry)))
-        if nnz <= 0.5 * k * n:  # the runtime runs a sparse codebook weight with spmm_csr
-            return 2.0 * m * nnz, True
-    return dense_flops, False
-
-
 def graph_from_artifact(artifact, *, num_threads=None) -> EdgeGraph:
-    """Builds the `EdgeGraph` of an artifact (a path, `Artifact` or `Runtime`).
+    """Builds the `EdgeGraph` of an artifact (a path, `Artifact` or `Runtime`) from the edge
+    runtime's load-time plan.
 
-    Shapes come from running the graph once at batch 1 on the bundled sample input with the
-    edge runtime (at the exported batch for a ``"static"``-batch artifact, whose costs are then
-    per batch); FLOPs follow the table in the module docstring; parameter bytes are the stored
-    bytes of each tensor (so a 4-bit weight reads 1/8 of its float32 bytes).
+    Shapes, dtypes, FLOPs and the kernel of every node are the plan's (the format's op specs and
+    the kernel the runtime really chose), at batch 1 for symbolic-batch graphs (at the exported
+    batch for a ``"static"``-batch artifact, whose costs are then per batch); parameter bytes are
+    the stored bytes of each tensor (so a 4-bit weight reads 1/8 of its float32 bytes). Nothing
+    is executed.
     """
-    ex = GraphExecutor(artifact, num_threads=num_threads)
-    rt = ex.runtime
+    rt = _runtime(artifact, num_threads)
     art = rt.artifact
     tensors = art.tensors
-    # batch 1 for symbolic-batch graphs; a static-batch export runs at its fixed batch
-    x = np.ascontiguousarray(art.sample_input[:1] if rt.symbolic else art.sample_input)
-    env = rt.initial_env(x)
-    static: set[str] = set(tensors)
+    plan = rt.plan
     ops = []
-    for i, node in enumerate(ex.nodes):
-        ex._step(env, i, x.shape[0])
-        out = np.asarray(env[node["out"]])
-        refs = [r for r in node["in"] if isinstance(r, str)]
-        acts = tuple(r for r in refs if r not in tensors)
-        params = [r for r in refs if r in tensors]
-        is_static = all(r in static for r in refs)
-        if is_static:
-            static.add(node["out"])
-        op = node["op"]
-        pbytes = sum(tensors[p].stored_bytes for p in params)
-        ins = [np.asarray(env[r]) for r in acts]
-        in_el = sum(a.size for a in ins)
-        flops = 0.0
-        if op in ("linear", "conv"):
-            w = tensors[node["weight"]]
-            pbytes += w.stored_bytes
-            m = out.size // max(out.shape[-1], 1)
-            flops, _ = _weight_flops(w, m)
-        elif op == "dot_general":
-            a = np.asarray(env[node["in"][0]]) if isinstance(node["in"][0], str) else None
-            csize = math.prod(a.shape[d] for d in node["contract"][0]) if a is not None else 1
-            flops = 2.0 * out.size * csize
-        elif op.startswith("reduce_window"):
-            flops = float(out.size * math.prod(node["window"]))
-        elif op.startswith("reduce_") or op in ("argmax", "argmin"):
-            flops = float(in_el)
-        elif op in ALIAS_OPS or op in MOVE_OPS:
-            flops = 0.0
-        else:
-            flops = float(out.size)
-        dt = str(out.dtype)
+    for node, rec in zip(rt.nodes, plan.nodes, strict=True):
+        acts = tuple(r for r in node["in"] if isinstance(r, str) and r not in tensors)
         ops.append(
             Op(
                 name=node["out"],
-                op=op,
+                op=node["op"],
                 inputs=acts,
-                shape=tuple(out.shape),
-                dtype=dt,
-                flops=flops,
-                param_bytes=int(pbytes),
-                alias=op in ALIAS_OPS and len(acts) == 1,
-                static=is_static,
+                shape=tuple(rec.shape),
+                dtype=rec.dtype,
+                flops=float(rec.flops),
+                param_bytes=int(rec.weight_bytes),
+                alias=rec.alias and len(acts) == 1,
+                static=rec.static,
                 weight=node.get("weight"),
+                kernel=rec.kernel,
             )
         )
     wbytes = sum(t.stored_bytes for t in tensors.values())
     return EdgeGraph(
-        input=ex.input,
-        input_shape=tuple(x.shape),
+        input=rt.graph["inputs"][0],
+        input_shape=(plan.batch, *rt.input_shape),
         input_dtype="float32",
         ops=tuple(ops),
-        outputs=tuple(ex.outputs),
+        outputs=tuple(rt.graph["outputs"]),
         weight_bytes=int(wbytes),
     )

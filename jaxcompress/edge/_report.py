@@ -319,7 +319,7 @@ def benchmark(
 
     def run():
         rt.run(xb)
-        op_runs.append([t for _, _, t in rt.last_times])
+        op_runs.append(rt.node_times())
 
     lat = measure_latency(run, warmup=warmup, iters=iters, max_seconds=max_seconds)
     lat = dataclasses.replace(lat, init_s=init_s)

@@ -416,19 +416,11 @@ class _Builder:
 
 
 def _value_shapes(art, batch_size: int) -> dict:
-    """Concrete shapes of every graph value for `batch_size` (NumPy shape propagation through our
-    own runtime on zeros; cheap for the models this exports)."""
-    from jaxcompress_kernels.runtime import Runtime
+    """Concrete shapes of every graph value for `batch_size`, from the format's op specs (the
+    same shape inference the runtime's plan runs)."""
+    from jaxcompress_kernels._plan import Limits, infer_graph
 
-    rt = Runtime(art)
-    shapes = {}
-    x = np.zeros((batch_size, *art.graph["input_shapes"][0]), np.float32)
-    env = dict(rt.env0)
-    env[art.graph["inputs"][0]] = x
-    for node in rt.nodes:
-        ins = [rt._ref(env, r) for r in node["in"]]
-        env[node["out"]] = v = np.asarray(rt._exec(node, ins, batch_size))
-        shapes[node["out"]] = v.shape
+    shapes, _, _, _ = infer_graph(art.graph, art.tensors, batch_size, Limits(), path=art.path)
     return shapes
 
 

@@ -200,7 +200,7 @@ def test_export_is_atomic(small, tmp_path):
 
 def test_runtime_runs_without_jax(small, tmp_path):
     _, _, x, path = small
-    ref = runtime.load(path).run(x)
+    ref = runtime.load(path, autotune=False).run(x)
     np.save(tmp_path / "ref.npy", ref)
     script = textwrap.dedent(f"""
         import sys
@@ -209,7 +209,7 @@ def test_runtime_runs_without_jax(small, tmp_path):
         sys.modules["flax"] = None
         import numpy as np
         from jaxcompress_kernels import runtime, artifact
-        rt = runtime.load({str(path)!r}, num_threads=1)
+        rt = runtime.load({str(path)!r}, num_threads=1, autotune=False)
         check = rt.self_check()
         y = rt.run(rt.artifact.sample_input)
         assert check.ok, check

@@ -38,7 +38,7 @@ def test_quantized_layouts(mlp, tmp_path, kwargs, encoding, kernel):
     path = tmp_path / "q.jcx"
     info = save(path, apply_fn, q, x)
     assert info.tensors["hidden/0/kernel"]["encoding"] == encoding
-    rt = runtime.load(path)
+    rt = runtime.load(path, autotune=False)  # each encoding's own kernel
     assert rt.plan["hidden/0/kernel"].startswith(kernel), rt.plan
     # the stored weights dequantize bit-exactly to what JAX dequantizes
     ref_w = {k: np.asarray(v) for k, v in named_leaves(dequantize_params(q))}
@@ -73,7 +73,7 @@ def test_sparse_float_encodings(mlp, tmp_path):
     info = save(tmp_path / "s.jcx", apply_fn, p, x)
     assert info.tensors["hidden/0/kernel"]["encoding"] == "csr"
     assert info.tensors["out/kernel"]["encoding"] == "nm"
-    rt = runtime.load(tmp_path / "s.jcx")
+    rt = runtime.load(tmp_path / "s.jcx", autotune=False)
     assert rt.plan["out/kernel"].startswith("spmm_nm(1:4")
     cc = cross_check(tmp_path / "s.jcx", x, model_or_apply=apply_fn, params=p)
     assert cc.max_rel <= 1e-5, cc.table()
@@ -103,7 +103,7 @@ def test_pruned_and_clustered_is_stored_sparse(mlp, tmp_path, axis):
     assert t["encoding"] == "csr_codebook"
     codebook_bytes = 4 * 8 * (1 if axis is None else 24)
     assert t["stored_bytes"] < 32 * 24 * 3 // 8 + codebook_bytes  # < the dense index stream
-    rt = runtime.load(tmp_path / "dc.jcx")
+    rt = runtime.load(tmp_path / "dc.jcx", autotune=False)
     assert rt.plan["hidden/0/kernel"].startswith("spmm_csr(f32 from codebook")
     ref_w = dict(named_leaves(dequantize_params(c)))
     art = artifact.load(tmp_path / "dc.jcx")
