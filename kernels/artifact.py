@@ -49,6 +49,8 @@ import struct
 import numpy as np
 
 from jaxcompress_kernels.errors import ArtifactError
+from jaxcompress_kernels.format import ops as _ops
+from jaxcompress_kernels.format.container import FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 
 __all__ = [
     "FORMAT",
@@ -62,8 +64,6 @@ __all__ = [
     "OPS",
 ]
 
-FORMAT = "jaxcompress-artifact"
-FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 64 << 20
 # a decoded tensor may be at most this many times larger than the whole file (plus 1 Mi elements):
 # bounds the memory a small malicious file can make the loader allocate
@@ -82,74 +82,12 @@ _ST_DTYPES = {
     "BOOL": np.bool_,
 }
 
-UNARY_OPS = (
-    "neg",
-    "exp",
-    "log",
-    "tanh",
-    "logistic",
-    "sqrt",
-    "rsqrt",
-    "abs",
-    "square",
-    "sign",
-    "log1p",
-    "expm1",
-    "erf",
-    "sin",
-    "cos",
-    "floor",
-    "ceil",
-    "not",
-)
-BINARY_OPS = (
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "max",
-    "min",
-    "pow",
-    "gt",
-    "ge",
-    "lt",
-    "le",
-    "eq",
-    "ne",
-    "and",
-    "or",
-)
-OPS = frozenset(
-    UNARY_OPS
-    + BINARY_OPS
-    + (
-        "integer_pow",
-        "convert",
-        "reshape",
-        "broadcast_in_dim",
-        "transpose",
-        "squeeze",
-        "expand_dims",
-        "reduce_sum",
-        "reduce_max",
-        "reduce_min",
-        "argmax",
-        "argmin",
-        "dot_general",
-        "linear",
-        "conv",
-        "reduce_window_max",
-        "reduce_window_sum",
-        "select_n",
-        "clamp",
-        "concatenate",
-        "pad",
-        "rev",
-        "slice",
-    )
-)
+# the op set and value dtypes live in the format package (one home); re-exported here
+UNARY_OPS = _ops.UNARY_OPS
+BINARY_OPS = _ops.BINARY_OPS
+OPS = frozenset(_ops.OPS)
 ENCODINGS = ("dense", "csr", "nm", "packed", "codebook", "csr_codebook")
-VALUE_DTYPES = ("float32", "int32", "bool", "uint8", "int8")
+VALUE_DTYPES = _ops.VALUE_DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,10 +151,10 @@ def _check_header(header, data_len: int, path) -> dict:
         raise _fail("header has no __metadata__ string map", path)
     if meta.get("format") != FORMAT:
         raise _fail(f"not a {FORMAT} file (format={meta.get('format')!r})", path)
-    if meta.get("format_version") != str(FORMAT_VERSION):
+    if meta.get("format_version") not in [str(v) for v in READABLE_VERSIONS]:
         raise _fail(
-            f"unknown format_version={meta.get('format_version')!r}; this runtime reads version "
-            f"{FORMAT_VERSION}",
+            f"unknown format_version={meta.get('format_version')!r}; this runtime reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}",
             path,
         )
     entries = {}
@@ -325,25 +263,36 @@ def load(path, *, max_header_bytes: int = MAX_HEADER_BYTES) -> Artifact:
         arr.flags.writeable = False
         parts[name] = arr
     try:
-        return _build(path, size, manifest, parts)
+        return _build(path, size, manifest, parts, meta["format_version"])
     except ArtifactError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
         raise _fail(f"malformed manifest ({type(e).__name__}: {e})", path) from None
 
 
-def _build(path, size, manifest, parts) -> Artifact:
-    if manifest.get("format_version") != FORMAT_VERSION:
+def _build(path, size, manifest, parts, header_version) -> Artifact:
+    if manifest.get("format_version") not in READABLE_VERSIONS or str(
+        manifest.get("format_version")
+    ) != str(header_version):
         raise _fail(f"manifest format_version={manifest.get('format_version')!r} is unknown", path)
     cap = MAX_EXPANSION * size + (1 << 20)
     tensors = {}
     spec = manifest["tensors"]
     if not isinstance(spec, dict):
         raise _fail("manifest tensors is not a map", path)
-    used = set()
+    owner: dict = {}
     for name, t in spec.items():
         entry = _entry(name, t, parts, cap, path)
-        used |= {id(p) for p in entry.parts.values()}
+        for role, p in entry.parts.items():
+            # one stored part belongs to one tensor role: many tensors decoding one small part
+            # would multiply the memory a small file makes the loader use
+            prev = owner.setdefault(id(p), (name, role))
+            if prev != (name, role):
+                raise _fail(
+                    f"tensor {name!r} part {role!r} reuses the part of tensor {prev[0]!r} "
+                    f"({prev[1]!r}); every stored part belongs to one tensor",
+                    path,
+                )
         tensors[name] = entry
     sample = manifest["sample"]
     xin, xout = parts[sample["input"]], parts[sample["output"]]
@@ -538,19 +487,10 @@ def _scales(parts, t, name, path, k, n) -> np.ndarray:
     return sc
 
 
-def _is_dim(d) -> bool:
-    if type(d) is int:
-        return -1 <= d <= 1 << 31
-    return (
-        isinstance(d, list)
-        and len(d) == 2
-        and all(type(v) is int for v in d)
-        and 0 <= d[0] <= 1 << 20
-        and abs(d[1]) <= 1 << 31
-    )
-
-
 def _check_graph(g, tensors, xin, path, cap) -> None:
+    """The graph's structure: one named input, every node valid against its op spec
+    (`jaxcompress_kernels.format.ops`: known op, input count, every attribute's schema), inputs
+    defined before use, outputs defined. Shapes and sizes are checked by the runtime's plan."""
     if not isinstance(g, dict):
         raise _fail("graph is not a map", path)
     inputs, outputs, nodes = g["inputs"], g["outputs"], g["nodes"]
@@ -563,74 +503,35 @@ def _check_graph(g, tensors, xin, path, cap) -> None:
         isinstance(shapes, list)
         and len(shapes) == 1
         and isinstance(shapes[0], list)
-        and all(type(s) is int and s >= 0 for s in shapes[0])
+        and len(shapes[0]) < _ops.MAX_RANK
+        and all(type(s) is int and 0 <= s <= cap for s in shapes[0])
     ):
         raise _fail("graph input_shapes is malformed", path)
     if xin.ndim < 1 or list(xin.shape[1:]) != shapes[0]:
         raise _fail(f"sample input shape {xin.shape} does not match the graph input", path)
+    if inputs[0] in tensors:
+        raise _fail("the graph input's name is also a tensor's", path)
     defined = set(tensors) | set(inputs)
     if not isinstance(nodes, list) or not isinstance(outputs, list) or not outputs:
         raise _fail("graph nodes/outputs are malformed", path)
     for i, node in enumerate(nodes):
-        if not isinstance(node, dict) or node.get("op") not in OPS:
-            op = node.get("op") if isinstance(node, dict) else None
-            raise _fail(f"graph node {i} has unknown op {op!r}", path)
-        ins = node["in"]
-        if not isinstance(ins, list) or len(ins) > 16:
-            raise _fail(f"graph node {i} has malformed inputs", path)
-        for r in ins:
-            if isinstance(r, str):
-                if r not in defined:
-                    raise _fail(f"graph node {i} ({node['op']}) reads undefined {r!r}", path)
-            elif not (
-                isinstance(r, dict)
-                and set(r) == {"lit", "dtype"}
-                and r["dtype"] in VALUE_DTYPES
-                and (type(r["lit"]) in (int, float) or r["lit"] in ("inf", "-inf", "nan"))
-            ):
-                raise _fail(f"graph node {i} has a malformed literal", path)
+        try:
+            spec = _ops.validate_node(i, node)
+        except ArtifactError as e:
+            raise _fail(str(e), path) from None
+        for r in node["in"]:
+            if isinstance(r, str) and r not in defined:
+                raise _fail(f"graph node {i} ({spec.name}) reads undefined {r!r}", path)
         if "weight" in node:
             w = node["weight"]
-            if not isinstance(w, str) or w not in tensors or len(tensors[w].shape) < 2:
+            if w not in tensors or len(tensors[w].shape) < 2 or tensors[w].dtype != "float32":
                 raise _fail(f"graph node {i} has a bad weight {w!r}", path)
-        for key in ("shape", "limit"):
-            if key in node and not (
-                isinstance(node[key], list)
-                and len(node[key]) <= 8
-                and all(_is_dim(d) for d in node[key])
-            ):
-                raise _fail(f"graph node {i} has a malformed {key}", path)
-        if "shape" in node:  # bounded allocation at run time (per batch element)
-            per_b = [d if type(d) is int else max(d[0] + d[1], d[0], 1) for d in node["shape"]]
-            if math.prod(max(d, 0) for d in per_b) > cap:
-                raise _fail(f"graph node {i} asks for a tensor larger than the file allows", path)
-        for key, val in node.items():
-            if key in ("op", "in", "out", "weight", "shape", "limit", "value", "dtype"):
-                continue
-            if not _int_tree(val):
-                raise _fail(f"graph node {i} attribute {key!r} is malformed", path)
-            if key in _SMALL_ATTRS and not _int_tree(val, limit=_MAX_WINDOW):
-                raise _fail(f"graph node {i} attribute {key!r} is out of range", path)
-        out = node.get("out")
-        if not isinstance(out, str) or out in defined:
+        if node["out"] in defined:
             raise _fail(f"graph node {i} output name is missing or redefined", path)
-        defined.add(out)
+        defined.add(node["out"])
     for o in outputs:
         if not isinstance(o, str) or o not in defined:
             raise _fail(f"graph output {o!r} is undefined", path)
-
-
-# window sizes, strides, padding and dilation: anything larger would only serve to allocate
-_SMALL_ATTRS = ("pads", "window", "strides", "kernel", "dilation", "y")
-_MAX_WINDOW = 1 << 12
-
-
-def _int_tree(v, depth=0, limit=1 << 31) -> bool:
-    if type(v) is int:
-        return abs(v) <= limit
-    if isinstance(v, list) and depth < 3 and len(v) <= 64:
-        return all(_int_tree(x, depth + 1, limit) for x in v)
-    return False
 
 
 # ----------------------------------------------------------------------------------------------

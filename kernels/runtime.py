@@ -298,7 +298,9 @@ class _WeightKernel:
 
     def dense_candidate(self) -> _Cand:
         d = self.dense()
-        label = "matmul(f32)" + ("" if self.entry.encoding == "dense" else f", decoded {self.entry.encoding}")
+        label = "matmul(f32)" + (
+            "" if self.entry.encoding == "dense" else f", decoded {self.entry.encoding}"
+        )
         return _Cand(label, lambda x, bias: _dense_mm(x, d, bias), d.nbytes, dense=d)
 
     @property
@@ -386,7 +388,9 @@ def _codebook_kernel(e):
         table = np.ascontiguousarray(cb, np.float32)
         idx_t = np.ascontiguousarray(idx.T.astype(np.uint8))
         label = f"lut_matmul({bits}-bit codebook, {table.shape[0]} centroids)"
-        return _Cand(label, lambda x, bias: lut_matmul_unchecked(x, idx_t, table, bias), idx_t.nbytes)
+        return _Cand(
+            label, lambda x, bias: lut_matmul_unchecked(x, idx_t, table, bias), idx_t.nbytes
+        )
     return None
 
 
@@ -628,7 +632,6 @@ class Runtime:
             for j, f in zip(members, fl, strict=True):
                 out[j] += t * f / tot
         return out
-
 
     def self_check(self, *, rtol: float = 1e-5, raise_on_failure: bool = False) -> SelfCheck:
         """Runs the bundled sample input and compares with the bundled expected output.
@@ -1126,7 +1129,11 @@ def _fastest(cands, x2_shape, conv, wk) -> int:
 
 def _direct_candidate(self) -> _Cand:
     d = self.dense()
-    label = "conv(f32" + ("" if self.entry.encoding == "dense" else f", decoded {self.entry.encoding}") + ")"
+    label = (
+        "conv(f32"
+        + ("" if self.entry.encoding == "dense" else f", decoded {self.entry.encoding}")
+        + ")"
+    )
     return _Cand(label, None, d.nbytes, dense=d)
 
 
@@ -1217,8 +1224,8 @@ def _grouped_conv(conv, kern, x, out, bias, act):
             xs = np.ascontiguousarray(x[..., gi * cin_g : (gi + 1) * cin_g])
             cols = _im2col_numpy(node, xs)
             w = kern[..., gi * cout_g : (gi + 1) * cout_g].reshape(-1, cout_g)
-            out[..., gi * cout_g : (gi + 1) * cout_g] = cols.reshape(-1, w.shape[0]).dot(w).reshape(
-                *out.shape[:-1], cout_g
+            out[..., gi * cout_g : (gi + 1) * cout_g] = (
+                cols.reshape(-1, w.shape[0]).dot(w).reshape(*out.shape[:-1], cout_g)
             )
         if bias is not None:
             np.add(out, bias, out=out)

@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import tempfile
 from typing import Any
 
 import jax
@@ -17,7 +14,7 @@ from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError, key_p
 from jaxcompress.export._capture import capture
 from jaxcompress.quantization import QuantizedArray, dequantize_params, is_compressed
 from jaxcompress.quantization._numerics import stored_offset
-from jaxcompress_kernels.artifact import FORMAT, FORMAT_VERSION
+from jaxcompress_kernels.format.container import write_artifact
 from jaxcompress_kernels.packing import pack_bits
 
 __all__ = ["ExportInfo", "save", "resolve_apply", "reference_output"]
@@ -328,31 +325,6 @@ class _Writer:
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
-
-
 def save(
     path: str | os.PathLike,
     model_or_apply: Any,
@@ -433,8 +405,6 @@ def save(
     import jaxcompress
 
     manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "producer": {
             "jaxcompress": getattr(jaxcompress, "__version__", "?"),
             "jax": jax.__version__,
@@ -443,19 +413,8 @@ def save(
         "graph": cap.graph,
         "tensors": w.tensors,
         "sample": {"input": SAMPLE_INPUT, "output": SAMPLE_OUTPUT},
-        "parts": {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in w.parts.items()},
     }
-    mtext = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    meta = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "manifest": mtext,
-        "manifest_sha256": hashlib.sha256(mtext.encode()).hexdigest(),
-    }
-    from safetensors.numpy import save as st_save
-
-    data = st_save(w.parts, metadata=meta)
-    _atomic_write(path, data)
+    file_bytes = write_artifact(path, manifest, w.parts)
     tinfo, wcount, wbytes = {}, 0, 0
     for name, t in w.tensors.items():
         nbytes = sum(w.parts[p].nbytes for p in t["parts"].values())
@@ -474,7 +433,7 @@ def save(
         ops[node["op"]] = ops.get(node["op"], 0) + 1
     return ExportInfo(
         path=path,
-        file_bytes=len(data),
+        file_bytes=file_bytes,
         tensors=tinfo,
         weight_count=wcount,
         weight_bytes=wbytes,

@@ -316,10 +316,9 @@ class _Tracer:
                 f"export: conv_general_dilated with dimension_numbers={dn} is not supported "
                 "(only channel-last inputs N...C with (...spatial, in, out) kernels, Flax's layout)"
             )
-        if p["feature_group_count"] != 1 or p["batch_group_count"] != 1:
+        if p["batch_group_count"] != 1:
             raise JaxCompressValueError(
-                "export: grouped conv_general_dilated (feature_group_count/batch_group_count > 1) "
-                "is not supported"
+                "export: conv_general_dilated with batch_group_count > 1 is not supported"
             )
         if any(d != 1 for d in p["lhs_dilation"]):
             raise JaxCompressValueError("export: transposed conv (lhs_dilation) is not supported")
@@ -333,7 +332,7 @@ class _Tracer:
                 "export: conv_general_dilated needs a parameter kernel and an activation input"
             )
         self.weight_uses.add(w)
-        return {
+        node = {
             "op": "conv",
             "in": [x],
             "weight": w,
@@ -342,6 +341,9 @@ class _Tracer:
             "dilation": _ints(p["rhs_dilation"]),
             "kernel": list(avals[1].shape),
         }
+        if p["feature_group_count"] != 1:  # grouped / depthwise (groups == in channels)
+            node["groups"] = int(p["feature_group_count"])
+        return node
 
 
 def _ints(seq) -> list[int]:

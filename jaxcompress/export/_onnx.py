@@ -360,6 +360,7 @@ class _Builder:
             pads=pads,
             dilations=node["dilation"],
             kernel_shape=node["kernel"][:nd],
+            group=node.get("groups", 1),
         )
         return self.node("Transpose", [y], perm=to_last)
 

@@ -124,7 +124,9 @@ def _pairs(v, lo=-MAX_WINDOW, hi=MAX_WINDOW) -> bool:
     return (
         isinstance(v, list)
         and len(v) <= MAX_RANK
-        and all(isinstance(p, list) and len(p) == 2 and all(_is_int(x, lo, hi) for x in p) for p in v)
+        and all(
+            isinstance(p, list) and len(p) == 2 and all(_is_int(x, lo, hi) for x in p) for p in v
+        )
     )
 
 
@@ -365,7 +367,9 @@ def _concatenate(shapes, dtypes, node, b):
     r = len(shapes[0])
     _axes_ok([a], r, "axis")
     for s in shapes[1:]:
-        _need(len(s) == r and all(s[i] == shapes[0][i] for i in range(r) if i != a), "shapes differ")
+        _need(
+            len(s) == r and all(s[i] == shapes[0][i] for i in range(r) if i != a), "shapes differ"
+        )
     _need(all(d == dtypes[0] for d in dtypes), f"input dtypes {dtypes} differ")
     out = list(shapes[0])
     out[a] = sum(s[a] for s in shapes)
@@ -432,8 +436,12 @@ OPS.update(
         "reduce_sum": _spec("reduce_sum", (1, 1), "compute", _reduce, {"axes": "axes"}),
         "reduce_max": _spec("reduce_max", (1, 1), "compute", _reduce, {"axes": "axes"}),
         "reduce_min": _spec("reduce_min", (1, 1), "compute", _reduce, {"axes": "axes"}),
-        "argmax": _spec("argmax", (1, 1), "compute", _argreduce, {"axis": "axis", "dtype": "dtype"}),
-        "argmin": _spec("argmin", (1, 1), "compute", _argreduce, {"axis": "axis", "dtype": "dtype"}),
+        "argmax": _spec(
+            "argmax", (1, 1), "compute", _argreduce, {"axis": "axis", "dtype": "dtype"}
+        ),
+        "argmin": _spec(
+            "argmin", (1, 1), "compute", _argreduce, {"axis": "axis", "dtype": "dtype"}
+        ),
         "dot_general": _spec(
             "dot_general",
             (2, 2),
@@ -556,7 +564,9 @@ def infer(i: int, node, in_shapes, in_dtypes, lits, batch: int, weight_shape=Non
     except _Bad as e:
         raise ArtifactError(f"graph node {i} ({spec.name}): {e}") from None
     except (IndexError, KeyError, TypeError) as e:
-        raise ArtifactError(f"graph node {i} ({spec.name}): malformed ({type(e).__name__})") from None
+        raise ArtifactError(
+            f"graph node {i} ({spec.name}): malformed ({type(e).__name__})"
+        ) from None
     if len(shape) > MAX_RANK:
         raise ArtifactError(f"graph node {i} ({spec.name}): rank {len(shape)} > {MAX_RANK}")
     return tuple(int(s) for s in shape), dtype
