@@ -5,6 +5,20 @@ to an unrelated project).
 """
 
 from jaxcompress_kernels import reference
+from jaxcompress_kernels.conv import (
+    Conv2dWeight,
+    DepthwiseConv2dWeight,
+    Pool2d,
+    avg_pool2d,
+    conv2d,
+    depthwise_conv2d,
+    global_avg_pool2d,
+    max_pool2d,
+    prepare_avg_pool2d,
+    prepare_conv2d,
+    prepare_depthwise_conv2d,
+    prepare_max_pool2d,
+)
 from jaxcompress_kernels.errors import (
     ArtifactError,
     DataError,
@@ -81,6 +95,19 @@ __all__ = [
     "spmm_csr",
     "spmm_nm",
     "spmm_bsr",
+    # convolutions and pooling (NHWC)
+    "Conv2dWeight",
+    "DepthwiseConv2dWeight",
+    "Pool2d",
+    "prepare_conv2d",
+    "prepare_depthwise_conv2d",
+    "prepare_max_pool2d",
+    "prepare_avg_pool2d",
+    "conv2d",
+    "depthwise_conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "global_avg_pool2d",
     # runtime
     "set_num_threads",
     "get_num_threads",
