@@ -1,5 +1,5 @@
-"""Small Numba kernels the runtime's plan binds into steps: im2col, depthwise conv, max pooling,
-codebook (lookup-table) matmul.
+"""Small Numba kernels the runtime's plan binds into steps: im2col (a compressed conv weight's own
+kernel runs on the im2col rows) and the codebook (lookup-table) matmul.
 
 They assume valid, C-contiguous input: the runtime's plan validated every shape at load, and the
 public wrappers below (`lut_matmul`) validate for other callers.
@@ -13,7 +13,7 @@ import numpy as np
 from jaxcompress_kernels._validate import check_array
 from jaxcompress_kernels.errors import JaxCompressValueError
 
-__all__ = ["im2col_nhwc", "depthwise_conv_nhwc", "max_pool2d_into", "lut_matmul"]
+__all__ = ["im2col_nhwc", "lut_matmul", "add_relu"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -46,74 +46,6 @@ def im2col_nhwc(x, cols, kernel_hw, strides, dilation, pads_lo, out_hw) -> None:
         x, cols, kernel_hw[0], kernel_hw[1], strides[0], strides[1], dilation[0], dilation[1],
         pads_lo[0], pads_lo[1], out_hw[0], out_hw[1],
     )  # fmt: skip
-
-
-@numba.njit(cache=True, nogil=True)
-def _depthwise_kernel(x, w, bias, out, sh, sw, dh, dw, ph, pw, mult, act):
-    """out[b, i, j, c*mult + m] = sum_{u,v} x[b, y, z, c] * w[u, v, 0, c*mult + m] (+ bias, act)."""
-    nb, h, wd, cin = x.shape
-    _, oh, ow, cout = out.shape
-    kh, kw = w.shape[0], w.shape[1]
-    acc = np.empty(cout, np.float32)
-    for b in range(nb):
-        for i in range(oh):
-            for j in range(ow):
-                for o in range(cout):
-                    acc[o] = bias[o]
-                for u in range(kh):
-                    y = i * sh + u * dh - ph
-                    if y < 0 or y >= h:
-                        continue
-                    for v in range(kw):
-                        z = j * sw + v * dw - pw
-                        if z < 0 or z >= wd:
-                            continue
-                        for o in range(cout):
-                            acc[o] += x[b, y, z, o // mult] * w[u, v, 0, o]
-                for o in range(cout):
-                    a = acc[o]
-                    if act >= 1 and a < 0.0:
-                        a = 0.0
-                    if act == 2 and a > 6.0:
-                        a = 6.0
-                    out[b, i, j, o] = a
-
-
-def depthwise_conv_nhwc(x, w, bias, out, strides, dilation, pads_lo, act: int) -> None:
-    """Depthwise conv (``groups == C_in``): x ``(B, H, W, C)``, w ``(KH, KW, 1, C * mult)``,
-    bias ``(C * mult,)`` (zeros for none), act 0 none / 1 ReLU / 2 ReLU6. Unchecked."""
-    mult = w.shape[3] // x.shape[3]
-    _depthwise_kernel(
-        x, w, bias, out, strides[0], strides[1], dilation[0], dilation[1], pads_lo[0], pads_lo[1],
-        mult, act,
-    )  # fmt: skip
-
-
-@numba.njit(cache=True, nogil=True)
-def _max_pool_kernel(x, out, kh, kw, sh, sw):
-    nb, _, _, c = x.shape
-    _, oh, ow, _ = out.shape
-    for b in range(nb):
-        for i in range(oh):
-            for j in range(ow):
-                for ch in range(c):
-                    out[b, i, j, ch] = x[b, i * sh, j * sw, ch]
-                for u in range(kh):
-                    for v in range(kw):
-                        if u == 0 and v == 0:
-                            continue
-                        y = i * sh + u
-                        z = j * sw + v
-                        for ch in range(c):
-                            t = x[b, y, z, ch]
-                            # NaN propagates as in lax.max
-                            if t > out[b, i, j, ch] or t != t:
-                                out[b, i, j, ch] = t
-
-
-def max_pool2d_into(x, out, kh: int, kw: int, sh: int, sw: int) -> None:
-    """Valid (unpadded) max pooling of ``(B, H, W, C)`` float32 into ``out``. Unchecked."""
-    _max_pool_kernel(x, out, kh, kw, sh, sw)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -166,3 +98,16 @@ def lut_matmul_unchecked(x, idx_t, table, bias) -> np.ndarray:
     out = np.empty((x.shape[0], n), np.float32)
     _lut_kernel(x, idx_t, table, np.zeros(n, np.float32) if bias is None else bias, out)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_relu_kernel(a, b, out):
+    for i in range(a.size):
+        v = a[i] + b[i]
+        out[i] = v if v > 0.0 or v != v else np.float32(0.0)
+
+
+def add_relu(a, b, out) -> None:
+    """``out = max(a + b, 0)`` (NaN propagates, as ``lax.max``) for same-shape C-contiguous
+    float32 arrays (a residual connection). Unchecked."""
+    _add_relu_kernel(a.reshape(-1), b.reshape(-1), out.reshape(-1))

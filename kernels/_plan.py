@@ -130,6 +130,12 @@ class Plan(Mapping):
     def __len__(self):
         return len(self.kernels)
 
+    def __repr__(self) -> str:
+        return (
+            f"Plan(batch={self.batch}, steps={len(self.steps)}, arena_bytes={self.arena_bytes}, "
+            f"weight_bytes={self.weight_bytes}, flops={self.flops:.4g}, kernels={self.kernels})"
+        )
+
     def table(self) -> str:
         """A Markdown table of the plan (node, op, shape, kernel, FLOPs)."""
         rows = ["| node | op | shape | dtype | kernel | MFLOPs |", "|---:|---|---|---|---|---:|"]

@@ -35,14 +35,15 @@ import time
 import numpy as np
 
 from jaxcompress_kernels import artifact as _artifact
-from jaxcompress_kernels._graph_kernels import (
-    depthwise_conv_nhwc,
-    im2col_nhwc,
-    lut_matmul_unchecked,
-    max_pool2d_into,
-)
+from jaxcompress_kernels._graph_kernels import add_relu, im2col_nhwc, lut_matmul_unchecked
 from jaxcompress_kernels._plan import ALIGN, Limits, Plan, assign_arena, infer_graph
 from jaxcompress_kernels._validate import check_int
+from jaxcompress_kernels.conv import (
+    prepare_avg_pool2d,
+    prepare_conv2d,
+    prepare_depthwise_conv2d,
+    prepare_max_pool2d,
+)
 from jaxcompress_kernels.errors import ArtifactError, JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.format import ops as _ops
 from jaxcompress_kernels.formats import (
@@ -726,6 +727,8 @@ class _Exec:
             grp = {"kind": "op", "nodes": [i], "out": n["out"]}
             if n["op"] in ("linear", "conv"):
                 grp = self._fuse(i, nodes, uses, static, consts, owner)
+            else:
+                grp = self._fuse_pool_or_add(i, nodes, uses, static, owner) or grp
             for j in grp["nodes"]:
                 owner[j] = len(groups)
             groups.append(grp)
@@ -891,11 +894,80 @@ class _Exec:
         grp["out"] = cur
         return grp
 
+    def _fuse_pool_or_add(self, i, nodes, uses, static, owner) -> dict | None:
+        """Average pooling (``reduce_window_sum`` over H, W or ``reduce_sum`` over axes 1, 2,
+        then a division by the window size) and a residual ``add`` followed by ReLU."""
+        n = nodes[i]
+        u = uses.get(n["out"], [])
+        j = u[0] if len(u) == 1 and u[0] < len(nodes) and u[0] not in owner else None
+        if j is None:
+            return None
+        nj = nodes[j]
+        x = n["in"][0]
+        if not isinstance(x, str) or x in static or self.dtypes[x] != "float32":
+            return None
+        xs = self.shapes[x]
+        if n["op"] in ("reduce_window_sum", "reduce_sum") and len(xs) == 4:
+            if n["op"] == "reduce_window_sum":
+                win, st, pads = n["window"], n["strides"], n["pads"]
+                ok = win[0] == win[3] == st[0] == st[3] == 1 and pads[0] == pads[3] == [0, 0]
+                window, strides, sp = (
+                    (win[1], win[2]),
+                    (st[1], st[2]),
+                    (tuple(pads[1]), tuple(pads[2])),
+                )
+            else:
+                ok = sorted(n["axes"]) == [1, 2]
+                window, strides, sp = (xs[1], xs[2]), (1, 1), ((0, 0), (0, 0))
+            if (
+                ok
+                and nj["op"] == "div"
+                and nj["in"][0] == n["out"]
+                and _is_lit(nj["in"][1], float(window[0] * window[1]))
+            ):
+                return {
+                    "kind": "avgpool",
+                    "nodes": [i, j],
+                    "out": nj["out"],
+                    "pool": (window, strides, sp),
+                }
+            return None
+        if n["op"] == "add" and nj["op"] == "max" and len(n["in"]) == 2:
+            a, b = n["in"]
+            other = nj["in"][1] if nj["in"][0] == n["out"] else nj["in"][0]
+            if (
+                isinstance(b, str)
+                and b not in static
+                and self.shapes[a] == self.shapes[b] == self.shapes[n["out"]]
+                and self.dtypes[b] == "float32"
+                and _is_lit(other, 0.0)
+            ):
+                return {"kind": "add_relu", "nodes": [i, j], "out": nj["out"]}
+        return None
+
     # -- step closures -------------------------------------------------------------------------
     def _build(self, grp, nodes, view, records, offsets, base):
         if grp["kind"] == "op":
             i = grp["nodes"][0]
             return self._generic(i, nodes[i], view), nodes[i]["op"]
+        if grp["kind"] == "avgpool":
+            n = nodes[grp["nodes"][0]]
+            x = view(n["in"][0])
+            window, strides, sp = grp["pool"]
+            oshape = (
+                x.shape[0],
+                (x.shape[1] + sp[0][0] + sp[0][1] - window[0]) // strides[0] + 1,
+                (x.shape[2] + sp[1][0] + sp[1][1] - window[1]) // strides[1] + 1,
+                x.shape[-1],
+            )
+            out = view(grp["out"]).reshape(oshape)
+            pool = prepare_avg_pool2d(window, x.shape[-1], strides=strides, pads=sp).call_unchecked
+            return (lambda: pool(x, out)), f"avg_pool{window[0]}x{window[1]}"
+        if grp["kind"] == "add_relu":
+            n = nodes[grp["nodes"][0]]
+            a, b = view(n["in"][0]), view(n["in"][1])
+            out = view(grp["out"])
+            return (lambda: add_relu(a, b, out)), "add+relu"
         return self._weight_step(grp, nodes, view, records)
 
     def _generic(self, i, node, view):
@@ -909,9 +981,11 @@ class _Exec:
         if op == "reduce_window_max" and out.ndim == 4 and ins[0].dtype == np.float32:
             win, st, pads = node["window"], node["strides"], node["pads"]
             if win[0] == win[3] == st[0] == st[3] == 1 and all(p == [0, 0] for p in pads):
+                pool = prepare_max_pool2d(
+                    (win[1], win[2]), ins[0].shape[-1], strides=(st[1], st[2])
+                ).call_unchecked
                 x = ins[0]
-                kh, kw, sh, sw = win[1], win[2], st[1], st[2]
-                return lambda: max_pool2d_into(x, out, kh, kw, sh, sw)
+                return lambda: pool(x, out)
 
         def f():
             out[...] = exec_op(node, ins, b)
@@ -1091,11 +1165,12 @@ def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
 
     if pool is None:
         return run
-    (kh, kw), (sh, sw) = pool
+    win, st = pool
+    mp = prepare_max_pool2d(win, conv_out.shape[-1], strides=st).call_unchecked
 
     def pooled():
         run()
-        max_pool2d_into(conv_out, out, kh, kw, sh, sw)
+        mp(conv_out, out)
 
     return pooled
 
@@ -1179,38 +1254,36 @@ def _im2col_numpy(node, x):
 
 
 def _direct_conv(conv, dense2d, x, out, bias, act):
-    """A closure computing the float32 conv of ``x`` into ``out`` (bias and activation fused)."""
-    actc = {None: 0, _RELU: 1, _RELU6: 2}[act]
-    if conv.groups != 1:
-        cin = x.shape[-1]
-        kern = dense2d.reshape(conv.kernel)
-        if conv.kernel[-2] == 1 and conv.groups == cin and conv.nd in (1, 2):
-            b = np.zeros(conv.kernel[-1], np.float32) if bias is None else bias
-            if conv.nd == 2:
-                x4, o4, st, dil = x, out, conv.strides, conv.dilation
-                lo = (conv.pads[0][0], conv.pads[1][0])
-                w4 = kern
-            else:
-                x4 = x.reshape(x.shape[0], 1, *x.shape[1:])
-                o4 = out.reshape(out.shape[0], 1, *out.shape[1:])
-                st, dil, lo = (1, conv.strides[0]), (1, conv.dilation[0]), (0, conv.pads[0][0])
-                w4 = kern.reshape(1, *kern.shape)
-            return lambda: depthwise_conv_nhwc(x4, w4, b, o4, st, dil, lo, actc)
+    """A closure computing the float32 conv of ``x`` into ``out`` with the direct NHWC kernels
+    of `jaxcompress_kernels.conv` (bias and activation fused; 1-D convs run as H = 1)."""
+    kern = dense2d.reshape(conv.kernel)
+    if conv.nd not in (1, 2):
         return _grouped_conv(conv, kern, x, out, bias, act)
-    cols = np.empty((conv.rows, conv.k), np.float32)
-    fill = _im2col(conv, x, cols)
-    y2 = out.reshape(conv.rows, dense2d.shape[1])
-    mm, add = np.matmul, np.add
-
-    def run():
-        fill()
-        mm(cols, dense2d, out=y2)
-        if bias is not None:
-            add(y2, bias, out=y2)
-        if act is not None:
-            _activate(y2, act)
-
-    return run
+    if conv.nd == 1:
+        x4 = x.reshape(x.shape[0], 1, *x.shape[1:])
+        o4 = out.reshape(out.shape[0], 1, *out.shape[1:])
+        kern = kern.reshape(1, *kern.shape)
+        st, dil = (1, conv.strides[0]), (1, conv.dilation[0])
+        pads = ((0, 0), conv.pads[0])
+    else:
+        x4, o4, st, dil, pads = x, out, conv.strides, conv.dilation, conv.pads
+    cin = x.shape[-1]
+    if conv.groups == 1:
+        cw = prepare_conv2d(kern, bias, strides=st, pads=pads, dilation=dil, activation=act)
+    elif conv.groups == cin and conv.kernel[-2] == 1:
+        cw = prepare_depthwise_conv2d(
+            kern,
+            bias,
+            multiplier=conv.kernel[-1] // cin,
+            strides=st,
+            pads=pads,
+            dilation=dil,
+            activation=act,
+        )
+    else:
+        return _grouped_conv(conv, dense2d.reshape(conv.kernel), x, out, bias, act)
+    run = cw.call_unchecked
+    return lambda: run(x4, o4)
 
 
 def _grouped_conv(conv, kern, x, out, bias, act):
