@@ -136,9 +136,14 @@ def test_unknown_version_is_refused(small, tmp_path, never_runs):
     _refused(tmp_path, _join(header, body), "unknown format_version", never_runs)
 
     def bump(m):
-        m["format_version"] = 2
+        m["format_version"] = 99
 
     _refused(tmp_path, _rewrite_manifest(data, bump), "format_version", never_runs)
+
+    def disagree(m):  # a readable version, but not the one the header states
+        m["format_version"] = 1
+
+    _refused(tmp_path, _rewrite_manifest(data, disagree), "format_version", never_runs)
 
 
 def test_huge_header_length_is_refused_without_allocating(small, tmp_path, never_runs):

@@ -177,9 +177,8 @@ def test_summary_lists_every_model():
         assert (r["trainable"], r["total"]) == (r["keras_trainable"], r["keras_total"])
 
 
-# The models the export capture supports today. DS-CNN and MobileNetV1 use depthwise convs
-# (feature_group_count > 1), which capture refuses until it learns them.
-EXPORTABLE = ["resnet8", "fc_autoencoder"]
+# Every model exports (DS-CNN and MobileNetV1 through grouped/depthwise conv nodes).
+EXPORTABLE = list(MODELS)
 
 
 @pytest.mark.parametrize("name", EXPORTABLE)
@@ -197,3 +196,10 @@ def test_export_folds_batch_norm_and_runtime_matches(name, tmp_path):
     ref = export.reference_output(model, params, x)
     assert y.shape == ref.shape
     assert np.max(np.abs(y - ref)) <= 1e-5 * np.max(np.abs(ref))
+    y1 = np.asarray(rt.run(x[:1]))  # batch 1: the plan made at load
+    assert np.max(np.abs(y1 - ref[:1])) <= 1e-5 * np.max(np.abs(ref[:1]))
+    kernels = {n.kernel.split("(")[0] for n in rt.plan.nodes}
+    if name != "fc_autoencoder":
+        assert "conv" in kernels  # the direct NHWC kernels, bias and ReLU fused
+    if name in ("ds_cnn", "mobilenet_v1_025"):
+        assert any(n.op == "conv" and n.kernel.startswith("conv(") for n in rt.plan.nodes)
