@@ -46,7 +46,14 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["lanes_dot", "lanes_dot2", "lanes_dot_int", "lanes_dot_int2", "PREFETCH_BYTES"]
+__all__ = [
+    "lanes_dot",
+    "lanes_dot_table",
+    "lanes_dot2",
+    "lanes_dot_int",
+    "lanes_dot_int2",
+    "PREFETCH_BYTES",
+]
 
 PREFETCH_BYTES = 4096  # software prefetch distance on the codes stream
 PREFETCH_GROUPS = 8  # scales are prefetched this many groups ahead
@@ -222,8 +229,33 @@ def _make_float(rows):
     return lanes_dot_f
 
 
+def _make_float_table(rows):
+    """As `_make_float`, with a 16-float table ``t`` the 4-bit codes index (a codebook): the
+    stored nibble u decodes to ``t[u]`` through ``vpermps`` (AVX-512 hosts only: callers check
+    `_use_permvar`)."""
+
+    @intrinsic
+    def lanes_dot_t(typingctx, x, r0, xsum, d, s, zs, b, o, t):
+        if not (
+            _is_c(x, xsum, d, s, zs, o, t)
+            and isinstance(r0, types.Integer)
+            and isinstance(b, types.Integer)
+            and x.dtype == xsum.dtype == s.dtype == zs.dtype == o.dtype == t.dtype == types.float32
+            and d.dtype == types.uint8
+            and (x.ndim, xsum.ndim, d.ndim, s.ndim, zs.ndim, o.ndim, t.ndim)
+            == (2, 2, 4, 3, 3, 2, 1)
+        ):
+            return None
+        sig = types.void(x, r0, xsum, d, s, zs, b, o, t)
+        return sig, lambda context, builder, signature, args: _codegen_float(
+            context, builder, signature, args, rows
+        )
+
+    return lanes_dot_t
+
+
 def _codegen_float(context, builder, signature, args, rows):
-    xty, r0ty, xsty, dty, sty, zsty, bty, oty = signature.args
+    xty, r0ty, xsty, dty, sty, zsty, bty, oty = signature.args[:8]
     q4 = dty.dtype == types.uint8
     cm = _Common(
         context, builder, dty, args[3], sty, args[4], zsty, args[5], oty, args[7], args[6], bty
@@ -252,7 +284,10 @@ def _codegen_float(context, builder, signature, args, rows):
     )
     nsub = builder.sdiv(g, sub)
     lut = None
-    if q4 and _use_permvar():  # code -> float table: u (affine) or u - 8 (symmetric)
+    if len(args) == 9:  # a caller-given table (codebook): 16 floats, loaded once
+        ta = context.make_array(signature.args[8])(context, builder, args[8])
+        lut = _load_vec(builder, ta.data, vty)
+    elif q4 and _use_permvar():  # code -> float table: u (affine) or u - 8 (symmetric)
         lut = builder.select(
             cm.affine,
             ir.Constant(vty, [float(u) for u in range(16)]),
@@ -478,6 +513,7 @@ def _codegen_int(context, builder, signature, args, rows):
 
 
 lanes_dot = _make_float(1)
+lanes_dot_table = _make_float_table(1)
 lanes_dot2 = _make_float(2)
 lanes_dot_int = _make_int(1)
 lanes_dot_int2 = _make_int(2)

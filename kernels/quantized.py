@@ -30,13 +30,21 @@ from numba import njit, prange
 
 from jaxcompress_kernels._int8dot import int8_matmul_kernel
 from jaxcompress_kernels._intrinsics import wide_vectors
-from jaxcompress_kernels._lanes_tile import lanes_dot, lanes_dot2, lanes_dot_int, lanes_dot_int2
+from jaxcompress_kernels._lanes_tile import (
+    lanes_dot,
+    lanes_dot2,
+    lanes_dot_int,
+    lanes_dot_int2,
+    lanes_dot_table,
+)
 from jaxcompress_kernels._qgemm import qgemm_accumulate
 from jaxcompress_kernels._validate import check_array, check_int
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
-from jaxcompress_kernels.formats import LANE_BLOCK, Int8Weight, PackedWeight
+from jaxcompress_kernels.formats import LANE_BLOCK, Int8Weight, PackedWeight, pack_weight
 
 __all__ = [
+    "codebook_matmul",
+    "codebook_weight",
     "int8_x_block",
     "qmatmul",
     "qmatmul_int8",
@@ -598,6 +606,62 @@ def _lanes_kernel_pairs(x, d, s, zs, bias, n):
             lanes_dot(xp, mm - 1, xsum, d, s, zs, b, o)
         _lanes_store(o, bias, b, out)
     return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _lanes_table_kernel(x, d, s, zs, table, bias, n):
+    """As `_lanes_kernel` with the 4-bit codes decoded through ``table`` (a 16-entry codebook)."""
+    xp, xsum, out = _lanes_prep(x, d, n)
+    for b in prange(d.shape[0]):
+        o = np.zeros((x.shape[0], LANE_BLOCK), np.float32)
+        for r in range(x.shape[0]):
+            lanes_dot_table(xp, r, xsum, d, s, zs, b, o, table)
+        _lanes_store(o, bias, b, out)
+    return out
+
+
+def codebook_weight(indices: np.ndarray, codebook: np.ndarray):
+    """A 4-bit per-tensor codebook weight ``W = codebook[indices]`` prepared for
+    `codebook_matmul` (the `qmatmul` lanes layout, codes = indices), or None where the table
+    kernel does not run (no AVX-512, more than 16 centroids, a layout without lanes).
+
+    Args:
+      indices: ``(K, N)`` integer indices into `codebook`.
+      codebook: ``(C,)`` float32, ``C <= 16``.
+    """
+    from jaxcompress_kernels._lanes_tile import _use_permvar
+
+    check_array("indices", indices, kind="iu", ndim=2, contiguous=False)
+    check_array("codebook", codebook, dtype=np.float32, ndim=1)
+    c = codebook.shape[0]
+    if not (1 <= c <= 16) or not _use_permvar():
+        return None
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= c):
+        raise JaxCompressValueError(f"indices must lie in 0..{c - 1}")
+    k, n = indices.shape
+    codes = (np.asarray(indices, np.int16) - 8).astype(np.int8)  # stored nibble u = index
+    w = pack_weight(codes, np.ones((1, n), np.float32), bits=4)
+    if w.lanes is None:
+        return None
+    table = np.zeros(16, np.float32)
+    table[:c] = codebook
+    table.flags.writeable = False
+    return w, table
+
+
+def codebook_matmul(x: np.ndarray, cw, bias: np.ndarray | None = None) -> np.ndarray:
+    """``y = x @ codebook[indices] + bias`` for a `codebook_weight`, decoding each 4-bit index
+    through the 16-entry table in registers (``vpermps``): no float copy of W, 1/8 of its bytes
+    read. Batches of any size (rows one by one, the weight streamed once per row)."""
+    w, table = cw
+    k, n = w.shape
+    _check_x(x, k)
+    _check_bias(bias, n)
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x
+    d, s, zs = w.lanes
+    out = _lanes_table_kernel(x2, d, s, zs, table, _NO_BIAS if bias is None else bias, n)
+    return out[0] if squeeze else out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from jaxcompress_kernels.formats import (
     nm_from_quantized,
     pack_weight,
 )
-from jaxcompress_kernels.quantized import qmatmul
+from jaxcompress_kernels.quantized import codebook_matmul, codebook_weight, qmatmul
 from jaxcompress_kernels.runtime_config import get_num_threads, set_num_threads
 from jaxcompress_kernels.sparse import spmm_csr, spmm_nm
 
@@ -377,22 +377,24 @@ def _native_kernel(e):
 
 
 def _codebook_kernel(e):
-    """A codebook weight through a lookup table: the per-tensor codebook's 2^b centroids are
-    the table a 4/8-bit `qmatmul` decodes through (``W = codebook[idx]``, exact when the codebook
-    is an affine grid), else the indices' bucket sums ``y[n] = sum_c cb[c] * sum_{idx=c} x``
-    (one pass over the indices, no float copy of W)."""
+    """A per-tensor codebook weight through a lookup table, never decoded to float32: up to 16
+    centroids on AVX-512 hosts, the 4-bit `qmatmul` lanes kernel with the codebook as its
+    ``vpermps`` table (`codebook_matmul`); otherwise `lut_matmul` (one channel's row decoded
+    through the table at a time). Per-channel codebooks: None (decoded)."""
     k, n = e.kn
     bits = e.attrs["bits"]
     cb = e.parts["codebook"]
+    if e.attrs.get("axis") is not None or cb.ndim != 1:
+        return None
     idx = _artifact.unpack_indices(e).reshape(k, n)
-    if e.attrs.get("axis") is None and cb.ndim == 1:
-        table = np.ascontiguousarray(cb, np.float32)
-        idx_t = np.ascontiguousarray(idx.T.astype(np.uint8))
-        label = f"lut_matmul({bits}-bit codebook, {table.shape[0]} centroids)"
-        return _Cand(
-            label, lambda x, bias: lut_matmul_unchecked(x, idx_t, table, bias), idx_t.nbytes
-        )
-    return None
+    table = np.ascontiguousarray(cb, np.float32)
+    cw = codebook_weight(idx, table) if table.shape[0] <= 16 else None
+    if cw is not None:
+        label = f"codebook_matmul({bits}-bit, {table.shape[0]} centroids, LUT)"
+        return _Cand(label, lambda x, bias: codebook_matmul(x, cw, bias), cw[0].nbytes)
+    idx_t = np.ascontiguousarray(idx.T.astype(np.uint8))
+    label = f"lut_matmul({bits}-bit codebook, {table.shape[0]} centroids)"
+    return _Cand(label, lambda x, bias: lut_matmul_unchecked(x, idx_t, table, bias), idx_t.nbytes)
 
 
 # ----------------------------------------------------------------------------------------------
