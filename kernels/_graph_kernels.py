@@ -18,24 +18,39 @@ __all__ = ["im2col_nhwc", "lut_matmul", "add_relu"]
 
 @numba.njit(cache=True, nogil=True)
 def _im2col_kernel(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow):
-    """cols[(b, i, j), (u, v, c)] = x[b, i*sh + u*dh - ph, j*sw + v*dw - pw, c] (0 outside)."""
+    """cols[(b, i, j), (u, v, c)] = x[b, i*sh + u*dh - ph, j*sw + v*dw - pw, c] (0 outside).
+
+    A window row that lies inside x with ``dw == 1`` is one contiguous run of ``kw * C`` floats
+    (copied in one vectorised loop); other rows go tap by tap."""
     nb, h, w, c = x.shape
+    xf = x.reshape(nb * h * w * c)
+    seg = kw * c
     r = 0
     for b in range(nb):
         for i in range(oh):
             for j in range(ow):
-                col = 0
+                z0 = j * sw - pw
+                row_in = dw == 1 and z0 >= 0 and z0 + kw <= w
                 for u in range(kh):
                     y = i * sh + u * dh - ph
-                    for v in range(kw):
-                        z = j * sw + v * dw - pw
-                        if 0 <= y < h and 0 <= z < w:
-                            for ch in range(c):
-                                cols[r, col + ch] = x[b, y, z, ch]
-                        else:
-                            for ch in range(c):
-                                cols[r, col + ch] = 0.0
-                        col += c
+                    col = u * seg
+                    if y < 0 or y >= h:
+                        for t in range(seg):
+                            cols[r, col + t] = 0.0
+                    elif row_in:
+                        base = ((b * h + y) * w + z0) * c
+                        for t in range(seg):
+                            cols[r, col + t] = xf[base + t]
+                    else:
+                        for v in range(kw):
+                            z = z0 + v * dw
+                            if 0 <= z < w:
+                                base = ((b * h + y) * w + z) * c
+                                for ch in range(c):
+                                    cols[r, col + v * c + ch] = xf[base + ch]
+                            else:
+                                for ch in range(c):
+                                    cols[r, col + v * c + ch] = 0.0
                 r += 1
 
 
