@@ -207,132 +207,10 @@ class _Builder:
         return model
 
     def emit(self, node) -> str:
-        op = node["op"]
-        ins = [self.ref(r) for r in node["in"]]
-        simple = {
-            "add": "Add",
-            "sub": "Sub",
-            "mul": "Mul",
-            "div": "Div",
-            "max": "Max",
-            "min": "Min",
-            "pow": "Pow",
-            "gt": "Greater",
-            "ge": "GreaterOrEqual",
-            "lt": "Less",
-            "le": "LessOrEqual",
-            "eq": "Equal",
-            "and": "And",
-            "or": "Or",
-            "neg": "Neg",
-            "exp": "Exp",
-            "log": "Log",
-            "tanh": "Tanh",
-            "logistic": "Sigmoid",
-            "sqrt": "Sqrt",
-            "abs": "Abs",
-            "sign": "Sign",
-            "erf": "Erf",
-            "sin": "Sin",
-            "cos": "Cos",
-            "floor": "Floor",
-            "ceil": "Ceil",
-            "not": "Not",
-        }
-        if op in simple:
-            return self.node(simple[op], ins)
-        if op == "ne":
-            return self.node("Not", [self.node("Equal", ins)])
-        if op == "rsqrt":
-            return self.node("Reciprocal", [self.node("Sqrt", ins)])
-        if op == "square":
-            return self.node("Mul", [ins[0], ins[0]])
-        if op == "log1p":
-            return self.node("Log", [self.node("Add", [ins[0], self.init(np.float32(1))])])
-        if op == "expm1":
-            return self.node("Sub", [self.node("Exp", ins), self.init(np.float32(1))])
-        if op == "integer_pow":
-            return self.integer_pow(ins[0], node["y"])
-        if op == "convert":
-            to = {
-                "float32": self.TP.FLOAT,
-                "int32": self.TP.INT32,
-                "bool": self.TP.BOOL,
-                "uint8": self.TP.UINT8,
-                "int8": self.TP.INT8,
-            }[node["dtype"]]
-            return self.node("Cast", ins, to=to)
-        if op == "reshape":
-            return self.node("Reshape", [ins[0], self.i64(self.dims(node["shape"]))])
-        if op == "broadcast_in_dim":
-            # insert unit axes where the output has no input axis (dims are increasing), expand
-            shape = self.dims(node["shape"])
-            axes = [i for i in range(len(shape)) if i not in node["dims"]]
-            x = self.node("Unsqueeze", [ins[0], self.i64(axes)]) if axes else ins[0]
-            return self.node("Expand", [x, self.i64(shape)])
-        if op == "transpose":
-            return self.node("Transpose", ins, perm=node["perm"])
-        if op == "squeeze":
-            return self.node("Squeeze", [ins[0], self.i64(node["axes"])])
-        if op == "expand_dims":
-            return self.node("Unsqueeze", [ins[0], self.i64(node["axes"])])
-        if op in ("reduce_sum", "reduce_max", "reduce_min"):
-            onnx_op = {
-                "reduce_sum": "ReduceSum",
-                "reduce_max": "ReduceMax",
-                "reduce_min": "ReduceMin",
-            }[op]
-            return self.node(onnx_op, [ins[0], self.i64(node["axes"])], keepdims=0)
-        if op in ("argmax", "argmin"):
-            r = self.node(
-                "ArgMax" if op == "argmax" else "ArgMin", ins, axis=node["axis"], keepdims=0
-            )
-            return self.node("Cast", [r], to=self.TP.INT32)
-        if op == "linear":
-            return self.matmul(ins[0], node["weight"])
-        if op == "conv":
-            return self.conv(node, ins[0])
-        if op == "dot_general":
-            return self.dot_general(node, ins)
-        if op in ("reduce_window_max", "reduce_window_sum"):
-            return self.pool(node, ins[0])
-        if op == "select_n":
-            if len(ins) != 3:
-                raise JaxCompressValueError("ONNX export: select_n with != 2 cases")
-            return self.node("Where", [ins[0], ins[2], ins[1]])
-        if op == "clamp":
-            return self.node("Max", [self.node("Min", [ins[1], ins[2]]), ins[0]])
-        if op == "concatenate":
-            return self.node("Concat", ins, axis=node["axis"])
-        if op == "pad":
-            pads = [p[0] for p in node["pads"]] + [p[1] for p in node["pads"]]
-            return self.node("Pad", [ins[0], self.i64(pads), self.ref(node["value"])])
-        if op == "slice":
-            lim = self.dims(node["limit"])
-            axes = list(range(len(lim)))
-            return self.node(
-                "Slice",
-                [
-                    ins[0],
-                    self.i64(node["start"]),
-                    self.i64(lim),
-                    self.i64(axes),
-                    self.i64(node["strides"]),
-                ],
-            )
-        if op == "rev":
-            ax = node["axes"]
-            return self.node(
-                "Slice",
-                [
-                    ins[0],
-                    self.i64([-1] * len(ax)),
-                    self.i64([-(2**62)] * len(ax)),
-                    self.i64(ax),
-                    self.i64([-1] * len(ax)),
-                ],
-            )
-        raise JaxCompressValueError(f"ONNX export does not support the op {op!r} yet")
+        fn = EMITTERS.get(node["op"])
+        if fn is None:
+            raise JaxCompressValueError(f"ONNX export does not support the op {node['op']!r} yet")
+        return fn(self, node, [self.ref(r) for r in node["in"]])
 
     def integer_pow(self, x, y):
         if y <= 0:
@@ -544,3 +422,145 @@ def cross_check(
         (a, b): _compare(outs[a], outs[b]) for i, a in enumerate(names) for b in names[i + 1 :]
     }
     return CrossCheck(pairs=pairs, outputs=outs)
+
+
+# ---------------------------------------------------------------------------------------------
+# one ONNX emitter per op of the artifact format (a test checks it covers every op in
+# jaxcompress_kernels.format.ops.OPS)
+
+_SIMPLE = {
+    "add": "Add",
+    "sub": "Sub",
+    "mul": "Mul",
+    "div": "Div",
+    "max": "Max",
+    "min": "Min",
+    "pow": "Pow",
+    "gt": "Greater",
+    "ge": "GreaterOrEqual",
+    "lt": "Less",
+    "le": "LessOrEqual",
+    "eq": "Equal",
+    "and": "And",
+    "or": "Or",
+    "neg": "Neg",
+    "exp": "Exp",
+    "log": "Log",
+    "tanh": "Tanh",
+    "logistic": "Sigmoid",
+    "sqrt": "Sqrt",
+    "abs": "Abs",
+    "sign": "Sign",
+    "erf": "Erf",
+    "sin": "Sin",
+    "cos": "Cos",
+    "floor": "Floor",
+    "ceil": "Ceil",
+    "not": "Not",
+}
+
+
+def _simple(onnx_op):
+    return lambda b, node, ins: b.node(onnx_op, ins)
+
+
+def _convert(b, node, ins):
+    to = {
+        "float32": b.TP.FLOAT,
+        "int32": b.TP.INT32,
+        "bool": b.TP.BOOL,
+        "uint8": b.TP.UINT8,
+        "int8": b.TP.INT8,
+    }[node["dtype"]]
+    return b.node("Cast", ins, to=to)
+
+
+def _broadcast_in_dim(b, node, ins):
+    # insert unit axes where the output has no input axis (dims are increasing), expand
+    shape = b.dims(node["shape"])
+    axes = [i for i in range(len(shape)) if i not in node["dims"]]
+    x = b.node("Unsqueeze", [ins[0], b.i64(axes)]) if axes else ins[0]
+    return b.node("Expand", [x, b.i64(shape)])
+
+
+def _reduce(onnx_op):
+    return lambda b, node, ins: b.node(onnx_op, [ins[0], b.i64(node["axes"])], keepdims=0)
+
+
+def _arg(onnx_op):
+    def f(b, node, ins):
+        r = b.node(onnx_op, ins, axis=node["axis"], keepdims=0)
+        return b.node("Cast", [r], to=b.TP.INT32)
+
+    return f
+
+
+def _select_n(b, node, ins):
+    if len(ins) != 3:
+        raise JaxCompressValueError("ONNX export: select_n with != 2 cases")
+    return b.node("Where", [ins[0], ins[2], ins[1]])
+
+
+def _pad(b, node, ins):
+    pads = [p[0] for p in node["pads"]] + [p[1] for p in node["pads"]]
+    return b.node("Pad", [ins[0], b.i64(pads), b.ref(node["value"])])
+
+
+def _slice(b, node, ins):
+    lim = b.dims(node["limit"])
+    axes = list(range(len(lim)))
+    return b.node(
+        "Slice",
+        [ins[0], b.i64(node["start"]), b.i64(lim), b.i64(axes), b.i64(node["strides"])],
+    )
+
+
+def _rev(b, node, ins):
+    ax = node["axes"]
+    return b.node(
+        "Slice",
+        [
+            ins[0],
+            b.i64([-1] * len(ax)),
+            b.i64([-(2**62)] * len(ax)),
+            b.i64(ax),
+            b.i64([-1] * len(ax)),
+        ],
+    )
+
+
+EMITTERS = {op: _simple(onnx_op) for op, onnx_op in _SIMPLE.items()}
+EMITTERS.update(
+    {
+        "ne": lambda b, node, ins: b.node("Not", [b.node("Equal", ins)]),
+        "rsqrt": lambda b, node, ins: b.node("Reciprocal", [b.node("Sqrt", ins)]),
+        "square": lambda b, node, ins: b.node("Mul", [ins[0], ins[0]]),
+        "log1p": lambda b, node, ins: b.node(
+            "Log", [b.node("Add", [ins[0], b.init(np.float32(1))])]
+        ),
+        "expm1": lambda b, node, ins: b.node("Sub", [b.node("Exp", ins), b.init(np.float32(1))]),
+        "integer_pow": lambda b, node, ins: b.integer_pow(ins[0], node["y"]),
+        "convert": _convert,
+        "reshape": lambda b, node, ins: b.node("Reshape", [ins[0], b.i64(b.dims(node["shape"]))]),
+        "broadcast_in_dim": _broadcast_in_dim,
+        "transpose": lambda b, node, ins: b.node("Transpose", ins, perm=node["perm"]),
+        "squeeze": lambda b, node, ins: b.node("Squeeze", [ins[0], b.i64(node["axes"])]),
+        "expand_dims": lambda b, node, ins: b.node("Unsqueeze", [ins[0], b.i64(node["axes"])]),
+        "reduce_sum": _reduce("ReduceSum"),
+        "reduce_max": _reduce("ReduceMax"),
+        "reduce_min": _reduce("ReduceMin"),
+        "argmax": _arg("ArgMax"),
+        "argmin": _arg("ArgMin"),
+        "linear": lambda b, node, ins: b.matmul(ins[0], node["weight"]),
+        "conv": lambda b, node, ins: b.conv(node, ins[0]),
+        "dot_general": lambda b, node, ins: b.dot_general(node, ins),
+        "reduce_window_max": lambda b, node, ins: b.pool(node, ins[0]),
+        "reduce_window_sum": lambda b, node, ins: b.pool(node, ins[0]),
+        "select_n": _select_n,
+        "clamp": lambda b, node, ins: b.node("Max", [b.node("Min", [ins[1], ins[2]]), ins[0]]),
+        "concatenate": lambda b, node, ins: b.node("Concat", ins, axis=node["axis"]),
+        "pad": _pad,
+        "slice": _slice,
+        "rev": _rev,
+    }
+)

@@ -173,3 +173,35 @@ def test_batch_norm_is_folded(tmp_path):
     unfolded = save(tmp_path / "nofold.jcx", apply_fn, params, x, fold=False)
     assert unfolded.folded == {} and unfolded.graph_ops.get("rsqrt", 0) == 0  # const-folded
     assert unfolded.graph_ops["mul"] >= 2
+
+
+def test_one_table_per_consumer_covers_every_op():
+    """The format's op specs are the only op list: the ONNX emitter's table and export's
+    capture map onto exactly that set."""
+    from jaxcompress.export._capture import SUPPORTED_PRIMITIVES
+    from jaxcompress.export._onnx import EMITTERS
+    from jaxcompress_kernels.format import ops
+
+    assert set(EMITTERS) == set(ops.OPS)
+    captured = {"convert_element_type": "convert", "conv_general_dilated": "conv"}
+    for prim in SUPPORTED_PRIMITIVES:
+        name = captured.get(prim, prim)
+        assert name in ops.OPS or prim in _NON_OPS, prim
+
+
+_NON_OPS = {
+    # calls are inlined and aliases dropped at capture: no node of their own
+    "stop_gradient",
+    "copy",
+    "copy_p",
+    "optimization_barrier",
+    "pjit",
+    "jit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+    "checkpoint",
+}
