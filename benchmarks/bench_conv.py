@@ -57,7 +57,15 @@ LAYERS = [
     ("DS-CNN conv 49x10x1 -> 64@10x4 s2", (49, 10, 1), "conv", (10, 4, 64), (2, 2), "same", "relu"),
     ("DS-CNN dw 3x3 25x5x64", (25, 5, 64), "dw", (3, 3, 64), (1, 1), "same", "relu"),
     ("DS-CNN pw 1x1 25x5x64 -> 64", (25, 5, 64), "conv", (1, 1, 64), (1, 1), "valid", "relu"),
-    ("MobileNetV1-0.25 96x96x3 -> 8@3x3 s2", (96, 96, 3), "conv", (3, 3, 8), (2, 2), "same", "relu6"),
+    (
+        "MobileNetV1-0.25 96x96x3 -> 8@3x3 s2",
+        (96, 96, 3),
+        "conv",
+        (3, 3, 8),
+        (2, 2),
+        "same",
+        "relu6",
+    ),
     ("MobileNetV1-0.25 dw 3x3 48x48x8", (48, 48, 8), "dw", (3, 3, 8), (1, 1), "same", "relu6"),
     ("MobileNetV1-0.25 dw 3x3 6x6x256", (6, 6, 256), "dw", (3, 3, 256), (1, 1), "same", "relu6"),
     ("ResNet-8 32x32x3 -> 16@3x3", (32, 32, 3), "conv", (3, 3, 16), (1, 1), "same", "relu"),
@@ -221,7 +229,9 @@ def build_ort(x, kind, k, b, strides, pads, act, out_shape):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(
-        _onnx_model(kind, x.shape, k, b, strides, pads, act, out_shape), so, providers=["CPUExecutionProvider"]
+        _onnx_model(kind, x.shape, k, b, strides, pads, act, out_shape),
+        so,
+        providers=["CPUExecutionProvider"],
     )
     xn = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     _, oh, ow, cout = out_shape
@@ -345,7 +355,9 @@ def main(argv=None):
         kh, kw, cout = kshape
         cin = hwc[2]
         if kind == "conv":
-            k = (rng.standard_normal((kh, kw, cin, cout)) / np.sqrt(kh * kw * cin)).astype(np.float32)
+            k = (rng.standard_normal((kh, kw, cin, cout)) / np.sqrt(kh * kw * cin)).astype(
+                np.float32
+            )
         else:
             k = rng.standard_normal((kh, kw, 1, cout)).astype(np.float32) / 3
         b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
@@ -397,7 +409,9 @@ def main(argv=None):
         {"hot": lambda: tiny.call_unchecked(xt, ot), "validated": lambda: tiny(xt, ot)},
         args.rounds,
     )
-    print(f"per-call overhead (1x1x1 conv): hot {ovh['hot']:.2f} us, validated {ovh['validated']:.2f} us")
+    print(
+        f"per-call overhead (1x1x1 conv): hot {ovh['hot']:.2f} us, validated {ovh['validated']:.2f} us"
+    )
     elapsed = time.perf_counter() - t0
 
     cmd = "flock /tmp/jaxcompress-bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE " + (
@@ -407,10 +421,10 @@ def main(argv=None):
     lines = [
         "# bench_conv: direct NHWC conv / pooling, batch 1, 1 thread",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {elapsed:.0f} s",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {elapsed:.0f} s",
         f"- machine: {cpu_name()}, {os.cpu_count()} cores, {platform.machine()}, Numba CPU "
         f"`{numba.config.CPU_NAME or 'host'}`",
-        f"- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- BLAS (threadpoolctl): {'; '.join(blas)}",
         f"- command: `{cmd}`",
         f"- p50 of {args.rounds} round-robin calls per implementation, microseconds; inputs in "
