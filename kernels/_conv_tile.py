@@ -1,16 +1,18 @@
 """Register microkernels of the direct NHWC convolutions (LLVM vector IR `intrinsic`s).
 
-``conv_tileV`` (V = 1..4): ``P`` output pixels x ``V`` vectors of 16 output channels, the ``P * V``
-partial sums held in ``<16 x float>`` SSA values (registers) over the whole reduction
+``conv_tile{V}[h]`` (V = 0..4 vectors of 16 output channels, ``h``: one more vector of 8, so a
+block covers 8, 16, 24, ..., 64 channels): ``P`` output pixels x those vectors, the partial sums
+held in ``<16 x float>`` / ``<8 x float>`` SSA values (registers) over the whole reduction
 ``k = (kh, kw, ci)`` of length ``K``; per k step ``V`` vector loads of the packed weight row,
 ``P`` broadcasts of the input (one per pixel, from ``x[offs[p] + toff[k]]``) and ``P * V``
-FMAs. The tap offset table ``toff`` (element offsets of ``(kh, kw, ci)`` relative to a pixel's
+FMAs. The 8-lane tail halves the padding waste of channel counts such as 20 (16 + 8 instead of
+2 x 16) or 8 (MobileNet-0.25): on Zen 4 a 256-bit FMA costs half a 512-bit one. The tap offset table ``toff`` (element offsets of ``(kh, kw, ci)`` relative to a pixel's
 window origin in the padded input) makes strides, dilation and any input width one flat loop.
 The sums start from the bias (row ``K`` of the packed weight); the activation (none / relu / relu6) is applied before the
 store, and only the first ``npix`` pixels and ``nlast`` lanes of the last vector are written
 (masked store), so the output keeps its unpadded channel count.
 
-``dw_tileV`` / ``max_tileV``: depthwise (one input channel per output channel): ``P`` pixels x ``V``
+``dw_tile{V}[h]`` / ``max_tile{V}[h]``: depthwise (one input channel per output channel): ``P`` pixels x ``V``
 channel vectors, per tap ``V`` weight loads, ``P * V`` contiguous input loads and FMAs; the last
 vector's input loads are masked to ``nlast`` lanes (never reads past the channel run). The
 ``max`` variant (max pooling) replaces the FMA by ``llvm.maximum`` (NaN propagates, as
@@ -34,31 +36,23 @@ __all__ = [
     "VL",
     "TILE_PIXELS",
     "DW_TILE_PIXELS",
-    "conv_tile1",
-    "conv_tile2",
-    "conv_tile3",
-    "conv_tile4",
-    "dw_tile1",
-    "dw_tile2",
-    "dw_tile3",
-    "dw_tile4",
-    "max_tile1",
-    "max_tile2",
-    "max_tile3",
-    "max_tile4",
+    *[
+        f"{kind}_tile{v}{h}"
+        for kind in ("conv", "dw", "max")
+        for v, h in ((1, ""), (2, ""), (3, ""), (4, ""), (0, "h"), (1, "h"), (2, "h"), (3, "h"))
+    ],
 ]
 
-VL = 16  # float lanes per vector
+VL = 16  # float lanes per full vector
+HALF = 8  # lanes of the optional tail vector
 _I1 = ir.IntType(1)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _F32 = ir.FloatType()
-_VF = ir.VectorType(_F32, VL)
-_VM = ir.VectorType(_I1, VL)
 
-# pixels per tile for V = 1..4 vectors of output channels: P * V <= 24 accumulators (+ V weight
-# vectors) fit the 32 zmm registers, and the P input pointers (+ 5 loop registers) the 15 free
-# general registers (P = 12 spilled both kinds in the generated asm)
+# pixels per tile by the number of channel vectors (a tail vector counts as one): P * V <= 24
+# accumulators (+ V weight vectors) fit the 32 zmm registers, and the P input pointers (+ 5 loop
+# registers) the 15 free general registers (P = 12 spilled both kinds in the generated asm)
 TILE_PIXELS = {1: 10, 2: 10, 3: 8, 4: 6}
 # depthwise tiles load an input vector per FMA (no reuse across channels): smaller tiles keep
 # the masked loads of the last vector from spilling
@@ -69,55 +63,73 @@ def _c(v: int) -> ir.Constant:
     return ir.Constant(_I64, v)
 
 
+def _vty(n):
+    return ir.VectorType(_F32, n)
+
+
 def _as_i64(builder, v, ty):
     if v.type.width < 64:
         return builder.sext(v, _I64) if ty.signed else builder.zext(v, _I64)
     return v
 
 
-def _splat(builder, scalar):
-    undef = ir.Constant(_VF, ir.Undefined)
+def _splat(builder, scalar, n):
+    undef = ir.Constant(_vty(n), ir.Undefined)
     v = builder.insert_element(undef, scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
+    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
 def _fmuladd(builder, a, b, c):
-    fnty = ir.FunctionType(_VF, [_VF, _VF, _VF])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fmuladd.v{VL}f32")
+    n = a.type.count
+    fnty = ir.FunctionType(_vty(n), [_vty(n)] * 3)
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fmuladd.v{n}f32")
     return builder.call(fn, [a, b, c])
 
 
-def _vptr(builder, ptr):
-    return builder.bitcast(ptr, _VF.as_pointer())
+def _maximum(builder, a, b):
+    """IEEE 754-2019 maximum: NaN if either input is NaN (as ``lax.max``)."""
+    n = a.type.count
+    fnty = ir.FunctionType(_vty(n), [_vty(n)] * 2)
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.maximum.v{n}f32")
+    return builder.call(fn, [a, b])
 
 
-def _lane_mask(builder, nlast):
-    lanes = ir.Constant(ir.VectorType(_I64, VL), list(range(VL)))
-    nv = builder.insert_element(ir.Constant(ir.VectorType(_I64, VL), ir.Undefined), nlast, _c(0))
+def _vptr(builder, ptr, n):
+    return builder.bitcast(ptr, _vty(n).as_pointer())
+
+
+def _vload(builder, ptr, n):
+    return builder.load(_vptr(builder, ptr, n), align=4)
+
+
+def _lane_mask(builder, nlast, n):
+    vi = ir.VectorType(_I64, n)
+    nv = builder.insert_element(ir.Constant(vi, ir.Undefined), nlast, _c(0))
     nv = builder.shuffle_vector(
-        nv,
-        ir.Constant(ir.VectorType(_I64, VL), ir.Undefined),
-        ir.Constant(ir.VectorType(_I32, VL), [0] * VL),
+        nv, ir.Constant(vi, ir.Undefined), ir.Constant(ir.VectorType(_I32, n), [0] * n)
     )
-    return builder.icmp_unsigned("<", lanes, nv)
+    return builder.icmp_unsigned("<", ir.Constant(vi, list(range(n))), nv)
 
 
 def _masked_store(builder, val, ptr, mask):
-    fnty = ir.FunctionType(ir.VoidType(), [_VF, _VF.as_pointer(), _I32, _VM])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.v{VL}f32.p0")
-    builder.call(fn, [val, _vptr(builder, ptr), ir.Constant(_I32, 4), mask])
+    n = val.type.count
+    vm = ir.VectorType(_I1, n)
+    fnty = ir.FunctionType(ir.VoidType(), [_vty(n), _vty(n).as_pointer(), _I32, vm])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.v{n}f32.p0")
+    builder.call(fn, [val, _vptr(builder, ptr, n), ir.Constant(_I32, 4), mask])
 
 
-def _masked_load(builder, ptr, mask):
-    fnty = ir.FunctionType(_VF, [_VF.as_pointer(), _I32, _VM, _VF])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.v{VL}f32.p0")
-    return builder.call(
-        fn, [_vptr(builder, ptr), ir.Constant(_I32, 4), mask, ir.Constant(_VF, [0.0] * VL)]
-    )
+def _masked_load(builder, ptr, mask, n):
+    vm = ir.VectorType(_I1, n)
+    fnty = ir.FunctionType(_vty(n), [_vty(n).as_pointer(), _I32, vm, _vty(n)])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.v{n}f32.p0")
+    zero = ir.Constant(_vty(n), [0.0] * n)
+    return builder.call(fn, [_vptr(builder, ptr, n), ir.Constant(_I32, 4), mask, zero])
 
 
 def _activate(builder, acc, act):
     """relu: max(acc, 0); relu6: min(max(acc, 0), 6); NaN passes through (like jnp.maximum)."""
+    n = acc.type.count
     inf = float("inf")
     lo = builder.select(
         builder.icmp_signed(">=", act, _c(1)), ir.Constant(_F32, 0.0), ir.Constant(_F32, -inf)
@@ -125,24 +137,22 @@ def _activate(builder, acc, act):
     hi = builder.select(
         builder.icmp_signed("==", act, _c(2)), ir.Constant(_F32, 6.0), ir.Constant(_F32, inf)
     )
-    lov = _splat(builder, lo)
-    hiv = _splat(builder, hi)
+    lov = _splat(builder, lo, n)
+    hiv = _splat(builder, hi, n)
     acc = builder.select(builder.fcmp_ordered("<", acc, lov), lov, acc)
     return builder.select(builder.fcmp_ordered(">", acc, hiv), hiv, acc)
 
 
-def _init_accs(builder, bbase, npixels, nvec):
-    """npixels x nvec accumulator slots (promoted to registers), each starting at bbase[16 v:]."""
-    start = [
-        builder.load(_vptr(builder, builder.gep(bbase, [_c(VL * v)])), align=4) for v in range(nvec)
-    ]
-    return [
-        [cgutils.alloca_once_value(builder, start[v]) for v in range(nvec)] for _ in range(npixels)
-    ]
+def _init_accs(builder, bbase, npixels, widths):
+    """npixels x len(widths) accumulator slots (promoted to registers), vector v starting at
+    bbase[16 v:]."""
+    start = [_vload(builder, builder.gep(bbase, [_c(VL * v)]), n) for v, n in enumerate(widths)]
+    return [[cgutils.alloca_once_value(builder, s) for s in start] for _ in range(npixels)]
 
 
-def _store_tile(builder, accs, obase, ostride, npix, nlast, act, npixels, nvec):
-    mask = _lane_mask(builder, nlast)
+def _store_tile(builder, accs, obase, ostride, npix, nlast, act, npixels, widths):
+    nvec = len(widths)
+    mask = _lane_mask(builder, nlast, widths[-1])
     for p in range(npixels):
         with builder.if_then(builder.icmp_signed("<", _c(p), npix), likely=True):
             orow = builder.gep(obase, [builder.mul(_c(p), ostride)])
@@ -150,7 +160,7 @@ def _store_tile(builder, accs, obase, ostride, npix, nlast, act, npixels, nvec):
                 val = _activate(builder, builder.load(accs[p][v]), act)
                 ptr = builder.gep(orow, [_c(VL * v)])
                 if v < nvec - 1:
-                    builder.store(val, _vptr(builder, ptr), align=4)
+                    builder.store(val, _vptr(builder, ptr, widths[v]), align=4)
                 else:
                     _masked_store(builder, val, ptr, mask)
 
@@ -189,7 +199,9 @@ def _arrays_ok(*arrs, dtypes):
     )
 
 
-def _make_conv_tile(npixels: int, nvec: int):
+def _make_tile(npixels: int, widths: tuple[int, ...], op: str):
+    """op: "conv" (broadcast x, FMA), "dw" (vector x, FMA) or "max" (vector x, maximum)."""
+
     @intrinsic
     def tile(typingctx, x, offs, toff, w, c0, out, o0, ostride, npix, nlast, act):
         ints = (c0, o0, ostride, npix, nlast, act)
@@ -203,16 +215,18 @@ def _make_conv_tile(npixels: int, nvec: int):
         sig = types.void(x, offs, toff, w, c0, out, o0, ostride, npix, nlast, act)
 
         def codegen(context, builder, signature, args):
-            return _conv_codegen(context, builder, signature, args, npixels, nvec)
+            return _codegen(context, builder, signature, args, npixels, widths, op)
 
         return sig, codegen
 
     return tile
 
 
-def _conv_codegen(context, builder, signature, args, npixels, nvec):
-    """out[o0 + p*ostride + j] = act(w[K, c0 + j] + sum_{k<K} x[offs[p] + toff[k]] * w[k, c0 + j])
-    for p < npix, j < VL*(nvec-1) + nlast; K = len(toff), row K of w is the bias."""
+def _codegen(context, builder, signature, args, npixels, widths, op):
+    """conv: out[o0 + p*ostride + j] = act(w[K, c0 + j] + sum_{k<K} x[offs[p] + toff[k]] w[k, c0 + j]);
+    dw:   out[o0 + p*ostride + j] = act(w[K, c0 + j] + sum_{k<K} x[offs[p] + toff[k] + c0 + j] w[k, c0 + j]);
+    max:  out[o0 + p*ostride + j] = max(w[K, c0 + j], max_{k<K} x[offs[p] + toff[k] + c0 + j]);
+    for p < npix and j < 16 (nvec - 1) + nlast; K = len(toff), row K of w is the start (bias)."""
     st = signature.args
     xa = context.make_array(st[0])(context, builder, args[0])
     oa = context.make_array(st[1])(context, builder, args[1])
@@ -225,121 +239,76 @@ def _conv_codegen(context, builder, signature, args, npixels, nvec):
     npix = _as_i64(builder, args[8], st[8])
     nlast = _as_i64(builder, args[9], st[9])
     act = _as_i64(builder, args[10], st[10])
+    nvec = len(widths)
     kk = builder.extract_value(ta.shape, 0)
     ldw = builder.extract_value(wa.shape, 1)
+    xoff = c0 if op != "conv" else _c(0)
     xptr = [
-        builder.gep(xa.data, [builder.load(builder.gep(oa.data, [_c(p)]))]) for p in range(npixels)
-    ]
-    wbase = builder.gep(wa.data, [c0])
-    bbase = builder.gep(wa.data, [builder.add(builder.mul(kk, ldw), c0)])  # bias: row K of w
-    accs = _init_accs(builder, bbase, npixels, nvec)
-    with _for_range_no_unroll(builder, kk) as k:
-        t = builder.load(builder.gep(ta.data, [k]))
-        wrow = builder.gep(wbase, [builder.mul(k, ldw)])
-        wv = [
-            builder.load(_vptr(builder, builder.gep(wrow, [_c(VL * v)])), align=4)
-            for v in range(nvec)
-        ]
-        for p in range(npixels):
-            xs = _splat(builder, builder.load(builder.gep(xptr[p], [t])))
-            for v in range(nvec):
-                a = accs[p][v]
-                builder.store(_fmuladd(builder, wv[v], xs, builder.load(a)), a)
-    obase = builder.gep(da.data, [o0])
-    _store_tile(builder, accs, obase, ostride, npix, nlast, act, npixels, nvec)
-    return context.get_dummy_value()
-
-
-def _maximum(builder, a, b):
-    """IEEE 754-2019 maximum: NaN if either input is NaN (as ``lax.max``)."""
-    fnty = ir.FunctionType(_VF, [_VF, _VF])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.maximum.v{VL}f32")
-    return builder.call(fn, [a, b])
-
-
-def _make_dw_tile(npixels: int, nvec: int, op: str = "fma"):
-    @intrinsic
-    def tile(typingctx, x, offs, toff, w, c0, out, o0, ostride, npix, nlast, act):
-        ints = (c0, o0, ostride, npix, nlast, act)
-        f32, i64 = types.float32, types.int64
-        if not (
-            _arrays_ok(x, offs, toff, w, out, dtypes=(f32, i64, i64, f32, f32))
-            and w.ndim == 2
-            and all(isinstance(i, types.Integer) for i in ints)
-        ):
-            return None
-        sig = types.void(x, offs, toff, w, c0, out, o0, ostride, npix, nlast, act)
-
-        def codegen(context, builder, signature, args):
-            return _dw_codegen(context, builder, signature, args, npixels, nvec, op)
-
-        return sig, codegen
-
-    return tile
-
-
-def _dw_codegen(context, builder, signature, args, npixels, nvec, op):
-    """out[o0 + p*ostride + j] = act(w[T, c0 + j] + sum_{t<T} x[offs[p] + toff[t] + c0 + j] * w[t, c0 + j])
-    for p < npix, j < VL*(nvec-1) + nlast (toff: T tap offsets, w: (T + 1, Cp), bias last).
-    op="max": acc = maximum(acc, x) instead (w's tap rows unused; its last row is the start)."""
-    st = signature.args
-    xa = context.make_array(st[0])(context, builder, args[0])
-    oa = context.make_array(st[1])(context, builder, args[1])
-    ta = context.make_array(st[2])(context, builder, args[2])
-    wa = context.make_array(st[3])(context, builder, args[3])
-    da = context.make_array(st[5])(context, builder, args[5])
-    c0 = _as_i64(builder, args[4], st[4])
-    o0 = _as_i64(builder, args[6], st[6])
-    ostride = _as_i64(builder, args[7], st[7])
-    npix = _as_i64(builder, args[8], st[8])
-    nlast = _as_i64(builder, args[9], st[9])
-    act = _as_i64(builder, args[10], st[10])
-    kk = builder.extract_value(ta.shape, 0)
-    ldw = builder.extract_value(wa.shape, 1)
-    mask = _lane_mask(builder, nlast)
-    xptr = [
-        builder.gep(xa.data, [builder.add(builder.load(builder.gep(oa.data, [_c(p)])), c0)])
+        builder.gep(xa.data, [builder.add(builder.load(builder.gep(oa.data, [_c(p)])), xoff)])
         for p in range(npixels)
     ]
     wbase = builder.gep(wa.data, [c0])
-    bbase = builder.gep(wa.data, [builder.add(builder.mul(kk, ldw), c0)])  # bias: row K of w
-    accs = _init_accs(builder, bbase, npixels, nvec)
+    bbase = builder.gep(wa.data, [builder.add(builder.mul(kk, ldw), c0)])  # start: row K of w
+    accs = _init_accs(builder, bbase, npixels, widths)
+    mask = _lane_mask(builder, nlast, widths[-1]) if op != "conv" else None
     with _for_range_no_unroll(builder, kk) as k:
         t = builder.load(builder.gep(ta.data, [k]))
         wrow = builder.gep(wbase, [builder.mul(k, ldw)])
-        wv = [
-            builder.load(_vptr(builder, builder.gep(wrow, [_c(VL * v)])), align=4)
-            if op == "fma"
-            else None
-            for v in range(nvec)
-        ]
+        if op != "max":
+            wv = [_vload(builder, builder.gep(wrow, [_c(VL * v)]), n) for v, n in enumerate(widths)]
         for p in range(npixels):
-            xrow = builder.gep(xptr[p], [t])
-            for v in range(nvec):
-                ptr = builder.gep(xrow, [_c(VL * v)])
-                if v < nvec - 1:
-                    xv = builder.load(_vptr(builder, ptr), align=4)
-                else:
-                    xv = _masked_load(builder, ptr, mask)
+            if op == "conv":
+                xs = builder.load(builder.gep(xptr[p], [t]))
+                splats = {n: _splat(builder, xs, n) for n in set(widths)}
+            else:
+                xrow = builder.gep(xptr[p], [t])
+            for v, n in enumerate(widths):
                 a = accs[p][v]
+                if op == "conv":
+                    xv = splats[n]
+                elif v < nvec - 1:
+                    xv = _vload(builder, builder.gep(xrow, [_c(VL * v)]), n)
+                else:  # never reads past the channel run
+                    xv = _masked_load(builder, builder.gep(xrow, [_c(VL * v)]), mask, n)
                 if op == "max":
                     builder.store(_maximum(builder, builder.load(a), xv), a)
                 else:
                     builder.store(_fmuladd(builder, wv[v], xv, builder.load(a)), a)
     obase = builder.gep(da.data, [o0])
-    _store_tile(builder, accs, obase, ostride, npix, nlast, act, npixels, nvec)
+    _store_tile(builder, accs, obase, ostride, npix, nlast, act, npixels, widths)
     return context.get_dummy_value()
 
 
-conv_tile1 = _make_conv_tile(TILE_PIXELS[1], 1)
-conv_tile2 = _make_conv_tile(TILE_PIXELS[2], 2)
-conv_tile3 = _make_conv_tile(TILE_PIXELS[3], 3)
-conv_tile4 = _make_conv_tile(TILE_PIXELS[4], 4)
-dw_tile1 = _make_dw_tile(DW_TILE_PIXELS[1], 1)
-dw_tile2 = _make_dw_tile(DW_TILE_PIXELS[2], 2)
-dw_tile3 = _make_dw_tile(DW_TILE_PIXELS[3], 3)
-dw_tile4 = _make_dw_tile(DW_TILE_PIXELS[4], 4)
-max_tile1 = _make_dw_tile(DW_TILE_PIXELS[1], 1, "max")
-max_tile2 = _make_dw_tile(DW_TILE_PIXELS[2], 2, "max")
-max_tile3 = _make_dw_tile(DW_TILE_PIXELS[3], 3, "max")
-max_tile4 = _make_dw_tile(DW_TILE_PIXELS[4], 4, "max")
+def _widths(v, half):
+    return (VL,) * v + ((HALF,) if half else ())
+
+
+def _tile_for(op, v, half):
+    table = TILE_PIXELS if op == "conv" else DW_TILE_PIXELS
+    return _make_tile(table[v + half], _widths(v, half), op)
+
+
+conv_tile1 = _tile_for("conv", 1, 0)
+conv_tile2 = _tile_for("conv", 2, 0)
+conv_tile3 = _tile_for("conv", 3, 0)
+conv_tile4 = _tile_for("conv", 4, 0)
+conv_tile0h = _tile_for("conv", 0, 1)
+conv_tile1h = _tile_for("conv", 1, 1)
+conv_tile2h = _tile_for("conv", 2, 1)
+conv_tile3h = _tile_for("conv", 3, 1)
+dw_tile1 = _tile_for("dw", 1, 0)
+dw_tile2 = _tile_for("dw", 2, 0)
+dw_tile3 = _tile_for("dw", 3, 0)
+dw_tile4 = _tile_for("dw", 4, 0)
+dw_tile0h = _tile_for("dw", 0, 1)
+dw_tile1h = _tile_for("dw", 1, 1)
+dw_tile2h = _tile_for("dw", 2, 1)
+dw_tile3h = _tile_for("dw", 3, 1)
+max_tile1 = _tile_for("max", 1, 0)
+max_tile2 = _tile_for("max", 2, 0)
+max_tile3 = _tile_for("max", 3, 0)
+max_tile4 = _tile_for("max", 4, 0)
+max_tile0h = _tile_for("max", 0, 1)
+max_tile1h = _tile_for("max", 1, 1)
+max_tile2h = _tile_for("max", 2, 1)
+max_tile3h = _tile_for("max", 3, 1)

@@ -32,21 +32,34 @@ import numpy as np
 from numba import njit, prange
 from numba.np.ufunc.parallel import _iget_num_threads
 
-from jaxcompress_kernels._conv_tile import (
+from jaxcompress_kernels._conv_tile import (  # noqa: F401 (tiles used in compiled code)
     DW_TILE_PIXELS,
+    HALF,
     TILE_PIXELS,
     VL,
+    conv_tile0h,
     conv_tile1,
+    conv_tile1h,
     conv_tile2,
+    conv_tile2h,
     conv_tile3,
+    conv_tile3h,
     conv_tile4,
+    dw_tile0h,
     dw_tile1,
+    dw_tile1h,
     dw_tile2,
+    dw_tile2h,
     dw_tile3,
+    dw_tile3h,
     dw_tile4,
+    max_tile0h,
     max_tile1,
+    max_tile1h,
     max_tile2,
+    max_tile2h,
     max_tile3,
+    max_tile3h,
     max_tile4,
 )
 from jaxcompress_kernels._validate import check_array, check_int, check_no_overlap
@@ -70,7 +83,8 @@ __all__ = [
 ]
 
 ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}
-_MAXV = 4  # vectors of output channels per tile (64 channels)
+_MAXV = 4  # 16-lane vectors of output channels per tile
+_BLOCK = _MAXV * 16  # output channels per column block
 _P_MAX = max(max(TILE_PIXELS.values()), max(DW_TILE_PIXELS.values()))
 # geometry vector handed to the compiled drivers (one int64 array: fewer arguments to dispatch)
 (
@@ -174,45 +188,81 @@ def _pixel_offsets(offs, ntile, q0, npix, ohw, ow_, sh, sw, hp, wp, cin):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _run_conv_tile(nv, kind, xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act):
+def _run_conv_tile(code, kind, xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act):
+    """Runs the tile of block layout `code` = 2 * (16-lane vectors) + (8-lane tail)."""
     if kind == _MAXPOOL:
-        if nv == 4:
-            max_tile4(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        elif nv == 3:
-            max_tile3(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        elif nv == 2:
-            max_tile2(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        else:
+        if code == 2:
             max_tile1(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 4:
+            max_tile2(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 6:
+            max_tile3(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 8:
+            max_tile4(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 1:
+            max_tile0h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 3:
+            max_tile1h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 5:
+            max_tile2h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        else:  # 7
+            max_tile3h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
     elif kind == _DEPTHWISE:
-        if nv == 4:
-            dw_tile4(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        elif nv == 3:
-            dw_tile3(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        elif nv == 2:
-            dw_tile2(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        else:
+        if code == 2:
             dw_tile1(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-    else:
-        if nv == 4:
-            conv_tile4(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        elif nv == 3:
-            conv_tile3(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        elif nv == 2:
-            conv_tile2(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
-        else:
+        elif code == 4:
+            dw_tile2(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 6:
+            dw_tile3(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 8:
+            dw_tile4(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 1:
+            dw_tile0h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 3:
+            dw_tile1h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 5:
+            dw_tile2h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        else:  # 7
+            dw_tile3h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+    elif kind == _CONV:
+        if code == 2:
             conv_tile1(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 4:
+            conv_tile2(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 6:
+            conv_tile3(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 8:
+            conv_tile4(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 1:
+            conv_tile0h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 3:
+            conv_tile1h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        elif code == 5:
+            conv_tile2h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
+        else:  # 7
+            conv_tile3h(xp, offs, toff, w, c0, out, o0, cout, npix, nlast, act)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _block_vectors(nvt, blk):
-    """Vectors of 16 channels in column block blk (blocks of 4, the last one shorter)."""
-    return min(_MAXV, nvt - blk * _MAXV)
+def _block_code(cout, blk):
+    """Layout of column block blk (64 channels each, the last one shorter): 2 * (16-lane vectors)
+    + (1 if an 8-lane tail vector covers the last <= 8 channels)."""
+    rem = cout - blk * _BLOCK
+    if rem >= _BLOCK:
+        return 2 * _MAXV
+    v = rem // VL
+    r = rem - v * VL
+    if r == 0:
+        return 2 * v
+    if r <= HALF:
+        return 2 * v + 1
+    return 2 * (v + 1)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _tile_pixels(nv, depthwise):
-    """TILE_PIXELS[nv] (DW_TILE_PIXELS[nv]): pixels per tile of nv channel vectors."""
+def _tile_pixels(code, depthwise):
+    """TILE_PIXELS / DW_TILE_PIXELS of the block's vector count."""
+    nv = code // 2 + code % 2
     if depthwise:
         if nv == 1:
             return _D1
@@ -235,17 +285,17 @@ def _do_tile(xp, w, out, g, toff, offs, blk, q0, ohw, ow_, hp, wp):
     kind = g[_G_KIND]
     depthwise = kind != _CONV
     cout = g[_G_COUT]
-    nvt = w.shape[1] // VL
-    nv = _block_vectors(nvt, blk)
-    p = _tile_pixels(nv, depthwise)
+    code = _block_code(cout, blk)
+    p = _tile_pixels(code, depthwise)
     npix = min(p, out.shape[0] * ohw - q0)
     # depthwise tiles add the channel themselves: the pixel stride is the image's channel count
     cstride = cout if depthwise else g[_G_CIN]
     _pixel_offsets(offs, p, q0, npix, ohw, ow_, g[_G_SH], g[_G_SW], hp, wp, cstride)
-    c0 = blk * _MAXV * VL
-    nlast = min(VL, cout - c0 - (nv - 1) * VL)
+    c0 = blk * _BLOCK
+    nvec = code // 2 + code % 2
+    nlast = min(HALF if code % 2 else VL, cout - c0 - (nvec - 1) * VL)
     _run_conv_tile(
-        nv, kind, xp, offs, toff, w, c0, out, q0 * cout + c0, cout, npix, nlast, g[_G_ACT]
+        code, kind, xp, offs, toff, w, c0, out, q0 * cout + c0, cout, npix, nlast, g[_G_ACT]
     )
 
 
@@ -271,21 +321,21 @@ def _conv_kernel(x, w, out, g):
     ow_ = out.shape[2]
     ohw = out.shape[1] * ow_
     total = out.shape[0] * ohw
-    nvt = w.shape[1] // VL
-    nblk = (nvt + _MAXV - 1) // _MAXV
+    cout = g[_G_COUT]
+    nblk = (cout + _BLOCK - 1) // _BLOCK
     # numba.get_num_threads() inside a compiled function embeds a ctypes pointer (no caching);
     # this intrinsic (Numba's own, used by its parallel code) calls the pool's symbol by name
     nth = _iget_num_threads()
-    serial = nth == 1 or total * toff.shape[0] * nvt * VL < _PARALLEL_MIN_MACS
+    serial = nth == 1 or total * toff.shape[0] * w.shape[1] < _PARALLEL_MIN_MACS
     if serial:
         offs = np.empty(_P_MAX, np.int64)
         for blk in range(nblk):
-            p = _tile_pixels(_block_vectors(nvt, blk), depthwise)
+            p = _tile_pixels(_block_code(cout, blk), depthwise)
             for q0 in range(0, total, p):
                 _do_tile(xp, w, out, g, toff, offs, blk, q0, ohw, ow_, hp, wp)
         return
     for blk in range(nblk):
-        p = _tile_pixels(_block_vectors(nvt, blk), depthwise)
+        p = _tile_pixels(_block_code(cout, blk), depthwise)
         ntiles = (total + p - 1) // p
         nch = min(ntiles, nth)
         for ch in prange(nch):
@@ -404,6 +454,8 @@ class Conv2dWeight:
     activation: str | None
     geometry: np.ndarray
     depthwise: bool = False
+    # output shapes already validated, by input shape (a validated call then costs ~2 us less)
+    _shapes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def out_channels(self) -> int:
@@ -420,6 +472,9 @@ class Conv2dWeight:
           JaxCompressValueError: wrong rank or channel count, or a padded input shorter than the
             dilated window.
         """
+        hit = self._shapes.get(x_shape) if isinstance(x_shape, tuple) else None
+        if hit is not None:
+            return hit
         x_shape = tuple(int(s) for s in x_shape)
         if len(x_shape) != 4 or x_shape[3] != self.in_channels:
             raise JaxCompressValueError(
@@ -427,7 +482,10 @@ class Conv2dWeight:
             )
         kh, kw = self.kernel_shape[:2]
         oh, ow = _spatial_out(x_shape, kh, kw, self.strides, self.dilation, self.pads, "kernel")
-        return (x_shape[0], oh, ow, self.out_channels)
+        shape = (x_shape[0], oh, ow, self.out_channels)
+        if len(self._shapes) < 64:
+            self._shapes[x_shape] = shape
+        return shape
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Validated call: ``act(conv(x, W) + bias)``.
@@ -790,16 +848,23 @@ class Pool2d:
     channels: int
     w: np.ndarray
     geometry: np.ndarray
+    _shapes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def output_shape(self, x_shape) -> tuple[int, int, int, int]:
         """``(B, OH, OW, C)`` for ``x_shape = (B, H, W, C)``; raises JaxCompressValueError."""
+        hit = self._shapes.get(x_shape) if isinstance(x_shape, tuple) else None
+        if hit is not None:
+            return hit
         x_shape = tuple(int(s) for s in x_shape)
         if len(x_shape) != 4 or x_shape[3] != self.channels:
             raise JaxCompressValueError(
                 f"x.shape={x_shape} must be (B, H, W, {self.channels}) (NHWC)"
             )
         oh, ow = _spatial_out(x_shape, *self.window, self.strides, (1, 1), self.pads, "pooling")
-        return (x_shape[0], oh, ow, self.channels)
+        shape = (x_shape[0], oh, ow, self.channels)
+        if len(self._shapes) < 64:
+            self._shapes[x_shape] = shape
+        return shape
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Validated call (see `max_pool2d` / `avg_pool2d`)."""

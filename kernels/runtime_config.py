@@ -39,7 +39,7 @@ def warmup() -> float:
     Returns:
       Seconds spent.
     """
-    from jaxcompress_kernels import formats, packing, quantized, sparse
+    from jaxcompress_kernels import conv, formats, packing, quantized, sparse
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -86,4 +86,11 @@ def warmup() -> float:
         for w in nms:
             sparse.spmm_nm(x, w)
         sparse.spmm_bsr(x, bsr)
+    # convolutions and pooling: one compiled driver serves every geometry and tile layout
+    xc = np.ones((1, 5, 5, 3), np.float32)
+    conv.conv2d(xc, np.ones((3, 3, 3, 4), np.float32), pads=((1, 1), (1, 1)))
+    conv.depthwise_conv2d(xc, np.ones((3, 3, 1, 3), np.float32))
+    conv.max_pool2d(xc, 2)
+    conv.avg_pool2d(xc, 2, pads=((1, 0), (0, 0)), count_include_pad=False)
+    conv.global_avg_pool2d(xc)
     return time.perf_counter() - t0

@@ -304,3 +304,19 @@ def test_batch_zero():
     y = jk.conv2d(np.ones((0, 6, 6, 2), np.float32), _k())
     assert y.shape == (0, 4, 4, 4)
     assert jk.max_pool2d(np.ones((0, 4, 4, 2), np.float32), 2).shape == (0, 3, 3, 2)
+
+
+@pytest.mark.parametrize("c", (8, 12, 16, 20, 32, 40, 48, 56, 64, 72, 100, 130))
+def test_every_block_layout(c):
+    """Channel counts reaching every tile layout (16-lane vectors x optional 8-lane tail, and
+    several 64-channel blocks) in conv, depthwise and max pooling."""
+    rng = np.random.default_rng(c)
+    x, k, b = _data(rng, 2, 6, 7, 3, (3, 2, 3, c))
+    kw_ = dict(strides=(1, 2), pads=((1, 1), (0, 1)), activation="relu6")
+    rel_close(jk.conv2d(x, k, b, **kw_), reference.conv2d(x, k, b, **kw_))
+    xd, kd, bd = _data(rng, 2, 6, 7, c, (3, 2, 1, c))
+    rel_close(jk.depthwise_conv2d(xd, kd, bd, **kw_), reference.depthwise_conv2d(xd, kd, bd, **kw_))
+    np.testing.assert_array_equal(
+        jk.max_pool2d(xd, (2, 3), strides=(2, 1), pads=((0, 1), (1, 1))),
+        reference.max_pool2d(xd, (2, 3), strides=(2, 1), pads=((0, 1), (1, 1))),
+    )
