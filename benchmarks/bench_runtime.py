@@ -374,6 +374,7 @@ def run_cell(key, vkey, model, params, x, folder, args, lite) -> dict:
     if lite is not None:
         mirror, interpreter_cls = lite
         km = mirror.build(key, dense_module(model, comp), x.shape[1:])
+        row["keras_params"] = int(km.count_params())
         run, n_ops = litert_runner(interpreter_cls, mirror.tflite(km), x)
         row["litert_ops"] = n_ops
         row["rel"]["litert_vs_ours" if y_ours is not None else "litert_vs_jax"] = _rel(base, run())
@@ -477,14 +478,16 @@ def write(rows, summaries, args, lite_note, elapsed) -> Path:
         "",
         "## Models",
         "",
-        "| model | input | weights | params | MACs | export | graph nodes (ours) | LiteRT ops | "
-        "runtime.load (ms) | dispatch overhead (us/node) |",
+        "| model | input | weights | params (ours / Keras mirror) | MACs | export | graph nodes "
+        "(ours) | LiteRT ops | runtime.load (ms) | dispatch overhead (us/node) |",
         "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for s in summaries:
         lines.append(
-            f"| {s['name']} | {s['input']} | {s['weights']} | {s['params']:,} | "
-            f"{s['macs'] / 1e6:.2f} M | {s['export']} | {s.get('nodes', '—')} | "
+            f"| {s['name']} | {s['input']} | {s['weights']} | {s['params']:,} / "
+            + (f"{s['keras_params']:,}" if "keras_params" in s else "—")
+            + " | "
+            + f"{s['macs'] / 1e6:.2f} M | {s['export']} | {s.get('nodes', '—')} | "
             f"{s.get('litert_ops') or '—'} | "
             + (f"{s['load_ms']:.1f}" if "load_ms" in s else "—")
             + " | "
@@ -631,6 +634,7 @@ def main(argv=None) -> None:
                         ("litert_ops", "litert_ops"),
                         ("load_ms", "load_ms"),
                         ("dispatch_us_per_node", "dispatch"),
+                        ("keras_params", "keras_params"),
                     ):
                         if src in row:
                             summary[dst] = row[src]
