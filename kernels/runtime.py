@@ -32,6 +32,7 @@ import dataclasses
 import math
 import time
 
+import numba
 import numpy as np
 
 from jaxcompress_kernels import artifact as _artifact
@@ -53,7 +54,7 @@ from jaxcompress_kernels.formats import (
     pack_weight,
 )
 from jaxcompress_kernels.quantized import codebook_matmul, codebook_weight, qmatmul
-from jaxcompress_kernels.runtime_config import get_num_threads, set_num_threads
+from jaxcompress_kernels.runtime_config import set_num_threads
 from jaxcompress_kernels.sparse import spmm_csr, spmm_nm
 
 __all__ = ["Runtime", "SelfCheck", "Limits", "Plan", "load", "exec_op"]
@@ -449,7 +450,6 @@ class Runtime:
         self.symbolic = g["batch"] == "symbolic"
         self.static_batch = int(artifact.sample_input.shape[0])
         self.input_shape = tuple(g["input_shapes"][0])
-        self.last_times: list[tuple[int, str, float]] = []
         self._last_b = 0
         self._plans: dict[int, _Exec] = {}
         self._choice: dict[tuple[int, int], int] = {}
@@ -551,11 +551,10 @@ class Runtime:
           ArtifactError: the plan for this batch size exceeds the runtime's limits.
         """
         x = self._check_input(inputs)
-        if self.num_threads is not None and get_num_threads() != self.num_threads:
+        if self.num_threads is not None and numba.get_num_threads() != self.num_threads:
             set_num_threads(self.num_threads)
-        ex = self._exec(x.shape[0])
+        ex = self._plans.get(x.shape[0]) or self._exec(x.shape[0])
         outs = ex.run(x)
-        self.last_times = ex.times()
         return outs[0] if len(outs) == 1 else outs
 
     __call__ = run
@@ -615,6 +614,12 @@ class Runtime:
         return env
 
     # -- diagnostics ---------------------------------------------------------------------
+    @property
+    def last_times(self) -> list[tuple[int, str, float]]:
+        """``[(first node index, step label, seconds)]`` of the last `run`, one per step."""
+        ex = self._plans.get(self._last_b)
+        return ex.times() if ex is not None else []
+
     def op_times(self) -> dict[str, float]:
         """Seconds per step label in the last `run` (summed over steps with that label)."""
         out: dict[str, float] = {}
