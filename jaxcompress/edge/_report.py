@@ -120,6 +120,16 @@ class EdgeReport:
                 "by_op_type": p.by_op_type(),
             }
 
+        def node(o, t) -> dict:
+            return {
+                "name": o.name,
+                "op": o.op,
+                "shape": list(o.shape),
+                "kernel": o.kernel,
+                "flops": o.flops,
+                "measured_s": t,
+            }
+
         def split(s: SplitPlan) -> dict:
             return {
                 "link": dataclasses.asdict(s.link),
@@ -142,7 +152,13 @@ class EdgeReport:
                 "peak_bytes": self.arena.peak_bytes,
                 "static_bytes": self.arena.static_bytes,
             },
-            "graph": {"ops": len(self.graph.ops), "flops_per_example": self.graph.flops},
+            "graph": {
+                "ops": len(self.graph.ops),
+                "flops_per_example": self.graph.flops,
+                "nodes": [
+                    node(o, t) for o, t in zip(self.graph.ops, self.op_seconds, strict=False)
+                ],
+            },
             "projected": {k: proj(v) for k, v in self.projections.items()},
             "fits": {k: dataclasses.asdict(v) for k, v in self.fits.items()},
             "accuracy": None if self.accuracy is None else dataclasses.asdict(self.accuracy),
@@ -200,6 +216,18 @@ class EdgeReport:
                     f"| relative | {a.relative:.4f} ({'meets' if a.meets_99 else 'misses'} "
                     "99% of float) |",
                 ]
+        out += [
+            "",
+            "| node | op | output shape | kernel (the runtime's plan) | MFLOPs | measured ms |",
+            "|---:|---|---|---|---:|---:|",
+        ]
+        for i, (o, t) in enumerate(zip(self.graph.ops, self.op_seconds, strict=False)):
+            if o.static or o.alias:
+                continue
+            out.append(
+                f"| {i} | {o.op} | {list(o.shape)} | {o.kernel} | {o.flops / 1e6:.3f} | "
+                f"{t * ms:.4f} |"
+            )
         out += [
             "",
             "| device | latency ms (projected) | energy mJ (estimate) | fits |",

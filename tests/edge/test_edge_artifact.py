@@ -160,6 +160,19 @@ def test_benchmark_report(artifacts):
         assert word in md
     d = json.loads(rep.to_json())
     assert d["size"]["artifact_bytes"] == rep.size.artifact_bytes
+    # the kernel of every node is the one the runtime's plan ran, not a re-derivation
+    from jaxcompress_kernels import runtime
+
+    plan = runtime.load(artifacts["pruned"]).plan
+    got = [n["kernel"] for n in d["graph"]["nodes"]]
+    assert len(got) == len(plan.nodes) and all(got)
+    for k, n in zip(got, plan.nodes, strict=True):
+        if n.weight is None:
+            assert k == n.kernel
+        else:  # the autotuner may pick either candidate on a noisy machine
+            assert k.split("(")[0] in ("spmm_csr", "spmm_nm", "matmul")
+    assert [o.flops for o in rep.graph.ops] == [n.flops for n in plan.nodes]
+    assert "kernel (the runtime's plan)" in md
     assert d["splits"][0]["rows"][0]["raw_input_leaves_device"] is True
 
 
