@@ -132,6 +132,11 @@ def test_model_with_two_outputs_exports_and_self_checks(tmp_path):
     assert rt.artifact.manifest["sample"]["output_shapes"] == [[2, 3], [2, 2]]
     check = rt.self_check()
     assert check.ok, check
+    from jaxcompress._core import JaxCompressValueError
+    from jaxcompress.export import cross_check
+
+    with pytest.raises(JaxCompressValueError, match="this graph has 2"):
+        cross_check(path, x)  # compares one output: a project error, not NumPy's ValueError
 
 
 def test_same_model_gives_byte_identical_files(tmp_path):
