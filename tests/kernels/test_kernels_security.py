@@ -69,6 +69,17 @@ def test_no_container_array_can_be_made_writeable(i):
             a.flags.writeable = True
 
 
+def test_conv_containers_cannot_be_made_writeable():
+    rng = np.random.default_rng(0)
+    conv = jk.prepare_conv2d(rng.standard_normal((3, 3, 4, 8)).astype(F32), pads=((1, 1), (1, 1)))
+    dw = jk.prepare_depthwise_conv2d(rng.standard_normal((3, 3, 1, 8)).astype(F32))
+    pool = jk.prepare_max_pool2d((2, 2), 8)
+    for c in (conv, dw, pool):
+        for _, a in _all_arrays(c):
+            with pytest.raises(ValueError, match="WRITEABLE"):
+                a.flags.writeable = True  # geometry drives the compiled loops' bounds
+
+
 def test_editing_the_callers_arrays_does_not_reach_the_container():
     w, indptr, indices, values = _csr_parts()
     c = jk.CSRMatrix(shape=w.shape, indptr=indptr, indices=indices, values=values)
