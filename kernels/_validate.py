@@ -16,6 +16,9 @@ __all__ = [
     "check_int",
     "check_codes_range",
     "check_no_overlap",
+    "check_finite",
+    "csr_structure_error",
+    "nm_positions_error",
 ]
 
 
@@ -128,3 +131,80 @@ def check_finite(name: str, a: np.ndarray) -> None:
     """Checks that a float array has no NaN or inf."""
     if a.size and not np.isfinite(a).all():
         raise JaxCompressValueError(f"{name} must be finite (found NaN or inf)")
+
+
+def csr_structure_error(
+    indptr: np.ndarray, indices: np.ndarray, k: int, k_name: str = "K"
+) -> str | None:
+    """Why ``(indptr, indices)`` is not a valid CSR structure over ``K = k`` columns, or None.
+
+    The one CSR check shared by `CSRMatrix` and the artifact reader: ``indptr`` runs from 0 to
+    ``nnz`` without decreasing, every index is in ``[0, k)``, and the indices of every row strictly
+    increase. The last rule refuses duplicate column indices: a kernel would sum them while a
+    dense scatter (`to_dense`, the reference twin, ONNX) keeps one, a silent disagreement.
+
+    Args:
+      indptr: ``(R + 1,)`` integer row pointers.
+      indices: ``(nnz,)`` integer column indices.
+      k: the number of columns.
+      k_name: how messages name `k`.
+
+    Returns:
+      A message naming the broken rule, or None when the structure is valid. Cost O(R + nnz).
+    """
+    nnz = int(indices.shape[0])
+    ip = indptr.astype(np.int64, copy=False)
+    if ip.shape[0] < 1 or ip[0] != 0 or ip[-1] != nnz:
+        got = f"{int(ip[0])}..{int(ip[-1])}" if ip.shape[0] else "empty"
+        return f"indptr must start at 0 and end at nnz={nnz} (got {got})"
+    if (np.diff(ip) < 0).any():
+        return "indptr must be non-decreasing (monotone)"
+    if not nnz:
+        return None
+    idx = indices.astype(np.int64, copy=False)
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= k:
+        return f"indices must be in [0, {k_name}={k}) (got {lo}..{hi})"
+    step_ok = np.diff(idx) > 0
+    starts = ip[1:-1]
+    starts = starts[(starts > 0) & (starts < nnz)]
+    step_ok[starts - 1] = True  # the first index of a row may be anything
+    if not step_ok.all():
+        p = int(np.argmin(step_ok)) + 1
+        row = int(np.searchsorted(ip, p, side="right")) - 1
+        return (
+            f"the indices of every row must strictly increase (row {row} has column "
+            f"{int(idx[p])} after {int(idx[p - 1])}: duplicate or unsorted)"
+        )
+    return None
+
+
+def nm_positions_error(positions: np.ndarray, m: int, *, increasing: bool = False) -> str | None:
+    """Why the N:M slot positions are invalid, or None.
+
+    The one N:M position check shared by `NMSparse` and the artifact reader: within a group of
+    `m` the `n` slots point at distinct positions in ``[0, m)`` (a duplicate would make one kept
+    value overwrite the other, silently), strictly increasing when `increasing` (the order the
+    2:4 kernel relies on).
+
+    Args:
+      positions: ``(..., n)`` integer positions, the last axis the slots of one group.
+      m: the group size.
+      increasing: also require strictly increasing positions within a group.
+
+    Returns:
+      A message naming the broken rule, or None. Cost O(size * n).
+    """
+    if positions.size == 0:
+        return None
+    p = positions.astype(np.int64, copy=False)
+    if int(p.min()) < 0 or int(p.max()) >= m:
+        return f"N:M positions must be in [0, m={m})"
+    nk = p.shape[-1]
+    for a in range(nk):
+        for b in range(a + 1, nk):
+            bad = (p[..., a] >= p[..., b]) if increasing else (p[..., a] == p[..., b])
+            if bad.any():
+                rule = "strictly increase" if increasing else "be distinct"
+                return f"the positions of the {nk} slots of every N:M group must {rule}"
+    return None

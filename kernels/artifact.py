@@ -48,6 +48,7 @@ import struct
 
 import numpy as np
 
+from jaxcompress_kernels._validate import csr_structure_error, nm_positions_error
 from jaxcompress_kernels.errors import ArtifactError
 from jaxcompress_kernels.format import ops as _ops
 from jaxcompress_kernels.format.container import FORMAT, FORMAT_VERSION, READABLE_VERSIONS
@@ -369,6 +370,8 @@ def _entry(name, t, parts, cap, path) -> TensorEntry:
             raise _fail(f"tensor {name!r}: csr indptr is not monotone from 0 to nnz", path)
         if nnz and (int(ix.min()) < 0 or int(ix.max()) >= k):
             raise _fail(f"tensor {name!r}: csr index out of range", path)
+        if msg := csr_structure_error(ip, ix, k):  # duplicate / unsorted columns in a row
+            raise _fail(f"tensor {name!r}: csr {msg}", path)
         got.update(indptr=ip, indices=ix)
         if enc == "csr_codebook":
             bits = _bits(t, name, path, lo=1)
@@ -398,8 +401,8 @@ def _entry(name, t, parts, cap, path) -> TensorEntry:
         got["values"] = vals
         if vals.dtype == np.int8:
             sc = _part(parts, t, "scales", ("float32",), path, name)
-            if sc.shape != (n,):
-                raise _fail(f"tensor {name!r}: csr scales must be ({n},)", path)
+            if sc.shape != (n,) or not np.isfinite(sc).all():
+                raise _fail(f"tensor {name!r}: csr scales must be ({n},) and finite", path)
             got["scales"] = sc
     elif enc == "nm":
         nk, m = t["n"], t["m"]
@@ -410,6 +413,8 @@ def _entry(name, t, parts, cap, path) -> TensorEntry:
         pbits = max(1, (m - 1).bit_length())
         if pos.shape != (_packed_len(slots, pbits),):
             raise _fail(f"tensor {name!r}: positions has {pos.shape[0]} bytes", path)
+        if msg := nm_positions_error(_unpack(pos, pbits, slots).reshape(-1, nk), m):
+            raise _fail(f"tensor {name!r}: {msg}", path)
         got["positions"] = pos
         if "values" in roles:
             vals = _part(parts, t, "values", ("float32",), path, name, 1)

@@ -426,9 +426,10 @@ def _check_out(out, shape, x):
 
 
 def _freeze(a):
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
+    # an immutable copy (bytes-backed): nobody can set it writeable again (docs/security.md)
+    from jaxcompress_kernels.formats import _frozen
+
+    return _frozen(np.ascontiguousarray(a))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -5,10 +5,15 @@ Every container describes a weight that is *logically* the Flax kernel ``W`` of 
 stores the layout its kernel reads fastest (output-channel-major, blocked, interleaved); the
 conversion happens once, in the ``*_from_*`` / `pack_weight` constructors, never per call.
 
-Containers are frozen dataclasses whose arrays are read-only views. Their ``__post_init__`` checks
-every invariant the compiled kernels rely on (dtypes, shapes, C-contiguity, monotone ``indptr``,
-in-range indices), so a container that exists is safe to hand to a kernel: no kernel reads out of
-bounds. Do not mutate the arrays behind a container's back.
+Containers are frozen dataclasses that own immutable copies of their arrays. ``__post_init__``
+first copies every array into memory backed by a Python ``bytes`` object (NumPy refuses to make such
+an array writeable again, and the caller's array is no longer referenced), then checks every
+invariant the compiled kernels rely on on that copy (dtypes, shapes, monotone ``indptr``, in-range
+and strictly increasing indices, distinct N:M positions, finite scales, consistent ``col_sums``).
+So a container that exists is safe to hand to a kernel and stays so: editing the array it was built
+from, or setting ``flags.writeable = True`` on its arrays, cannot make a kernel read out of bounds.
+The kernels trust the container and validate nothing per call (the copy is made once, at
+construction; an array that is already such an immutable copy is not copied again).
 
 | container      | built by                                   | kernel    | bits / weight (payload)        |
 |----------------|--------------------------------------------|-----------|--------------------------------|
@@ -32,7 +37,10 @@ from jaxcompress_kernels._validate import (
     check_array,
     check_bits,
     check_codes_range,
+    check_finite,
     check_int,
+    csr_structure_error,
+    nm_positions_error,
 )
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 
@@ -60,10 +68,27 @@ LANE_BLOCK = 128  # output channels per block of the batch-1 "lanes" layout (bit
 INT8_BLOCK = 256  # Int8Weight rows are zero-padded to this many bytes (aligned rows)
 
 
-def _ro(a: np.ndarray) -> np.ndarray:
-    v = a.view()
-    v.flags.writeable = False
-    return v
+def _frozen(a):
+    """An immutable copy of `a` (C-contiguous, backed by ``bytes``); non-arrays pass through.
+
+    NumPy cannot set ``writeable = True`` on an array whose memory belongs to a ``bytes`` object,
+    and the copy shares no memory with `a`. Arrays that already are such a copy are returned as is.
+    """
+    if not isinstance(a, np.ndarray):
+        return a  # the checks that follow refuse it with a message naming the argument
+    root = a
+    while isinstance(root, np.ndarray):
+        root = root.base
+    if type(root) is bytes and a.flags.c_contiguous:
+        return a
+    return np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=a.dtype).reshape(a.shape)
+
+
+def _freeze(obj, *fields: str) -> None:
+    """Replaces each array field of a frozen dataclass by its immutable copy (before any check,
+    so what is checked is what the kernels later read)."""
+    for f in fields:
+        object.__setattr__(obj, f, _frozen(getattr(obj, f)))
 
 
 def _round_up(a: int, b: int) -> int:
@@ -183,6 +208,7 @@ class PackedWeight:
     zero_points: np.ndarray
 
     def __post_init__(self):
+        _freeze(self, "data", "scales", "zero_points")
         k, n = self.shape
         bits = check_bits(self.bits, QMATMUL_BITS)
         g = self.group_len
@@ -197,8 +223,8 @@ class PackedWeight:
         check_array("data", self.data, dtype=np.uint8, shape=(n, kp * bits // 8))
         check_array("scales", self.scales, dtype=np.float32, shape=(n, G))
         check_array("zero_points", self.zero_points, dtype=np.float32, shape=(n, G))
-        for f in ("data", "scales", "zero_points"):
-            object.__setattr__(self, f, _ro(getattr(self, f)))
+        check_finite("scales", self.scales)
+        check_finite("zero_points", self.zero_points)
         object.__setattr__(self, "lanes", _lanes_layout(self))
 
     lanes: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
@@ -263,7 +289,7 @@ def _lanes_layout(w: PackedWeight):
     zs = zsp.reshape(nb, cb, G).transpose(0, 2, 1)
     if w.symmetric:  # zs = s * 8 (4-bit) or 0 (8-bit, centred): not stored, not read
         zs = np.zeros((0, G, cb), np.float32)
-    return tuple(_ro(np.ascontiguousarray(a)) for a in (d, s, zs))
+    return tuple(_frozen(a) for a in (d, s, zs))
 
 
 def pack_weight(
@@ -382,7 +408,9 @@ class Int8Weight:
       shape: the logical ``(K, N)``; K <= 65536 so int32 accumulation cannot overflow.
       data: ``(N, Kp)`` int8, output-channel-major, K zero-padded to ``Kp = round_up(K, 256)``
         (aligned rows; the kernel reads only the first K bytes of each).
-      col_sums: ``(N,)`` int32, ``sum_k W[k, n]`` (for the input zero-point correction).
+      col_sums: ``(N,)`` int32, ``sum_k W[k, n]`` (for the input zero-point correction);
+        verified at construction (inconsistent sums would give wrong results whenever the
+        activation zero point is not 0).
     """
 
     shape: tuple[int, int]
@@ -390,12 +418,14 @@ class Int8Weight:
     col_sums: np.ndarray
 
     def __post_init__(self):
+        _freeze(self, "data", "col_sums")
         k, n = self.shape
         check_int("K", k, 0, 65536)
+        check_int("N", n, 0)
         check_array("data", self.data, dtype=np.int8, shape=(n, _round_up(max(k, 1), INT8_BLOCK)))
         check_array("col_sums", self.col_sums, dtype=np.int32, shape=(n,))
-        object.__setattr__(self, "data", _ro(self.data))
-        object.__setattr__(self, "col_sums", _ro(self.col_sums))
+        if n and not np.array_equal(self.data[:, :k].sum(1, dtype=np.int64), self.col_sums):
+            raise JaxCompressValueError("col_sums must equal the column sums of the codes")
 
     @property
     def nbytes(self) -> int:
@@ -429,9 +459,12 @@ class CSRMatrix:
     Attributes:
       shape: logical ``(K, N)``.
       indptr: ``(N + 1,)`` int64, ``indptr[0] == 0``, non-decreasing, ``indptr[N] == nnz``.
-      indices: ``(nnz,)`` uint16 when K <= 65536 (half the index traffic), else int32; in ``[0, K)``.
+      indices: ``(nnz,)`` uint16 when K <= 65536 (half the index traffic), else int32; in
+        ``[0, K)``, strictly increasing within a row (no duplicate column: `spmm_csr` would sum
+        duplicates while `to_dense` keeps one).
       values: ``(nnz,)`` float32, or int8 codes when `scales` is given.
-      scales: None, or ``(N,)`` float32: ``W[k, n] = scales[n] * values[p]`` (quantized CSR).
+      scales: None, or ``(N,)`` float32, finite: ``W[k, n] = scales[n] * values[p]`` (quantized
+        CSR).
     """
 
     shape: tuple[int, int]
@@ -441,6 +474,7 @@ class CSRMatrix:
     scales: np.ndarray | None = None
 
     def __post_init__(self):
+        _freeze(self, "indptr", "indices", "values", "scales")
         k, n = self.shape
         check_int("K", k, 0)
         check_int("N", n, 0)
@@ -452,22 +486,9 @@ class CSRMatrix:
         else:
             check_array("values", self.values, dtype=np.int8, shape=(nnz,))
             check_array("scales", self.scales, dtype=np.float32, shape=(n,))
-        ip = self.indptr
-        if ip[0] != 0 or ip[-1] != nnz:
-            raise JaxCompressValueError(
-                f"indptr must start at 0 and end at nnz={nnz} (got {int(ip[0])}..{int(ip[-1])})"
-            )
-        if n and (np.diff(ip) < 0).any():
-            raise JaxCompressValueError("indptr must be non-decreasing (monotone)")
-        if nnz:
-            idx = self.indices
-            if int(idx.min()) < 0 or int(idx.max()) >= k:
-                raise JaxCompressValueError(
-                    f"indices must be in [0, K={k}) (got {int(idx.min())}..{int(idx.max())})"
-                )
-        for f in ("indptr", "indices", "values", "scales"):
-            if getattr(self, f) is not None:
-                object.__setattr__(self, f, _ro(getattr(self, f)))
+            check_finite("scales", self.scales)
+        if msg := csr_structure_error(self.indptr, self.indices, k):
+            raise JaxCompressValueError(msg)
 
     @property
     def nnz(self) -> int:
@@ -581,6 +602,7 @@ class NMSparse:
     scales: np.ndarray | None = None
 
     def __post_init__(self):
+        _freeze(self, "positions", "values", "scales")
         k, nout = self.shape
         check_int("K", k, 0)
         check_int("N", nout, 0)
@@ -599,19 +621,14 @@ class NMSparse:
         elif self.bits == 4:
             check_array("values", self.values, dtype=np.uint8, shape=(t, s // 2, NM_LANES))
             check_array("scales", self.scales, dtype=np.float32, shape=(np_,))
+            check_finite("scales", self.scales)
         else:
             raise JaxCompressValueError(f"bits={self.bits} must be None (float32) or 4")
-        if self.n == 2 and self.positions.size:
+        if self.n == 2 and self.positions.size:  # slots (2j, 2j+1) of a byte's lane: one group
             p = self.positions
-            first = (p & 3, (p >> 4) & 3)
-            second = ((p >> 2) & 3, p >> 6)
-            if any((a >= b).any() for a, b in zip(first, second, strict=True)):
-                raise JaxCompressValueError(
-                    "positions of the two slots of every 2:4 group must strictly increase"
-                )
-        for f in ("positions", "values", "scales"):
-            if getattr(self, f) is not None:
-                object.__setattr__(self, f, _ro(getattr(self, f)))
+            pos = np.stack([p & 3, (p >> 2) & 3, (p >> 4) & 3, p >> 6], axis=-1)
+            if msg := nm_positions_error(pos.reshape(-1, 2), self.m, increasing=True):
+                raise JaxCompressValueError(msg)
 
     @property
     def nbytes(self) -> int:
@@ -739,7 +756,8 @@ class BSRMatrix:
       shape: logical ``(K, N)``; ``N % r == 0`` and ``K % c == 0``.
       block: ``(r, c)``.
       indptr: ``(N // r + 1,)`` int64, monotone, from 0 to nblocks.
-      indices: ``(nblocks,)`` int32 block columns in ``[0, K // c)``.
+      indices: ``(nblocks,)`` int32 block columns in ``[0, K // c)``, strictly increasing within
+        a block row.
       blocks: ``(nblocks, r, c)`` float32; ``W.T[br*r + i, bc*c + j] = blocks[p, i, j]``.
     """
 
@@ -750,6 +768,7 @@ class BSRMatrix:
     blocks: np.ndarray
 
     def __post_init__(self):
+        _freeze(self, "indptr", "indices", "blocks")
         k, n = self.shape
         r, c = self.block
         check_int("block[0]", r, 1)
@@ -760,15 +779,8 @@ class BSRMatrix:
         check_array("indices", self.indices, dtype=np.int32, ndim=1)
         nb = self.indices.shape[0]
         check_array("blocks", self.blocks, dtype=np.float32, shape=(nb, r, c))
-        ip = self.indptr
-        if ip[0] != 0 or ip[-1] != nb:
-            raise JaxCompressValueError(f"indptr must start at 0 and end at nblocks={nb}")
-        if (np.diff(ip) < 0).any():
-            raise JaxCompressValueError("indptr must be non-decreasing (monotone)")
-        if nb and (int(self.indices.min()) < 0 or int(self.indices.max()) >= k // c):
-            raise JaxCompressValueError(f"indices must be in [0, K/c={k // c})")
-        for f in ("indptr", "indices", "blocks"):
-            object.__setattr__(self, f, _ro(getattr(self, f)))
+        if msg := csr_structure_error(self.indptr, self.indices, k // c, "K/c"):  # block columns
+            raise JaxCompressValueError(msg)
 
     @property
     def nbytes(self) -> int:

@@ -644,13 +644,22 @@ class Runtime:
     def self_check(self, *, rtol: float = 1e-5, raise_on_failure: bool = False) -> SelfCheck:
         """Runs the bundled sample input and compares with the bundled expected output.
 
+        A graph with several outputs is compared on its outputs flattened and concatenated in
+        graph order (how `jaxcompress.export.save` bundles them).
+
         Passes when ``max |y - y_ref| <= rtol * max |y_ref|`` (float arithmetic differs from the
         exporter's only in summation order).
 
         Raises:
           ArtifactError: when `raise_on_failure` and the check fails.
         """
-        y = np.asarray(self.run(self.artifact.sample_input), np.float32)
+        y = self.run(self.artifact.sample_input)
+        if isinstance(y, tuple):  # several outputs: bundled flattened and concatenated in order
+            shapes = self.artifact.manifest["sample"].get("output_shapes")
+            if shapes is not None and [list(o.shape) for o in y] != shapes:
+                raise ArtifactError(f"self-check: output shapes differ from bundled {shapes}")
+            y = np.concatenate([np.asarray(o, np.float32).reshape(-1) for o in y])
+        y = np.asarray(y, np.float32)
         ref = self.artifact.sample_output
         if y.shape != ref.shape:
             raise ArtifactError(f"self-check: output shape {y.shape} != bundled {ref.shape}")

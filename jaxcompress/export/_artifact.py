@@ -352,8 +352,10 @@ def save(
       when every group of 4 along K keeps <= 2, else ``csr``; otherwise ``dense``.
 
     The file also bundles `example_input` and the JAX model's output on it (compressed leaves
-    dequantized), and the sha256 of every stored part. It is written atomically (temporary file
-    + fsync + ``os.replace``): an export killed half-way leaves any earlier file intact.
+    dequantized; several outputs are flattened and concatenated in graph order, their shapes in
+    the manifest's ``sample.output_shapes``), and the sha256 of every stored part. It is written
+    atomically (temporary file + fsync + ``os.replace``): an export killed half-way leaves any
+    earlier file intact, and the next save of the same path removes the temporary it left.
 
     Args:
       path: destination file (conventionally ``*.jcx`` or ``*.safetensors``).
@@ -399,7 +401,13 @@ def save(
         w.add(name, cap.params[name] if name in plain else leaves[name])
     for name, arr in cap.consts.items():
         w.dense(name, arr)
-    y = np.asarray(_jitted(model_or_apply)(dense_params, x), np.float32)
+    ys = jax.tree.leaves(_jitted(model_or_apply)(dense_params, x))  # graph output order
+    ys = [np.asarray(v, np.float32) for v in ys]
+    sample = {"input": SAMPLE_INPUT, "output": SAMPLE_OUTPUT}
+    y = ys[0]
+    if len(ys) > 1:  # several outputs: flattened and concatenated, their shapes in the manifest
+        y = np.concatenate([v.reshape(-1) for v in ys])
+        sample["output_shapes"] = [list(v.shape) for v in ys]
     w.parts[SAMPLE_INPUT] = np.ascontiguousarray(x)
     w.parts[SAMPLE_OUTPUT] = np.ascontiguousarray(y)
     import jaxcompress
@@ -412,7 +420,7 @@ def save(
         "description": description,
         "graph": cap.graph,
         "tensors": w.tensors,
-        "sample": {"input": SAMPLE_INPUT, "output": SAMPLE_OUTPUT},
+        "sample": sample,
     }
     file_bytes = write_artifact(path, manifest, w.parts)
     tinfo, wcount, wbytes = {}, 0, 0

@@ -404,11 +404,17 @@ def cross_check(
 
     Returns:
       A :class:`CrossCheck`.
+
+    Raises:
+      JaxCompressValueError: the graph has several outputs (compared one output only).
     """
     from jaxcompress_kernels.runtime import Runtime
 
     x = np.ascontiguousarray(np.asarray(x, np.float32))
     art = _artifact.load(artifact_path)
+    if len(art.graph["outputs"]) != 1:
+        n_out = len(art.graph["outputs"])
+        raise JaxCompressValueError(f"cross_check compares one output; this graph has {n_out}")
     outs = {}
     if model_or_apply is not None:
         from jaxcompress.export._artifact import reference_output

@@ -34,6 +34,8 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
     """Raise unless a static ``sparsity`` lies in ``[0, 1)`` (traced values are not checked)."""
     if isinstance(sparsity, jax.core.Tracer):
         return
+    if isinstance(sparsity, (str, bytes, bytearray)):  # float("0.5") would accept a string
+        raise JaxCompressTypeError(f"{name}={sparsity!r} must be a float in [0, 1), not a string")
     try:
         value = float(sparsity)
     except (TypeError, ValueError):

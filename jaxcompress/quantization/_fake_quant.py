@@ -20,6 +20,7 @@ from jaxcompress.quantization._quantize import (
     _codes,
     _lookup,
     _qparams_rows,
+    check_clip_range,
     quantize_params,
 )
 
@@ -90,6 +91,7 @@ def fake_quant(
         percentile=percentile,
     )
     x = _check_input(x, check_finite=check_finite)
+    check_clip_range(clip_range)
     return _fake_quant_core(x, spec.resolve(tuple(x.shape)), clip_range)
 
 

@@ -30,7 +30,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
 from jaxcompress.quantization._fake_quant import _fake_quant_core
-from jaxcompress.quantization._quantize import QuantSpec
+from jaxcompress.quantization._quantize import QuantSpec, check_clip_range
 
 __all__ = [
     "ActivationRanges",
@@ -135,6 +135,10 @@ def observe_activations(
 
     Returns:
       :class:`ActivationRanges`.
+
+    Raises:
+      JaxCompressValueError: unknown method, bad percentile, no batch, or a site whose observed
+        range is not finite (NaN or inf in the calibration data or the activations).
     """
     if method not in OBSERVERS:
         raise JaxCompressValueError(f"{method=} must be one of {OBSERVERS}")
@@ -179,6 +183,12 @@ def observe_activations(
         raise JaxCompressValueError("batches is empty; observers need at least one batch")
     if method == "percentile":
         acc = {k: v / n for k, v in acc.items()}
+    for k, v in acc.items():
+        if not np.isfinite(v).all():
+            raise JaxCompressValueError(
+                f"activation site {k!r} observed the range ({v[0]}, {v[1]}): the calibration "
+                "batches (or the model's activations on them) contain NaN or inf"
+            )
     return ActivationRanges(
         ranges={k: (float(v[0]), float(v[1])) for k, v in acc.items()}, shapes=shapes, method=method
     )
@@ -213,6 +223,9 @@ def quantize_activations(
         missing = only - set(ranges.ranges)
         if missing:
             raise JaxCompressValueError(f"sites {sorted(missing)} have no observed range")
+    if ranges is not None:
+        for site, r in ranges.ranges.items():
+            check_clip_range(r, name=f"ranges.ranges[{site!r}]")
 
     def hook(site, v):
         if only is not None and site not in only:

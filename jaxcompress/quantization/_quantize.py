@@ -126,6 +126,33 @@ def _check_input(x: Any, *, name: str = "x", check_finite: bool | None = None) -
     return jnp.asarray(x)
 
 
+def check_clip_range(clip_range: Any, name: str = "clip_range") -> None:
+    """Raise unless a concrete ``(lo, hi)`` clip range is finite with ``lo <= hi`` everywhere.
+
+    ``lo`` and ``hi`` are scalars or one value per scale unit. A NaN, an infinity or an inverted
+    range would otherwise give a meaningless scale (1.0) silently. Traced values are not
+    inspected here; under ``jit`` such a range gives a NaN scale instead (see `_qparams_rows`).
+    """
+    if clip_range is None:
+        return
+    if not isinstance(clip_range, (tuple, list)) or len(clip_range) != 2:
+        raise JaxCompressTypeError(f"{name}={clip_range!r} must be a pair (lo, hi)")
+    if any(isinstance(v, jax.core.Tracer) for v in clip_range):
+        return
+    try:
+        lo, hi = (np.asarray(v, np.float64) for v in clip_range)
+    except (TypeError, ValueError):
+        raise JaxCompressTypeError(f"{name}={clip_range!r} must hold numbers") from None
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise JaxCompressValueError(f"{name}={clip_range!r} must be finite (found NaN or inf)")
+    try:
+        inverted = bool(np.any(lo > hi))
+    except ValueError:
+        raise JaxCompressValueError(f"{name}: lo and hi have incompatible shapes") from None
+    if inverted:
+        raise JaxCompressValueError(f"{name}={clip_range!r} is inverted: lo must be <= hi")
+
+
 # ----------------------------------------------------------------------------- traceable core
 
 
@@ -181,7 +208,10 @@ def _qparams_rows(
     if clip_range is not None:
         lo = jnp.broadcast_to(jnp.asarray(clip_range[0], jnp.float32), rows.shape[:1])
         hi = jnp.broadcast_to(jnp.asarray(clip_range[1], jnp.float32), rows.shape[:1])
-        return _qparams_from_range(lo, hi, spec)
+        scale, zp = _qparams_from_range(lo, hi, spec)
+        # a traced NaN/inf or inverted range cannot raise under jit: poison the scale (NaN out)
+        ok = jnp.isfinite(lo) & jnp.isfinite(hi) & (lo <= hi)
+        return jnp.where(ok, scale, jnp.nan), zp
     lo, hi = _range_rows(rows, spec)
     if spec.calibration == "mse" and not (
         spec.scheme == "fixed_point" and spec.frac_bits is not None
@@ -266,7 +296,8 @@ def quantize(
         per unit the smallest power-of-two scale that does not clip the calibrated range.
       percentile: for ``calibration="percentile"``, in (0, 100].
       clip_range: optional ``(lo, hi)`` real range (scalars or one value per scale unit) that
-        replaces calibration, e.g. a static activation range from an observer.
+        replaces calibration, e.g. a static activation range from an observer; finite, with
+        ``lo <= hi`` (a traced range that is not gets a NaN scale).
       check_finite: ``None``/``True``: raise on NaN/Inf when ``x`` is concrete. Under ``jit`` the
         value cannot be inspected: a unit with NaN/Inf then gets a NaN scale, so ``dequantize``
         yields NaN rather than finite garbage. ``False`` skips the eager check.
@@ -277,7 +308,8 @@ def quantize(
     Raises:
       JaxCompressTypeError: ``x`` has an integer/bool dtype, or a keyword has the wrong type.
       JaxCompressValueError: ``bits`` outside 2..8, unknown scheme/calibration, ``axis`` out of
-        range, ``group_size`` not dividing ``K``, empty ``x``, NaN/Inf in a concrete ``x``.
+        range, ``group_size`` not dividing ``K``, empty ``x``, NaN/Inf in a concrete ``x``, a
+        concrete `clip_range` that is not finite or has ``lo > hi``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -299,6 +331,7 @@ def quantize(
         percentile=percentile,
     )
     x = _check_input(x, check_finite=check_finite)
+    check_clip_range(clip_range)
     return _quantize_core(x, spec.resolve(tuple(x.shape)), clip_range)
 
 

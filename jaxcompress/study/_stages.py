@@ -5,8 +5,9 @@ Run folder layout::
     run.json                 identity: recipe sha256, name, created (a folder holding another run
                              is refused, never overwritten)
     recipe.toml              the resolved recipe (defaults filled in)
-    stages/<stage>.pkl       the stage's outputs (params pytree as NumPy), written atomically
-    stages/<stage>.json      the stage marker (metrics, seconds), written after the outputs
+    stages/<stage>.safetensors  the stage's params (arrays only), written atomically
+    stages/<stage>.json      the stage marker (metrics, seconds, the state's schema and sha256),
+                             written after the state
     artifacts/<stage>.jcx    exported artifacts (``model.jcx`` = the final model)
     report.md, report.json   the report (regenerated at the end of every run)
     plots/*.png              plots
@@ -14,6 +15,14 @@ Run folder layout::
 A stage whose marker exists is not run again: an interrupted run resumes from the last finished
 stage. The model stages form a chain ``teacher -> student -> distill -> prune -> quantize|cluster``;
 each consumes the previous one's params.
+
+Stage states are data only (docs/study.md, "Run folder format"): the arrays in a safetensors file
+and a JSON schema in the marker naming, per leaf in tree order, its key path and kind (``array``,
+``quantized`` with the `QuantizedArray` metadata, ``clustered`` with the `ClusteredArray` metadata).
+The tree structure is never read from the folder: it is rebuilt from the recipe's model, and the
+folder must match it leaf for leaf (paths, shapes, dtypes, validated compressed leaves). Loading a
+folder therefore never executes code from it. Folders whose states are pickles (written by
+jaxcompress before this format) are refused with a message saying how to rerun.
 """
 
 from __future__ import annotations
@@ -23,7 +32,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import pickle
 import sys
 import tempfile
 import time
@@ -34,9 +42,22 @@ import numpy as np
 from jaxcompress._core import JaxCompressValueError
 from jaxcompress.study._recipe import MODELS, Recipe, RecipeError
 
-__all__ = ["RunFolderError", "Study", "run_study", "atomic_write"]
+__all__ = ["RunFolderError", "Study", "run_study", "atomic_write", "encode_state", "decode_state"]
 
 RUN_FORMAT = 1
+STATE_FORMAT = "jaxcompress-stage-state"
+STATE_VERSION = 1
+_STATE_DTYPES = (
+    "float32",
+    "float64",
+    "float16",
+    "int8",
+    "uint8",
+    "int16",
+    "int32",
+    "int64",
+    "bool",
+)
 
 
 class RunFolderError(JaxCompressValueError):
@@ -133,6 +154,182 @@ def machine() -> dict:
         "usable_cores": affinity,
         "platform": platform.platform(),
     }
+
+
+# -- stage states: data only -------------------------------------------------------------------
+def encode_state(tree: Any) -> tuple[bytes, dict]:
+    """A params pytree -> ``(safetensors bytes, schema)``; `decode_state` inverts it.
+
+    The schema (JSON-able) lists, per leaf in tree order, ``{"path", "kind", ...}``: ``kind`` is
+    ``"array"`` (tensor ``"<i>"``), ``"quantized"`` (tensors ``"<i>:qvalue"``, ``"<i>:scale"``,
+    ``"<i>:zero_point"`` and the static fields bits, scheme, axis, group_size, shape, dtype) or
+    ``"clustered"`` (``"<i>:indices"``, ``"<i>:codebook"``; n_clusters, axis, zero_index, shape,
+    dtype). The tree structure itself is not stored.
+    """
+    import jax
+    from safetensors.numpy import save as st_save
+
+    from jaxcompress._core import key_path_str
+    from jaxcompress.clustering import ClusteredArray
+    from jaxcompress.quantization import QuantizedArray, is_compressed
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_compressed)
+    arrays: dict[str, np.ndarray] = {}
+    leaves = []
+    for i, (kp, leaf) in enumerate(flat):
+        rec: dict[str, Any] = {"path": key_path_str(kp)}
+        if isinstance(leaf, QuantizedArray):
+            rec.update(
+                kind="quantized",
+                bits=int(leaf.bits),
+                scheme=str(leaf.scheme),
+                axis=None if leaf.axis is None else int(leaf.axis),
+                group_size=None if leaf.group_size is None else int(leaf.group_size),
+                shape=[int(d) for d in leaf.shape],
+                dtype=str(leaf.dtype),
+            )
+            fields = {f: getattr(leaf, f) for f in ("qvalue", "scale", "zero_point")}
+        elif isinstance(leaf, ClusteredArray):
+            rec.update(
+                kind="clustered",
+                n_clusters=int(leaf.n_clusters),
+                axis=None if leaf.axis is None else int(leaf.axis),
+                zero_index=bool(leaf.zero_index),
+                shape=[int(d) for d in leaf.shape],
+                dtype=str(leaf.dtype),
+            )
+            fields = {f: getattr(leaf, f) for f in ("indices", "codebook")}
+        else:
+            rec["kind"] = "array"
+            fields = {"": leaf}
+        for f, v in fields.items():
+            a = np.ascontiguousarray(np.asarray(v))
+            if a.dtype.name not in _STATE_DTYPES:
+                raise JaxCompressValueError(
+                    f"stage state leaf {rec['path']!r} has dtype {a.dtype}, which run folders do "
+                    f"not store (one of {_STATE_DTYPES})"
+                )
+            arrays[f"{i}:{f}" if f else str(i)] = a
+        leaves.append(rec)
+    schema = {"format": STATE_FORMAT, "format_version": STATE_VERSION, "leaves": leaves}
+    return st_save(arrays), schema
+
+
+def decode_state(data: bytes, schema: Any, template: Any, where: str = "state") -> Any:
+    """Rebuilds a params pytree from `encode_state` output, on the structure of `template`.
+
+    Nothing in `data` or `schema` is executed: the schema is plain JSON checked field by field, the
+    arrays come from the safetensors parser, and every leaf must match `template`'s leaf at the same
+    position (key path, shape, dtype; compressed leaves also pass their validator).
+
+    Raises:
+      RunFolderError: anything does not match (the message names the leaf and the rule).
+    """
+    import jax
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
+
+    from jaxcompress._core import key_path_str
+    from jaxcompress.clustering import ClusteredArray, validate_clustered_array
+    from jaxcompress.quantization import QuantizedArray, is_compressed, validate_quantized_array
+
+    def bad(msg: str) -> RunFolderError:
+        return RunFolderError(f"{where}: {msg}; delete the stage marker to run the stage again")
+
+    if not (
+        isinstance(schema, dict)
+        and schema.get("format") == STATE_FORMAT
+        and schema.get("format_version") == STATE_VERSION
+        and isinstance(schema.get("leaves"), list)
+    ):
+        raise bad(f"not a {STATE_FORMAT} version {STATE_VERSION} schema")
+    try:
+        arrays = st_load(bytes(data))
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise bad(f"the state file is not valid safetensors ({e})") from None
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template, is_leaf=is_compressed)
+    recs = schema["leaves"]
+    if len(recs) != len(flat):
+        raise bad(f"{len(recs)} leaves stored, the recipe's model has {len(flat)}")
+    used: set[str] = set()
+
+    def tensor(name: str, dtype: str | None = None) -> np.ndarray:
+        if name not in arrays:
+            raise bad(f"tensor {name!r} is missing")
+        a = arrays[name]
+        if dtype is not None and a.dtype != np.dtype(dtype):
+            raise bad(f"tensor {name!r} has dtype {a.dtype}, expected {dtype}")
+        used.add(name)
+        return a
+
+    leaves = []
+    for i, ((kp, ref), rec) in enumerate(zip(flat, recs, strict=True)):
+        path = key_path_str(kp)
+        if not isinstance(rec, dict) or rec.get("path") != path:
+            raise bad(
+                f"leaf {i} is {rec.get('path') if isinstance(rec, dict) else rec!r}, "
+                f"the model's is {path!r}"
+            )
+        ref_shape = tuple(np.shape(ref))
+        kind = rec.get("kind")
+        if kind == "array":
+            a = tensor(str(i), np.dtype(ref.dtype).name)
+            if a.shape != ref_shape:
+                raise bad(f"leaf {path!r} has shape {a.shape}, the model's is {ref_shape}")
+            leaves.append(a)
+            continue
+        if kind not in ("quantized", "clustered"):
+            raise bad(f"leaf {path!r} has unknown kind {kind!r}")
+        shape = rec.get("shape")
+        if not (isinstance(shape, list) and all(type(d) is int for d in shape)):
+            raise bad(f"leaf {path!r} has a malformed shape")
+        if tuple(shape) != ref_shape or rec.get("dtype") != np.dtype(ref.dtype).name:
+            raise bad(f"leaf {path!r} does not match the model's {ref_shape} {ref.dtype}")
+        axis = rec.get("axis")
+        if axis is not None and type(axis) is not int:
+            raise bad(f"leaf {path!r} has a malformed axis")
+        try:
+            if kind == "quantized":
+                gs, bits = rec.get("group_size"), rec.get("bits")
+                if type(bits) is not int or (gs is not None and type(gs) is not int):
+                    raise bad(f"leaf {path!r} has malformed bits or group_size")
+                if not isinstance(rec.get("scheme"), str):
+                    raise bad(f"leaf {path!r} has a malformed scheme")
+                leaf = QuantizedArray(
+                    qvalue=tensor(f"{i}:qvalue"),
+                    scale=tensor(f"{i}:scale"),
+                    zero_point=tensor(f"{i}:zero_point"),
+                    bits=bits,
+                    scheme=rec["scheme"],
+                    axis=axis,
+                    group_size=gs,
+                    shape=tuple(shape),
+                    dtype=rec["dtype"],
+                )
+                validate_quantized_array(leaf)
+            else:
+                nc, zi = rec.get("n_clusters"), rec.get("zero_index")
+                if type(nc) is not int or type(zi) is not bool:
+                    raise bad(f"leaf {path!r} has malformed n_clusters or zero_index")
+                leaf = ClusteredArray(
+                    indices=tensor(f"{i}:indices"),
+                    codebook=tensor(f"{i}:codebook"),
+                    n_clusters=nc,
+                    axis=axis,
+                    zero_index=zi,
+                    shape=tuple(shape),
+                    dtype=rec["dtype"],
+                )
+                validate_clustered_array(leaf)
+        except (ValueError, TypeError) as e:  # project errors subclass these
+            if isinstance(e, RunFolderError):
+                raise
+            raise bad(f"leaf {path!r} is not a valid {kind} array ({e})") from None
+        leaves.append(leaf)
+    extra = set(arrays) - used
+    if extra:
+        raise bad(f"unexpected tensors {sorted(extra)[:5]}")
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 # -- models and data ---------------------------------------------------------------------------
@@ -265,6 +462,7 @@ class Study:
         self.resumed: list[str] = []
         self._ds = None
         self._states: dict[str, Any] = {}
+        self._templates: dict[str, Any] = {}
 
     # -- folder -------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -319,7 +517,7 @@ class Study:
     def stage(self, name: str, fn) -> Any:
         """Run ``fn() -> (state, metrics)`` unless the stage's marker exists; returns the state."""
         marker = self._p("stages", f"{name}.json")
-        blob = self._p("stages", f"{name}.pkl")
+        blob = self._p("stages", f"{name}.safetensors")
         if os.path.isfile(marker):
             with open(marker, encoding="utf-8") as f:
                 m = json.load(f)
@@ -340,10 +538,12 @@ class Study:
         t0 = time.perf_counter()
         state, metrics = fn()
         seconds = time.perf_counter() - t0
-        digest = None
+        state_info = None
         if state is not None:
-            payload = pickle.dumps(_to_numpy(state), protocol=pickle.HIGHEST_PROTOCOL)
-            digest = hashlib.sha256(payload).hexdigest()
+            payload, schema = encode_state(_to_numpy(state))
+            state_info = dict(
+                schema, file=os.path.basename(blob), sha256=hashlib.sha256(payload).hexdigest()
+            )
             atomic_write(blob, payload)
         atomic_write(
             marker,
@@ -353,7 +553,7 @@ class Study:
                     "seconds": seconds,
                     "finished": _now(),
                     "has_state": state is not None,
-                    "state_sha256": digest,
+                    "state": state_info,
                     "metrics": metrics,
                 }
             ),
@@ -480,21 +680,39 @@ class Study:
             state = self._load_state(name, marker)
             if state is _CORRUPT:
                 raise RunFolderError(
-                    f"{self._p('stages', name + '.pkl')} does not match the sha256 in its stage "
-                    "marker; delete the marker to run the stage again"
+                    f"{self._p('stages', name + '.safetensors')} does not match the sha256 in its "
+                    "stage marker; delete the marker to run the stage again"
                 )
             self._states[name] = state
         return self._states[name]
 
     def _load_state(self, name: str, marker: dict):
-        # A stage's state is unpickled only when its bytes match the sha256 written in the
-        # stage marker at save time (a truncated or edited blob is never loaded). Pickle still
-        # trusts the folder's author: resume only run folders you created.
-        with open(self._p("stages", f"{name}.pkl"), "rb") as f:
-            payload = f.read()
-        if hashlib.sha256(payload).hexdigest() != marker.get("state_sha256"):
+        # Data only: the arrays come from the safetensors parser, the schema is JSON checked
+        # field by field, and the tree structure comes from the recipe's model, never from the
+        # folder (see `decode_state`). A state whose bytes do not match the marker's sha256
+        # (truncated, edited) is reported as corrupt and recomputed.
+        info = marker.get("state")
+        if not isinstance(info, dict):
+            legacy = os.path.exists(self._p("stages", f"{name}.pkl")) or "state_sha256" in marker
+            what = "a pickle written by an earlier jaxcompress" if legacy else "missing"
+            raise RunFolderError(
+                f"run folder {self.out!r}: the saved state of stage {name!r} is {what}. Stage "
+                "states are no longer unpickled (loading a pickle can run code from the folder). "
+                "Rerun the study: choose a new --out folder, or delete this folder's stages/ "
+                "directory to recompute every stage here"
+            )
+        blob = self._p("stages", f"{name}.safetensors")
+        try:
+            with open(blob, "rb") as f:
+                payload = f.read()
+        except OSError:
             return _CORRUPT
-        return pickle.loads(payload)  # noqa: S301 (checksummed, written by this run folder)
+        if hashlib.sha256(payload).hexdigest() != info.get("sha256"):
+            return _CORRUPT
+        sec = "teacher" if name == "teacher" else "student"
+        if sec not in self._templates:
+            self._templates[sec] = self.model(sec)[1]
+        return decode_state(payload, info, self._templates[sec], where=f"{blob}")
 
     # -- export and edge ----------------------------------------------------------------------
     def _export(self, apply_fn, chain) -> dict:

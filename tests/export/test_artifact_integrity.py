@@ -200,7 +200,8 @@ def test_export_is_atomic(small, tmp_path):
     finally:
         A.os.replace = orig
     assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == left
+    # ... and that save removed the temporary the killed process had left (its pid is gone)
+    assert sorted(os.listdir(tmp_path)) == ["model.jcx"]
 
 
 def test_runtime_runs_without_jax(small, tmp_path):
