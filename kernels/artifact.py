@@ -52,6 +52,12 @@ from jaxcompress_kernels._validate import csr_structure_error, nm_positions_erro
 from jaxcompress_kernels.errors import ArtifactError
 from jaxcompress_kernels.format import ops as _ops
 from jaxcompress_kernels.format.container import FORMAT, FORMAT_VERSION, READABLE_VERSIONS
+from jaxcompress_kernels.format.encodings import (
+    csr_codebook_values,
+    decode_codes,
+    decode_dense,
+    unpack_indices,
+)
 
 __all__ = [
     "FORMAT",
@@ -62,6 +68,7 @@ __all__ = [
     "decode_dense",
     "decode_codes",
     "csr_codebook_values",
+    "unpack_indices",
     "OPS",
 ]
 
@@ -540,126 +547,10 @@ def _check_graph(g, tensors, xin, path, cap) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# decoding (NumPy; exact)
+# decoding: the encodings' decoders live beside their encoders in the format package
 
 
 def _unpack(stream: np.ndarray, bits: int, count: int) -> np.ndarray:
     from jaxcompress_kernels.packing import unpack_bits
 
     return unpack_bits(np.ascontiguousarray(stream), bits, count)
-
-
-def decode_codes(e: TensorEntry):
-    """For `packed` / quantized `nm` entries: ``(codes (K, N) int16 real codes (symmetric: signed,
-    affine: unsigned), scales (G, N) float32, zero_points (G, N) int16 or None)``."""
-    k, n = e.kn
-    bits = e.attrs["bits"]
-    half = 1 << (bits - 1)
-    if e.encoding == "packed":
-        u = _unpack(e.parts["codes"], bits, k * n).reshape(n, k).T.astype(np.int16)
-    elif e.encoding == "nm":
-        u = _nm_scatter(
-            e, _unpack(e.parts["codes"], bits, _nm_slots(e)).astype(np.int16), fill=half
-        ).astype(np.int16)
-    else:
-        raise ArtifactError(f"tensor {e.name!r} ({e.encoding}) has no integer codes")
-    if e.attrs.get("symmetric", True):
-        return np.ascontiguousarray(u - half), e.parts["scales"], None
-    return np.ascontiguousarray(u), e.parts["scales"], e.parts["zero_points"].astype(np.int16)
-
-
-def _nm_slots(e) -> int:
-    k, n = e.kn
-    return n * (k // e.attrs["m"]) * e.attrs["n"]
-
-
-def _nm_scatter(e, slot_vals: np.ndarray, fill=0) -> np.ndarray:
-    """Slot values ``(N * K/m * n,)`` -> dense ``(K, N)``; positions not kept get `fill`."""
-    k, n = e.kn
-    m, nk = e.attrs["m"], e.attrs["n"]
-    pbits = max(1, (m - 1).bit_length())
-    pos = _unpack(e.parts["positions"], pbits, _nm_slots(e)).astype(np.int64)
-    if pos.size and int(pos.max()) >= m:
-        raise ArtifactError(f"tensor {e.name!r}: an N:M position is out of range")
-    g = k // m
-    pos = pos.reshape(n, g, nk)
-    vals = slot_vals.reshape(n, g, nk)
-    out = np.full((n, g, m), fill, slot_vals.dtype)
-    ni, gi, _ = np.indices(pos.shape)
-    out[ni, gi, pos] = vals
-    return np.ascontiguousarray(out.reshape(n, k).T)
-
-
-def _dequant(codes, scales, zps, group) -> np.ndarray:
-    k = codes.shape[0]
-    s = np.repeat(scales, group, axis=0)[:k]
-    c = codes.astype(np.float32)
-    if zps is not None:
-        c = c - np.repeat(zps.astype(np.float32), group, axis=0)[:k]
-    return (c * s).astype(np.float32)
-
-
-def csr_codebook_values(e: TensorEntry) -> np.ndarray:
-    """The float32 values of the nonzeros of a `csr_codebook` entry (CSR order)."""
-    nnz = e.parts["indices"].shape[0]
-    idx = _unpack(e.parts["codes"], e.attrs["bits"], nnz).astype(np.int64)
-    cb = e.parts["codebook"]
-    if idx.size and int(idx.max()) >= cb.shape[-1]:
-        raise ArtifactError(f"tensor {e.name!r}: a codebook index is out of range")
-    if cb.ndim == 1:
-        return cb[idx]
-    rows = np.repeat(np.arange(e.kn[1]), np.diff(e.parts["indptr"].astype(np.int64)))
-    return cb[rows, idx]
-
-
-def unpack_indices(e: TensorEntry) -> np.ndarray:
-    """The ``codebook`` entry's indices, ``S`` row-major, uint8, each checked against the
-    codebook's length."""
-    idx = _unpack(e.parts["indices"], e.attrs["bits"], e.size)
-    if int(idx.max(initial=0)) >= e.parts["codebook"].shape[-1]:
-        raise ArtifactError(f"tensor {e.name!r}: a codebook index is out of range")
-    return idx
-
-
-def decode_dense(e: TensorEntry) -> np.ndarray:
-    """The logical tensor as a dense array of its shape (float32 for compressed encodings).
-
-    Quantized values are ``float32(code - zero_point) * scale`` evaluated in float32, the same
-    expression `jaxcompress.quantization.dequantize` evaluates, so the results are bit-identical.
-    """
-    k, n = e.kn
-    if e.encoding == "dense":
-        return e.parts["value"]
-    if e.encoding == "csr":
-        ip = e.parts["indptr"].astype(np.int64)
-        rows = np.repeat(np.arange(n), np.diff(ip))
-        v = e.parts["values"]
-        v = e.parts["scales"][rows] * v.astype(np.float32) if v.dtype == np.int8 else v
-        out = np.zeros((n, k), np.float32)
-        out[rows, e.parts["indices"].astype(np.int64)] = v
-        return np.ascontiguousarray(out.T).reshape(e.shape)
-    if e.encoding == "csr_codebook":
-        ip = e.parts["indptr"].astype(np.int64)
-        rows = np.repeat(np.arange(n), np.diff(ip))
-        out = np.zeros((n, k), np.float32)
-        out[rows, e.parts["indices"].astype(np.int64)] = csr_codebook_values(e)
-        return np.ascontiguousarray(out.T).reshape(e.shape)
-    if e.encoding == "nm" and "values" in e.parts:
-        return _nm_scatter(e, e.parts["values"]).reshape(e.shape)
-    if e.encoding in ("packed", "nm"):
-        codes, scales, zps = decode_codes(e)
-        group = e.attrs.get("group_size") or max(k, 1)
-        return _dequant(codes, scales, zps, group).reshape(e.shape)
-    # codebook
-    bits = e.attrs["bits"]
-    idx = _unpack(e.parts["indices"], bits, e.size).astype(np.int64).reshape(e.shape)
-    cb = e.parts["codebook"]
-    if int(idx.max(initial=0)) >= cb.shape[-1]:
-        raise ArtifactError(f"tensor {e.name!r}: a codebook index is out of range")
-    if e.attrs.get("axis") is None:
-        return cb[idx]
-    axis = e.attrs["axis"]
-    bshape = [1] * len(e.shape)
-    bshape[axis] = e.shape[axis]
-    ch = np.arange(e.shape[axis]).reshape(bshape)
-    return cb[ch, idx]

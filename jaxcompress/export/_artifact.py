@@ -14,8 +14,8 @@ from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError, key_p
 from jaxcompress.export._capture import capture
 from jaxcompress.quantization import QuantizedArray, dequantize_params, is_compressed
 from jaxcompress.quantization._numerics import stored_offset
+from jaxcompress_kernels.format import encodings as enc
 from jaxcompress_kernels.format.container import write_artifact
-from jaxcompress_kernels.packing import pack_bits
 
 __all__ = ["ExportInfo", "save", "resolve_apply", "reference_output"]
 
@@ -94,33 +94,6 @@ def reference_output(model_or_apply, params, x) -> np.ndarray:
 # encodings
 
 
-def _kn(shape) -> tuple[int, int]:
-    n = shape[-1]
-    return (int(np.prod(shape)) // n if n else 0), n
-
-
-def _nm_structure(w2: np.ndarray, m: int = 4) -> int | None:
-    """n (1 or 2) if every group of m consecutive K values of every column keeps <= n nonzeros."""
-    k, n = w2.shape
-    if k % m or k == 0 or n == 0:
-        return None
-    cnt = (w2 != 0).reshape(k // m, m, n).sum(1)
-    mx = int(cnt.max())
-    return max(mx, 1) if mx <= m // 2 else None
-
-
-def _nm_slots(vals2: np.ndarray, nk: int, m: int = 4):
-    """(K, N) -> (positions (N*G*nk,) uint8, slot values (N*G*nk,)) channel-major."""
-    k, n = vals2.shape
-    g = k // m
-    grp = np.ascontiguousarray(vals2.T).reshape(n, g, m)
-    nz = grp != 0
-    # kept entries first (by position), then unused positions to fill the remaining slots
-    order = np.argsort(~nz, axis=2, kind="stable")[:, :, :nk]
-    vals = np.take_along_axis(grp, order, axis=2)
-    return order.astype(np.uint8).reshape(-1), vals.reshape(-1)
-
-
 def _unwrap(leaf: Any) -> Any:
     """The array (or QuantizedArray/ClusteredArray) inside an ``nnx.Variable``."""
     try:
@@ -132,21 +105,22 @@ def _unwrap(leaf: Any) -> Any:
     return leaf
 
 
-def _pack_unsigned(u: np.ndarray, bits: int) -> np.ndarray:
-    return pack_bits(np.ascontiguousarray(u.reshape(-1), np.uint8), bits)
-
-
 class _Writer:
+    """Chooses each leaf's encoding and stores it with the format package's encoders."""
+
     def __init__(self, sparse_threshold: float, nm: bool):
         self.parts: dict[str, np.ndarray] = {}
         self.tensors: dict[str, dict] = {}
         self.sparse_threshold = sparse_threshold
         self.nm = nm
 
-    def part(self, tensor: str, role: str, arr: np.ndarray) -> str:
-        name = f"{tensor}:{role}"
-        self.parts[name] = np.ascontiguousarray(arr)
-        return name
+    def put(self, name: str, encoded, **extra) -> None:
+        entry, parts = encoded
+        roles = {}
+        for role, arr in parts.items():
+            roles[role] = f"{name}:{role}"
+            self.parts[roles[role]] = np.ascontiguousarray(arr)
+        self.tensors[name] = {**entry, **extra, "parts": roles}
 
     def add(self, name: str, leaf: Any) -> None:
         leaf = _unwrap(leaf)
@@ -158,60 +132,20 @@ class _Writer:
             self.plain(name, np.asarray(leaf))
 
     def dense(self, name, arr, **attrs):
-        arr = np.asarray(arr)
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float32)
-        self.tensors[name] = {
-            "encoding": "dense",
-            "shape": list(arr.shape),
-            "dtype": str(arr.dtype),
-            "parts": {"value": self.part(name, "value", arr)},
-            **attrs,
-        }
+        self.put(name, enc.encode_dense(arr), **attrs)
 
     def plain(self, name, w):
         if w.dtype.kind != "f" or w.ndim < 2 or w.size == 0:
             return self.dense(name, w)
         w = w.astype(np.float32)
-        k, n = _kn(w.shape)
+        k, n = enc.kn(w.shape)
         w2 = w.reshape(k, n)
-        density = np.count_nonzero(w2) / w2.size
-        if density > self.sparse_threshold:
+        if np.count_nonzero(w2) / w2.size > self.sparse_threshold:
             return self.dense(name, w)
-        nk = _nm_structure(w2) if self.nm else None
-        base = {"shape": list(w.shape), "dtype": "float32"}
+        nk = enc.nm_structure(w2) if self.nm else None
         if nk is not None:
-            pos, vals = _nm_slots(w2, nk)
-            self.tensors[name] = {
-                "encoding": "nm",
-                **base,
-                "n": nk,
-                "m": 4,
-                "parts": {
-                    "positions": self.part(name, "positions", pack_bits(pos, 2)),
-                    "values": self.part(name, "values", vals.astype(np.float32)),
-                },
-            }
-            return None
-        self.csr(name, w2, base, w2)
-        return None
-
-    def csr(self, name, keep2, base, values2, scales=None):
-        k, n = keep2.shape
-        kt = keep2.T != 0
-        indptr = np.zeros(n + 1, np.int32)
-        np.cumsum(kt.sum(1), out=indptr[1:])
-        rows, cols = np.nonzero(kt)
-        parts = {
-            "indptr": self.part(name, "indptr", indptr),
-            "indices": self.part(
-                name, "indices", cols.astype(np.uint16 if k <= 65536 else np.int32)
-            ),
-            "values": self.part(name, "values", np.ascontiguousarray(values2.T[rows, cols])),
-        }
-        if scales is not None:
-            parts["scales"] = self.part(name, "scales", scales)
-        self.tensors[name] = {"encoding": "csr", **base, "parts": parts}
+            return self.put(name, enc.encode_nm(w.shape, w2, nk))
+        return self.put(name, enc.encode_csr(w.shape, w2, w2))
 
     def quantized(self, name, q: QuantizedArray):
         shape = tuple(q.shape)
@@ -219,7 +153,7 @@ class _Writer:
         if len(shape) < 2 or (q.axis is not None and q.axis != len(shape) - 1):
             # only output-channel (last axis) scales map to the kernels' layout
             return self.dense(name, deq, note=f"quantized with axis={q.axis}; stored dense")
-        k, n = _kn(shape)
+        k, n = enc.kn(shape)
         bits = int(q.bits)
         off = stored_offset(bits, q.scheme)
         codes = (np.asarray(q.qvalue, np.int32) - off).reshape(k, n)
@@ -235,46 +169,24 @@ class _Writer:
             scales = scale.reshape(k // q.group_size, n)
             zps = zps.reshape(k // q.group_size, n)
         symmetric = q.scheme != "affine"
-        half = 1 << (bits - 1)
-        base = {
-            "shape": list(shape),
-            "dtype": "float32",
-            "bits": bits,
-            "group_size": q.group_size,
-            "symmetric": symmetric,
-            "scheme": q.scheme,
-        }
+        attrs = {"group_size": q.group_size, "scheme": q.scheme}
         density = np.count_nonzero(codes) / codes.size if codes.size else 1.0
         if symmetric and density <= self.sparse_threshold:
-            nk = _nm_structure(codes) if self.nm else None
+            nk = enc.nm_structure(codes) if self.nm else None
             if nk is not None:
-                pos, slot_codes = _nm_slots(codes, nk)
-                self.tensors[name] = {
-                    "encoding": "nm",
-                    **base,
-                    "n": nk,
-                    "m": 4,
-                    "parts": {
-                        "positions": self.part(name, "positions", pack_bits(pos, 2)),
-                        "codes": self.part(name, "codes", _pack_unsigned(slot_codes + half, bits)),
-                        "scales": self.part(name, "scales", scales),
-                    },
-                }
-                return None
+                e = enc.encode_nm(
+                    shape, codes, nk, bits=bits, scales=scales, symmetric=True, **attrs
+                )
+                return self.put(name, e, bits=bits)
             nnz = int(np.count_nonzero(codes))
             csr_bytes = nnz * (1 + (2 if k <= 65536 else 4)) + 8 * n + 4
             if scales.shape[0] == 1 and csr_bytes < (k * n * bits + 7) // 8:
-                base = {"shape": list(shape), "dtype": "float32", "bits": bits, "scheme": q.scheme}
-                return self.csr(name, codes, base, codes.astype(np.int8), scales[0])
-        u = codes + (half if symmetric else 0)
-        parts = {
-            "codes": self.part(name, "codes", _pack_unsigned(u.T, bits)),
-            "scales": self.part(name, "scales", scales),
-        }
-        if not symmetric:
-            parts["zero_points"] = self.part(name, "zero_points", zps.astype(np.uint8))
-        self.tensors[name] = {"encoding": "packed", **base, "parts": parts}
-        return None
+                e = enc.encode_csr(
+                    shape, codes, codes.astype(np.int8), scales[0], bits=bits, scheme=q.scheme
+                )
+                return self.put(name, e)
+        e = enc.encode_packed(shape, codes, scales, zps, bits=bits, symmetric=symmetric, **attrs)
+        return self.put(name, e)
 
     def clustered(self, name, c):
         shape = tuple(c.shape)
@@ -283,43 +195,14 @@ class _Writer:
         cb = np.asarray(c.codebook, np.float32)
         if c.zero_index and len(shape) >= 2 and c.axis in (None, len(shape) - 1):
             # Deep Compression: pruned + shared weights -> CSR positions + codebook indices
-            k, n = _kn(shape)
+            k, n = enc.kn(shape)
             idx2 = idx.reshape(k, n)
             nnz = int(np.count_nonzero(idx2))
             csr_bytes = nnz * (2 if k <= 65536 else 4) + (nnz * bits + 7) // 8 + 4 * (n + 1)
             if nnz <= self.sparse_threshold * idx2.size and csr_bytes < (idx2.size * bits + 7) // 8:
-                kt = idx2.T != 0
-                indptr = np.zeros(n + 1, np.int32)
-                np.cumsum(kt.sum(1), out=indptr[1:])
-                rows, cols = np.nonzero(kt)
-                codes = np.ascontiguousarray(idx2.T[rows, cols])
-                self.tensors[name] = {
-                    "encoding": "csr_codebook",
-                    "shape": list(shape),
-                    "dtype": "float32",
-                    "bits": bits,
-                    "axis": c.axis,
-                    "parts": {
-                        "indptr": self.part(name, "indptr", indptr),
-                        "indices": self.part(
-                            name, "indices", cols.astype(np.uint16 if k <= 65536 else np.int32)
-                        ),
-                        "codes": self.part(name, "codes", _pack_unsigned(codes, bits)),
-                        "codebook": self.part(name, "codebook", cb),
-                    },
-                }
-                return
-        self.tensors[name] = {
-            "encoding": "codebook",
-            "shape": list(shape),
-            "dtype": "float32",
-            "bits": bits,
-            "axis": c.axis,
-            "parts": {
-                "indices": self.part(name, "indices", _pack_unsigned(idx, bits)),
-                "codebook": self.part(name, "codebook", cb),
-            },
-        }
+                e = enc.encode_csr_codebook(shape, idx2, cb, bits=bits, axis=c.axis)
+                return self.put(name, e)
+        return self.put(name, enc.encode_codebook(shape, idx, cb, bits=bits, axis=c.axis))
 
 
 # ---------------------------------------------------------------------------------------------

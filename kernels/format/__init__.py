@@ -1,5 +1,5 @@
 """The artifact format's single home (JAX-free): op specs, weight encodings, the container."""
 
-from jaxcompress_kernels.format import ops
+from jaxcompress_kernels.format import container, encodings, ops
 
-__all__ = ["ops"]
+__all__ = ["container", "encodings", "ops"]
