@@ -126,3 +126,23 @@ def add_relu(a, b, out) -> None:
     """``out = max(a + b, 0)`` (NaN propagates, as ``lax.max``) for same-shape C-contiguous
     float32 arrays (a residual connection). Unchecked."""
     _add_relu_kernel(a.reshape(-1), b.reshape(-1), out.reshape(-1))
+
+
+@numba.njit(cache=True, nogil=True)
+def _bias_act_kernel(y, bias, act):
+    m, n = y.shape
+    for i in range(m):
+        for j in range(n):
+            v = y[i, j] + bias[j]
+            if act >= 1 and v < 0.0:
+                v = np.float32(0.0)
+            if act == 2 and v > 6.0:
+                v = np.float32(6.0)
+            y[i, j] = v
+
+
+def bias_act(y, bias, act: int) -> None:
+    """In place ``y = act(y + bias)``: y ``(M, N)`` float32 C-contiguous, bias ``(N,)``, act 0
+    none / 1 ReLU / 2 ReLU6 (NaN passes through, as ``lax.max``). Unchecked: one call for the
+    epilogue of a BLAS matmul instead of two NumPy ufunc calls."""
+    _bias_act_kernel(y, bias, act)

@@ -32,11 +32,15 @@ import dataclasses
 import math
 import time
 
-import numba
 import numpy as np
 
 from jaxcompress_kernels import artifact as _artifact
-from jaxcompress_kernels._graph_kernels import add_relu, im2col_nhwc, lut_matmul_unchecked
+from jaxcompress_kernels._graph_kernels import (
+    add_relu,
+    bias_act,
+    im2col_nhwc,
+    lut_matmul_unchecked,
+)
 from jaxcompress_kernels._plan import ALIGN, Limits, Plan, assign_arena, infer_graph
 from jaxcompress_kernels._validate import check_int
 from jaxcompress_kernels.conv import (
@@ -54,7 +58,7 @@ from jaxcompress_kernels.formats import (
     pack_weight,
 )
 from jaxcompress_kernels.quantized import codebook_matmul, codebook_weight, qmatmul
-from jaxcompress_kernels.runtime_config import set_num_threads
+from jaxcompress_kernels.runtime_config import _LAST_SET, set_num_threads
 from jaxcompress_kernels.sparse import spmm_csr, spmm_nm
 
 __all__ = ["Runtime", "SelfCheck", "Limits", "Plan", "load", "exec_op"]
@@ -305,6 +309,13 @@ class _WeightKernel:
         )
         return _Cand(label, lambda x, bias: _dense_mm(x, d, bias), d.nbytes, dense=d)
 
+    def gemv_candidate(self) -> _Cand:
+        d = self.dense()
+        label = "gemv(f32 direct" + (
+            ")" if self.entry.encoding == "dense" else f", decoded {self.entry.encoding})"
+        )
+        return _Cand(label, None, d.nbytes, dense=d, gemv=True)
+
     @property
     def resident(self) -> int:
         """Bytes the kernels hold for this weight (its own container and any decoded copy)."""
@@ -320,6 +331,7 @@ class _Cand:
     fn: object
     nbytes: int
     dense: np.ndarray | None = None
+    gemv: bool = False  # dense weight through the direct kernel as a 1x1 conv (bias, act fused)
 
 
 def _native_kernel(e):
@@ -408,7 +420,8 @@ class Runtime:
     Args:
       artifact: a verified `jaxcompress_kernels.artifact.Artifact` (or a path, loaded and verified).
       num_threads: threads for the parallel kernels during `run` (None keeps the current
-        setting). NumPy's BLAS (dense matmuls) keeps its own thread pool: set
+        setting; set through `set_num_threads`, whose last value the hot path compares with
+        instead of querying Numba). NumPy's BLAS (dense matmuls) keeps its own thread pool: set
         ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` before starting the process to pin it.
       limits: `Limits` the plan must respect (activation bytes and FLOPs per example, weight
         bytes, nodes); an artifact over them is refused with `ArtifactError` naming the node.
@@ -551,8 +564,8 @@ class Runtime:
           ArtifactError: the plan for this batch size exceeds the runtime's limits.
         """
         x = self._check_input(inputs)
-        if self.num_threads is not None and numba.get_num_threads() != self.num_threads:
-            set_num_threads(self.num_threads)
+        if self.num_threads is not None and _LAST_SET[0] != self.num_threads:
+            set_num_threads(self.num_threads)  # numba.get_num_threads() alone costs ~5 us
         ex = self._plans.get(x.shape[0]) or self._exec(x.shape[0])
         outs = ex.run(x)
         return outs[0] if len(outs) == 1 else outs
@@ -1040,12 +1053,17 @@ class _Exec:
         if conv is not None and conv.groups != 1:
             return wk.direct_candidate()
         if not cands or (rt.autotune and wk.decoded_bytes <= rt.autotune_max_bytes):
-            cands.append(wk.direct_candidate() if conv is not None else wk.dense_candidate())
+            if conv is not None:
+                cands.append(wk.direct_candidate())
+            else:
+                cands.append(wk.dense_candidate())
+                if rt.autotune and x2_shape[0] <= 4:  # small batches: the register-tiled GEMV
+                    cands.append(wk.gemv_candidate())
         if len(cands) == 1 or not rt.autotune:
             return cands[0]
         key = (i, self.batch)
         if key not in rt._choice:
-            rt._choice[key] = _fastest(cands, x2_shape, conv, wk)
+            rt._choice[key] = _fastest(cands, len(wk.candidates), x2_shape, conv, wk)
         return cands[rt._choice[key]]
 
     # -- running -----------------------------------------------------------------------------
@@ -1110,25 +1128,25 @@ def _activate(y, act):
 def _linear_step(cand, x2, y2, bias, act):
     """One fused linear step writing into the arena view ``y2``."""
     dense = cand.dense
+    if cand.gemv:  # x2 rows as a batch of 1x1 images through the direct conv kernel
+        k, n = dense.shape
+        cw = prepare_conv2d(dense.reshape(1, 1, k, n), bias, activation=act)
+        run = cw.call_unchecked
+        x4 = x2.reshape(x2.shape[0], 1, 1, k)
+        y4 = y2.reshape(y2.shape[0], 1, 1, n)
+        return lambda: run(x4, y4)
     if dense is not None:  # BLAS straight into the arena, then the epilogue in place
-        mm, add = np.matmul, np.add
+        mm = np.matmul
         if act is None and bias is None:
             return lambda: mm(x2, dense, out=y2)
-        if act is None:
+        b = np.zeros(dense.shape[1], np.float32) if bias is None else bias
+        code = {None: 0, _RELU: 1, _RELU6: 2}[act]
 
-            def f():
-                mm(x2, dense, out=y2)
-                add(y2, bias, out=y2)
-
-            return f
-
-        def g():
+        def f():
             mm(x2, dense, out=y2)
-            if bias is not None:
-                add(y2, bias, out=y2)
-            _activate(y2, act)
+            bias_act(y2, b, code)
 
-        return g
+        return f
     fn = cand.fn
 
     def h():
@@ -1191,11 +1209,11 @@ def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
     return pooled
 
 
-def _fastest(cands, x2_shape, conv, wk) -> int:
+def _fastest(cands, n_native, x2_shape, conv, wk) -> int:
     """Index of the fastest candidate on a zero input of the planned shape: candidates timed
-    round robin (so a burst of load hits all of them), the minimum of 9 runs each; the decoded
-    float32 candidate (last) must beat the encoding's own kernel by 5% to be chosen (a tie
-    keeps the smaller weight)."""
+    round robin (so a burst of load hits all of them), the minimum of 9 runs each; a decoded
+    float32 candidate (after the first `n_native`) must beat the encoding's own kernels by 5% to
+    be chosen (a tie keeps the smaller weight)."""
     clock = time.perf_counter
     if conv is not None:
         x = np.zeros(conv.xshape, np.float32)
@@ -1218,10 +1236,12 @@ def _fastest(cands, x2_shape, conv, wk) -> int:
                 t0 = clock()
                 step()
                 best[ci] = min(best[ci], clock() - t0)
-    native = min(range(len(steps) - 1), key=best.__getitem__) if len(steps) > 1 else 0
-    if best[-1] < 0.95 * best[native]:
-        return len(steps) - 1
-    return native
+    floats = range(n_native, len(steps))
+    if not n_native:
+        return min(floats, key=best.__getitem__)
+    native = min(range(n_native), key=best.__getitem__)
+    fl = min(floats, key=best.__getitem__) if len(floats) else native
+    return fl if best[fl] < 0.95 * best[native] else native
 
 
 def _direct_candidate(self) -> _Cand:

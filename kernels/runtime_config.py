@@ -26,6 +26,12 @@ def set_num_threads(n: int) -> None:
     """
     n = check_int("n", n, 1, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
+    _LAST_SET[0] = n
+
+
+# the count the last `set_num_threads` set, so that the runtime's hot path can skip
+# numba.get_num_threads() (~5 us: it takes a lock); Numba's count is per Python thread
+_LAST_SET: list = [None]
 
 
 def get_num_threads() -> int:
