@@ -5,7 +5,7 @@ Batch 1, one thread everywhere (Numba pool, BLAS via threadpoolctl, ORT ``intra_
 ResNet-8). Per layer the implementations run round robin, one call each per round, and the
 table gives the median (p50) of the per-call times. Every implementation is checked against ours
 (max relative error printed). Inputs are in cache (layers this small are called back to back in a
-model).
+model). The round-robin order rotates every round.
 
 - ours: the prepared weight's hot entry ``Conv2dWeight.call_unchecked(x, out)`` (validation
   once, at plan time), and the validated ``weight(x, out)`` for the per-call overhead.
@@ -299,8 +299,12 @@ def time_round_robin(fns: dict, rounds: int) -> dict:
             f()
     ts = {n: np.empty(rounds) for n in fns}
     pc = time.perf_counter
+    items = list(fns.items())
     for r in range(rounds):
-        for n, f in fns.items():
+        # rotate the order each round: an implementation timed right after PyTorch or ORT
+        # otherwise always starts with caches and branch predictors they polluted
+        s = r % len(items)
+        for n, f in items[s:] + items[:s]:
             t0 = pc()
             f()
             ts[n][r] = pc() - t0
