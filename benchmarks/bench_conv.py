@@ -437,7 +437,8 @@ def main(argv=None):
         "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {elapsed:.0f} s",
         f"- machine: {cpu_name()}, {os.cpu_count()} cores, {platform.machine()}, Numba CPU "
-        f"`{numba.config.CPU_NAME or 'host'}`",
+        f"`{numba.config.CPU_NAME or 'host'}`; load average at the end "
+        f"{' / '.join(f'{v:.1f}' for v in os.getloadavg())} (1 / 5 / 15 min)",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- BLAS (threadpoolctl): {'; '.join(blas)}",
         f"- command: `{cmd}`",
