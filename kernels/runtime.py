@@ -1055,6 +1055,8 @@ class _Exec:
         if not cands or (rt.autotune and wk.decoded_bytes <= rt.autotune_max_bytes):
             if conv is not None:
                 cands.append(wk.direct_candidate())
+                if conv.pointwise and rt.autotune:
+                    cands.append(wk.dense_candidate())
             else:
                 cands.append(wk.dense_candidate())
                 if rt.autotune and x2_shape[0] <= 4:  # small batches: the register-tiled GEMV
@@ -1178,12 +1180,23 @@ class _ConvGeometry:
         self.out = tuple(out)
         self.rows = xshape[0] * math.prod(out)
         self.k = math.prod(kshape[:-1])
+        self.pointwise = (
+            self.groups == 1
+            and all(k == 1 for k in kshape[:nd])
+            and all(st == 1 for st in self.strides)
+            and all(p == (0, 0) for p in self.pads)
+        )
 
 
 def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
     """One fused conv step: the direct float32 kernel, or im2col + the weight's own kernel;
     then bias, activation and max pooling into ``out``."""
-    if cand.dense is not None or cand.fn is None:
+    if conv.pointwise and not cand.label.startswith("conv("):
+        # a 1x1 stride-1 conv is a matmul over the pixels: any linear kernel, no im2col
+        run = _linear_step(
+            cand, x.reshape(conv.rows, conv.k), conv_out.reshape(conv.rows, wk.n), bias, act
+        )
+    elif cand.dense is not None or cand.fn is None:
         run = _direct_conv(conv, wk.dense(), x, conv_out, bias, act)
     else:
         cols = np.empty((conv.rows, conv.k), np.float32)
