@@ -869,21 +869,39 @@ class _Exec:
                 return None
             return u[0]
 
+        # a per-output-channel affine chain (bias add; inference batch norm on compressed
+        # kernels, which export does not fold): y = conv(x) * a + c
+        a = np.ones(nout, np.float32)
+        c = np.zeros(nout, np.float32)
+        scaled = False
         j = single_next()
-        if j is not None and nodes[j]["op"] == "add":
-            other = [r for r in nodes[j]["in"] if r != cur]
-            if len(other) == 1 and isinstance(other[0], str) and other[0] in static:
-                b = np.asarray(consts[other[0]])
-                if (
-                    b.dtype == np.float32
-                    and b.ndim <= len(self.shapes[cur])
-                    and all(d == 1 for d in b.shape[:-1])
-                    and (b.ndim == 0 or b.shape[-1] in (1, nout))
-                ):
-                    grp["bias"] = np.ascontiguousarray(np.broadcast_to(b.reshape(-1), (nout,)))
-                    grp["nodes"].append(j)
-                    cur = nodes[j]["out"]
-                    j = single_next()
+        while j is not None and nodes[j]["op"] in ("add", "sub", "mul", "div"):
+            ins = nodes[j]["in"]
+            if len(ins) != 2 or ins[0] == ins[1] or cur not in ins:
+                break
+            first = ins[0] == cur
+            other = ins[1] if first else ins[0]
+            v = _channel_vector(other, static, consts, nout, len(self.shapes[cur]))
+            if v is None:
+                break
+            op = nodes[j]["op"]
+            if op == "add":
+                c = c + v
+            elif op == "sub":
+                a, c = (a, c - v) if first else (-a, v - c)
+            elif op == "mul":
+                a, c = a * v, c * v
+            elif first:  # div by a per-channel constant
+                a, c = a / v, c / v
+            else:
+                break
+            scaled = scaled or op in ("mul", "div") or (op == "sub" and not first)
+            grp["nodes"].append(j)
+            cur = nodes[j]["out"]
+            j = single_next()
+        if len(grp["nodes"]) > 1:
+            grp["bias"] = c.astype(np.float32)
+            grp["scale"] = a.astype(np.float32) if scaled else None
         if j is not None:
             nj = nodes[j]
             ins = nj["in"]
@@ -1028,12 +1046,15 @@ class _Exec:
         x = view(node["in"][0])
         out = view(grp["out"])
         bias, act, pool = grp["bias"], grp["act"], grp.get("pool")
+        scale = grp.get("scale")
+        sfx = "+affine" if scale is not None else ""
         if node["op"] == "linear":
             x2 = x.reshape(-1, wk.k)
             y2 = out.reshape(x2.shape[0], wk.n)
             cand = self._choose(i, wk, x2.shape)
             grp["wlabel"] = cand.label
-            return _linear_step(cand, x2, y2, bias, act), cand.label + _suffix(bias, act, None)
+            step = _linear_step(_scaled(cand, scale), x2, y2, bias, act)
+            return step, cand.label + sfx + _suffix(bias, act, None)
         conv = _ConvGeometry(node, x.shape)
         if pool is None:
             conv_out = out
@@ -1041,8 +1062,8 @@ class _Exec:
             conv_out = np.empty((*x.shape[:1], *conv.out, wk.n), np.float32)
         cand = self._choose(i, wk, None, conv=conv)
         grp["wlabel"] = cand.label
-        step = _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out)
-        return step, cand.label + _suffix(bias, act, pool)
+        step = _conv_step(_scaled(cand, scale, wk), wk, conv, x, conv_out, bias, act, pool, out)
+        return step, cand.label + sfx + _suffix(bias, act, pool)
 
     def _choose(self, i, wk, x2_shape, conv=None) -> _Cand:
         """The kernel for weight node i at this input shape: the encoding's own kernel or, when
@@ -1104,6 +1125,46 @@ class _Exec:
             _conv_step(cand, wk, conv, x, y, None, None, None, y)()
             return y
         return exec_op(node, ins, self.batch)
+
+
+def _scaled(cand: _Cand, scale, wk=None) -> _Cand:
+    """`cand` with its outputs multiplied per channel by `scale` (a folded affine chain): float
+    candidates get the scale folded into their own decoded copy of W, the encoding's own
+    kernels an epilogue."""
+    if scale is None:
+        return cand
+    if cand.dense is not None or cand.fn is None:
+        d = cand.dense if cand.dense is not None else wk.dense()
+        return dataclasses.replace(cand, dense=np.ascontiguousarray(d * scale, np.float32))
+    fn = cand.fn
+
+    def scaled_fn(x, bias):
+        y = fn(x, None)
+        y *= scale
+        if bias is not None:
+            y += bias
+        return y
+
+    return dataclasses.replace(cand, fn=scaled_fn)
+
+
+def _channel_vector(ref, static, consts, n, rank):
+    """A static float32 operand that varies only along the last axis, as an ``(n,)`` vector."""
+    if isinstance(ref, dict):
+        if ref["dtype"] != "float32":
+            return None
+        return np.full(n, _lit_value(ref), np.float32)
+    if not isinstance(ref, str) or ref not in static:
+        return None
+    b = np.asarray(consts[ref])
+    if (
+        b.dtype != np.float32
+        or b.ndim > rank
+        or any(d != 1 for d in b.shape[:-1])
+        or (b.ndim and b.shape[-1] not in (1, n))
+    ):
+        return None
+    return np.broadcast_to(b.reshape(-1), (n,)).astype(np.float32)
 
 
 def _suffix(bias, act, pool) -> str:
@@ -1197,7 +1258,8 @@ def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
             cand, x.reshape(conv.rows, conv.k), conv_out.reshape(conv.rows, wk.n), bias, act
         )
     elif cand.dense is not None or cand.fn is None:
-        run = _direct_conv(conv, wk.dense(), x, conv_out, bias, act)
+        dense = cand.dense if cand.dense is not None else wk.dense()
+        run = _direct_conv(conv, dense, x, conv_out, bias, act)
     else:
         cols = np.empty((conv.rows, conv.k), np.float32)
         fill = _im2col(conv, x, cols)

@@ -240,3 +240,37 @@ def test_plan_fuses_and_reuses_the_arena(tmp_path):
     assert rt.plan_for(5).arena_bytes >= 5 * 4 * (8 + 4)
     y1 = rt.run(x[:1])
     np.testing.assert_allclose(y1, want[:1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_per_channel_affine_chain_is_fused_into_packed_weights(tmp_path, autotune):
+    """Inference batch norm after a compressed kernel (export folds it only into float kernels):
+    ((x @ W - mean) * s + beta) then ReLU is one step, on the packed kernel or a scaled copy."""
+    from jaxcompress_kernels.format import encodings as enc
+
+    rng = np.random.default_rng(3)
+    k, n = 64, 128
+    codes = rng.integers(-7, 8, (k, n)).astype(np.int32)
+    sc = (rng.random((1, n)) + 0.5).astype(np.float32)
+    entry, parts = enc.encode_packed((k, n), codes, sc, None, bits=4, symmetric=True, group_size=None)
+    w = (codes * sc).astype(np.float32)
+    mean, s, beta = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    tensors = {"w": {**entry, "parts": {r: f"w:{r}" for r in parts}}}
+    stored = {f"w:{r}": a for r, a in parts.items()}
+    for name, v in (("mean", mean), ("s", s), ("beta", beta)):
+        tensors[name] = {"encoding": "dense", "shape": [n], "parts": {"value": f"{name}:value"}}
+        stored[f"{name}:value"] = v
+    zero = {"lit": 0.0, "dtype": "float32"}
+    nodes = [
+        {"op": "linear", "in": ["input"], "out": "h", "weight": "w"},
+        {"op": "sub", "in": ["h", "mean"], "out": "a"},
+        {"op": "mul", "in": ["a", "s"], "out": "b"},
+        {"op": "add", "in": ["b", "beta"], "out": "c"},
+        {"op": "max", "in": ["c", zero], "out": "y"},
+    ]
+    p = _write(tmp_path / "bn.jcx", nodes, ["y"], (k,), tensors, stored)
+    rt = runtime.load(p, num_threads=1, autotune=autotune)
+    assert len(rt.plan.steps) == 1 and "+affine+bias+relu" in rt.plan.steps[0][1]
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    want = np.maximum((x.astype(np.float64) @ w - mean) * s + beta, 0)
+    np.testing.assert_allclose(rt.run(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
