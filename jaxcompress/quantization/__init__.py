@@ -30,6 +30,7 @@ from jaxcompress.quantization._sensitivity import (
     mixed_precision,
     sensitivity,
 )
+from jaxcompress.quantization._smooth import awq, smooth_quant, smoothing_scales
 
 __all__ = [
     "OBSERVERS",
@@ -37,7 +38,10 @@ __all__ = [
     "ActivationRanges",
     "CalibrationStats",
     "LayerStats",
+    "awq",
     "capture_stats",
+    "smooth_quant",
+    "smoothing_scales",
     "gptq",
     "gptq_params",
     "LayerSensitivity",

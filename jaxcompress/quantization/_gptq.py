@@ -38,8 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError, named_leaves
-from jaxcompress._core import selection_mask
+from jaxcompress._core import (
+    JaxCompressTypeError,
+    JaxCompressValueError,
+    named_leaves,
+    selection_mask,
+)
 from jaxcompress.quantization._calibration import CalibrationStats, LayerStats
 from jaxcompress.quantization._numerics import code_range, stored_offset
 from jaxcompress.quantization._qarray import QuantizedArray
@@ -184,9 +188,7 @@ def _gptq_core(w_kn: jax.Array, h: jax.Array, *, spec: QuantSpec, act_order: boo
         u_rows = jax.lax.dynamic_slice_in_dim(u, i1, bsz, axis=0)  # (B, Kp)
         u1 = jax.lax.dynamic_slice_in_dim(u_rows, i1, bsz, axis=1)  # (B, B)
         zeros = jnp.zeros((n, bsz), jnp.float32)
-        _, q1, e1, *_ = jax.lax.fori_loop(
-            0, bsz, column_step, (w1, zeros, zeros, s_blk, z_blk, u1)
-        )
+        _, q1, e1, *_ = jax.lax.fori_loop(0, bsz, column_step, (w1, zeros, zeros, s_blk, z_blk, u1))
         later = jnp.where(col[None, :] >= i1 + bsz, u_rows, 0.0)
         w = w - jnp.matmul(e1, later, precision=jax.lax.Precision.HIGHEST)
         codes = jax.lax.dynamic_update_slice_in_dim(codes, q1, i1, axis=1)
