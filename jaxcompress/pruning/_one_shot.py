@@ -176,8 +176,8 @@ def _block_counts(total_rows: int, k: int, bsz: int, nb: int, sparsity: float) -
     return np.diff(cum).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "m", "damping", "bsz"))
-def _sparsegpt_core(w_kn, h, counts, *, n, m, damping, bsz):
+@functools.partial(jax.jit, static_argnames=("n", "m", "bsz"))
+def _sparsegpt_core(w_kn, h, counts, damping, *, n, m, bsz):
     """Traceable SparseGPT on ``w_kn`` ``(K, N)``: returns ``(w_new (K, N), keep (K, N), ok)``."""
     k, nout = w_kn.shape
     u, dead = hessian_inverse_upper(h, damping)
@@ -305,7 +305,7 @@ def sparsegpt(
         if not bool(jnp.all(jnp.isfinite(h))):
             raise JaxCompressValueError("hessian contains NaN or Inf")
     w_new, keep, ok = _sparsegpt_core(
-        w.reshape(k, -1), h, jnp.asarray(counts), n=n, m=m, damping=damping, bsz=bsz
+        w.reshape(k, -1), h, jnp.asarray(counts), jnp.float32(damping), n=n, m=m, bsz=bsz
     )
     if concrete and check is not False and not bool(ok):
         raise JaxCompressValueError(

@@ -322,17 +322,26 @@ def capture_stats(
             raise JaxCompressValueError(
                 f"batches[{b}] contains NaN or Inf; calibration statistics would be garbage"
             )
+        if n == 0 and where is not None:
+            # trace once (no compile) to find the sites, so a bad selection fails before any work
+            seen: set[int] = set()
+            jax.eval_shape(
+                lambda p, xx: seen.update(layer_inputs(apply_fn, p, xx, **kwargs)),
+                params,
+                jnp.asarray(xb),
+            )
+            missing = [
+                q for i, (q, s) in enumerate(zip(paths, sel, strict=True)) if s and i not in seen
+            ]
+            if missing:
+                raise JaxCompressValueError(
+                    f"where selects {missing}, which no matmul/conv of the model uses as a kernel"
+                )
         s = step(params, jnp.asarray(xb))
         acc = s if not acc else {k: _merge(acc[k], s[k]) for k in acc}
         n += 1
     if n == 0:
         raise JaxCompressValueError("batches is empty; calibration needs at least one batch")
-    if where is not None:
-        missing = [p for p, s in zip(paths, sel, strict=True) if s and p not in acc]
-        if missing:
-            raise JaxCompressValueError(
-                f"where selects {missing}, which no matmul/conv of the model uses as a kernel"
-            )
     for k, st in acc.items():
         if not bool(jnp.all(jnp.isfinite(st.xtx))):
             raise JaxCompressValueError(

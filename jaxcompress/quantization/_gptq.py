@@ -112,8 +112,10 @@ def _scale_of(rows: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:
     return _qparams_from_range(lo, hi, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "act_order", "damping"))
-def _gptq_core(w_kn: jax.Array, h: jax.Array, *, spec: QuantSpec, act_order: bool, damping: float):
+@functools.partial(jax.jit, static_argnames=("spec", "act_order"))
+def _gptq_core(
+    w_kn: jax.Array, h: jax.Array, damping: jax.Array, *, spec: QuantSpec, act_order: bool
+):
     """Traceable GPTQ on ``w_kn`` ``(K, N)``; returns ``(codes (K, N) int32, scale, zp, ok)``."""
     k, n = w_kn.shape
     g = spec.group_size
@@ -286,7 +288,7 @@ def gptq(
         if not bool(jnp.all(jnp.isfinite(h))):
             raise JaxCompressValueError("hessian contains NaN or Inf")
     codes, scale, zp, ok = _gptq_core(
-        w.reshape(k, n), h, spec=spec, act_order=bool(act_order), damping=damping
+        w.reshape(k, n), h, jnp.float32(damping), spec=spec, act_order=bool(act_order)
     )
     if concrete and check is not False and not bool(ok):
         raise JaxCompressValueError(
