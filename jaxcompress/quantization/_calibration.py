@@ -257,6 +257,13 @@ def layer_inputs(apply_fn: Callable, params: Any, x: Any, **kwargs) -> dict[int,
     return found
 
 
+def _site_leaves(apply_fn, params, x, kwargs) -> list[int]:
+    """Flat indices of the params leaves used as matmul/conv kernels (traced once, no compile)."""
+    found: list[int] = []
+    jax.eval_shape(lambda p, xx: found.extend(layer_inputs(apply_fn, p, xx, **kwargs)), params, x)
+    return found
+
+
 def capture_stats(
     apply_fn: Callable,
     params: Any,
@@ -324,12 +331,7 @@ def capture_stats(
             )
         if n == 0 and where is not None:
             # trace once (no compile) to find the sites, so a bad selection fails before any work
-            seen: set[int] = set()
-            jax.eval_shape(
-                lambda p, xx: seen.update(layer_inputs(apply_fn, p, xx, **kwargs)),
-                params,
-                jnp.asarray(xb),
-            )
+            seen = set(_site_leaves(apply_fn, params, jnp.asarray(xb), kwargs))
             missing = [
                 q for i, (q, s) in enumerate(zip(paths, sel, strict=True)) if s and i not in seen
             ]

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxcompress._core import JaxCompressValueError
-from jaxcompress.models import LeNet5, TinyTransformer, functional
+from jaxcompress.models import TinyTransformer, functional
 from jaxcompress.quantization import (
     LayerStats,
     QuantizedArray,
@@ -73,7 +73,9 @@ def test_capture_linen_dense_matches_explicit_rows():
     np.testing.assert_allclose(s0.mean_abs, jnp.abs(x).mean(0), rtol=1e-6)
     assert float(s0.count) == 10 and st.batches == 2
     h = nn.relu(x @ params["params"]["Dense_0"]["kernel"] + params["params"]["Dense_0"]["bias"])
-    np.testing.assert_allclose(st["params/Dense_1/kernel"].hessian, h.T @ h / 10, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        st["params/Dense_1/kernel"].hessian, h.T @ h / 10, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_capture_nnx_conv_im2col_reproduces_the_conv():
@@ -125,8 +127,14 @@ def test_gptq_beats_rtn_on_the_layer_objective(group_size, act_order):
     k = 160  # not a multiple of the 128 block: exercises the padded tail
     w = jnp.asarray(RNG.normal(size=(k, 12)), jnp.float32)
     x = _correlated_rows(600, k)
-    q = gptq(w, LayerStats.from_rows(x), bits=3, scheme="affine", group_size=group_size,
-             act_order=act_order)
+    q = gptq(
+        w,
+        LayerStats.from_rows(x),
+        bits=3,
+        scheme="affine",
+        group_size=group_size,
+        act_order=act_order,
+    )
     r = quantize(w, bits=3, scheme="affine", axis=-1, group_size=group_size)
     err_g = float(jnp.sum((x @ (w - dequantize(q))) ** 2))
     err_r = float(jnp.sum((x @ (w - dequantize(r))) ** 2))
