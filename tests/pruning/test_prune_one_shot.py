@@ -115,3 +115,12 @@ def test_one_shot_pruning_errors(layer):
         sparsegpt(w, jnp.full((K, K), jnp.nan), 0.5)
     with pytest.raises(JaxCompressValueError, match="comparison"):
         wanda_masks({"w": w}, stats, 0.5, comparison="row")
+
+
+def test_wanda_jits(layer):
+    w, _, st = layer
+    stats = CalibrationStats({"w": st}, 1)
+    for kw in (dict(sparsity=0.5), dict(sparsity=0.5, comparison="layer"), dict(n=2, m=4)):
+        eager = wanda_masks({"w": w}, stats, **kw)["w"]
+        jitted = jax.jit(lambda p, kw=kw: wanda_masks(p, stats, **kw))({"w": w})["w"]
+        np.testing.assert_array_equal(eager, jitted)

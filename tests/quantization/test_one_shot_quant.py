@@ -216,3 +216,11 @@ def test_mapping_errors(tt):
         smooth_quant(params, st, MAPS, alpha=1.5)
     with pytest.raises(JaxCompressValueError, match="group_size=5 does not divide"):
         awq(params, st, MAPS, bits=4, group_size=5)
+
+
+def test_smoothquant_jits(tt):
+    apply_fn, params, x, st = tt
+    eager = smooth_quant(params, st, MAPS, alpha=0.5)
+    jitted = jax.jit(lambda p: smooth_quant(p, st, MAPS, alpha=0.5))(params)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
