@@ -2,19 +2,19 @@
 
 from jaxcompress.models import linen
 from jaxcompress.models._functional import ApplyFn, functional
+from jaxcompress.models._lm import CharLM, char_lm_mappings
 from jaxcompress.models._nnx import CNN1D, MLP, MLP1D, LeNet5, LeNet300100, TinyTransformer
-from jaxcompress.models._lm import CharLM, char_lm_mappings  # noqa: I001 (kept apart for merges)
 
 __all__ = [
     "ApplyFn",
-    "CharLM",
     "CNN1D",
+    "CharLM",
     "LeNet5",
     "LeNet300100",
     "MLP",
     "MLP1D",
     "TinyTransformer",
-    "functional",
     "char_lm_mappings",
+    "functional",
     "linen",
 ]
