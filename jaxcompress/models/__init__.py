@@ -2,6 +2,7 @@
 
 from jaxcompress.models import linen
 from jaxcompress.models._functional import ApplyFn, functional
+from jaxcompress.models._lm import CharLM, char_lm_mappings
 from jaxcompress.models._mlperf import (
     DSCNN,
     MLPERF_TINY,
@@ -17,6 +18,7 @@ from jaxcompress.models._nnx import CNN1D, MLP, MLP1D, LeNet5, LeNet300100, Tiny
 __all__ = [
     "ApplyFn",
     "CNN1D",
+    "CharLM",
     "DSCNN",
     "FCAutoEncoder",
     "LeNet5",
@@ -27,6 +29,7 @@ __all__ = [
     "MobileNetV1VWW",
     "ResNet8",
     "TinyTransformer",
+    "char_lm_mappings",
     "count_macs",
     "count_params",
     "functional",

@@ -38,6 +38,12 @@ from jaxcompress.pruning._masks import (
     threshold_clip,
     threshold_masks,
 )
+from jaxcompress.pruning._one_shot import (
+    OneShotPruneResult,
+    sparsegpt,
+    sparsegpt_params,
+    wanda_masks,
+)
 from jaxcompress.pruning._schedules import (
     ConstantSchedule,
     OneShotSchedule,
@@ -66,6 +72,7 @@ __all__ = [
     "LeafSparsity",
     "MagnitudePruningState",
     "NMPruningState",
+    "OneShotPruneResult",
     "OneShotSchedule",
     "PolynomialSchedule",
     "Schedule",
@@ -85,9 +92,12 @@ __all__ = [
     "nm_pruning",
     "one_shot",
     "polynomial",
+    "sparsegpt",
+    "sparsegpt_params",
     "sparsity",
     "sparsity_report",
     "threshold_clip",
     "threshold_masks",
     "uniform",
+    "wanda_masks",
 ]

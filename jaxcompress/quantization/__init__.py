@@ -3,7 +3,9 @@
 Grid semantics are pinned down in :mod:`jaxcompress.quantization._numerics`.
 """
 
+from jaxcompress.quantization._calibration import CalibrationStats, LayerStats, capture_stats
 from jaxcompress.quantization._fake_quant import FakeQuantize, fake_quant, fake_quantize, qat_step
+from jaxcompress.quantization._gptq import gptq, gptq_params
 from jaxcompress.quantization._numerics import SCHEMES, code_range
 from jaxcompress.quantization._observers import (
     OBSERVERS,
@@ -28,11 +30,20 @@ from jaxcompress.quantization._sensitivity import (
     mixed_precision,
     sensitivity,
 )
+from jaxcompress.quantization._smooth import awq, smooth_quant, smoothing_scales
 
 __all__ = [
     "OBSERVERS",
     "SCHEMES",
     "ActivationRanges",
+    "CalibrationStats",
+    "LayerStats",
+    "awq",
+    "capture_stats",
+    "smooth_quant",
+    "smoothing_scales",
+    "gptq",
+    "gptq_params",
     "LayerSensitivity",
     "PTQResult",
     "SensitivityReport",
