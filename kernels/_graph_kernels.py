@@ -54,6 +54,38 @@ def _im2col_kernel(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow):
                 r += 1
 
 
+@numba.njit(cache=True, nogil=True)
+def _im2col_t_kernel(x, cols_t, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow):
+    """cols_t[(u, v, c), (b, i, j)]: the transposed im2col (pixels contiguous per tap), the
+    layout a sparse kernel streams with one vector over the pixels per nonzero weight."""
+    nb, h, w, c = x.shape
+    npix = nb * oh * ow
+    for b in range(nb):
+        for i in range(oh):
+            for j in range(ow):
+                r = (b * oh + i) * ow + j
+                for u in range(kh):
+                    y = i * sh + u * dh - ph
+                    for v in range(kw):
+                        z = j * sw + v * dw - pw
+                        base = (u * kw + v) * c
+                        if 0 <= y < h and 0 <= z < w:
+                            for ch in range(c):
+                                cols_t[base + ch, r] = x[b, y, z, ch]
+                        else:
+                            for ch in range(c):
+                                cols_t[base + ch, r] = 0.0
+    return npix
+
+
+def im2col_t_nhwc(x, cols_t, kernel_hw, strides, dilation, pads_lo, out_hw) -> None:
+    """`im2col_nhwc` transposed: ``cols_t`` is ``(KH*KW*C, B*OH*OW)``. Unchecked."""
+    _im2col_t_kernel(
+        x, cols_t, kernel_hw[0], kernel_hw[1], strides[0], strides[1], dilation[0], dilation[1],
+        pads_lo[0], pads_lo[1], out_hw[0], out_hw[1],
+    )  # fmt: skip
+
+
 def im2col_nhwc(x, cols, kernel_hw, strides, dilation, pads_lo, out_hw) -> None:
     """im2col of a ``(B, H, W, C)`` float32 array into ``cols`` ``(B*OH*OW, KH*KW*C)`` (C order
     of the kernel's ``(KH, KW, C)``, the reduction order of a Flax conv kernel). Unchecked."""

@@ -39,6 +39,7 @@ from jaxcompress_kernels._graph_kernels import (
     add_relu,
     bias_act,
     im2col_nhwc,
+    im2col_t_nhwc,
     lut_matmul_unchecked,
 )
 from jaxcompress_kernels._plan import ALIGN, Limits, Plan, assign_arena, infer_graph
@@ -332,6 +333,8 @@ class _Cand:
     nbytes: int
     dense: np.ndarray | None = None
     gemv: bool = False  # dense weight through the direct kernel as a 1x1 conv (bias, act fused)
+    csr: object = None  # the CSRMatrix of a csr kernel (a conv streams transposed im2col rows)
+    scaled: bool = False  # an affine epilogue wraps fn (the sparse conv path does not apply it)
 
 
 def _native_kernel(e):
@@ -350,7 +353,7 @@ def _native_kernel(e):
             f"spmm_csr({'int8' if w.scales is not None else 'f32'}, "
             f"density={w.nnz / max(k * n, 1):.3f})"
         )
-        return _Cand(label, lambda x, bias: spmm_csr(x, w, bias), w.nbytes)
+        return _Cand(label, lambda x, bias: spmm_csr(x, w, bias), w.nbytes, csr=w)
     if enc == "csr_codebook":
         w = CSRMatrix(
             shape=(k, n),
@@ -359,7 +362,7 @@ def _native_kernel(e):
             values=np.ascontiguousarray(_artifact.csr_codebook_values(e), np.float32),
         )
         label = f"spmm_csr(f32 from codebook, density={w.nnz / max(k * n, 1):.3f})"
-        return _Cand(label, lambda x, bias: spmm_csr(x, w, bias), w.nbytes)
+        return _Cand(label, lambda x, bias: spmm_csr(x, w, bias), w.nbytes, csr=w)
     if enc == "nm" and a["m"] == 4 and a["n"] in (1, 2):
         if "values" in e.parts:
             w = nm_from_dense(_artifact.decode_dense(e).reshape(k, n), n=a["n"])
@@ -1145,7 +1148,7 @@ def _scaled(cand: _Cand, scale, wk=None) -> _Cand:
             y += bias
         return y
 
-    return dataclasses.replace(cand, fn=scaled_fn)
+    return dataclasses.replace(cand, fn=scaled_fn, scaled=True)
 
 
 def _channel_vector(ref, static, consts, n, rank):
@@ -1260,6 +1263,8 @@ def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
     elif cand.dense is not None or cand.fn is None:
         dense = cand.dense if cand.dense is not None else wk.dense()
         run = _direct_conv(conv, dense, x, conv_out, bias, act)
+    elif cand.csr is not None and conv.nd in (1, 2) and not cand.scaled:
+        run = _sparse_conv(cand.csr, conv, x, conv_out, bias, act)
     else:
         cols = np.empty((conv.rows, conv.k), np.float32)
         fill = _im2col(conv, x, cols)
@@ -1401,6 +1406,36 @@ def _direct_conv(conv, dense2d, x, out, bias, act):
         return _grouped_conv(conv, dense2d.reshape(conv.kernel), x, out, bias, act)
     run = cw.call_unchecked
     return lambda: run(x4, o4)
+
+
+def _sparse_conv(w, conv, x, out, bias, act):
+    """A CSR conv: the transposed im2col (taps x pixels), then per output channel one vector over
+    the pixels per nonzero weight (`sparse._spmm_csr_kernel`), then bias/activation into out."""
+    from jaxcompress_kernels.sparse import _spmm_csr_kernel
+
+    if conv.nd == 2:
+        x4, kern, st, dil = x, conv.kernel[:2], conv.strides, conv.dilation
+        lo, out_hw = (conv.pads[0][0], conv.pads[1][0]), conv.out
+    else:
+        x4 = x.reshape(x.shape[0], 1, *x.shape[1:])
+        kern, st, dil = (1, conv.kernel[0]), (1, conv.strides[0]), (1, conv.dilation[0])
+        lo, out_hw = (0, conv.pads[0][0]), (1, conv.out[0])
+    cols_t = np.empty((conv.k, conv.rows), np.float32)
+    out_t = np.zeros((w.shape[1], conv.rows), np.float32)
+    y2 = out.reshape(conv.rows, w.shape[1])
+    q = w.scales is not None
+    sc = w.scales if q else np.ones(1, np.float32)
+    b = np.zeros(w.shape[1], np.float32) if bias is None else bias
+    code = {None: 0, _RELU: 1, _RELU6: 2}[act]
+
+    def run():
+        im2col_t_nhwc(x4, cols_t, kern, st, dil, lo, out_hw)
+        out_t[...] = 0.0
+        _spmm_csr_kernel(cols_t, w.indptr, w.indices, w.values, sc, q, out_t)
+        y2[...] = out_t.T
+        bias_act(y2, b, code)
+
+    return run
 
 
 def _grouped_conv(conv, kern, x, out, bias, act):
