@@ -629,7 +629,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.rounds = 1
     args.budget = 0.05 if args.quick else 0.3
-    epochs = {"lenet300": 1, "lenet5": 1} if args.quick else {"lenet300": 4, "lenet5": 2}
+    epochs = {"lenet300": 1, "lenet5": 1} if args.quick else {"lenet300": 3, "lenet5": 1}
     train_n = 5000 if args.quick else None
 
     args.load0 = os.getloadavg()[0]
