@@ -170,7 +170,7 @@ def test_benchmark_report(artifacts):
         if n.weight is None:
             assert k == n.kernel
         else:  # the autotuner may pick either candidate on a noisy machine
-            assert k.split("(")[0] in ("spmm_csr", "spmm_nm", "matmul")
+            assert k.split("(")[0] in ("spmm_csr", "spmm_nm", "matmul", "gemv")
     assert [o.flops for o in rep.graph.ops] == [n.flops for n in plan.nodes]
     assert "kernel (the runtime's plan)" in md
     assert d["splits"][0]["rows"][0]["raw_input_leaves_device"] is True
