@@ -60,6 +60,28 @@ def _bytes_twin(c):
     return t
 
 
+def _huge_kb(c) -> int:
+    """kB of transparent huge pages in the mapping holding the container's largest array (Linux;
+    0 elsewhere):
+    on a shared machine whether a large allocation gets huge pages varies from run to run and
+    moves kernel times by more than any other difference between the variants."""
+    arrays = [getattr(c, f.name) for f in dataclasses.fields(c)]
+    a = max((v for v in arrays if isinstance(v, np.ndarray)), key=lambda v: v.nbytes)
+    addr, inside = a.ctypes.data, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(maxsplit=1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(v, 16) for v in head.split("-"))
+                    inside = lo <= addr < hi
+                elif inside and line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _cases(k: int, n: int):
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
@@ -103,17 +125,22 @@ def main() -> None:
             for v in variants:  # same bytes, same answer; warm-up (compilation, caches)
                 np.testing.assert_array_equal(fn(x, v), want)
             times = [[] for _ in variants]
-            for _ in range(args.repeats):
-                for lst, v in zip(times, variants, strict=True):
+            for r in range(args.repeats):
+                for j in range(3):  # rotate the order: no variant always runs first
+                    i = (r + j) % 3
                     t0 = time.perf_counter()
-                    fn(x, v)
-                    lst.append(time.perf_counter() - t0)
+                    fn(x, variants[i])
+                    times[i].append(time.perf_counter() - t0)
             mf, mn, mb = (statistics.median(t) for t in times)
-            rows.append((name, batch, mf, mn, mb))
+            # paired: the ratio within each round, then the median (cancels load drifts)
+            pn = statistics.median(b / a for a, b in zip(times[0], times[1], strict=True))
+            pb = statistics.median(b / a for a, b in zip(times[0], times[2], strict=True))
+            huge = "/".join(str(_huge_kb(v) // 1024) for v in variants)
+            rows.append((name, batch, mf, mn, mb, pn, pb, huge))
             print(
                 f"{name:28s} batch {batch}: frozen {mf * 1e6:9.1f} us, numpy-owned "
-                f"{mn * 1e6:9.1f} us (ratio {mn / mf:.3f}), bytes {mb * 1e6:9.1f} us "
-                f"(ratio {mb / mf:.3f})",
+                f"{mn * 1e6:9.1f} us (ratio {pn:.3f}), bytes {mb * 1e6:9.1f} us "
+                f"(ratio {pb:.3f})",
                 flush=True,
             )
     try:
@@ -140,16 +167,29 @@ def main() -> None:
         "- Method: each container (frozen: the shipped immutable copies) and two twins holding the "
         "same bytes, NumPy-owned read-only arrays (what containers held before issue 16) and "
         "arrays over `bytes` objects (the first design tried), run round robin; median over the "
-        "repeats. ratio = twin time / frozen time (> 1: frozen is faster, < 1: slower).",
+        "repeats, the order rotating every round. ratio = median over rounds of twin time / frozen "
+        "time in the same round (> 1: frozen is faster, < 1: slower).",
         "",
-        "| kernel | batch | frozen (us) | numpy-owned (us) | ratio | bytes (us) | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "- THP MiB: AnonHugePages of the memory mapping that holds the largest array of each "
+        "variant (frozen/numpy-owned/bytes; /proc/self/smaps, per mapping, not per array). The "
+        "kernel reads the same bytes in all three variants; on this shared machine whether a large "
+        "allocation gets huge pages varies from run to run, and single cells move by up to ~1.5x "
+        "with it (e.g. qmatmul_int8 batch 1 below, where only the twins differ).",
+        "",
+        "| kernel | batch | frozen (us) | numpy-owned (us) | ratio | bytes (us) | ratio | THP MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, batch, mf, mn, mb in rows:
+    for name, batch, mf, mn, mb, pn, pb, huge in rows:
         lines.append(
-            f"| {name} | {batch} | {mf * 1e6:.1f} | {mn * 1e6:.1f} | {mn / mf:.3f} | "
-            f"{mb * 1e6:.1f} | {mb / mf:.3f} |"
+            f"| {name} | {batch} | {mf * 1e6:.1f} | {mn * 1e6:.1f} | {pn:.3f} | "
+            f"{mb * 1e6:.1f} | {pb:.3f} | {huge} |"
         )
+    ratios = sorted(r[5] for r in rows)
+    lines += [
+        "",
+        f"frozen vs numpy-owned over all {len(rows)} cells: median ratio "
+        f"{statistics.median(ratios):.3f}, min {ratios[0]:.3f}, max {ratios[-1]:.3f}.",
+    ]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
