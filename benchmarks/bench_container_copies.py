@@ -1,11 +1,13 @@
-"""Do containers that own immutable (``bytes``-backed) copies make the kernels slower? (issue 16)
+"""Do containers that own immutable copies make the kernels slower? (issue 16)
 
-Since issue 16 every kernel container copies its arrays at construction into memory owned by a
-Python ``bytes`` object (so nobody can write them or set them writeable again). The kernels
-validate nothing per call, so the only possible effect on the hot path is the memory itself
-(allocator, alignment). This script builds each container once, then makes a twin whose arrays are
-ordinary NumPy-allocated read-only arrays holding the same bytes (what containers held before:
-read-only views of NumPy arrays), and times the kernel on both, round robin, in one process.
+Since issue 16 every kernel container copies its arrays at construction into a NumPy allocation
+exposed through a read-only array interface (`formats._frozen`: nobody can write them or set them
+writeable again). The kernels validate nothing per call, so the only possible effect on the hot
+path is the memory itself (allocator, alignment, huge pages). This script builds each container
+once and makes two twins holding the same bytes: NumPy-owned read-only arrays (what containers
+held before: read-only views of NumPy arrays) and arrays over a Python ``bytes`` object (the first
+design tried: immutable too, but its memory gets no transparent-huge-page advice). It times the
+kernel on all three, round robin, in one process.
 
 Usage:
     flock /tmp/jaxcompress-bench.lock python benchmarks/bench_container_copies.py \
@@ -43,6 +45,41 @@ def _numpy_twin(c):
                 a.flags.writeable = False
         object.__setattr__(t, f.name, v)
     return t
+
+
+def _bytes_twin(c):
+    """The same container with arrays over ``bytes`` objects (the first design tried)."""
+    t = object.__new__(type(c))
+    for f in dataclasses.fields(c):
+        v = getattr(c, f.name)
+        if isinstance(v, np.ndarray):
+            v = np.frombuffer(v.tobytes(), v.dtype).reshape(v.shape)
+        elif isinstance(v, tuple) and all(isinstance(a, np.ndarray) for a in v):
+            v = tuple(np.frombuffer(a.tobytes(), a.dtype).reshape(a.shape) for a in v)
+        object.__setattr__(t, f.name, v)
+    return t
+
+
+def _huge_kb(c) -> int:
+    """kB of transparent huge pages in the mapping holding the container's largest array (Linux;
+    0 elsewhere):
+    on a shared machine whether a large allocation gets huge pages varies from run to run and
+    moves kernel times by more than any other difference between the variants."""
+    arrays = [getattr(c, f.name) for f in dataclasses.fields(c)]
+    a = max((v for v in arrays if isinstance(v, np.ndarray)), key=lambda v: v.nbytes)
+    addr, inside = a.ctypes.data, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(maxsplit=1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(v, 16) for v in head.split("-"))
+                    inside = lo <= addr < hi
+                elif inside and line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _cases(k: int, n: int):
@@ -83,21 +120,27 @@ def main() -> None:
         xi = rng.integers(-128, 128, (batch, k)).astype(np.int8)
         for name, c, fn, xkind in cases:
             x = xf if xkind == "f" else xi
-            twin = _numpy_twin(c)
-            np.testing.assert_array_equal(fn(x, c), fn(x, twin))  # same bytes, same answer
-            fn(x, c)
-            fn(x, twin)  # warm-up (compilation, caches)
-            tb, tn = [], []
-            for _ in range(args.repeats):
-                for lst, w in ((tb, c), (tn, twin)):
+            variants = (c, _numpy_twin(c), _bytes_twin(c))
+            want = fn(x, c)
+            for v in variants:  # same bytes, same answer; warm-up (compilation, caches)
+                np.testing.assert_array_equal(fn(x, v), want)
+            times = [[] for _ in variants]
+            for r in range(args.repeats):
+                for j in range(3):  # rotate the order: no variant always runs first
+                    i = (r + j) % 3
                     t0 = time.perf_counter()
-                    fn(x, w)
-                    lst.append(time.perf_counter() - t0)
-            mb, mn = statistics.median(tb), statistics.median(tn)
-            rows.append((name, batch, mb, mn, mn / mb))
+                    fn(x, variants[i])
+                    times[i].append(time.perf_counter() - t0)
+            mf, mn, mb = (statistics.median(t) for t in times)
+            # paired: the ratio within each round, then the median (cancels load drifts)
+            pn = statistics.median(b / a for a, b in zip(times[0], times[1], strict=True))
+            pb = statistics.median(b / a for a, b in zip(times[0], times[2], strict=True))
+            huge = "/".join(str(_huge_kb(v) // 1024) for v in variants)
+            rows.append((name, batch, mf, mn, mb, pn, pb, huge))
             print(
-                f"{name:28s} batch {batch}: bytes-backed {mb * 1e6:9.1f} us, "
-                f"numpy-owned {mn * 1e6:9.1f} us, ratio {mn / mb:.3f}",
+                f"{name:28s} batch {batch}: frozen {mf * 1e6:9.1f} us, numpy-owned "
+                f"{mn * 1e6:9.1f} us (ratio {pn:.3f}), bytes {mb * 1e6:9.1f} us "
+                f"(ratio {pb:.3f})",
                 flush=True,
             )
     try:
@@ -121,15 +164,32 @@ def main() -> None:
         f"- Command: `flock /tmp/jaxcompress-bench.lock python benchmarks/bench_container_copies.py "
         f"--size {args.size} --repeats {args.repeats} --threads {args.threads}`",
         f"- W is {k}x{n}; building the five containers (copies included) took {build:.2f} s.",
-        "- Method: each container and a twin holding the same bytes in NumPy-owned read-only arrays "
-        "(the memory containers held before issue 16) run round robin; median over the repeats. "
-        "ratio = numpy-owned time / bytes-backed time (> 1: the copies are faster, < 1: slower).",
+        "- Method: each container (frozen: the shipped immutable copies) and two twins holding the "
+        "same bytes, NumPy-owned read-only arrays (what containers held before issue 16) and "
+        "arrays over `bytes` objects (the first design tried), run round robin; median over the "
+        "repeats, the order rotating every round. ratio = median over rounds of twin time / frozen "
+        "time in the same round (> 1: frozen is faster, < 1: slower).",
         "",
-        "| kernel | batch | bytes-backed (us) | numpy-owned (us) | ratio |",
-        "|---|---:|---:|---:|---:|",
+        "- THP MiB: AnonHugePages of the memory mapping that holds the largest array of each "
+        "variant (frozen/numpy-owned/bytes; /proc/self/smaps, per mapping, not per array). The "
+        "kernel reads the same bytes in all three variants; on this shared machine whether a large "
+        "allocation gets huge pages varies from run to run, and single cells move by up to ~1.5x "
+        "with it (e.g. qmatmul_int8 batch 1 below, where only the twins differ).",
+        "",
+        "| kernel | batch | frozen (us) | numpy-owned (us) | ratio | bytes (us) | ratio | THP MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, batch, mb, mn, r in rows:
-        lines.append(f"| {name} | {batch} | {mb * 1e6:.1f} | {mn * 1e6:.1f} | {r:.3f} |")
+    for name, batch, mf, mn, mb, pn, pb, huge in rows:
+        lines.append(
+            f"| {name} | {batch} | {mf * 1e6:.1f} | {mn * 1e6:.1f} | {pn:.3f} | "
+            f"{mb * 1e6:.1f} | {pb:.3f} | {huge} |"
+        )
+    ratios = sorted(r[5] for r in rows)
+    lines += [
+        "",
+        f"frozen vs numpy-owned over all {len(rows)} cells: median ratio "
+        f"{statistics.median(ratios):.3f}, min {ratios[0]:.3f}, max {ratios[-1]:.3f}.",
+    ]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -433,7 +433,7 @@ def _check_out(out, shape, x):
 
 
 def _freeze(a):
-    # an immutable copy (bytes-backed): nobody can set it writeable again (docs/security.md)
+    # an immutable copy: nobody can set it writeable again (docs/security.md)
     from jaxcompress_kernels.formats import _frozen
 
     return _frozen(np.ascontiguousarray(a))

@@ -6,8 +6,8 @@ stores the layout its kernel reads fastest (output-channel-major, blocked, inter
 conversion happens once, in the ``*_from_*`` / `pack_weight` constructors, never per call.
 
 Containers are frozen dataclasses that own immutable copies of their arrays. ``__post_init__``
-first copies every array into memory backed by a Python ``bytes`` object (NumPy refuses to make such
-an array writeable again, and the caller's array is no longer referenced), then checks every
+first copies every array into memory that NumPy exposes read-only and refuses to make writeable
+again (the caller's array is no longer referenced; see `_frozen`), then checks every
 invariant the compiled kernels rely on on that copy (dtypes, shapes, monotone ``indptr``, in-range
 and strictly increasing indices, distinct N:M positions, finite scales, consistent ``col_sums``).
 So a container that exists is safe to hand to a kernel and stays so: editing the array it was built
@@ -30,6 +30,7 @@ dequantization formula evaluated in float32).
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import numpy as np
 
@@ -68,20 +69,62 @@ LANE_BLOCK = 128  # output channels per block of the batch-1 "lanes" layout (bit
 INT8_BLOCK = 256  # Int8Weight rows are zero-padded to this many bytes (aligned rows)
 
 
-def _frozen(a):
-    """An immutable copy of `a` (C-contiguous, backed by ``bytes``); non-arrays pass through.
+class _ReadOnlyMemory:
+    """Holds the memory of an immutable copy for NumPy (through ``__array_interface__``, marked
+    read-only). It exports no buffer, so NumPy refuses ``writeable = True`` on any array over it;
+    the NumPy array that owns the memory is kept in a private table, not on this object."""
 
-    NumPy cannot set ``writeable = True`` on an array whose memory belongs to a ``bytes`` object,
-    and the copy shares no memory with `a`. Arrays that already are such a copy are returned as is.
+    __slots__ = ("__array_interface__", "__weakref__")
+
+
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _frozen(a):
+    """An immutable C-contiguous copy of `a`; non-arrays pass through.
+
+    The copy is an ordinary NumPy allocation (same alignment and huge-page advice as any large
+    array, so kernels run at the same speed), exposed only through a read-only array interface:
+    it shares no memory with `a`, and neither it nor its base can be made writeable. Arrays that
+    already are such a copy are returned as is.
     """
     if not isinstance(a, np.ndarray):
         return a  # the checks that follow refuse it with a message naming the argument
     root = a
     while isinstance(root, np.ndarray):
         root = root.base
-    if type(root) is bytes and a.flags.c_contiguous:
+    if type(root) is _ReadOnlyMemory and a.flags.c_contiguous:
         return a
-    return np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=a.dtype).reshape(a.shape)
+    owner = np.array(a, order="C", copy=True)
+    holder = _ReadOnlyMemory()
+    holder.__array_interface__ = {
+        "shape": owner.shape,
+        "typestr": owner.dtype.str,
+        "data": (owner.ctypes.data, True),
+        "strides": None,
+        "version": 3,
+    }
+    _OWNERS[holder] = owner
+    return np.asarray(holder)
+
+
+class _Immutable:
+    """Containers are values: copies are the object itself, pickling goes through the validating
+    constructor (a copied or unpickled container never holds writeable arrays)."""
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return (_rebuild, (type(self), kw))
+
+
+def _rebuild(cls, kw):
+    return cls(**kw)
 
 
 def _freeze(obj, *fields: str) -> None:
@@ -179,7 +222,7 @@ def _decode_group_layout(data: np.ndarray, bits: int, g: int, kp: int) -> np.nda
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PackedWeight:
+class PackedWeight(_Immutable):
     """A b-bit quantized weight ``W (K, N)`` packed for `qmatmul`.
 
     ``W[k, n] = scales[n, k // group] * (u[k, n] - zero_points[n, k // group])`` where ``u`` are
@@ -400,7 +443,7 @@ def unpack_weight(w: PackedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray |
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Int8Weight:
+class Int8Weight(_Immutable):
     """Signed int8 weight codes ``W (K, N)`` for `qmatmul_int8` (zero point 0, Jacob et al. 2018
     with symmetric weights).
 
@@ -449,7 +492,7 @@ def int8_weight(codes: np.ndarray) -> Int8Weight:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class CSRMatrix:
+class CSRMatrix(_Immutable):
     """A sparse ``W (K, N)`` stored as CSR over *output channels* (i.e. the CSR of ``W.T``).
 
     Row ``n`` holds the nonzeros of output channel ``n``: ``indices[indptr[n]:indptr[n+1]]`` are
@@ -574,7 +617,7 @@ def csr_from_quantized(
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class NMSparse:
+class NMSparse(_Immutable):
     """``W (K, N)`` with at most `n` nonzeros in every group of `m` = 4 consecutive K values
     (the reduction axis), stored as kept values + 2-bit positions.
 
@@ -748,7 +791,7 @@ def _nm_build(w, n, m, mask, scales):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class BSRMatrix:
+class BSRMatrix(_Immutable):
     """Block-sparse ``W (K, N)`` stored as BSR of ``W.T`` with blocks of ``(r, c)`` =
     (output channels, input positions).
 

@@ -80,6 +80,21 @@ def test_conv_containers_cannot_be_made_writeable():
                 a.flags.writeable = True  # geometry drives the compiled loops' bounds
 
 
+@pytest.mark.parametrize("i", range(8))
+def test_copies_and_pickles_stay_immutable(i):
+    import copy
+    import pickle
+
+    c = _containers()[i]
+    assert copy.copy(c) is c and copy.deepcopy(c) is c  # values: a copy is the object itself
+    back = pickle.loads(pickle.dumps(c))  # through the validating constructor
+    assert type(back) is type(c) and back.shape == c.shape
+    np.testing.assert_array_equal(_all_arrays(c)[0][1], _all_arrays(back)[0][1])
+    for _, a in _all_arrays(back):
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            a.flags.writeable = True
+
+
 def test_editing_the_callers_arrays_does_not_reach_the_container():
     w, indptr, indices, values = _csr_parts()
     c = jk.CSRMatrix(shape=w.shape, indptr=indptr, indices=indices, values=values)
