@@ -571,8 +571,9 @@ def write(rows, summaries, args, lite_note, elapsed) -> Path:
         "their latency is what matters here, not their outputs.",
         "- Compression is post-training without fine-tuning, on every `kernel` leaf (2:4 only "
         "where the input-channel axis is divisible by 4, so never on depthwise or 1-channel "
-        "kernels). Our export folds batch norm into float kernels only; compressed kernels keep "
-        "it as separate nodes. LiteRT's converter folds it in every variant.",
+        "kernels). Our export folds batch norm into float kernels only; after compressed "
+        "kernels the runtime's plan fuses it into the step (per-channel affine epilogue). "
+        "LiteRT's converter folds it in every variant.",
         "- ours / LiteRT (best) divides our p50 by the faster of LiteRT fp32 and LiteRT "
         "dyn-int8 on that row. LiteRT fp32 runs the dequantized float weights: it gains nothing "
         "from pruning, clustering or 4-bit storage.",
