@@ -178,3 +178,50 @@ def bias_act(y, bias, act: int) -> None:
     none / 1 ReLU / 2 ReLU6 (NaN passes through, as ``lax.max``). Unchecked: one call for the
     epilogue of a BLAS matmul instead of two NumPy ufunc calls."""
     _bias_act_kernel(y, bias, act)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _chain_layer(src, wt, b, act, dst):
+    """dst[j] = act(b[j] + sum_k src[k] * wt[j, k]) (one dense layer, W transposed)."""
+    n, k = wt.shape
+    for j in range(n):
+        acc = np.float32(0.0)
+        for kk in range(k):
+            acc += src[kk] * wt[j, kk]
+        v = acc + b[j]
+        if act >= 1 and v < 0.0:
+            v = np.float32(0.0)
+        if act == 2 and v > 6.0:
+            v = np.float32(6.0)
+        dst[j] = v
+
+
+@numba.njit(cache=True, nogil=True)
+def _mlp_chain_kernel(x, ws, bs, acts, buf, out):
+    nl = len(ws)
+    for m in range(x.shape[0]):
+        for li in range(nl):
+            if li == 0:
+                src = x[m]
+            else:
+                src = buf[(li - 1) % 2]
+            if li == nl - 1:
+                _chain_layer(src, ws[li], bs[li], acts[li], out[m])
+            else:
+                _chain_layer(src, ws[li], bs[li], acts[li], buf[li % 2])
+
+
+def mlp_chain(layers, x2, y2):
+    """A closure running dense layers ``[(W (K, N) float32, bias (N,) | None, act 0/1/2)]`` from
+    ``x2`` ``(M, K_0)`` into ``y2`` ``(M, N_last)`` in one compiled call: each layer a dot
+    product per output over ``W^T`` rows, intermediate rows in a two-row buffer. The runtime
+    fuses runs of small float linear steps with it (one dispatch instead of one per layer, no
+    separate epilogue) when it measures it faster."""
+    ws = tuple(np.ascontiguousarray(w.T, np.float32) for w, _, _ in layers)
+    bs = tuple(
+        np.zeros(w.shape[1], np.float32) if b is None else np.ascontiguousarray(b, np.float32)
+        for w, b, _ in layers
+    )
+    acts = np.array([a for _, _, a in layers], np.int64)
+    buf = np.zeros((2, max(w.shape[0] for w in ws)), np.float32)
+    return lambda: _mlp_chain_kernel(x2, ws, bs, acts, buf, y2)

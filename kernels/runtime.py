@@ -41,6 +41,7 @@ from jaxcompress_kernels._graph_kernels import (
     im2col_nhwc,
     im2col_t_nhwc,
     lut_matmul_unchecked,
+    mlp_chain,
 )
 from jaxcompress_kernels._plan import ALIGN, Limits, Plan, assign_arena, infer_graph
 from jaxcompress_kernels._validate import check_int
@@ -823,8 +824,9 @@ class _Exec:
         self.steps = []
         self.labels = []
         self.step_members = []
-        for s, grp in enumerate(groups):
-            fn, label = self._build(grp, nodes, view, records, offsets, base)
+        built = [self._build(grp, nodes, view, records, offsets, base) for grp in groups]
+        groups, built = self._chain_layers(groups, built, uses, outputs)
+        for s, (grp, (fn, label)) in enumerate(zip(groups, built, strict=True)):
             self.steps.append(fn)
             self.labels.append(label)
             self.step_members.append(grp["nodes"])
@@ -944,6 +946,39 @@ class _Exec:
         grp["out"] = cur
         return grp
 
+    def _chain_layers(self, groups, built, uses, outputs):
+        """Runs of consecutive float linear steps, each reading only the previous one's output,
+        become one `mlp_chain` step when that measures faster than the separate steps."""
+        if not self.rt.autotune:
+            return groups, built
+        out_groups, out_built = [], []
+        s = 0
+        while s < len(groups):
+            e = s
+            while (
+                e + 1 < len(groups)
+                and "chain" in groups[e]
+                and "chain" in groups[e + 1]
+                and _same_buffer(groups[e]["chain"][1], groups[e + 1]["chain"][0])
+                and uses.get(groups[e]["out"], []) == [groups[e + 1]["nodes"][0]]
+                and groups[e]["out"] not in outputs
+            ):
+                e += 1
+            if e > s:
+                layers = [(g["chain"][2], g["chain"][3], g["chain"][4]) for g in groups[s : e + 1]]
+                chain = mlp_chain(layers, groups[s]["chain"][0], groups[e]["chain"][1])
+                apart = [built[t][0] for t in range(s, e + 1)]
+                if _min_time([chain]) < 0.95 * _min_time(apart):
+                    members = [j for g in groups[s : e + 1] for j in g["nodes"]]
+                    out_groups.append({"kind": "chain", "nodes": members, "out": groups[e]["out"]})
+                    out_built.append((chain, f"mlp_chain({e - s + 1} layers, f32)"))
+                    s = e + 1
+                    continue
+            out_groups.append(groups[s])
+            out_built.append(built[s])
+            s += 1
+        return out_groups, out_built
+
     def _fuse_pool_or_add(self, i, nodes, uses, static, owner) -> dict | None:
         """Average pooling (``reduce_window_sum`` over H, W or ``reduce_sum`` over axes 1, 2,
         then a division by the window size) and a residual ``add`` followed by ReLU."""
@@ -1056,7 +1091,11 @@ class _Exec:
             y2 = out.reshape(x2.shape[0], wk.n)
             cand = self._choose(i, wk, x2.shape)
             grp["wlabel"] = cand.label
-            step = _linear_step(_scaled(cand, scale), x2, y2, bias, act)
+            sc = _scaled(cand, scale)
+            step = _linear_step(sc, x2, y2, bias, act)
+            if sc.dense is not None:  # a float layer: may join a fused chain of small layers
+                code = {None: 0, _RELU: 1, _RELU6: 2}[act]
+                grp["chain"] = (x2, y2, sc.dense, bias, code)
             return step, cand.label + sfx + _suffix(bias, act, None)
         conv = _ConvGeometry(node, x.shape)
         if pool is None:
@@ -1149,6 +1188,23 @@ def _scaled(cand: _Cand, scale, wk=None) -> _Cand:
         return y
 
     return dataclasses.replace(cand, fn=scaled_fn, scaled=True)
+
+
+def _same_buffer(a, b) -> bool:
+    return a.ctypes.data == b.ctypes.data and a.nbytes == b.nbytes
+
+
+def _min_time(fns, reps: int = 9) -> float:
+    """Minimum over `reps` runs of calling every function in `fns` once (after a warm-up)."""
+    for f in fns:
+        f()
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for f in fns:
+            f()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _channel_vector(ref, static, consts, n, rank):

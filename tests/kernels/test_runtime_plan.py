@@ -274,3 +274,25 @@ def test_per_channel_affine_chain_is_fused_into_packed_weights(tmp_path, autotun
     x = rng.standard_normal((3, k)).astype(np.float32)
     want = np.maximum((x.astype(np.float64) @ w - mean) * s + beta, 0)
     np.testing.assert_allclose(rt.run(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dims, m", [([640, 128, 8, 128, 640], 1), ([20, 7, 1, 5], 3)])
+def test_mlp_chain_matches_layer_by_layer(dims, m):
+    from jaxcompress_kernels._graph_kernels import mlp_chain
+
+    rng = np.random.default_rng(len(dims) + m)
+    layers, want = [], None
+    x = rng.standard_normal((m, dims[0])).astype(np.float32)
+    h = x.astype(np.float64)
+    for i in range(len(dims) - 1):
+        w = rng.standard_normal((dims[i], dims[i + 1])).astype(np.float32)
+        b = None if i == 1 else rng.standard_normal(dims[i + 1]).astype(np.float32)
+        act = (1, 0, 2, 1)[i % 4]
+        layers.append((w, b, act))
+        h = h @ w + (0 if b is None else b)
+        h = np.maximum(h, 0) if act else h
+        h = np.minimum(h, 6) if act == 2 else h
+    want = h
+    y = np.empty((m, dims[-1]), np.float32)
+    mlp_chain(layers, x, y)()
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
