@@ -99,7 +99,8 @@ def test_executor_prefix_suffix_equals_run_at_every_cut(artifacts):
     ref = ex.runtime.run(x)
     for cut in range(len(ex.nodes) + 1):
         y = ex.run_suffix(ex.run_prefix(x, cut), cut)
-        np.testing.assert_array_equal(y, ref)
+        # node by node vs the fused plan (a fused chain of layers sums in another order)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 def test_split_accuracy_measured(artifacts):
@@ -168,9 +169,10 @@ def test_benchmark_report(artifacts):
     assert len(got) == len(plan.nodes) and all(got)
     for k, n in zip(got, plan.nodes, strict=True):
         if n.weight is None:
-            assert k == n.kernel
+            assert k == n.kernel or k.startswith("fused into step")
         else:  # the autotuner may pick either candidate on a noisy machine
-            assert k.split("(")[0] in ("spmm_csr", "spmm_nm", "matmul", "gemv")
+            fams = ("spmm_csr", "spmm_nm", "matmul", "gemv", "mlp_chain")
+            assert k.split("(")[0] in fams or k.startswith("fused into step")
     assert [o.flops for o in rep.graph.ops] == [n.flops for n in plan.nodes]
     assert "kernel (the runtime's plan)" in md
     assert d["splits"][0]["rows"][0]["raw_input_leaves_device"] is True
