@@ -39,11 +39,13 @@ import numpy as np
 from jaxcompress._core import (
     JaxCompressTypeError,
     JaxCompressValueError,
-    named_leaves,
-    selection_mask,
 )
 from jaxcompress.pruning._masks import _check_nm, _magnitude_keep, _nm_keep
-from jaxcompress.quantization._calibration import CalibrationStats, LayerStats
+from jaxcompress.quantization._calibration import (
+    CalibrationStats,
+    LayerStats,
+    select_calibrated,
+)
 from jaxcompress.quantization._gptq import _check_damping, hessian_inverse_upper
 
 __all__ = ["OneShotPruneResult", "sparsegpt", "sparsegpt_params", "wanda_masks"]
@@ -73,20 +75,6 @@ def _check_sparsity(sparsity: Any, n: Any, m: Any) -> None:
         raise JaxCompressTypeError(f"{sparsity=} must be a float in [0, 1)")
     if not 0.0 <= float(sparsity) < 1.0:
         raise JaxCompressValueError(f"{sparsity=} must be in [0, 1)")
-
-
-def _select_leaves(params, stats, where):
-    if not isinstance(stats, CalibrationStats):
-        raise JaxCompressTypeError("stats must be a CalibrationStats from capture_stats")
-    named = named_leaves(params)
-    if where is None:
-        sel = [p in stats for p, _ in named]
-    else:
-        sel = selection_mask(params, where)
-        missing = [p for (p, _), s in zip(named, sel, strict=True) if s and p not in stats]
-        if missing:
-            raise JaxCompressValueError(f"where selects {missing}, which have no calibration stats")
-    return named, sel
 
 
 def _nm_shape_check(path, shape, m):
@@ -140,7 +128,7 @@ def wanda_masks(
     _check_sparsity(sparsity, n, m)
     if comparison not in ("output", "layer"):
         raise JaxCompressValueError(f"{comparison=} must be 'output' or 'layer'")
-    named, sel = _select_leaves(params, stats, where)
+    named, sel = select_calibrated(params, stats, where)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     out = []
     for (path, _), x, s in zip(named, leaves, sel, strict=True):
@@ -344,7 +332,7 @@ def sparsegpt_params(
         ``where`` matching nothing or a leaf without statistics.
     """
     _check_sparsity(sparsity, n, m)
-    named, sel = _select_leaves(params, stats, where)
+    named, sel = select_calibrated(params, stats, where)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     new, masks = [], []
     for (path, _), x, s in zip(named, leaves, sel, strict=True):

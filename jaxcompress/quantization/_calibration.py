@@ -264,6 +264,27 @@ def _site_leaves(apply_fn, params, x, kwargs) -> list[int]:
     return found
 
 
+def select_calibrated(params: Any, stats: CalibrationStats, where) -> tuple[list, list[bool]]:
+    """``(named leaves, selection)`` of the leaves a one-shot method compresses: those with
+    statistics (``where=None``) or those `where` selects, each of which must have statistics.
+
+    Raises:
+      JaxCompressTypeError: `stats` is not a `CalibrationStats`.
+      JaxCompressValueError: `where` selects a leaf without statistics.
+    """
+    if not isinstance(stats, CalibrationStats):
+        raise JaxCompressTypeError("stats must be a CalibrationStats from capture_stats")
+    named = named_leaves(params)
+    if where is None:
+        sel = [p in stats for p, _ in named]
+    else:
+        sel = selection_mask(params, where)
+        missing = [p for (p, _), s in zip(named, sel, strict=True) if s and p not in stats]
+        if missing:
+            raise JaxCompressValueError(f"where selects {missing}, which have no calibration stats")
+    return named, sel
+
+
 def capture_stats(
     apply_fn: Callable,
     params: Any,

@@ -41,10 +41,12 @@ import numpy as np
 from jaxcompress._core import (
     JaxCompressTypeError,
     JaxCompressValueError,
-    named_leaves,
-    selection_mask,
 )
-from jaxcompress.quantization._calibration import CalibrationStats, LayerStats
+from jaxcompress.quantization._calibration import (
+    CalibrationStats,
+    LayerStats,
+    select_calibrated,
+)
 from jaxcompress.quantization._numerics import code_range, stored_offset
 from jaxcompress.quantization._qarray import QuantizedArray
 from jaxcompress.quantization._quantize import QuantSpec, _lookup, _qparams_from_range
@@ -340,16 +342,7 @@ def gptq_params(
         :func:`gptq` (prefixed with the leaf path).
       JaxCompressTypeError: ``stats`` is not a :class:`CalibrationStats`.
     """
-    if not isinstance(stats, CalibrationStats):
-        raise JaxCompressTypeError("stats must be a CalibrationStats from capture_stats")
-    named = named_leaves(params)
-    if where is None:
-        sel = [p in stats for p, _ in named]
-    else:
-        sel = selection_mask(params, where)
-        missing = [p for (p, _), s in zip(named, sel, strict=True) if s and p not in stats]
-        if missing:
-            raise JaxCompressValueError(f"where selects {missing}, which have no calibration stats")
+    named, sel = select_calibrated(params, stats, where)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     out = []
     for (path, _), x, s in zip(named, leaves, sel, strict=True):
