@@ -1,29 +1,32 @@
-"""The edge runtime: executes a verified artifact's graph with NumPy and the packed kernels.
+"""The edge runtime: plans a verified artifact's graph at load, then runs it with the kernels.
 
 No JAX anywhere: this module imports NumPy, Numba (through the kernels) and the artifact reader.
 
-Weights of ``linear``/``conv`` nodes are turned into kernel containers once, at construction:
+At load (`kernels/_plan.py`, docs/export.md): every shape from the format's op specs, `Limits`
+checked node by node, constants folded, fusion into steps, a kernel per weight node, one arena.
+A weight node's candidates (the plan keeps the fastest on the planned shape when autotuning, the
+encoding's own kernel otherwise):
 
-| artifact encoding                          | kernel at run time                                  |
-|--------------------------------------------|-----------------------------------------------------|
-| `dense`                                    | ``x @ W`` (NumPy / BLAS, float32)                   |
-| `csr` (float or int8 codes + scales)       | `spmm_csr`                                          |
-| `nm` float, 1:4 or 2:4                     | `spmm_nm`                                           |
-| `nm` 2..4-bit codes, per-channel scales    | `spmm_nm` (4-bit values)                            |
-| `nm` codes with per-group scales           | `qmatmul` on the packed dense codes (no N:M kernel  |
-|                                            | with group scales yet)                              |
-| `packed` 2/3/4/8-bit                       | `qmatmul` (per-channel or per-group scales)         |
-| `packed` 5..7-bit                          | decoded once to float32, ``x @ W``                  |
-| `codebook`                                 | decoded once to float32: `spmm_csr` when at most    |
-|                                            | half the weights are nonzero, else ``x @ W``        |
+| artifact encoding                          | its own kernel                                       |
+|--------------------------------------------|------------------------------------------------------|
+| `dense`                                    | BLAS / the register GEMV (linear), direct NHWC conv  |
+| `csr` (float or int8 codes + scales)       | `spmm_csr` (conv: transposed im2col through it)      |
+| `nm` float, 1:4 or 2:4                     | `spmm_nm`                                            |
+| `nm` 2..4-bit codes, per-channel scales    | `spmm_nm` (4-bit values)                             |
+| `nm` codes with per-group scales           | `qmatmul` on the packed dense codes                  |
+| `packed` 2/3/4/8-bit                       | `qmatmul` (per-channel or per-group scales)          |
+| `packed` 5..7-bit                          | decoded once to float32                              |
+| `codebook` (per tensor)                    | `codebook_matmul` (LUT in registers) / `lut_matmul`  |
+| `csr_codebook`                             | `spmm_csr` on the codebook values                    |
 
-A ``conv`` node is im2col + the weight's matmul (``K = prod(kernel spatial) * in_channels``).
+plus the decoded float32 kernels (BLAS, register GEMV, direct conv) when the decoded weight is at
+most ``autotune_max_bytes``. Compressed convolutions run im2col + the weight's kernel.
 
 Example:
   >>> from jaxcompress_kernels import runtime
   >>> rt = runtime.load("model.jcx", num_threads=1)        # doctest: +SKIP
   >>> logits = rt.run(x)                                     # doctest: +SKIP
-  >>> rt.self_check().ok, rt.op_times()                      # doctest: +SKIP
+  >>> rt.self_check().ok, print(rt.plan.table())             # doctest: +SKIP
 """
 
 from __future__ import annotations
