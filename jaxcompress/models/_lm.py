@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcompress._core import JaxCompressValueError
+
 __all__ = ["CharLM", "char_lm_mappings"]
 
 
@@ -64,7 +66,7 @@ class CharLM(nnx.Module):
     ``(batch, length, vocab)`` float32.
 
     Raises:
-      ValueError: ``dim`` not divisible by ``heads``.
+      JaxCompressValueError: ``dim`` not divisible by ``heads``.
     """
 
     def __init__(
@@ -79,7 +81,7 @@ class CharLM(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if dim % heads:
-            raise ValueError(f"{dim=} must be divisible by {heads=}")
+            raise JaxCompressValueError(f"{dim=} must be divisible by {heads=}")
         self.context = context
         self.embed = nnx.Embed(vocab, dim, rngs=rngs)
         self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, dim)))

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcompress._core import JaxCompressValueError
+
 __all__ = ["MLP", "LeNet300100", "LeNet5", "MLP1D", "CNN1D", "TinyTransformer"]
 
 
@@ -165,9 +167,9 @@ class TinyTransformer(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if length % patch:
-            raise ValueError(f"{length=} must be divisible by {patch=}")
+            raise JaxCompressValueError(f"{length=} must be divisible by {patch=}")
         if dim % heads:
-            raise ValueError(f"{dim=} must be divisible by {heads=}")
+            raise JaxCompressValueError(f"{dim=} must be divisible by {heads=}")
         self.patch, self.heads = patch, heads
         tokens = length // patch
         self.embed = nnx.Linear(patch * channels, dim, rngs=rngs)
