@@ -168,6 +168,8 @@ def infer_graph(graph, tensors, batch: int, limits: Limits, *, path="artifact"):
     shapes[inp] = (batch, *graph["input_shapes"][0])
     dtypes[inp] = "float32"
     static = set(tensors)
+    recs = graph.get("quant") or {}
+    qgraph = bool(recs) or any(n["op"] in _ops.QUANT_OPS for n in nodes)
     records = []
     flops = 0.0
     live_bytes = 0
@@ -186,6 +188,11 @@ def infer_graph(graph, tensors, batch: int, limits: Limits, *, path="artifact"):
                 lits.append(False)
         wshape = tensors[node["weight"]].shape if "weight" in node else None
         shape, dtype = _ops.infer(i, node, in_shapes, in_dtypes, lits, batch, wshape)
+        if qgraph and (dtype == "int8") != (node["out"] in recs):
+            raise ArtifactError(
+                f"{path}: graph node {i} ({node['op']}) makes {dtype} value {node['out']!r} "
+                + ("without a quantization record" if dtype == "int8" else "with an int8 record")
+            )
         out_bytes = math.prod(shape) * _ops.ITEMSIZE[dtype]
         per_ex = out_bytes / max(batch, 1) if shape and shape[:1] == (batch,) else out_bytes
         if per_ex > limits.max_activation_bytes:

@@ -534,9 +534,14 @@ def _check_graph(g, tensors, xin, path, cap) -> None:
         for r in node["in"]:
             if isinstance(r, str) and r not in defined:
                 raise _fail(f"graph node {i} ({spec.name}) reads undefined {r!r}", path)
-        if "weight" in node:
+        for key in ("weight", "weight_scale", "bias"):
+            if key in node and node[key] not in tensors:
+                raise _fail(
+                    f"graph node {i} ({spec.name}) names undefined {key} {node[key]!r}", path
+                )
+        if "weight" in node and spec.name not in _ops.QUANT_OPS:
             w = node["weight"]
-            if w not in tensors or len(tensors[w].shape) < 2 or tensors[w].dtype != "float32":
+            if len(tensors[w].shape) < 2 or tensors[w].dtype != "float32":
                 raise _fail(f"graph node {i} has a bad weight {w!r}", path)
         if node["out"] in defined:
             raise _fail(f"graph node {i} output name is missing or redefined", path)
@@ -544,6 +549,10 @@ def _check_graph(g, tensors, xin, path, cap) -> None:
     for o in outputs:
         if not isinstance(o, str) or o not in defined:
             raise _fail(f"graph output {o!r} is undefined", path)
+    try:  # full-integer graphs: every int8 value's (scale, zero point) and the q-ops' operands
+        _ops.validate_quant(g, tensors)
+    except ArtifactError as e:
+        raise _fail(str(e), path) from None
 
 
 # ----------------------------------------------------------------------------------------------

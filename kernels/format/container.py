@@ -35,9 +35,11 @@ __all__ = [
 
 FORMAT = "jaxcompress-artifact"
 # 2: conv nodes may carry "groups" (grouped / depthwise convolution); every node is validated
-# against its op spec (unknown attributes refused). Version 1 files are still read.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# against its op spec (unknown attributes refused).
+# 3: full-integer graphs: the q-ops (`ops.QUANT_OPS`) and the graph's per-value quantization
+# record ``graph["quant"]`` (`ops.validate_quant`). Versions 1 and 2 are still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 _DTYPES = {
     np.dtype(np.float32): "F32",

@@ -10,15 +10,35 @@ A node is ``{"op": name, "in": [ref, ...], "out": value name, **attrs}``; a ref 
 tensor name or a literal ``{"lit": number | "inf" | "-inf" | "nan", "dtype": str}``. Shape entries
 of ``shape``/``limit`` attributes are ints or ``[a, c]`` meaning ``a * batch + c``.
 
+Full-integer graphs (format version 3, INT8_SPEC.md) add the q-ops of `QUANT_OPS` and a
+per-value quantization record ``graph["quant"] = {value: {"scale", "zero_point", "dtype":
+"int8"}}`` (`validate_quant`); their arithmetic is `jaxcompress_kernels.format.quant`:
+
+| op            | inputs -> output      | attributes                                             |
+|---------------|-----------------------|--------------------------------------------------------|
+| `quantize`    | float32 -> int8       | (scale and zero point from the output's record)        |
+| `dequantize`  | int8 -> float32       | (from the input's record)                              |
+| `qlinear`     | ``(..., K)`` -> ``(..., N)`` | ``weight`` int8 ``(K, N)``, ``weight_scale`` f32 ``(N,)``, |
+|               |                       | ``bias`` int32 ``(N,)`` (optional), ``qmin``, ``qmax`` |
+| `qconv2d`     | NHWC -> NHWC          | as qlinear with weight ``(KH, KW, C_in/groups, C_out)``, |
+|               |                       | ``strides``, ``pads``, ``dilation`` (2 each), ``groups`` |
+| `qmax_pool2d` | NHWC -> NHWC          | ``window``, ``strides``, ``pads`` (H, W); keeps the record |
+| `qavg_pool2d` | NHWC -> NHWC          | as qmax_pool2d + ``count`` (the divisor), ``qmin``, ``qmax`` |
+| `qmean`       | mean over ``axes``    | ``axes``, ``qmin``, ``qmax`` (global average pooling)   |
+| `qadd`        | two equal shapes      | ``qmin``, ``qmax`` (a fused ReLU is ``qmin = y_zp``)    |
+
 FLOPs (a multiply-add is 2):
 
 | op class                    | FLOPs                                                       |
 |-----------------------------|-------------------------------------------------------------|
-| ``linear`` / ``conv``       | ``2 * M * K_eff * N`` for dense weights, ``2 * M * nnz`` for |
+| ``linear`` / ``conv``,      | ``2 * M * K_eff * N`` for dense weights, ``2 * M * nnz`` for |
+| ``qlinear`` / ``qconv2d``   |                                                              |
 |                             | weights stored sparse (``M`` = output elements / N)          |
 | ``dot_general``             | ``2 * out elements * contracted size``                      |
-| ``reduce_window_*``         | ``out elements * window size``                              |
-| ``reduce_*``, ``arg*``      | input elements                                              |
+| ``reduce_window_*``,        | ``out elements * window size``                              |
+| ``qmax/qavg_pool2d``        |                                                              |
+| ``reduce_*``, ``arg*``,     | input elements                                              |
+| ``qmean``                   |                                                              |
 | elementwise                 | output elements (a transcendental counts as 1)              |
 | data movement / views       | 0                                                           |
 """
@@ -44,6 +64,9 @@ __all__ = [
     "infer",
     "node_flops",
     "resolve_dims",
+    "QUANT_OPS",
+    "QUANT_VIEW_OPS",
+    "validate_quant",
 ]
 
 VALUE_DTYPES = ("float32", "int32", "bool", "uint8", "int8")
@@ -156,6 +179,10 @@ ATTR_KINDS: dict[str, Callable[[object], bool]] = {
     ),
     "kernel": lambda v: _ints(v, lo=0, hi=1 << 24),
     "groups": lambda v: _is_int(v, 1, 1 << 20),
+    "qint": lambda v: _is_int(v, -128, 127),
+    "count": lambda v: _is_int(v, 1, 1 << 30),
+    "pads2": lambda v: _pairs(v, 0, MAX_WINDOW) and len(v) == 2,
+    "posint2": lambda v: _ints(v, lo=1, hi=MAX_WINDOW, max_len=2) and len(v) == 2,
 }
 
 
@@ -495,6 +522,294 @@ OPS.update(
 )
 
 
+# ---------------------------------------------------------------------------------------------
+# full-integer ops (INT8_SPEC.md; reference arithmetic in `jaxcompress_kernels.format.quant`).
+# Every int8 value's (scale, zero_point) lives in the graph's quantization record
+# (``graph["quant"]``, checked by `validate_quant`), never in the nodes; weight scales and
+# biases are tensors the node names.
+
+QUANT_OPS = (
+    "quantize",
+    "dequantize",
+    "qlinear",
+    "qconv2d",
+    "qmax_pool2d",
+    "qavg_pool2d",
+    "qmean",
+    "qadd",
+)
+# ops whose output is the input's data rearranged: on int8 they keep scale and zero point
+QUANT_VIEW_OPS = (
+    "reshape",
+    "squeeze",
+    "expand_dims",
+    "transpose",
+    "broadcast_in_dim",
+    "pad",
+    "slice",
+    "rev",
+    "concatenate",
+)
+
+
+def _need_int8(dtypes, what="input"):
+    _need(all(d == "int8" for d in dtypes), f"{what} dtypes {list(dtypes)} must be int8")
+
+
+def _q_bounds(node):
+    _need(node["qmin"] <= node["qmax"], f"qmin={node['qmin']} > qmax={node['qmax']}")
+
+
+def _quantize(shapes, dtypes, node, b):
+    _need(dtypes[0] == "float32", f"quantize needs a float32 input, got {dtypes[0]}")
+    return shapes[0], "int8"
+
+
+def _dequantize(shapes, dtypes, node, b):
+    _need_int8(dtypes)
+    return shapes[0], "float32"
+
+
+def _qlinear(shapes, dtypes, node, b):
+    _need_int8(dtypes)
+    _q_bounds(node)
+    ws = node["_wshape"]
+    _need(len(ws) == 2, f"qlinear weight must be (K, N), got {ws}")
+    x = shapes[0]
+    _need(len(x) >= 1 and x[-1] == ws[0], f"input {x} does not end in the weight's K={ws[0]}")
+    return (*x[:-1], ws[1]), "int8"
+
+
+def _qconv2d(shapes, dtypes, node, b):
+    _need_int8(dtypes)
+    _q_bounds(node)
+    x, ws = shapes[0], node["_wshape"]
+    groups = node.get("groups", 1)
+    _need(len(ws) == 4, f"qconv2d weight must be (KH, KW, C_in/groups, C_out), got {ws}")
+    _need(len(x) == 4, f"qconv2d input must be NHWC, got {x}")
+    _need(x[3] == ws[2] * groups, f"input channels {x[3]} != {ws[2]} x groups={groups}")
+    _need(ws[3] % groups == 0, f"output channels {ws[3]} not divisible by groups={groups}")
+    out = [x[0]]
+    for i in range(2):
+        span = (ws[i] - 1) * node["dilation"][i] + 1
+        out.append(_window_out(x[i + 1], span, node["strides"][i], *node["pads"][i]))
+    return (*out, ws[3]), "int8"
+
+
+def _qpool(shapes, dtypes, node, b):
+    _need_int8(dtypes)
+    if "qmin" in node:
+        _q_bounds(node)
+    x = shapes[0]
+    _need(len(x) == 4, f"pooling input must be NHWC, got {x}")
+    out = [x[0]]
+    for i in range(2):
+        out.append(_window_out(x[i + 1], node["window"][i], node["strides"][i], *node["pads"][i]))
+    return (*out, x[3]), "int8"
+
+
+def _qmean(shapes, dtypes, node, b):
+    _need_int8(dtypes)
+    _q_bounds(node)
+    _need(len(node["axes"]) >= 1, "qmean needs at least one axis")
+    _need(all(shapes[0][a] > 0 for a in node["axes"] if a < len(shapes[0])), "empty mean")
+    return _reduce(shapes, dtypes, node, b)
+
+
+def _qadd(shapes, dtypes, node, b):
+    _need_int8(dtypes)
+    _q_bounds(node)
+    _need(shapes[0] == shapes[1], f"qadd input shapes {list(shapes)} differ")
+    return shapes[0], "int8"
+
+
+_QBOUNDS = {"qmin": "qint", "qmax": "qint"}
+_WEIGHTS = {"weight": "name", "weight_scale": "name", "bias": "name"}
+_WINDOW = {"window": "posint2", "strides": "posint2", "pads": "pads2"}
+OPS.update(
+    {
+        "quantize": _spec("quantize", (1, 1), "elementwise", _quantize),
+        "dequantize": _spec("dequantize", (1, 1), "elementwise", _dequantize),
+        "qlinear": _spec(
+            "qlinear", (1, 1), "compute", _qlinear, {**_WEIGHTS, **_QBOUNDS}, optional=("bias",)
+        ),
+        "qconv2d": _spec(
+            "qconv2d",
+            (1, 1),
+            "compute",
+            _qconv2d,
+            {
+                **_WEIGHTS,
+                **_QBOUNDS,
+                "strides": "posint2",
+                "pads": "pads2",
+                "dilation": "posint2",
+                "groups": "groups",
+            },
+            optional=("bias", "groups"),
+        ),
+        "qmax_pool2d": _spec("qmax_pool2d", (1, 1), "compute", _qpool, dict(_WINDOW)),
+        "qavg_pool2d": _spec(
+            "qavg_pool2d", (1, 1), "compute", _qpool, {**_WINDOW, **_QBOUNDS, "count": "count"}
+        ),
+        "qmean": _spec("qmean", (1, 1), "compute", _qmean, {"axes": "axes", **_QBOUNDS}),
+        "qadd": _spec("qadd", (2, 2), "elementwise", _qadd, dict(_QBOUNDS)),
+    }
+)
+
+
+def _bad_scale(s) -> bool:
+    if type(s) not in (int, float) or not math.isfinite(s) or not s > 0:
+        return True
+    f = np.float32(s)  # used as float32: must neither overflow nor flush to 0
+    return not (np.isfinite(f) and f > 0)
+
+
+def _record(rec) -> bool:
+    return (
+        isinstance(rec, dict)
+        and set(rec) == {"scale", "zero_point", "dtype"}
+        and rec["dtype"] == "int8"
+        and _is_int(rec["zero_point"], -128, 127)
+        and not _bad_scale(rec["scale"])
+    )
+
+
+def _same(a, b) -> bool:
+    return np.float32(a["scale"]) == np.float32(b["scale"]) and a["zero_point"] == b["zero_point"]
+
+
+def validate_quant(graph, tensors) -> dict:
+    """Checks the graph's per-value quantization record against its nodes.
+
+    ``graph["quant"]`` (absent in float graphs) maps each int8 activation value to
+    ``{"scale": float > 0 (finite as float32), "zero_point": int in [-128, 127], "dtype":
+    "int8"}``. Rules: the graph input and outputs are float (no record); ``quantize`` makes a
+    recorded value from an unrecorded one and ``dequantize`` the reverse; every input and the
+    output of the other q-ops are recorded, ``qmax_pool2d`` keeps its input's record; a view or
+    data-movement op (`QUANT_VIEW_OPS`) on recorded values keeps their (identical) record, and
+    ``pad`` pads with the zero point; any other op reads and makes unrecorded values only.
+    ``qlinear``/``qconv2d`` name an int8 dense weight with values in [-127, 127] (N = its last
+    axis), float32 ``(N,)`` weight scales (finite, > 0) and optionally an int32 ``(N,)`` bias;
+    every fixed-point multiplier the node needs must exist (`quant.quantize_multiplier`).
+
+    Args:
+      graph: the manifest's graph (structure already checked by `validate_node`).
+      tensors: ``{name: TensorEntry}`` of the artifact.
+
+    Returns:
+      The record map (``{}`` for a float graph).
+
+    Raises:
+      ArtifactError: the first violation, naming the value or the node.
+    """
+    from jaxcompress_kernels.errors import JaxCompressValueError
+    from jaxcompress_kernels.format import quant as _q
+
+    recs = graph.get("quant", {})
+    if not isinstance(recs, dict):
+        raise ArtifactError("graph quant record is not a map")
+    for v, rec in recs.items():
+        if not _record(rec):
+            raise ArtifactError(
+                f"quantization record of value {v!r} is malformed ({_short(rec)}): needs a finite "
+                "scale > 0, an integer zero_point in [-128, 127] and dtype 'int8'"
+            )
+    nodes = graph["nodes"]
+    made = {n["out"] for n in nodes}
+    for v in recs:
+        if v not in made:
+            raise ArtifactError(f"quantization record names {v!r}, which no graph node makes")
+    for o in graph["outputs"]:
+        if o in recs:
+            raise ArtifactError(f"graph output {o!r} is int8: end the graph with dequantize")
+    if not recs and not any(n["op"] in QUANT_OPS for n in nodes):
+        return {}
+
+    def rec_of(r):
+        return recs.get(r) if isinstance(r, str) else None
+
+    for i, n in enumerate(nodes):
+        op, out = n["op"], n["out"]
+        where = f"graph node {i} ({op})"
+        refs = [r for r in n["in"] if isinstance(r, str)]
+        ins = [rec_of(r) for r in refs]
+        if op == "quantize":
+            if ins[0] is not None or out not in recs:
+                raise ArtifactError(
+                    f"{where}: quantize reads a float value and makes a recorded "
+                    f"int8 value ({out!r} needs a quantization record)"
+                )
+            continue
+        if op == "dequantize":
+            if not refs or ins[0] is None or out in recs:
+                raise ArtifactError(
+                    f"{where}: dequantize reads a recorded int8 value "
+                    "(missing quantization record) and makes a float one"
+                )
+            continue
+        if op in QUANT_OPS:
+            missing = [r for r, q in zip(refs, ins, strict=True) if q is None]
+            if len(refs) != len(n["in"]) or missing or out not in recs:
+                what = missing or ([out] if out not in recs else ["a literal input"])
+                raise ArtifactError(f"{where}: missing quantization record for {what}")
+            y = recs[out]
+            try:
+                if op == "qmax_pool2d":
+                    if not _same(ins[0], y):
+                        raise ArtifactError(
+                            f"{where}: output record of {out!r} differs from its input's"
+                        )
+                elif op in ("qlinear", "qconv2d"):
+                    _check_qweights(where, n, tensors, ins[0], y, _q)
+                elif op == "qavg_pool2d":
+                    _q.pool_multiplier(ins[0]["scale"], y["scale"], n["count"])
+                elif op == "qadd":
+                    _q.add_multipliers(ins[0]["scale"], ins[1]["scale"], y["scale"])
+            except JaxCompressValueError as e:
+                raise ArtifactError(f"{where}: {e}") from None
+            continue
+        if op in QUANT_VIEW_OPS and any(q is not None for q in ins):
+            if any(q is None for q in ins) or not all(_same(q, ins[0]) for q in ins):
+                raise ArtifactError(f"{where}: inputs mix int8 values of different records")
+            if out not in recs or not _same(recs[out], ins[0]):
+                raise ArtifactError(
+                    f"{where}: a view of an int8 value keeps its record; {out!r} has "
+                    f"{_short(recs.get(out))}"
+                )
+            if op == "pad":
+                lit = n["value"]
+                if lit["dtype"] != "int8" or lit["lit"] != ins[0]["zero_point"]:
+                    raise ArtifactError(f"{where}: int8 padding must be the zero point")
+            continue
+        if any(q is not None for q in ins):
+            raise ArtifactError(f"{where}: a float op reads int8 value(s) {refs}; dequantize first")
+        if out in recs:
+            raise ArtifactError(f"{where}: only q-ops make recorded int8 values, not {op}")
+    return recs
+
+
+def _check_qweights(where, n, tensors, x, y, _q):
+    w = tensors.get(n["weight"])
+    if w is None or w.encoding != "dense" or w.dtype != "int8" or len(w.shape) < 2:
+        raise ArtifactError(f"{where}: weight {n['weight']!r} must be an int8 dense tensor")
+    vals = w.parts["value"]
+    if vals.size and int(vals.min()) < -127:
+        raise ArtifactError(f"{where}: weight {n['weight']!r} holds -128 (symmetric int8 only)")
+    nout = w.shape[-1]
+    s = tensors.get(n["weight_scale"])
+    if s is None or s.encoding != "dense" or s.dtype != "float32" or s.shape != (nout,):
+        raise ArtifactError(f"{where}: weight_scale must be a float32 ({nout},) tensor")
+    sv = s.parts["value"]
+    if not (np.isfinite(sv).all() and (sv > 0).all()):
+        raise ArtifactError(f"{where}: weight_scale {n['weight_scale']!r} must be finite and > 0")
+    if "bias" in n:
+        bt = tensors.get(n["bias"])
+        if bt is None or bt.encoding != "dense" or bt.dtype != "int32" or bt.shape != (nout,):
+            raise ArtifactError(f"{where}: bias must be an int32 ({nout},) tensor")
+    _q.channel_multipliers(x["scale"], sv, y["scale"])
+
+
 def validate_node(i: int, node) -> OpSpec:
     """Checks node ``i``'s op, input count and attributes against its spec.
 
@@ -577,13 +892,17 @@ def node_flops(node, in_shapes, out_shape, *, weight_shape=None, weight_nnz=None
     op = node["op"]
     spec = OPS[op]
     out_el = math.prod(out_shape)
-    if op in ("linear", "conv"):
+    if op in ("linear", "conv", "qlinear", "qconv2d"):
         n = out_shape[-1] if out_shape else 1
         m = out_el // max(n, 1)
         if weight_nnz is not None:
             return 2.0 * m * weight_nnz
         k = math.prod(weight_shape) // max(weight_shape[-1], 1)
         return 2.0 * m * k * n
+    if op in ("qmax_pool2d", "qavg_pool2d"):
+        return float(out_el * math.prod(node["window"]))
+    if op == "qmean":
+        return float(math.prod(in_shapes[0]))
     if op == "dot_general":
         a = in_shapes[0]
         csize = math.prod(a[d] for d in node["contract"][0])
