@@ -434,69 +434,77 @@ def integer_reference(source: Any, tensors: dict | None = None) -> IntegerRefere
 # the bound against the fake-quant float model
 
 
-def fake_quant_gap_bound(reference: IntegerReference, *, flips: int = 1) -> float:
-    """A bound, in output quantization steps, on ``|integer output - fake-quant float output|``.
+def fake_quant_gap_bound(reference: IntegerReference) -> float:
+    """A worst-case bound, in output quantization steps, on ``|integer - fake-quant output|``.
 
-    Derivation (``docs/integer.md``): the integer graph and the fake-quant model compute the
-    same real numbers ``s_x s_w[n] (acc[n] + bias[n])`` before each requantization, except for
-    (a) the bias rounding ``|b - s_x s_w bias_q| <= s_x s_w / 2``, (b) the multiplier's relative
-    error ``<= 2^-31`` and (c) float32 rounding in the fake-quant path (``~K 2^-24`` relative).
-    Each is far below one output step, so every requantized code equals the fake-quant code or
-    differs by one where the real value lies within that margin of a rounding boundary (ties
-    round half up here, half to even there). A one-step difference in layer ``l``'s output
-    moves layer ``l+1``'s real pre-activation by at most
-    ``G_l = s_l * max_n sum_k |w[k, n]| s_w[n]`` (``qadd``/pooling: ``s_l * real`` multiplier),
-    i.e. ``G_l / s_{l+1}`` steps of the next layer, through every later layer. With at most
-    `flips` flipped codes per value, the output moves by at most
+    Derivation (``docs/integer.md``). Before each requantization both models hold the same real
+    number ``s_x s_w[n] (acc[n] + bias[n])`` up to ``delta`` output steps: the bias rounding
+    (``<= s_x s_w[n] / (2 s_y)``), the multiplier's relative error (``<= 2^-31``) and the
+    fake-quant model's float32 accumulation (``<= K 2^-23`` of ``sum_k |x_k w_kn|``). Rounding
+    two reals that differ by ``d`` steps gives codes that differ by at most ``d + 1`` (both
+    models round there: a site of the fake-quant model) or ``d + 1/2`` (only the integer model
+    rounds: the logits and values without an observer site); each requantization therefore adds
+    at most ``1 + delta`` steps of its own value. A difference of ``e`` steps in a layer's input
+    moves its output by at most ``e * g`` output steps, with the step gain
+    ``g = s_x max_n sum_k |w[k, n]| s_w[n] / s_y`` (linear/conv), ``s_x / s_y`` (pooling,
+    mean, each ``qadd`` operand) and 1 (max pooling, views). Summing over every requantizing
+    node ``v`` with ``G(v)`` = the sum over paths to the output of the product of the gains:
 
-        ``bound = 0.5 + flips * sum_l prod_{j > l} g_j``
+        ``bound = sum_v (1 + delta_v) G(v) - 1/2``
 
-    output steps, with ``g_j`` the step gain of layer ``j`` (plus the output's own rounding,
-    0.5 step: the fake-quant model's logits are not quantized). This is a worst case (every
-    flip aligned with the largest column); measured gaps are far smaller (docs/integer.md).
+    (the output node itself contributes ``1/2 + delta``: the fake-quant logits are not
+    rounded). Valid while no value leaves its calibrated range (clipping is not modelled: a
+    value the observers did not see, e.g. a logit above the calibration maximum, clips in the
+    integer model only). It is a worst case (every rounding error aligned with the largest
+    weight column); measured gaps are around one step (``docs/integer.md``).
 
     Args:
       reference: an :class:`IntegerReference` (its graph and tensors).
-      flips: flipped codes per element assumed in each layer (1: one step, see above).
 
     Returns:
-      The bound in steps of the output's scale (multiply by that scale for logits units).
+      The bound in steps of the output's scale (times that scale: logits units).
     """
     g = reference.graph
     rec = reference.records
-    gains: dict[str, float] = {}  # value -> worst-case output steps per one step at that value
-    bound = 0.5
     nodes = g["nodes"]
-    # walk backwards: gain of a value = how many output steps one step of it can move
-    out_int = {n["in"][0] for n in nodes if n["op"] == "dequantize"}
-    for v in out_int:
-        gains[v] = 1.0
+    gains: dict[str, float] = {}
+    for node in nodes:
+        if node["op"] == "dequantize":
+            gains[node["in"][0]] = gains.get(node["in"][0], 0.0) + 1.0
+    bound = -0.5 * len(gains)
     for node in reversed(nodes):
-        op = node["op"]
-        y = node["out"]
+        op, y = node["op"], node["out"]
         if y not in gains or op in ("quantize", "dequantize"):
             continue
         gy = gains[y]
+        delta = 0.0
         if op in ("qlinear", "qconv2d"):
             sx, _ = rec[node["in"][0]]
             sy, _ = rec[y]
             w = np.abs(reference.tensors[node["weight"]].astype(np.float64))
             ws = reference.tensors[node["weight_scale"]].astype(np.float64)
-            col = w.reshape(-1, w.shape[-1]).sum(0) * ws
-            step_gain = float(np.max(col)) * sx / sy
-            ins = [(node["in"][0], step_gain)]
+            w2 = w.reshape(-1, w.shape[-1])
+            col = w2.sum(0) * ws * sx / sy  # steps of y per step of every input element
+            k = w2.shape[0]
+            x_abs = 255.0  # |x - x_zp| <= 255 steps
+            delta = 0.5 * float(np.max(ws)) * sx / sy + 2.0**-31 * (
+                x_abs * float(np.max(col)) + 128.0
+            )
+            delta += k * 2.0**-23 * x_abs * float(np.max(col))
+            ins = [(node["in"][0], float(np.max(col)))]
         elif op in ("qavg_pool2d", "qmean"):
             sx, _ = rec[node["in"][0]]
             sy, _ = rec[y]
             ins = [(node["in"][0], sx / sy)]
+            delta = 2.0**-31 * 256.0
         elif op == "qadd":
             sy, _ = rec[y]
             ins = [(node["in"][k], rec[node["in"][k]][0] / sy) for k in (0, 1)]
-        else:  # qmax_pool2d and views: a one-step change stays one step
+            delta = 2.0**-30 * 256.0
+        else:  # qmax_pool2d and views: a difference of e steps stays e steps
             ins = [(r, 1.0) for r in node["in"] if isinstance(r, str) and r in rec]
-        requantizes = op in ("qlinear", "qconv2d", "qavg_pool2d", "qmean", "qadd")
-        if requantizes:
-            bound += flips * gy  # this node's own flip, seen at the output
+        if op in ("qlinear", "qconv2d", "qavg_pool2d", "qmean", "qadd"):
+            bound += (1.0 + delta) * gy
         for r, k in ins:
-            gains[r] = max(gains.get(r, 0.0), gy * k)
+            gains[r] = gains.get(r, 0.0) + gy * k
     return float(bound)
