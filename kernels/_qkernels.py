@@ -1,0 +1,493 @@
+"""Full-integer kernels (INT8_SPEC.md): int8 x int8 -> int32 GEMM with per-channel fixed-point
+requantization, depthwise convolution, pooling, residual add, quantize / dequantize.
+
+Every kernel computes exactly the NumPy reference of `jaxcompress_kernels.format.quant` (integer
+arithmetic: the results are equal bit for bit, whichever path runs).
+
+GEMM (``qlinear``, ``qconv2d`` through im2col or directly for 1x1 convolutions):
+``y[m, n] = clip(y_zp + ((acc[m, n] * mult[n] + 2**(r[n] - 1)) >> r[n]), qmin, qmax)`` with
+``acc = sum_k x[m, k] w[k, n] + beff[n]`` and ``beff = bias - x_zp * sum_k w[k, n]`` folded at
+load. Two interchangeable paths:
+
+- **VNNI** (CPUs with ``avx512_vnni``): ``vpdpbusd`` (16 int32 lanes, each += the sum of 4
+  unsigned-byte x signed-byte products) through inline assembly in a Numba `intrinsic` (LLVM IR
+  ``asm``; declaring the ``llvm.x86.avx512.vpdp*`` intrinsics crashed Numba before). The unsigned
+  operand is ``x + 128`` (the int8 bytes xor 0x80, done on each broadcast word), so ``beff`` also
+  subtracts ``128 * sum_k w[k, n]``. Weights are packed at load as ``(N/16, K/4, 16, 4)`` int8
+  (16 output channels x 4 consecutive k per 64-byte vector). A register tile is ``MR`` rows of x x
+  ``NR`` blocks of 16 channels (``1 x 4`` for a batch-1 linear layer, ``4 x 2`` for convolutions).
+- **portable** (any CPU): per output an int32 dot product over k of sign-extended bytes, written
+  so LLVM's loop vectoriser emits ``vpmaddwd`` (see `_int8dot`), weights as ``(N, Kp)``.
+
+Both accumulate in int32 without overflow for ``K <= 65536`` (``255 * 127 * 65536 < 2**31``) and
+widen to int64 for the bias and the requantization.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import binding as _llvm
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+__all__ = [
+    "HAS_VNNI",
+    "QGemmWeight",
+    "pack_qgemm",
+    "qgemm",
+    "im2col_q",
+    "depthwise_q",
+    "maxpool_q",
+    "avgpool_q",
+    "mean_q",
+    "add_q",
+    "quantize_q",
+    "dequantize_q",
+]
+
+
+def _host_has_vnni() -> bool:
+    try:
+        f = _llvm.get_host_cpu_features()
+        return bool(f.get("avx512vnni", False)) and bool(f.get("avx512bw", False))
+    except Exception:  # pragma: no cover - feature query unavailable
+        return False
+
+
+HAS_VNNI = _host_has_vnni()
+if HAS_VNNI:
+    # inline assembly needs the host's asm parser in the JIT (Numba initialises only the target
+    # and its printer)
+    try:
+        _llvm.initialize_native_asmparser()
+    except Exception:  # pragma: no cover - cannot parse asm: use the portable path
+        HAS_VNNI = False
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V16 = ir.VectorType(_I32, 16)
+_V64 = ir.VectorType(_I64, 16)
+
+
+def _make_tile(mr: int, nr: int):
+    """An intrinsic ``tile(xw, m0, w32, nb0, kq, out)``: ``out[r * nr * 16 + b * 16 + j] =
+    sum_kb dpbusd(xw[min(m0 + r, M - 1), kb] ^ 0x80808080, w32[min(nb0 + b, NB - 1), kb, j])``
+    for ``r < mr``, ``b < nr`` (rows and blocks past the end are clamped: computed, unused)."""
+
+    @intrinsic
+    def tile(typingctx, xw, m0, w32, nb0, kq, out, beff, mult, rnd, shift, yzp, qmin, qmax, y):
+        sig = types.void(xw, m0, w32, nb0, kq, out, beff, mult, rnd, shift, yzp, qmin, qmax, y)
+
+        def codegen(context, builder, signature, args):
+            xa = context.make_array(signature.args[0])(context, builder, args[0])
+            wa = context.make_array(signature.args[2])(context, builder, args[2])
+            oa = context.make_array(signature.args[5])(context, builder, args[5])
+            chan = [
+                context.make_array(signature.args[i])(context, builder, args[i]).data
+                for i in (6, 7, 8, 9)
+            ]
+            consts = []
+            for i in (10, 11, 12):
+                v = args[i]
+                v = builder.sext(v, _I64) if v.type.width < 64 else v
+                consts.append(
+                    builder.shuffle_vector(
+                        builder.insert_element(
+                            ir.Constant(_V64, ir.Undefined), v, ir.Constant(_I32, 0)
+                        ),
+                        ir.Constant(_V64, ir.Undefined),
+                        ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
+                    )
+                )
+            yzpv, qminv, qmaxv = consts
+            m0v, nb0v, kqv = (
+                builder.sext(a, _I64) if a.type.width < 64 else a
+                for a in (args[1], args[3], args[4])
+            )
+            ya = context.make_array(signature.args[13])(context, builder, args[13])
+            ncols = builder.extract_value(ya.shape, 1)
+            mrows = builder.extract_value(xa.shape, 0)
+            nblocks = builder.extract_value(wa.shape, 0)
+            xstride = builder.extract_value(xa.shape, 1)  # int32 words per row
+            one = ir.Constant(_I64, 1)
+            xrows = []
+            yrows = []
+            for r in range(mr):
+                row = builder.add(m0v, ir.Constant(_I64, r))
+                last = builder.sub(mrows, one)
+                row = builder.select(builder.icmp_signed("<", row, last), row, last)
+                xrows.append(builder.gep(xa.data, [builder.mul(row, xstride)]))
+                yrows.append(builder.gep(ya.data, [builder.mul(row, ncols)]))
+            wbases = []
+            cbases = []
+            for b in range(nr):
+                blk = builder.add(nb0v, ir.Constant(_I64, b))
+                last = builder.sub(nblocks, one)
+                blk = builder.select(builder.icmp_signed("<", blk, last), blk, last)
+                off = builder.mul(builder.mul(blk, kqv), ir.Constant(_I64, 16))
+                wbases.append(builder.gep(wa.data, [off]))
+                cbases.append(builder.mul(blk, ir.Constant(_I64, 16)))
+            # accumulators live in stack slots that SROA promotes to zmm registers
+            with builder.goto_entry_block():
+                slots = [builder.alloca(_V16) for _ in range(mr * nr)]
+            for s in slots:
+                builder.store(ir.Constant(_V16, None), s)
+            flip = ir.Constant(_I32, 0x80808080 - (1 << 32))
+            undef = ir.Constant(_V16, ir.Undefined)
+            zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+            asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
+            vptr = _V16.as_pointer()
+            from numba.core import cgutils
+
+            with cgutils.for_range(builder, kqv) as loop:
+                kb = loop.index
+                wv = [
+                    builder.load(
+                        builder.bitcast(
+                            builder.gep(wb, [builder.mul(kb, ir.Constant(_I64, 16))]), vptr
+                        ),
+                        align=4,
+                    )
+                    for wb in wbases
+                ]
+                for r in range(mr):
+                    xi = builder.load(builder.gep(xrows[r], [kb]), align=1)
+                    xi = builder.xor(xi, flip)
+                    xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
+                    xv = builder.shuffle_vector(xv, undef, zeros)
+                    for b in range(nr):
+                        s = slots[r * nr + b]
+                        acc = builder.load(s)
+                        acc = builder.asm(
+                            asm_ty,
+                            "vpdpbusd $2, $1, $0",
+                            "=v,v,v,0",
+                            [xv, wv[b], acc],
+                            False,
+                            "vnni",
+                        )
+                        builder.store(acc, s)
+            # epilogue, in vectors: ((acc + beff) * mult + rnd) >> shift, + y_zp, clamp, int8
+            v64p = _V64.as_pointer()
+            v8p = ir.VectorType(ir.IntType(8), 16).as_pointer()
+            for b in range(nr):
+                bv, mv, rv, sv = (
+                    builder.load(builder.bitcast(builder.gep(p, [cbases[b]]), v64p), align=8)
+                    for p in chan
+                )
+                for r in range(mr):
+                    a = builder.sext(builder.load(slots[r * nr + b]), _V64)
+                    a = builder.ashr(builder.add(builder.mul(builder.add(a, bv), mv), rv), sv)
+                    a = builder.add(a, yzpv)
+                    a = builder.select(builder.icmp_signed("<", a, qminv), qminv, a)
+                    a = builder.select(builder.icmp_signed(">", a, qmaxv), qmaxv, a)
+                    a8 = builder.trunc(a, ir.VectorType(ir.IntType(8), 16))
+                    # a whole block goes straight to its output row (clamped rows and blocks
+                    # recompute the last one: same values); a partial block to the scratch
+                    full = builder.icmp_signed(
+                        "<=", builder.add(cbases[b], ir.Constant(_I64, 16)), ncols
+                    )
+                    direct = builder.gep(yrows[r], [cbases[b]])
+                    spill = builder.gep(oa.data, [ir.Constant(_I64, (r * nr + b) * 16)])
+                    dst = builder.select(full, direct, spill)
+                    builder.store(a8, builder.bitcast(dst, v8p), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+def _make_driver(mr, nr):
+    tile_fn = _make_tile(mr, nr)
+
+    @njit(cache=False, nogil=True)
+    def drive(xw, w32, n, beff, mult, rnd, shift, yzp, qmin, qmax, out, o8):
+        mm = xw.shape[0]
+        kq = xw.shape[1]
+        nbk = w32.shape[0]
+        for nb0 in range(0, nbk, nr):
+            for m0 in range(0, mm, mr):
+                tile_fn(xw, m0, w32, nb0, kq, o8, beff, mult, rnd, shift, yzp, qmin, qmax, out)
+                if n % 16 and nb0 + nr >= nbk:  # the partial last block went to the scratch
+                    b = nbk - 1 - nb0
+                    c0 = (nbk - 1) * 16
+                    for r in range(min(mr, mm - m0)):
+                        base = (r * nr + b) * 16
+                        for j in range(n - c0):
+                            out[m0 + r, c0 + j] = o8[base + j]
+
+    return drive
+
+
+# (rows of x, blocks of 16 channels) per register tile
+_DRIVERS = {(1, 4): _make_driver(1, 4), (4, 2): _make_driver(4, 2), (4, 1): _make_driver(4, 1)}
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _gemm_portable(x, wt, beff, mult, rnd, shift, yzp, qmin, qmax, out):
+    mm = x.shape[0]
+    nn = out.shape[1]
+    kp = wt.shape[1]
+    for m in range(mm):
+        xm = x[m]
+        for c in range(nn):
+            wn = wt[c]
+            a = np.int32(0)
+            for k in range(kp):
+                a = np.int32(a + np.int32(xm[k]) * np.int32(wn[k]))
+            acc = np.int64(a) + beff[c]
+            v = yzp + ((acc * mult[c] + rnd[c]) >> shift[c])
+            if v < qmin:
+                v = qmin
+            elif v > qmax:
+                v = qmax
+            out[m, c] = np.int8(v)
+
+
+class QGemmWeight:
+    """A qlinear / qconv2d weight prepared for `qgemm`: packed codes, the folded bias and the
+    per-channel multipliers.
+
+    Attributes:
+      k, n: logical sizes; kp: K padded to a multiple of 4 (x rows must hold kp bytes).
+      vnni: which path `qgemm` runs.
+    """
+
+    def __init__(self, w2, bias, x_zp, mult, shift, *, vnni: bool):
+        w2 = np.asarray(w2, np.int8)
+        self.k, self.n = k, n = w2.shape
+        self.kp = kp = -(-k // 4) * 4
+        self.vnni = bool(vnni)
+        wsum = w2.astype(np.int64).sum(0)
+        b = np.zeros(n, np.int64) if bias is None else np.asarray(bias, np.int64)
+        wpad = np.zeros((kp, n), np.int8)
+        wpad[:k] = w2
+        if self.vnni:
+            np_ = -(-n // 16) * 16
+            wp = np.zeros((kp, np_), np.int8)
+            wp[:, :n] = wpad
+            # (NB, KQ, 16, 4): block, k-quad, channel, k within the quad
+            packed = wp.reshape(kp // 4, 4, np_ // 16, 16).transpose(2, 0, 3, 1)
+            self.w32 = np.ascontiguousarray(packed).view(np.int32).reshape(np_ // 16, kp // 4, 16)
+            self.beff = b - (int(x_zp) + 128) * wsum
+        else:
+            self.wt = np.ascontiguousarray(wpad.T)
+            self.beff = b - int(x_zp) * wsum
+        np_ = -(-n // 16) * 16  # per-channel vectors padded to whole 16-lane blocks
+        self.beff = np.concatenate([self.beff, np.zeros(np_ - n, np.int64)])
+        self.mult = np.concatenate([np.asarray(mult, np.int64), np.zeros(np_ - n, np.int64)])
+        self.shift = np.concatenate([np.asarray(shift, np.int64), np.ones(np_ - n, np.int64)])
+        self.rnd = np.left_shift(np.int64(1), self.shift - 1)
+        self.o8 = np.zeros(4 * 4 * 16, np.int8)
+
+    @property
+    def nbytes(self) -> int:
+        w = self.w32 if self.vnni else self.wt
+        return int(w.nbytes + self.beff.nbytes * 4)
+
+
+def pack_qgemm(w2, bias, x_zp, mult, shift, *, vnni=None) -> QGemmWeight:
+    """Prepares an int8 ``(K, N)`` weight (values in [-127, 127]) for `qgemm` (``vnni=None``:
+    the host's best path)."""
+    return QGemmWeight(w2, bias, x_zp, mult, shift, vnni=HAS_VNNI if vnni is None else vnni)
+
+
+def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
+    """``out (M, N) int8 = requant(x (M, Kp) int8 @ W + beff)`` (see the module docstring).
+
+    ``x`` must be C-contiguous int8 with ``w.kp`` columns (bytes past K are multiplied by zero
+    weights). No checks: the runtime's plan guarantees the shapes.
+    """
+    if w.vnni:
+        xw = x.view(np.int32)
+        if x.shape[0] < 4:
+            fn = _DRIVERS[1, 4]
+        else:
+            fn = _DRIVERS[4, 2] if w.w32.shape[0] > 1 else _DRIVERS[4, 1]
+        fn(xw, w.w32, w.n, w.beff, w.mult, w.rnd, w.shift, y_zp, qmin, qmax, out, w.o8)
+    else:
+        _gemm_portable(x, w.wt, w.beff, w.mult, w.rnd, w.shift, y_zp, qmin, qmax, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# convolution helpers, pooling, add, quantize / dequantize
+
+
+@njit(cache=True, nogil=True)
+def im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp, oh, ow, cols):
+    """``cols[(b, oy, ox), (i, j, c)] = x[b, oy*sh - pt + i*dh, ox*sw - pl + j*dw, c0 + c]``
+    (``zp`` outside the image); columns past ``kh * kw * cg`` are left as they are."""
+    bsz, hh, ww, _ = x.shape
+    row = 0
+    for b in range(bsz):
+        for oy in range(oh):
+            for ox in range(ow):
+                col = 0
+                for i in range(kh):
+                    iy = oy * sh - pt + i * dh
+                    for j in range(kw):
+                        ix = ox * sw - pl + j * dw
+                        if 0 <= iy < hh and 0 <= ix < ww:
+                            for c in range(cg):
+                                cols[row, col + c] = x[b, iy, ix, c0 + c]
+                        else:
+                            for c in range(cg):
+                                cols[row, col + c] = zp
+                        col += cg
+                row += 1
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def depthwise_q(
+    x, w, beff, mult, rnd, shift, sh, sw, dh, dw, pt, pl, x_zp, yzp, qmin, qmax, acc, out
+):
+    """Depthwise conv (``groups == C_in``; channel multiplier ``C_out / C_in``): ``w`` is
+    ``(KH, KW, C_out)`` int32, ``acc`` an ``(C_out,)`` int32 scratch; padding contributes 0."""
+    bsz, hh, ww, cin = x.shape
+    _, oh, ow, cout = out.shape
+    kh, kw, _ = w.shape
+    mul = cout // cin
+    for b in range(bsz):
+        for oy in range(oh):
+            for ox in range(ow):
+                for c in range(cout):
+                    acc[c] = 0
+                for i in range(kh):
+                    iy = oy * sh - pt + i * dh
+                    if iy < 0 or iy >= hh:
+                        continue
+                    for j in range(kw):
+                        ix = ox * sw - pl + j * dw
+                        if ix < 0 or ix >= ww:
+                            continue
+                        if mul == 1:
+                            for c in range(cout):
+                                acc[c] += (np.int32(x[b, iy, ix, c]) - x_zp) * w[i, j, c]
+                        else:
+                            for c in range(cout):
+                                acc[c] += (np.int32(x[b, iy, ix, c // mul]) - x_zp) * w[i, j, c]
+                for c in range(cout):
+                    a = np.int64(acc[c]) + beff[c]
+                    v = yzp + ((a * mult[c] + rnd[c]) >> shift[c])
+                    if v < qmin:
+                        v = qmin
+                    elif v > qmax:
+                        v = qmax
+                    out[b, oy, ox, c] = np.int8(v)
+
+
+@njit(cache=True, nogil=True)
+def maxpool_q(x, kh, kw, sh, sw, pt, pl, out):
+    """int8 max pooling NHWC (padded positions never win)."""
+    bsz, hh, ww, cc = x.shape
+    _, oh, ow, _ = out.shape
+    for b in range(bsz):
+        for oy in range(oh):
+            for ox in range(ow):
+                for c in range(cc):
+                    out[b, oy, ox, c] = -128
+                for i in range(kh):
+                    iy = oy * sh - pt + i
+                    if iy < 0 or iy >= hh:
+                        continue
+                    for j in range(kw):
+                        ix = ox * sw - pl + j
+                        if ix < 0 or ix >= ww:
+                            continue
+                        for c in range(cc):
+                            v = x[b, iy, ix, c]
+                            if v > out[b, oy, ox, c]:
+                                out[b, oy, ox, c] = v
+
+
+@njit(cache=True, nogil=True)
+def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc, out):
+    """Average pooling: window sums of ``x - x_zp`` (padding adds 0), requantized."""
+    bsz, hh, ww, cc = x.shape
+    _, oh, ow, _ = out.shape
+    rnd = np.int64(1) << (shift - 1)
+    for b in range(bsz):
+        for oy in range(oh):
+            for ox in range(ow):
+                for c in range(cc):
+                    acc[c] = 0
+                for i in range(kh):
+                    iy = oy * sh - pt + i
+                    if iy < 0 or iy >= hh:
+                        continue
+                    for j in range(kw):
+                        ix = ox * sw - pl + j
+                        if ix < 0 or ix >= ww:
+                            continue
+                        for c in range(cc):
+                            acc[c] += np.int32(x[b, iy, ix, c]) - x_zp
+                for c in range(cc):
+                    v = yzp + ((np.int64(acc[c]) * mult + rnd) >> shift)
+                    if v < qmin:
+                        v = qmin
+                    elif v > qmax:
+                        v = qmax
+                    out[b, oy, ox, c] = np.int8(v)
+
+
+@njit(cache=True, nogil=True)
+def mean_q(x3, x_zp, mult, shift, yzp, qmin, qmax, acc, out2):
+    """Mean over the middle axis of ``x3 (A, R, C)`` -> ``out2 (A, C)`` (sums of ``x - x_zp``,
+    requantized)."""
+    aa, rr, cc = x3.shape
+    rnd = np.int64(1) << (shift - 1)
+    for a in range(aa):
+        for c in range(cc):
+            acc[c] = 0
+        for r in range(rr):
+            for c in range(cc):
+                acc[c] += np.int32(x3[a, r, c]) - x_zp
+        for c in range(cc):
+            v = yzp + ((np.int64(acc[c]) * mult + rnd) >> shift)
+            if v < qmin:
+                v = qmin
+            elif v > qmax:
+                v = qmax
+            out2[a, c] = np.int8(v)
+
+
+@njit(cache=True, nogil=True)
+def add_q(a, b, a_zp, b_zp, ma, mb, shift, yzp, qmin, qmax, out):
+    """Residual add on flat int8 arrays (`format.quant.qadd`)."""
+    rnd = np.int64(1) << (shift - 1)
+    for i in range(a.shape[0]):
+        acc = (np.int64(a[i]) - a_zp) * ma + (np.int64(b[i]) - b_zp) * mb + rnd
+        v = yzp + (acc >> shift)
+        if v < qmin:
+            v = qmin
+        elif v > qmax:
+            v = qmax
+        out[i] = np.int8(v)
+
+
+@njit(cache=True, nogil=True)
+def quantize_q(x, scale, zp, out):
+    """Flat float32 -> int8: ``clip(round_half_even(x / s) + zp)`` (float32 division)."""
+    for i in range(x.shape[0]):
+        y = np.float64(np.float32(x[i] / scale))
+        if y != y:  # NaN -> the zero point (as the reference)
+            out[i] = np.int8(zp)
+            continue
+        r = np.floor(y + 0.5)
+        if r - y == 0.5 and r % 2.0 != 0.0:
+            r -= 1.0
+        v = r + zp
+        if v < -128.0:
+            v = -128.0
+        elif v > 127.0:
+            v = 127.0
+        out[i] = np.int8(v)
+
+
+@njit(cache=True, nogil=True)
+def dequantize_q(q, scale, zp, out):
+    """Flat int8 -> float32: ``float32(q - zp) * s``."""
+    for i in range(q.shape[0]):
+        out[i] = np.float32(np.int32(q[i]) - zp) * scale
