@@ -218,6 +218,9 @@ def save(
     nm: bool = True,
     fold: bool = True,
     description: str = "",
+    integer: bool = False,
+    activation_ranges: Any = None,
+    calibration_batches: Any = None,
 ) -> ExportInfo:
     """Exports a (compressed) model to one artifact file the edge runtime can run without JAX.
 
@@ -252,12 +255,26 @@ def save(
         into it (inference-mode batch norm: ``W' = W * gamma / sqrt(var + eps)``, one bias add).
         Compressed kernels are never rewritten (their codes are what was trained).
       description: free text kept in the manifest.
+      integer: write a full-integer graph (int8 activations with explicit scale / zero point,
+        int8 weights, int32 biases, fixed-point requantization; float only at the input and
+        output; ``docs/integer.md``). Needs static activation ranges: `model_or_apply` is the
+        ``apply_fn`` of ``ptq(..., activation_bits=8)`` (or of ``quantize_activations(apply_fn,
+        ranges)``, e.g. a QAT model), or `activation_ranges` is given; weights are
+        ``QuantizedArray`` leaves, symmetric per output channel, <= 8 bits. The bundled sample
+        output is then the JAX integer reference's (``quantization.integer_reference``).
+      activation_ranges: an ``ActivationRanges`` overriding / supplying the observed ranges
+        (integer export only).
+      calibration_batches: float input batches measuring the ranges of the values that are no
+        matmul/conv input (the logits, residual-add operands, average-pool outputs); integer
+        export only. Pass the batches ``ptq`` was calibrated with.
 
     Returns:
       An :class:`ExportInfo`.
 
     Raises:
-      JaxCompressValueError: unsupported primitive (the message names it), layout or arguments.
+      JaxCompressValueError: unsupported primitive (the message names it), layout or arguments;
+        with ``integer=True`` also: no static activation ranges, a range with NaN/Inf or zero
+        width, float or grouped weights, or an op without an integer form (each names the layer).
       JaxCompressTypeError: `model_or_apply` is not a model or callable.
 
     Example:
@@ -269,7 +286,18 @@ def save(
     if not 0.0 <= float(sparse_threshold) <= 1.0:
         raise JaxCompressValueError(f"{sparse_threshold=} must be in [0, 1]")
     path = os.fspath(path)
-    apply = resolve_apply(model_or_apply)
+    if not integer and (activation_ranges is not None or calibration_batches is not None):
+        raise JaxCompressValueError(
+            "activation_ranges / calibration_batches apply to integer=True exports only"
+        )
+    desc = None
+    if integer:
+        from jaxcompress.export._integer import activation_description
+
+        float_apply, desc = activation_description(model_or_apply, activation_ranges)
+        apply = resolve_apply(float_apply if float_apply is not None else model_or_apply)
+    else:
+        apply = resolve_apply(model_or_apply)
     x = np.asarray(example_input)
     if x.dtype.kind != "f":
         raise JaxCompressValueError(f"example_input.dtype={x.dtype} must be floating")
@@ -278,14 +306,27 @@ def save(
     flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_compressed)
     leaves = {key_path_str(p): _unwrap(leaf) for p, leaf in flat}
     plain = {n for n, leaf in leaves.items() if not is_compressed(leaf)}
-    cap = capture(apply, dense_params, x, foldable=plain if fold else set())
     w = _Writer(float(sparse_threshold), bool(nm))
-    for name in cap.params:
-        w.add(name, cap.params[name] if name in plain else leaves[name])
-    for name, arr in cap.consts.items():
-        w.dense(name, arr)
-    ys = jax.tree.leaves(_jitted(model_or_apply)(dense_params, x))  # graph output order
-    ys = [np.asarray(v, np.float32) for v in ys]
+    if integer:
+        from jaxcompress.export._integer import integer_graph
+        from jaxcompress.quantization._integer import integer_reference
+
+        cap = capture(apply, dense_params, x, foldable=set())
+        qweights = {n: leaf for n, leaf in leaves.items() if isinstance(leaf, QuantizedArray)}
+        ig = integer_graph(cap, qweights, desc, calibration_batches, x)
+        for name, arr in ig.tensors.items():
+            w.dense(name, np.ascontiguousarray(arr))
+        ys = integer_reference(ig.graph, ig.tensors)(x)
+        ys = [np.asarray(v, np.float32) for v in (ys if isinstance(ys, tuple) else [ys])]
+        cap.graph = ig.graph
+    else:
+        cap = capture(apply, dense_params, x, foldable=plain if fold else set())
+        for name in cap.params:
+            w.add(name, cap.params[name] if name in plain else leaves[name])
+        for name, arr in cap.consts.items():
+            w.dense(name, arr)
+        ys = jax.tree.leaves(_jitted(model_or_apply)(dense_params, x))  # graph output order
+        ys = [np.asarray(v, np.float32) for v in ys]
     sample = {"input": SAMPLE_INPUT, "output": SAMPLE_OUTPUT}
     y = ys[0]
     if len(ys) > 1:  # several outputs: flattened and concatenated, their shapes in the manifest

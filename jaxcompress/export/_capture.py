@@ -94,6 +94,10 @@ class CapturedGraph:
       weight_uses: names of parameters used as the weight of a ``linear``/``conv`` node.
       other_uses: names of parameters read by any other node (need a dense copy at run time).
       folded: ``{weight name: number of affine nodes folded into it}`` (batch norm folding).
+      sites: ``[(site, activation ref, kernel ref)]`` for every ``dot_general`` /
+        ``conv_general_dilated`` outside custom-derivative functions, in evaluation order, named
+        as the activation observers name them (``"dot_general_2"``; see
+        ``jaxcompress.quantization.observe_activations``): how observed ranges map onto values.
     """
 
     graph: dict
@@ -102,6 +106,7 @@ class CapturedGraph:
     weight_uses: set[str]
     other_uses: set[str]
     folded: dict = dataclasses.field(default_factory=dict)
+    sites: list = dataclasses.field(default_factory=list)
 
 
 class _Tracer:
@@ -117,6 +122,8 @@ class _Tracer:
         self.counter = 0
         self.weight_uses: set[str] = set()
         self.other_uses: set[str] = set()
+        self.sites: list[tuple[str, Any, Any]] = []
+        self.custom_depth = 0  # inside custom_jvp/vjp functions, which the observers do not see
 
     # refs ------------------------------------------------------------------------------
     def new_value(self, aval) -> str:
@@ -173,9 +180,17 @@ class _Tracer:
             sub = p.get("jaxpr", p.get("call_jaxpr", p.get("fun_jaxpr")))
             if sub is None:
                 raise JaxCompressValueError(f"export cannot inline the call primitive {name!r}")
-            if isinstance(sub, jcore.ClosedJaxpr):
-                return self.walk(sub.jaxpr, sub.consts, ins)
-            return self.walk(sub, [], ins)
+            custom = int(name.startswith("custom_"))
+            self.custom_depth += custom
+            try:
+                if isinstance(sub, jcore.ClosedJaxpr):
+                    return self.walk(sub.jaxpr, sub.consts, ins)
+                return self.walk(sub, [], ins)
+            finally:
+                self.custom_depth -= custom
+        if name in ("dot_general", "conv_general_dilated") and not self.custom_depth:
+            # numbered exactly as the activation observers number their sites
+            self.sites.append((f"{name}_{len(self.sites)}", ins[0], ins[1]))
         if name not in SUPPORTED_PRIMITIVES:
             raise JaxCompressValueError(
                 f"export does not support the JAX primitive {name!r} (used as "
@@ -500,7 +515,13 @@ def capture(
     param_arrays = {n: a for n, a in param_arrays.items() if n in used}
     consts = {k: v for k, v in consts.items() if k in used}
     return CapturedGraph(
-        graph, param_arrays, consts, weights & set(param_arrays), others & set(param_arrays), folded
+        graph,
+        param_arrays,
+        consts,
+        weights & set(param_arrays),
+        others & set(param_arrays),
+        folded,
+        list(main.sites),
     )
 
 

@@ -7,8 +7,15 @@ from jaxcompress.quantization._calibration import CalibrationStats, LayerStats, 
 from jaxcompress.quantization._fake_quant import FakeQuantize, fake_quant, fake_quantize, qat_step
 from jaxcompress.quantization._gptq import gptq, gptq_params
 from jaxcompress.quantization._numerics import SCHEMES, code_range
+from jaxcompress.quantization._integer import (
+    IntegerReference,
+    fake_quant_gap_bound,
+    integer_reference,
+    requantize,
+)
 from jaxcompress.quantization._observers import (
     OBSERVERS,
+    ActivationQuantization,
     ActivationRanges,
     activation_sites,
     observe_activations,
@@ -35,7 +42,12 @@ from jaxcompress.quantization._smooth import awq, smooth_quant, smoothing_scales
 __all__ = [
     "OBSERVERS",
     "SCHEMES",
+    "ActivationQuantization",
     "ActivationRanges",
+    "IntegerReference",
+    "fake_quant_gap_bound",
+    "integer_reference",
+    "requantize",
     "CalibrationStats",
     "LayerStats",
     "awq",

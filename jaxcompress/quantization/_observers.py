@@ -33,6 +33,7 @@ from jaxcompress.quantization._fake_quant import _fake_quant_core
 from jaxcompress.quantization._quantize import QuantSpec, check_clip_range
 
 __all__ = [
+    "ActivationQuantization",
     "ActivationRanges",
     "activation_sites",
     "observe_activations",
@@ -100,6 +101,29 @@ class ActivationRanges:
         for k, (lo, hi) in self.ranges.items():
             rows.append(f"| {k} | {self.shapes.get(k)} | {lo:.4g} | {hi:.4g} |")
         return "\n".join(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationQuantization:
+    """The quantized-model description of an activation-quantized ``apply_fn``.
+
+    :func:`quantize_activations` (and so ``ptq(..., activation_bits=...)``) attaches one to the
+    function it returns, as ``apply_q.activation_quantization``; full-integer export
+    (``jaxcompress.export.save(..., integer=True)``) reads it instead of pattern-matching the
+    fake-quant ops.
+
+    Attributes:
+      float_apply: the wrapped float ``apply_fn(params, x, **kw)``.
+      ranges: the static ranges, or ``None`` for dynamic (per-call) ranges.
+      bits, scheme: the activation grid.
+      sites: the quantized sites (``None``: all).
+    """
+
+    float_apply: Callable
+    ranges: ActivationRanges | None
+    bits: int
+    scheme: str
+    sites: frozenset | None = None
 
 
 def activation_sites(apply_fn: Callable, params: Any, x: Any) -> dict[str, tuple[int, ...]]:
@@ -213,7 +237,9 @@ def quantize_activations(
 
     Returns:
       ``apply_fn_q(params, x, **kwargs)`` with the same signature; usable under ``jit`` and
-      ``grad`` (clipped STE), with float or dequantized params.
+      ``grad`` (clipped STE), with float or dequantized params. Its
+      ``activation_quantization`` attribute (:class:`ActivationQuantization`) describes the
+      quantization for export.
     """
     spec = QuantSpec(bits=bits, scheme=scheme)
     if ranges is not None and not isinstance(ranges, ActivationRanges):
@@ -242,4 +268,11 @@ def quantize_activations(
     def apply_q(params, x, **kwargs):
         return _run(apply_fn, params, x, hook, **kwargs)
 
+    apply_q.activation_quantization = ActivationQuantization(
+        float_apply=apply_fn,
+        ranges=ranges,
+        bits=bits,
+        scheme=scheme,
+        sites=None if only is None else frozenset(only),
+    )
     return apply_q

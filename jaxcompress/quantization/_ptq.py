@@ -99,4 +99,5 @@ def ptq(
     def full(p, x, **kw):
         return act(dequantize_params(p), x, **kw)
 
+    full.activation_quantization = act.activation_quantization  # read by integer export
     return PTQResult(params=qparams, apply_fn=full, ranges=ranges)
