@@ -316,26 +316,82 @@ def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
 
 
 @njit(cache=True, nogil=True)
+def _im2col_columns(xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow,
+                    cf, ncol):
+    for b in range(bsz):
+        for oy in range(oh):
+            rowbase = (b * oh + oy) * ow
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                for j in range(kw):
+                    off = j * dw - pl
+                    # ox with 0 <= ox * sw + off < ww
+                    lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+                    hi = 0 if ww - off <= 0 else min(ow, (ww - off + sw - 1) // sw)
+                    hi = max(hi, lo)
+                    if iy < 0 or iy >= hh:
+                        lo = hi = ow
+                    for c in range(cg):
+                        col = (i * kw + j) * cg + c
+                        d = rowbase * ncol + col
+                        for ox in range(lo):
+                            cf[d + ox * ncol] = zp8
+                        src = ((b * hh + iy) * ww + off) * cin + c0 + c
+                        for ox in range(lo, hi):
+                            cf[d + ox * ncol] = xf[src + ox * sw * cin]
+                        for ox in range(hi, ow):
+                            cf[d + ox * ncol] = zp8
+
+
+@njit(cache=True, nogil=True)
 def im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp, oh, ow, cols):
     """``cols[(b, oy, ox), (i, j, c)] = x[b, oy*sh - pt + i*dh, ox*sw - pl + j*dw, c0 + c]``
-    (``zp`` outside the image); columns past ``kh * kw * cg`` are left as they are."""
-    bsz, hh, ww, _ = x.shape
+    (``zp`` outside the image); columns past ``kh * kw * cg`` are left as they are.
+
+    Flat offsets (no per-element multi-dimensional indexing); a window row that lies inside
+    the image with ``dw == 1`` and all channels is one contiguous run of ``kw * cg`` bytes."""
+    bsz, hh, ww, cin = x.shape
+    xf = x.reshape(-1)
+    ncol = cols.shape[1]
+    cf = cols.reshape(-1)
+    run = kw * cg
+    contiguous = dw == 1 and cg == cin
+    zp8 = np.int8(zp)
+    if run < 32:
+        # short window rows (few channels): copying them one by one costs a memcpy call each,
+        # so fill column by column instead, along ox (strided, no calls)
+        _im2col_columns(xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh,
+                        ow, cf, ncol)
+        return
     row = 0
     for b in range(bsz):
         for oy in range(oh):
             for ox in range(ow):
-                col = 0
+                dst = row * ncol
+                ix0 = ox * sw - pl
+                inside_x = ix0 >= 0 and ix0 + (kw - 1) * dw < ww
                 for i in range(kh):
                     iy = oy * sh - pt + i * dh
-                    for j in range(kw):
-                        ix = ox * sw - pl + j * dw
-                        if 0 <= iy < hh and 0 <= ix < ww:
-                            for c in range(cg):
-                                cols[row, col + c] = x[b, iy, ix, c0 + c]
-                        else:
-                            for c in range(cg):
-                                cols[row, col + c] = zp
-                        col += cg
+                    if iy < 0 or iy >= hh:
+                        for t in range(run):
+                            cf[dst + t] = zp8
+                    elif contiguous and inside_x:
+                        src = ((b * hh + iy) * ww + ix0) * cin
+                        for t in range(run):
+                            cf[dst + t] = xf[src + t]
+                    else:
+                        base = (b * hh + iy) * ww
+                        for j in range(kw):
+                            ix = ix0 + j * dw
+                            d = dst + j * cg
+                            if ix < 0 or ix >= ww:
+                                for c in range(cg):
+                                    cf[d + c] = zp8
+                            else:
+                                src = (base + ix) * cin + c0
+                                for c in range(cg):
+                                    cf[d + c] = xf[src + c]
+                    dst += run
                 row += 1
 
 
