@@ -316,8 +316,9 @@ def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
 
 
 @njit(cache=True, nogil=True)
-def _im2col_columns(xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow,
-                    cf, ncol):
+def _im2col_columns(
+    xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow, cf, ncol
+):
     for b in range(bsz):
         for oy in range(oh):
             rowbase = (b * oh + oy) * ow
@@ -331,16 +332,20 @@ def _im2col_columns(xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg
                     hi = max(hi, lo)
                     if iy < 0 or iy >= hh:
                         lo = hi = ow
+                    step = np.uint64(sw * cin)
+                    nc = np.uint64(ncol)
                     for c in range(cg):
                         col = (i * kw + j) * cg + c
-                        d = rowbase * ncol + col
-                        for ox in range(lo):
-                            cf[d + ox * ncol] = zp8
-                        src = ((b * hh + iy) * ww + off) * cin + c0 + c
-                        for ox in range(lo, hi):
-                            cf[d + ox * ncol] = xf[src + ox * sw * cin]
-                        for ox in range(hi, ow):
-                            cf[d + ox * ncol] = zp8
+                        d = np.uint64(rowbase * ncol + col)
+                        for ox in range(np.uint64(lo)):
+                            cf[d + ox * nc] = zp8
+                        if hi > lo:
+                            src = np.uint64(((b * hh + iy) * ww + off + lo * sw) * cin + c0 + c)
+                            dl = d + np.uint64(lo) * nc
+                            for t in range(np.uint64(hi - lo)):
+                                cf[dl + t * nc] = xf[src + t * step]
+                        for ox in range(np.uint64(hi), np.uint64(ow)):
+                            cf[d + ox * nc] = zp8
 
 
 @njit(cache=True, nogil=True)
@@ -360,8 +365,9 @@ def im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp, oh, ow, cols):
     if run < 32:
         # short window rows (few channels): copying them one by one costs a memcpy call each,
         # so fill column by column instead, along ox (strided, no calls)
-        _im2col_columns(xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh,
-                        ow, cf, ncol)
+        _im2col_columns(
+            xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow, cf, ncol
+        )
         return
     row = 0
     for b in range(bsz):
@@ -376,9 +382,11 @@ def im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp, oh, ow, cols):
                         for t in range(run):
                             cf[dst + t] = zp8
                     elif contiguous and inside_x:
-                        src = ((b * hh + iy) * ww + ix0) * cin
-                        for t in range(run):
-                            cf[dst + t] = xf[src + t]
+                        # unsigned offsets: no negative-index wraparound, the copy vectorises
+                        src = np.uint64(((b * hh + iy) * ww + ix0) * cin)
+                        du = np.uint64(dst)
+                        for t in range(np.uint64(run)):
+                            cf[du + t] = xf[src + t]
                     else:
                         base = (b * hh + iy) * ww
                         for j in range(kw):
@@ -400,15 +408,21 @@ def depthwise_q(
     x, w, beff, mult, rnd, shift, sh, sw, dh, dw, pt, pl, x_zp, yzp, qmin, qmax, acc, out
 ):
     """Depthwise conv (``groups == C_in``; channel multiplier ``C_out / C_in``): ``w`` is
-    ``(KH, KW, C_out)`` int32, ``acc`` an ``(C_out,)`` int32 scratch; padding contributes 0."""
+    ``(KH, KW, C_out)`` int32, ``acc`` an ``(C_out,)`` int32 scratch; padding contributes 0.
+    Flat unsigned offsets (signed indices would add wraparound checks that stop the channel
+    loops from vectorising)."""
     bsz, hh, ww, cin = x.shape
     _, oh, ow, cout = out.shape
     kh, kw, _ = w.shape
     mul = cout // cin
+    xf = x.reshape(-1)
+    wf = w.reshape(-1)
+    of = out.reshape(-1)
+    uc = np.uint64(cout)
     for b in range(bsz):
         for oy in range(oh):
             for ox in range(ow):
-                for c in range(cout):
+                for c in range(uc):
                     acc[c] = 0
                 for i in range(kh):
                     iy = oy * sh - pt + i * dh
@@ -418,20 +432,20 @@ def depthwise_q(
                         ix = ox * sw - pl + j * dw
                         if ix < 0 or ix >= ww:
                             continue
+                        xs = np.uint64(((b * hh + iy) * ww + ix) * cin)
+                        ws = np.uint64((i * kw + j) * cout)
                         if mul == 1:
-                            for c in range(cout):
-                                acc[c] += (np.int32(x[b, iy, ix, c]) - x_zp) * w[i, j, c]
+                            for c in range(uc):
+                                acc[c] += (np.int32(xf[xs + c]) - x_zp) * wf[ws + c]
                         else:
-                            for c in range(cout):
-                                acc[c] += (np.int32(x[b, iy, ix, c // mul]) - x_zp) * w[i, j, c]
-                for c in range(cout):
+                            um = np.uint64(mul)
+                            for c in range(uc):
+                                acc[c] += (np.int32(xf[xs + c // um]) - x_zp) * wf[ws + c]
+                ob = np.uint64(((b * oh + oy) * ow + ox) * cout)
+                for c in range(uc):
                     a = np.int64(acc[c]) + beff[c]
                     v = yzp + ((a * mult[c] + rnd[c]) >> shift[c])
-                    if v < qmin:
-                        v = qmin
-                    elif v > qmax:
-                        v = qmax
-                    out[b, oy, ox, c] = np.int8(v)
+                    of[ob + c] = np.int8(max(qmin, min(qmax, v)))
 
 
 @njit(cache=True, nogil=True)
@@ -439,11 +453,15 @@ def maxpool_q(x, kh, kw, sh, sw, pt, pl, out):
     """int8 max pooling NHWC (padded positions never win)."""
     bsz, hh, ww, cc = x.shape
     _, oh, ow, _ = out.shape
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    uc = np.uint64(cc)
     for b in range(bsz):
         for oy in range(oh):
             for ox in range(ow):
-                for c in range(cc):
-                    out[b, oy, ox, c] = -128
+                ob = np.uint64(((b * oh + oy) * ow + ox) * cc)
+                for c in range(uc):
+                    of[ob + c] = -128
                 for i in range(kh):
                     iy = oy * sh - pt + i
                     if iy < 0 or iy >= hh:
@@ -452,10 +470,9 @@ def maxpool_q(x, kh, kw, sh, sw, pt, pl, out):
                         ix = ox * sw - pl + j
                         if ix < 0 or ix >= ww:
                             continue
-                        for c in range(cc):
-                            v = x[b, iy, ix, c]
-                            if v > out[b, oy, ox, c]:
-                                out[b, oy, ox, c] = v
+                        xs = np.uint64(((b * hh + iy) * ww + ix) * cc)
+                        for c in range(uc):
+                            of[ob + c] = max(of[ob + c], xf[xs + c])
 
 
 @njit(cache=True, nogil=True)
@@ -464,10 +481,13 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
     bsz, hh, ww, cc = x.shape
     _, oh, ow, _ = out.shape
     rnd = np.int64(1) << (shift - 1)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    uc = np.uint64(cc)
     for b in range(bsz):
         for oy in range(oh):
             for ox in range(ow):
-                for c in range(cc):
+                for c in range(uc):
                     acc[c] = 0
                 for i in range(kh):
                     iy = oy * sh - pt + i
@@ -477,15 +497,13 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
                         ix = ox * sw - pl + j
                         if ix < 0 or ix >= ww:
                             continue
-                        for c in range(cc):
-                            acc[c] += np.int32(x[b, iy, ix, c]) - x_zp
-                for c in range(cc):
+                        xs = np.uint64(((b * hh + iy) * ww + ix) * cc)
+                        for c in range(uc):
+                            acc[c] += np.int32(xf[xs + c]) - x_zp
+                ob = np.uint64(((b * oh + oy) * ow + ox) * cc)
+                for c in range(uc):
                     v = yzp + ((np.int64(acc[c]) * mult + rnd) >> shift)
-                    if v < qmin:
-                        v = qmin
-                    elif v > qmax:
-                        v = qmax
-                    out[b, oy, ox, c] = np.int8(v)
+                    of[ob + c] = np.int8(max(qmin, min(qmax, v)))
 
 
 @njit(cache=True, nogil=True)
