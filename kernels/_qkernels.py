@@ -203,7 +203,11 @@ def _make_driver(mr, nr):
     tile_fn = _make_tile(mr, nr)
 
     @njit(cache=False, nogil=True)
-    def drive(xw, w32, n, beff, mult, rnd, shift, yzp, qmin, qmax, out, o8):
+    def drive(xw, w32, chan, prm, out, o8):
+        # chan: (4, Np) int64 rows beff, mult, rnd, shift; prm: n, y_zp, qmin, qmax (packed:
+        # every argument costs time in Numba's dispatcher on each call)
+        n, yzp, qmin, qmax = prm[0], prm[1], prm[2], prm[3]
+        beff, mult, rnd, shift = chan[0], chan[1], chan[2], chan[3]
         mm = xw.shape[0]
         kq = xw.shape[1]
         nbk = w32.shape[0]
@@ -218,32 +222,46 @@ def _make_driver(mr, nr):
                         for j in range(n - c0):
                             out[m0 + r, c0 + j] = o8[base + j]
 
-    return drive
+    @njit(cache=False, nogil=True)
+    def conv_drive(x, geo, cols, w32, chan, prm, out, o8):
+        im2col_q(x, geo, cols)
+        drive(cols.view(np.int32), w32, chan, prm, out, o8)
+
+    return drive, conv_drive
 
 
 # (rows of x, blocks of 16 channels) per register tile
-_DRIVERS = {(1, 4): _make_driver(1, 4), (4, 2): _make_driver(4, 2), (4, 1): _make_driver(4, 1)}
+_DRIVERS = {}
+_CONV_DRIVERS = {}
+
+
+def _drivers(mr, nr):
+    if (mr, nr) not in _DRIVERS:
+        _DRIVERS[mr, nr], _CONV_DRIVERS[mr, nr] = _make_driver(mr, nr)
+    return _DRIVERS[mr, nr], _CONV_DRIVERS[mr, nr]
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _gemm_portable(x, wt, beff, mult, rnd, shift, yzp, qmin, qmax, out):
+def _gemm_portable(x, wt, chan, prm, out):
+    n, yzp, qmin, qmax = prm[0], prm[1], prm[2], prm[3]
     mm = x.shape[0]
-    nn = out.shape[1]
     kp = wt.shape[1]
     for m in range(mm):
         xm = x[m]
-        for c in range(nn):
+        for c in range(n):
             wn = wt[c]
             a = np.int32(0)
             for k in range(kp):
                 a = np.int32(a + np.int32(xm[k]) * np.int32(wn[k]))
-            acc = np.int64(a) + beff[c]
-            v = yzp + ((acc * mult[c] + rnd[c]) >> shift[c])
-            if v < qmin:
-                v = qmin
-            elif v > qmax:
-                v = qmax
-            out[m, c] = np.int8(v)
+            acc = np.int64(a) + chan[0, c]
+            v = yzp + ((acc * chan[1, c] + chan[2, c]) >> chan[3, c])
+            out[m, c] = np.int8(max(qmin, min(qmax, v)))
+
+
+@njit(cache=True, nogil=True)
+def _conv_portable(x, geo, cols, wt, chan, prm, out):
+    im2col_q(x, geo, cols)
+    _gemm_portable(cols, wt, chan, prm, out)
 
 
 class QGemmWeight:
@@ -253,6 +271,8 @@ class QGemmWeight:
     Attributes:
       k, n: logical sizes; kp: K padded to a multiple of 4 (x rows must hold kp bytes).
       vnni: which path `qgemm` runs.
+      chan: ``(4, Np)`` int64 rows ``beff``, ``mult``, ``2**(shift - 1)``, ``shift`` (``Np``: N
+        padded to whole 16-lane blocks).
     """
 
     def __init__(self, w2, bias, x_zp, mult, shift, *, vnni: bool):
@@ -264,28 +284,58 @@ class QGemmWeight:
         b = np.zeros(n, np.int64) if bias is None else np.asarray(bias, np.int64)
         wpad = np.zeros((kp, n), np.int8)
         wpad[:k] = w2
+        np_ = -(-n // 16) * 16
         if self.vnni:
-            np_ = -(-n // 16) * 16
             wp = np.zeros((kp, np_), np.int8)
             wp[:, :n] = wpad
             # (NB, KQ, 16, 4): block, k-quad, channel, k within the quad
             packed = wp.reshape(kp // 4, 4, np_ // 16, 16).transpose(2, 0, 3, 1)
             self.w32 = np.ascontiguousarray(packed).view(np.int32).reshape(np_ // 16, kp // 4, 16)
-            self.beff = b - (int(x_zp) + 128) * wsum
+            beff = b - (int(x_zp) + 128) * wsum
         else:
             self.wt = np.ascontiguousarray(wpad.T)
-            self.beff = b - int(x_zp) * wsum
-        np_ = -(-n // 16) * 16  # per-channel vectors padded to whole 16-lane blocks
-        self.beff = np.concatenate([self.beff, np.zeros(np_ - n, np.int64)])
-        self.mult = np.concatenate([np.asarray(mult, np.int64), np.zeros(np_ - n, np.int64)])
-        self.shift = np.concatenate([np.asarray(shift, np.int64), np.ones(np_ - n, np.int64)])
-        self.rnd = np.left_shift(np.int64(1), self.shift - 1)
+            beff = b - int(x_zp) * wsum
+        chan = np.zeros((4, np_), np.int64)
+        chan[3] = 1
+        chan[0, :n] = beff
+        chan[1, :n] = np.asarray(mult, np.int64)
+        chan[3, :n] = np.asarray(shift, np.int64)
+        chan[2] = np.left_shift(np.int64(1), chan[3] - 1)
+        self.chan = chan
         self.o8 = np.zeros(4 * 4 * 16, np.int8)
 
     @property
     def nbytes(self) -> int:
         w = self.w32 if self.vnni else self.wt
-        return int(w.nbytes + self.beff.nbytes * 4)
+        return int(w.nbytes + self.chan.nbytes)
+
+    def _prm(self, y_zp, qmin, qmax):
+        return np.array([self.n, y_zp, qmin, qmax], np.int64)
+
+    def _tiles(self, rows):
+        if rows < 4:
+            return _drivers(1, 4)
+        return _drivers(4, 2) if self.w32.shape[0] > 1 else _drivers(4, 1)
+
+    def bind(self, x, out, y_zp, qmin, qmax):
+        """A zero-argument closure computing ``out = qgemm(x)`` (arguments bound once)."""
+        prm = self._prm(y_zp, qmin, qmax)
+        if not self.vnni:
+            wt, chan = self.wt, self.chan
+            return lambda: _gemm_portable(x, wt, chan, prm, out)
+        fn = self._tiles(x.shape[0])[0]
+        xw, w32, chan, o8 = x.view(np.int32), self.w32, self.chan, self.o8
+        return lambda: fn(xw, w32, chan, prm, out, o8)
+
+    def bind_conv(self, x, geo, cols, out, y_zp, qmin, qmax):
+        """As `bind`, for ``im2col_q(x, geo, cols)`` then the GEMM on ``cols`` (one call)."""
+        prm = self._prm(y_zp, qmin, qmax)
+        if not self.vnni:
+            wt, chan = self.wt, self.chan
+            return lambda: _conv_portable(x, geo, cols, wt, chan, prm, out)
+        fn = self._tiles(cols.shape[0])[1]
+        w32, chan, o8 = self.w32, self.chan, self.o8
+        return lambda: fn(x, geo, cols, w32, chan, prm, out, o8)
 
 
 def pack_qgemm(w2, bias, x_zp, mult, shift, *, vnni=None) -> QGemmWeight:
@@ -300,15 +350,7 @@ def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
     ``x`` must be C-contiguous int8 with ``w.kp`` columns (bytes past K are multiplied by zero
     weights). No checks: the runtime's plan guarantees the shapes.
     """
-    if w.vnni:
-        xw = x.view(np.int32)
-        if x.shape[0] < 4:
-            fn = _DRIVERS[1, 4]
-        else:
-            fn = _DRIVERS[4, 2] if w.w32.shape[0] > 1 else _DRIVERS[4, 1]
-        fn(xw, w.w32, w.n, w.beff, w.mult, w.rnd, w.shift, y_zp, qmin, qmax, out, w.o8)
-    else:
-        _gemm_portable(x, w.wt, w.beff, w.mult, w.rnd, w.shift, y_zp, qmin, qmax, out)
+    w.bind(x, out, y_zp, qmin, qmax)()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,12 +391,15 @@ def _im2col_columns(
 
 
 @njit(cache=True, nogil=True)
-def im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp, oh, ow, cols):
+def im2col_q(x, geo, cols):
     """``cols[(b, oy, ox), (i, j, c)] = x[b, oy*sh - pt + i*dh, ox*sw - pl + j*dw, c0 + c]``
     (``zp`` outside the image); columns past ``kh * kw * cg`` are left as they are.
+    ``geo = [kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp, oh, ow]`` (int64).
 
     Flat offsets (no per-element multi-dimensional indexing); a window row that lies inside
     the image with ``dw == 1`` and all channels is one contiguous run of ``kw * cg`` bytes."""
+    kh, kw, sh, sw, dh, dw, pt, pl = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7]
+    c0, cg, zp, oh, ow = geo[8], geo[9], geo[10], geo[11], geo[12]
     bsz, hh, ww, cin = x.shape
     xf = x.reshape(-1)
     ncol = cols.shape[1]
@@ -543,21 +588,15 @@ def add_q(a, b, a_zp, b_zp, ma, mb, shift, yzp, qmin, qmax, out):
 
 @njit(cache=True, nogil=True)
 def quantize_q(x, scale, zp, out):
-    """Flat float32 -> int8: ``clip(round_half_even(x / s) + zp)`` (float32 division)."""
+    """Flat float32 -> int8: ``clip(round_half_even(x / s) + zp)`` (float32 division; NaN ->
+    the zero point, as the reference). Branch-free so LLVM vectorises it."""
+    lo = np.float32(-128 - zp)
+    hi = np.float32(127 - zp)
     for i in range(x.shape[0]):
-        y = np.float64(np.float32(x[i] / scale))
-        if y != y:  # NaN -> the zero point (as the reference)
-            out[i] = np.int8(zp)
-            continue
-        r = np.floor(y + 0.5)
-        if r - y == 0.5 and r % 2.0 != 0.0:
-            r -= 1.0
-        v = r + zp
-        if v < -128.0:
-            v = -128.0
-        elif v > 127.0:
-            v = 127.0
-        out[i] = np.int8(v)
+        y = np.rint(x[i] / scale)  # float32 division, round half to even
+        y = y if y == y else np.float32(0.0)
+        y = min(max(y, lo), hi)
+        out[i] = np.int8(np.int32(y) + zp)
 
 
 @njit(cache=True, nogil=True)

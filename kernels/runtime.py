@@ -1646,13 +1646,14 @@ def _qstep(rt: Runtime, i: int, node: dict, view):
         y2 = out.reshape(x2.shape[0], w.n)
         label = f"qgemm(int8, {'vnni' if w.vnni else 'portable'})"
         if w.kp == w.k:
-            return (lambda: _qk.qgemm(x2, w, y_zp, qmin, qmax, y2)), label
+            return w.bind(x2, y2, y_zp, qmin, qmax), label
         xp = np.zeros((x2.shape[0], w.kp), np.int8)
         xv = xp[:, : w.k]
+        gemm = w.bind(xp, y2, y_zp, qmin, qmax)
 
         def padded():
             np.copyto(xv, x2)
-            _qk.qgemm(xp, w, y_zp, qmin, qmax, y2)
+            gemm()
 
         return padded, label
     if op == "qconv2d":
@@ -1752,13 +1753,10 @@ def _qconv_step(rt, i, node, x, out, x_zp, y_zp, qmin, qmax):
         )
         if pointwise:
             x2 = x.reshape(rows, cin)
-            return (lambda: _qk.qgemm(x2, w, y_zp, qmin, qmax, y2)), f"qgemm(int8 1x1, {path})"
+            return w.bind(x2, y2, y_zp, qmin, qmax), f"qgemm(int8 1x1, {path})"
         cols = np.zeros((rows, w.kp), np.int8)
-
-        def conv():
-            _qk.im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, 0, cin, x_zp, oh, ow, cols)
-            _qk.qgemm(cols, w, y_zp, qmin, qmax, y2)
-
+        geo = np.array([kh, kw, sh, sw, dh, dw, pt, pl, 0, cin, x_zp, oh, ow], np.int64)
+        conv = w.bind_conv(x, geo, cols, y2, y_zp, qmin, qmax)
         return conv, f"qconv{kh}x{kw}(int8 im2col+qgemm, {path})"
     # grouped (not depthwise): one GEMM per group on its slice of channels
     ws = t[node["weight_scale"]].parts["value"]
@@ -1783,11 +1781,14 @@ def _qconv_step(rt, i, node, x, out, x_zp, y_zp, qmin, qmax):
     cols = np.zeros((rows, gw[0].kp), np.int8)
     tmp = np.empty((rows, og), np.int8)
     y2 = out.reshape(rows, cout)
+    steps = []
+    for g in range(groups):
+        geo = np.array([kh, kw, sh, sw, dh, dw, pt, pl, g * cg, cg, x_zp, oh, ow], np.int64)
+        steps.append(gw[g].bind_conv(x, geo, cols, tmp, y_zp, qmin, qmax))
 
     def grouped():
         for g in range(groups):
-            _qk.im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, g * cg, cg, x_zp, oh, ow, cols)
-            _qk.qgemm(cols, gw[g], y_zp, qmin, qmax, tmp)
+            steps[g]()
             y2[:, g * og : (g + 1) * og] = tmp
 
     return grouped, f"qconv{kh}x{kw}(int8 grouped x{groups}, {path})"
