@@ -110,6 +110,8 @@ class Plan(Mapping):
       const_bytes: constants folded at load.
       weight_bytes: weights as the kernels hold them.
       flops: total FLOPs at this batch size.
+      float_nodes: nodes of a full-integer graph that run in float32 (only with
+        ``allow_float_nodes``; empty otherwise).
     """
 
     batch: int
@@ -120,6 +122,7 @@ class Plan(Mapping):
     weight_bytes: int
     flops: float
     kernels: dict
+    float_nodes: list = dataclasses.field(default_factory=list)
 
     def __getitem__(self, key):
         return self.kernels[key]

@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from jaxcompress_kernels import _qkernels as _qk
 from jaxcompress_kernels import artifact as _artifact
 from jaxcompress_kernels._graph_kernels import (
     add_relu,
@@ -56,6 +57,7 @@ from jaxcompress_kernels.conv import (
 )
 from jaxcompress_kernels.errors import ArtifactError, JaxCompressTypeError, JaxCompressValueError
 from jaxcompress_kernels.format import ops as _ops
+from jaxcompress_kernels.format import quant as _quant
 from jaxcompress_kernels.formats import (
     CSRMatrix,
     nm_from_dense,
@@ -436,6 +438,13 @@ class Runtime:
         decoded float32 kernel when the decoded weight is at most ``autotune_max_bytes``) on the
         planned shape and keep the fastest; False runs every encoding's own kernel.
       autotune_max_bytes: largest decoded float32 weight the autotuner may hold.
+      allow_float_nodes: in a full-integer graph (one with q-ops), let nodes without an integer
+        kernel (a float op between ``dequantize`` and ``quantize``) run in float32; they are then
+        listed in ``plan.float_nodes``. False (default): such a graph is refused with
+        `ArtifactError` naming the node.
+      int8_kernels: the integer GEMM path: ``"auto"`` (VNNI ``vpdpbusd`` when the CPU has
+        ``avx512_vnni``, else portable), ``"vnni"`` (error if unavailable) or ``"portable"``.
+        Results are identical either way.
 
     Attributes:
       plan: the `Plan` for the load-time batch (1, or the exported batch of a static-batch
@@ -452,7 +461,16 @@ class Runtime:
         limits: Limits | None = None,
         autotune: bool = True,
         autotune_max_bytes: int = 2 << 20,
+        allow_float_nodes: bool = False,
+        int8_kernels: str = "auto",
     ):
+        if int8_kernels not in ("auto", "vnni", "portable"):
+            raise JaxCompressValueError(
+                f"int8_kernels={int8_kernels!r} must be 'auto', 'vnni' or 'portable'"
+            )
+        if int8_kernels == "vnni" and not _qk.HAS_VNNI:
+            raise JaxCompressValueError("int8_kernels='vnni' but this CPU has no avx512_vnni")
+        self.vnni = _qk.HAS_VNNI if int8_kernels == "auto" else int8_kernels == "vnni"
         if not isinstance(artifact, _artifact.Artifact):
             artifact = _artifact.load(artifact)
         if limits is None:
@@ -480,12 +498,15 @@ class Runtime:
         self._shapes1, self._dtypes1, self._static, records = infer_graph(
             g, tensors, b0, limits, path=path
         )
+        self.quant = g.get("quant") or {}
+        self.float_nodes = self._float_nodes(allow_float_nodes)
+        self._qweights: dict = {}
         try:
             self.weights = {}
             wbytes = 0
             for n in self.nodes:
                 name = n.get("weight")
-                if name is None or name in self.weights:
+                if name is None or name in self.weights or n["op"] in _ops.QUANT_OPS:
                     continue
                 wk = _WeightKernel(tensors[name])
                 self.weights[name] = wk
@@ -505,6 +526,45 @@ class Runtime:
         self.plan = self._exec(b0).plan
 
     # -- planning --------------------------------------------------------------------------
+    def _float_nodes(self, allow: bool) -> list[int]:
+        """In a full-integer graph: the computing nodes that have no integer kernel (float ops
+        other than views and data movement, outside ``quantize``/``dequantize``)."""
+        nodes = self.nodes
+        if not self.quant and not any(n["op"] in _ops.QUANT_OPS for n in nodes):
+            return []
+        out = [
+            i
+            for i, n in enumerate(nodes)
+            if n["out"] not in self._static
+            and n["op"] not in _ops.QUANT_OPS
+            and _ops.OPS[n["op"]].kind not in ("alias", "move")
+        ]
+        if out and not allow:
+            i = out[0]
+            raise ArtifactError(
+                f"{self.artifact.path}: full-integer graph node {i} ({nodes[i]['op']}, output "
+                f"{nodes[i]['out']!r}) has no integer kernel"
+                + (f" (nor nodes {out[1:]})" if len(out) > 1 else "")
+                + "; pass allow_float_nodes=True to run such nodes in float32"
+            )
+        return out
+
+    def qweight(self, i: int) -> _qk.QGemmWeight:
+        """The prepared integer GEMM weight of q-node ``i`` (built once, batch independent)."""
+        w = self._qweights.get(i)
+        if w is None:
+            n = self.nodes[i]
+            t = self.artifact.tensors
+            wq = t[n["weight"]].parts["value"]
+            ws = t[n["weight_scale"]].parts["value"]
+            bias = t[n["bias"]].parts["value"] if "bias" in n else None
+            xr, yr = self.quant[n["in"][0]], self.quant[n["out"]]
+            mult, shift = _quant.channel_multipliers(xr["scale"], ws, yr["scale"])
+            w2 = wq.reshape(-1, wq.shape[-1])
+            w = _qk.pack_qgemm(w2, bias, xr["zero_point"], mult, shift, vnni=self.vnni)
+            self._qweights[i] = w
+        return w
+
     def _fold_constants(self) -> dict:
         tensors = self.artifact.tensors
         env = {}
@@ -699,9 +759,18 @@ def load(
     num_threads: int | None = None,
     limits: Limits | None = None,
     autotune: bool = True,
+    allow_float_nodes: bool = False,
+    int8_kernels: str = "auto",
 ) -> Runtime:
     """`jaxcompress_kernels.artifact.load` (full verification) + `Runtime` (the load-time plan)."""
-    return Runtime(_artifact.load(path), num_threads=num_threads, limits=limits, autotune=autotune)
+    return Runtime(
+        _artifact.load(path),
+        num_threads=num_threads,
+        limits=limits,
+        autotune=autotune,
+        allow_float_nodes=allow_float_nodes,
+        int8_kernels=int8_kernels,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -761,7 +830,9 @@ class _Exec:
                 records[i].kernel = "view"
                 continue
             grp = {"kind": "op", "nodes": [i], "out": n["out"]}
-            if n["op"] in ("linear", "conv"):
+            if n["op"] in _ops.QUANT_OPS:
+                grp = {"kind": "q", "nodes": [i], "out": n["out"]}
+            elif n["op"] in ("linear", "conv"):
                 grp = self._fuse(i, nodes, uses, static, consts, owner)
             else:
                 grp = self._fuse_pool_or_add(i, nodes, uses, static, owner) or grp
@@ -861,6 +932,7 @@ class _Exec:
             weight_bytes=int(wbytes),
             flops=float(sum(r.flops for r in records if not r.static)),
             kernels=kernels,
+            float_nodes=list(rt.float_nodes),
         )
 
     # -- fusion ------------------------------------------------------------------------------
@@ -1035,6 +1107,9 @@ class _Exec:
 
     # -- step closures -------------------------------------------------------------------------
     def _build(self, grp, nodes, view, records, offsets, base):
+        if grp["kind"] == "q":
+            i = grp["nodes"][0]
+            return _qstep(self.rt, i, nodes[i], view)
         if grp["kind"] == "op":
             i = grp["nodes"][0]
             return self._generic(i, nodes[i], view), nodes[i]["op"]
@@ -1155,6 +1230,10 @@ class _Exec:
         """One node on its own (no fusion): weight nodes run the plan's kernel for them."""
         node = self.rt.nodes[i]
         op = node["op"]
+        if op in _ops.QUANT_OPS:  # the reference arithmetic: equal to the kernels bit for bit
+            t = self.rt.artifact.tensors
+            arrs = {node[k]: t[node[k]].parts["value"] for k in _QW if k in node}
+            return _quant.reference_node(node, ins, self.rt.quant, arrs)
         if op == "linear":
             wk = self.rt.weights[node["weight"]]
             x = ins[0]
@@ -1533,3 +1612,182 @@ _UFUNCS = {
     "square": np.square,
 }
 _CMP = frozenset({"gt", "ge", "lt", "le", "eq", "ne"})
+
+
+# ----------------------------------------------------------------------------------------------
+# full-integer steps (`_qkernels`; arithmetic of `format.quant`)
+
+_QW = ("weight", "weight_scale", "bias")
+
+
+def _qstep(rt: Runtime, i: int, node: dict, view):
+    """``(closure, label)`` running q-node ``i`` with the integer kernels into its arena view."""
+    op = node["op"]
+    recs = rt.quant
+    src = node["in"][0]
+    x = view(src)
+    out = view(node["out"])
+    if op == "quantize":
+        r = recs[node["out"]]
+        s, zp = np.float32(r["scale"]), int(r["zero_point"])
+        xf, of = x.reshape(-1), out.reshape(-1)
+        return (lambda: _qk.quantize_q(xf, s, zp, of)), "quantize(f32->int8)"
+    if op == "dequantize":
+        r = recs[src]
+        s, zp = np.float32(r["scale"]), int(r["zero_point"])
+        xf, of = x.reshape(-1), out.reshape(-1)
+        return (lambda: _qk.dequantize_q(xf, s, zp, of)), "dequantize(int8->f32)"
+    xr, yr = recs[src], recs[node["out"]]
+    x_zp, y_zp = int(xr["zero_point"]), int(yr["zero_point"])
+    qmin, qmax = int(node.get("qmin", -128)), int(node.get("qmax", 127))
+    if op == "qlinear":
+        w = rt.qweight(i)
+        x2 = x.reshape(-1, w.k)
+        y2 = out.reshape(x2.shape[0], w.n)
+        label = f"qgemm(int8, {'vnni' if w.vnni else 'portable'})"
+        if w.kp == w.k:
+            return (lambda: _qk.qgemm(x2, w, y_zp, qmin, qmax, y2)), label
+        xp = np.zeros((x2.shape[0], w.kp), np.int8)
+        xv = xp[:, : w.k]
+
+        def padded():
+            np.copyto(xv, x2)
+            _qk.qgemm(xp, w, y_zp, qmin, qmax, y2)
+
+        return padded, label
+    if op == "qconv2d":
+        return _qconv_step(rt, i, node, x, out, x_zp, y_zp, qmin, qmax)
+    if op == "qmax_pool2d":
+        (kh, kw), (sh, sw), pads = node["window"], node["strides"], node["pads"]
+        pt, pl = pads[0][0], pads[1][0]
+        return (lambda: _qk.maxpool_q(x, kh, kw, sh, sw, pt, pl, out)), f"qmax_pool{kh}x{kw}"
+    if op == "qavg_pool2d":
+        (kh, kw), (sh, sw), pads = node["window"], node["strides"], node["pads"]
+        pt, pl = pads[0][0], pads[1][0]
+        m, r = _quant.pool_multiplier(xr["scale"], yr["scale"], node["count"])
+        acc = np.zeros(x.shape[-1], np.int32)
+
+        def avg():
+            _qk.avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, m, r, y_zp, qmin, qmax, acc, out)
+
+        return avg, f"qavg_pool{kh}x{kw}"
+    if op == "qmean":
+        axes = sorted(node["axes"])
+        count = math.prod(x.shape[a] for a in axes)
+        m, r = _quant.pool_multiplier(xr["scale"], yr["scale"], count)
+        if axes != list(range(axes[0], axes[-1] + 1)):  # non-adjacent axes: rare; reference
+            recs_, n_ = recs, node
+
+            def slow():
+                out[...] = _quant.reference_node(n_, [x], recs_, {})
+
+            return slow, "qmean(numpy reference)"
+        a0, a1 = axes[0], axes[-1] + 1
+        x3 = x.reshape(math.prod(x.shape[:a0]), count, math.prod(x.shape[a1:]))
+        o2 = out.reshape(x3.shape[0], x3.shape[2])
+        acc = np.zeros(x3.shape[2], np.int32)
+        return (lambda: _qk.mean_q(x3, x_zp, m, r, y_zp, qmin, qmax, acc, o2)), "qmean"
+    if op == "qadd":
+        br = recs[node["in"][1]]
+        b = view(node["in"][1]).reshape(-1)
+        ma, mb, r = _quant.add_multipliers(xr["scale"], br["scale"], yr["scale"])
+        b_zp = int(br["zero_point"])
+        af, of = x.reshape(-1), out.reshape(-1)
+        return (lambda: _qk.add_q(af, b, x_zp, b_zp, ma, mb, r, y_zp, qmin, qmax, of)), "qadd"
+    raise ArtifactError(f"graph node {i} ({op}) has no integer kernel")  # unreachable
+
+
+def _qconv_step(rt, i, node, x, out, x_zp, y_zp, qmin, qmax):
+    t = rt.artifact.tensors
+    wq = t[node["weight"]].parts["value"]
+    kh, kw, cg, cout = wq.shape
+    groups = node.get("groups", 1)
+    (sh, sw), (dh, dw), pads = node["strides"], node["dilation"], node["pads"]
+    pt, pl = pads[0][0], pads[1][0]
+    b, _, _, cin = x.shape
+    _, oh, ow, _ = out.shape
+    path = "vnni" if rt.vnni else "portable"
+    if groups > 1 and cg == 1:  # depthwise (channel multiplier cout / cin)
+        ws = t[node["weight_scale"]].parts["value"]
+        xr, yr = rt.quant[node["in"][0]], rt.quant[node["out"]]
+        mult, shift = _quant.channel_multipliers(xr["scale"], ws, yr["scale"])
+        rnd = np.left_shift(np.int64(1), shift - 1)
+        beff = (
+            t[node["bias"]].parts["value"].astype(np.int64)
+            if "bias" in node
+            else np.zeros(cout, np.int64)
+        )
+        w3 = np.ascontiguousarray(wq.reshape(kh, kw, cout).astype(np.int32))
+        acc = np.zeros(cout, np.int32)
+
+        def dw_step():
+            _qk.depthwise_q(
+                x,
+                w3,
+                beff,
+                mult,
+                rnd,
+                shift,
+                sh,
+                sw,
+                dh,
+                dw,
+                pt,
+                pl,
+                x_zp,
+                y_zp,
+                qmin,
+                qmax,
+                acc,
+                out,
+            )
+
+        return dw_step, f"qdepthwise{kh}x{kw}(int8)"
+    rows = b * oh * ow
+    if groups == 1:
+        w = rt.qweight(i)
+        y2 = out.reshape(rows, cout)
+        pointwise = (
+            kh == kw == 1 and (sh, sw) == (1, 1) and all(p == [0, 0] for p in pads) and cin % 4 == 0
+        )
+        if pointwise:
+            x2 = x.reshape(rows, cin)
+            return (lambda: _qk.qgemm(x2, w, y_zp, qmin, qmax, y2)), f"qgemm(int8 1x1, {path})"
+        cols = np.zeros((rows, w.kp), np.int8)
+
+        def conv():
+            _qk.im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, 0, cin, x_zp, oh, ow, cols)
+            _qk.qgemm(cols, w, y_zp, qmin, qmax, y2)
+
+        return conv, f"qconv{kh}x{kw}(int8 im2col+qgemm, {path})"
+    # grouped (not depthwise): one GEMM per group on its slice of channels
+    ws = t[node["weight_scale"]].parts["value"]
+    xr, yr = rt.quant[node["in"][0]], rt.quant[node["out"]]
+    bias = t[node["bias"]].parts["value"] if "bias" in node else None
+    og = cout // groups
+    gw = []
+    for g in range(groups):
+        sl = slice(g * og, (g + 1) * og)
+        mult, shift = _quant.channel_multipliers(xr["scale"], ws[sl], yr["scale"])
+        w2 = wq[..., sl].reshape(-1, og)
+        gw.append(
+            _qk.pack_qgemm(
+                w2,
+                None if bias is None else bias[sl],
+                xr["zero_point"],
+                mult,
+                shift,
+                vnni=rt.vnni,
+            )
+        )
+    cols = np.zeros((rows, gw[0].kp), np.int8)
+    tmp = np.empty((rows, og), np.int8)
+    y2 = out.reshape(rows, cout)
+
+    def grouped():
+        for g in range(groups):
+            _qk.im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, g * cg, cg, x_zp, oh, ow, cols)
+            _qk.qgemm(cols, gw[g], y_zp, qmin, qmax, tmp)
+            y2[:, g * og : (g + 1) * og] = tmp
+
+    return grouped, f"qconv{kh}x{kw}(int8 grouped x{groups}, {path})"

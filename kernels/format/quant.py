@@ -55,6 +55,8 @@ __all__ = [
     "qavg_pool2d",
     "qmean",
     "qadd",
+    "pool_multiplier",
+    "reference_node",
 ]
 
 QMIN, QMAX = -128, 127
@@ -387,3 +389,69 @@ def qadd(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, *, qmin=QMIN, qmax=Q
     acc = (np.asarray(a).astype(np.int64) - int(a_zp)) * ma
     acc = acc + (np.asarray(b).astype(np.int64) - int(b_zp)) * mb + (1 << (r - 1))
     return np.clip(int(y_zp) + (acc >> r), qmin, qmax).astype(np.int8)
+
+
+def reference_node(node: dict, ins: list, records: dict, tensors: dict) -> np.ndarray:
+    """Evaluates one q-op node of a graph with the functions above (the reference interpreter).
+
+    Args:
+      node: a validated q-op node (`jaxcompress_kernels.format.ops.QUANT_OPS`).
+      ins: its input arrays.
+      records: the graph's quantization record ``{value: {"scale", "zero_point", "dtype"}}``.
+      tensors: ``{name: array}`` holding at least the node's weight, weight_scale and bias.
+
+    Returns:
+      The node's output array.
+    """
+    op = node["op"]
+
+    def sz(v):
+        return records[v]["scale"], records[v]["zero_point"]
+
+    out = node["out"]
+    a = ins[0]
+    if op == "quantize":
+        return quantize(a, *sz(out))
+    if op == "dequantize":
+        return dequantize(a, *sz(node["in"][0]))
+    xin = sz(node["in"][0])
+    if op in ("qlinear", "qconv2d"):
+        w, ws = tensors[node["weight"]], tensors[node["weight_scale"]]
+        b = tensors[node["bias"]] if "bias" in node else None
+        if op == "qlinear":
+            return qlinear(a, *xin, w, ws, b, *sz(out), node["qmin"], node["qmax"])
+        return qconv2d(
+            a,
+            *xin,
+            w,
+            ws,
+            b,
+            *sz(out),
+            strides=node["strides"],
+            pads=node["pads"],
+            dilation=node["dilation"],
+            groups=node.get("groups", 1),
+            qmin=node["qmin"],
+            qmax=node["qmax"],
+        )
+    if op == "qmax_pool2d":
+        return qmax_pool2d(a, node["window"], node["strides"], node["pads"])
+    if op == "qavg_pool2d":
+        return qavg_pool2d(
+            a,
+            *xin,
+            *sz(out),
+            node["window"],
+            node["strides"],
+            node["pads"],
+            count=node["count"],
+            qmin=node["qmin"],
+            qmax=node["qmax"],
+        )
+    if op == "qmean":
+        return qmean(a, *xin, *sz(out), node["axes"], qmin=node["qmin"], qmax=node["qmax"])
+    if op == "qadd":
+        return qadd(
+            a, *xin, ins[1], *sz(node["in"][1]), *sz(out), qmin=node["qmin"], qmax=node["qmax"]
+        )
+    raise JaxCompressValueError(f"{op!r} is not a q-op")

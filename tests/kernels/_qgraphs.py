@@ -88,64 +88,18 @@ class QGraph:
 
 
 def reference_run(manifest, parts, x):
-    """Runs a full-integer graph with the NumPy reference ops (`format.quant`)."""
+    """Runs a full-integer graph with the NumPy reference ops (`format.quant.reference_node`)."""
     g = manifest["graph"]
-    recs = g["quant"]
     tens = {k: parts[t["parts"]["value"]] for k, t in manifest["tensors"].items()}
     env = {"input": np.asarray(x, np.float32)}
-
-    def sz(v):
-        return recs[v]["scale"], recs[v]["zero_point"]
-
     for n in g["nodes"]:
-        op, ins, out = n["op"], n["in"], n["out"]
-        a = env[ins[0]]
-        if op == "quantize":
-            y = q.quantize(a, *sz(out))
-        elif op == "dequantize":
-            y = q.dequantize(a, *sz(ins[0]))
-        elif op in ("qlinear", "qconv2d"):
-            w, ws = tens[n["weight"]], tens[n["weight_scale"]]
-            b = tens.get(n.get("bias"))
-            args = (a, *sz(ins[0]), w, ws, b, *sz(out))
-            if op == "qlinear":
-                y = q.qlinear(*args, n["qmin"], n["qmax"])
-            else:
-                y = q.qconv2d(
-                    *args,
-                    strides=n["strides"],
-                    pads=n["pads"],
-                    dilation=n["dilation"],
-                    groups=n.get("groups", 1),
-                    qmin=n["qmin"],
-                    qmax=n["qmax"],
-                )
-        elif op == "qmax_pool2d":
-            y = q.qmax_pool2d(a, n["window"], n["strides"], n["pads"])
-        elif op == "qavg_pool2d":
-            y = q.qavg_pool2d(
-                a,
-                *sz(ins[0]),
-                *sz(out),
-                n["window"],
-                n["strides"],
-                n["pads"],
-                count=n["count"],
-                qmin=n["qmin"],
-                qmax=n["qmax"],
-            )
-        elif op == "qmean":
-            y = q.qmean(a, *sz(ins[0]), *sz(out), n["axes"], qmin=n["qmin"], qmax=n["qmax"])
-        elif op == "qadd":
-            y = q.qadd(
-                a, *sz(ins[0]), env[ins[1]], *sz(ins[1]), *sz(out), qmin=n["qmin"], qmax=n["qmax"]
-            )
-        elif op == "reshape":
+        ins = [env[r] for r in n["in"]]
+        if n["op"] == "reshape":
+            a = ins[0]
             shape = [d if isinstance(d, int) else d[0] * a.shape[0] + d[1] for d in n["shape"]]
-            y = a.reshape(shape)
+            env[n["out"]] = a.reshape(shape)
         else:
-            raise AssertionError(op)
-        env[out] = y
+            env[n["out"]] = q.reference_node(n, ins, g["quant"], tens)
     return [env[o] for o in g["outputs"]]
 
 
@@ -226,8 +180,38 @@ def cnn_graph(seed=0) -> QGraph:
     f1 = g.add("reshape", [m1], rec7, shape=[[1, 0], 16])
     rec8 = r()
     l1 = g.add("qlinear", [f1], rec8, **g.weights((16, 10)), qmin=-128, qmax=127)
+    # grouped (2 groups, 3 channels each: K = 27 is not a multiple of 4) and a depthwise conv
+    # with channel multiplier 2, on the quantized input
+    rec9 = r()
+    h1 = g.add(
+        "qconv2d",
+        [x],
+        rec9,
+        **g.weights((3, 3, 1, 6)),
+        strides=[2, 2],
+        pads=[[0, 1], [0, 1]],
+        dilation=[1, 1],
+        groups=3,
+        qmin=-128,
+        qmax=127,
+    )
+    h2 = g.add(
+        "qconv2d",
+        [h1],
+        rec9,
+        **g.weights((3, 3, 3, 4)),
+        strides=[1, 1],
+        pads=[[1, 1], [1, 1]],
+        dilation=[2, 2],
+        groups=2,
+        qmin=-128,
+        qmax=127,
+    )
+    rec10 = r()
+    h3 = g.add("qmean", [h2], rec10, axes=[1, 2], qmin=-128, qmax=127)
+    g.extra = g.add("dequantize", [h3])
     y = g.add("dequantize", [l1])
-    g.outputs = [y]
+    g.outputs = [y, g.extra]
     return g
 
 
