@@ -105,9 +105,7 @@ def _grid(lo: float, hi: float) -> tuple[float, int]:
     from jaxcompress.quantization._quantize import QuantSpec, _qparams_from_range
 
     spec = QuantSpec(bits=8, scheme="affine")
-    s, z = _qparams_from_range(
-        jnp.asarray([lo], jnp.float32), jnp.asarray([hi], jnp.float32), spec
-    )
+    s, z = _qparams_from_range(jnp.asarray([lo], jnp.float32), jnp.asarray([hi], jnp.float32), spec)
     return float(np.asarray(s)[0]), int(np.asarray(z)[0]) - 128
 
 
