@@ -7,10 +7,10 @@ device with clock ``f``, fp32 peak ``P`` (FLOP/s), the class's int8/fp32 peak ra
 bandwidth ``BW`` is::
 
     peak      = P * (rho if the op computes in int8 else 1)
-    work      = F + 2 * a * out_elements                 (a: per-output cost in MACs, conv/linear)
+    work      = F + 2 * a * out_elements                 (a: per-output cost in MACs, convs)
     compute   = engine * work / (peak * eff[op class] * (s if sparse else 1))
     memory    = B / BW                                    (B: the roofline's bytes moved)
-    stream    = weight_bytes * c_w / f                    (weights streamed from flash, MCU)
+    stream    = weight_bytes * c_w / f                    (linear weights, read once, from flash)
     decode    = weight_elements * c_d[format] / f         (unpacking packed / sparse / codebook)
     t         = o * [op runs as its own step] + max(compute, memory) + stream + decode
 
@@ -80,6 +80,9 @@ class CostParams:
         time relative to the class's reference engine.
       dtype: the data type compute runs in when the graph does not say (``"float32"``; the
         calibration projects the MLPerf float graphs with ``"int8"`` costs).
+      graph_overhead_s: fixed time per inference (the host runtime's input check, output copy).
+      memory_ceiling: False when the measured efficiencies already include the memory system
+        (the host), so no separate ``bytes / bandwidth`` ceiling applies.
     """
 
     efficiency: dict = dataclasses.field(default_factory=dict)
@@ -91,6 +94,8 @@ class CostParams:
     engine: str = "reference"
     engine_factor: float = 1.0
     dtype: str = "float32"
+    graph_overhead_s: float = 0.0
+    memory_ceiling: bool = True
 
     def __post_init__(self):
         for k, v in self.efficiency.items():
@@ -103,7 +108,12 @@ class CostParams:
                     f"decode_cycles_per_weight: unknown format {k!r}; {WEIGHT_FORMATS}"
                 )
             _nonneg(f"decode_cycles_per_weight[{k!r}]", v)
-        for f in ("out_overhead_macs", "op_overhead_s", "weight_stream_cycles_per_byte"):
+        for f in (
+            "out_overhead_macs",
+            "op_overhead_s",
+            "weight_stream_cycles_per_byte",
+            "graph_overhead_s",
+        ):
             _nonneg(f, getattr(self, f))
         _positive("sparse_efficiency", self.sparse_efficiency)
         _positive("engine_factor", self.engine_factor)
@@ -116,6 +126,8 @@ class CostParams:
             all(v == 1.0 for v in self.efficiency.values())
             and self.out_overhead_macs == 0
             and self.op_overhead_s == 0
+            and self.graph_overhead_s == 0
+            and self.memory_ceiling
             and self.weight_stream_cycles_per_byte == 0
             and all(v == 0 for v in self.decode_cycles_per_weight.values())
             and self.engine_factor == 1.0
@@ -239,30 +251,42 @@ def op_cost(
         b = 0 if o.static else op_bytes(graph, i)
         return OpCost(o.name, o.op, cls, fmt, 0.0, b, 0.0, b / bandwidth, 0, 0, 0, b / bandwidth, lower)
     flops, nbytes = float(o.flops), op_bytes(graph, i)
-    if _fused(o) and not params.neutral:
-        # the fused epilogue's work is in the owning step (out_overhead_macs)
+    if _fused(o) and cls not in MAC_CLASSES and not params.neutral:
+        # a fused epilogue (bias, ReLU, divide) is in its step's cost (out_overhead_macs); linear
+        # layers fused into one chain step still cost their own MACs
         return OpCost(o.name, o.op, cls, fmt, flops, nbytes, 0, 0, 0, 0, 0, 0.0, lower)
-    # full-integer graphs (int8 activations) and graphs costed as int8 compute in int8
+    # full-integer graphs (int8 values), and float graphs costed as int8 compute
     dtype = "int8" if params.dtype == "int8" or o.dtype == "int8" else "float32"
+    wbytes = o.param_bytes
+    if dtype == "int8" and o.dtype == "float32":
+        # the float graph priced as its int8 twin: 1-byte activations, 1-byte dense weights
+        act = nbytes - o.param_bytes
+        if o.weight_elements and fmt == "float32":
+            wbytes = o.weight_elements
+        nbytes = act // 4 + wbytes
     peak = peak_flops * (int8_ratio if dtype == "int8" else 1.0)
     eff = params.efficiency.get(cls, 1.0) * (params.sparse_efficiency if fmt == "sparse" else 1.0)
     work = flops
-    if cls in MAC_CLASSES:
+    if cls in ("conv", "dwconv"):
         work += 2.0 * params.out_overhead_macs * o.out_elements
     compute = params.engine_factor * work / (peak * eff)
-    memory = nbytes / bandwidth
+    memory = nbytes / bandwidth if params.memory_ceiling else 0.0
     per_cycle = params.weight_stream_cycles_per_byte or any(params.decode_cycles_per_weight.values())
     if per_cycle and not clock_hz:
         raise JaxCompressValueError(
             "this cost model has per-cycle costs: the profile needs a clock_hz"
         )
-    stream = o.param_bytes * params.weight_stream_cycles_per_byte / clock_hz if per_cycle else 0.0
+    # weights read once per example (linear layers at batch 1) stream from flash; conv weights
+    # are reused over the output positions and stay in the flash accelerator / cache
+    stream = 0.0
+    if cls == "linear" and params.weight_stream_cycles_per_byte:
+        stream = wbytes * params.weight_stream_cycles_per_byte / clock_hz
     decode = 0.0
     if o.weight_elements and fmt != "float32" and per_cycle:
         # int8 weights feeding an int8 kernel need no decoding
         if not (fmt == "int8" and dtype == "int8"):
             decode = o.weight_elements * params.decode_cycles_per_weight.get(fmt, 0.0) / clock_hz
-    overhead = params.op_overhead_s
+    overhead = 0.0 if _fused(o) else params.op_overhead_s  # once per executed step
     seconds = overhead + max(compute, memory) + stream + decode
     return OpCost(
         o.name, o.op, cls, fmt, flops, nbytes, compute, memory, overhead, stream, decode, seconds,

@@ -97,6 +97,7 @@ class Projection:
     calibrated: bool = False
     engine: str = ""
     notes: tuple[str, ...] = ()
+    graph_overhead_s: float = 0.0
     label: str = LABEL
 
     @property
@@ -111,7 +112,8 @@ class Projection:
 
     def by_part(self) -> dict[str, float]:
         """Seconds by part: compute/memory (the max of the two), overhead, stream, decode."""
-        out = {"compute_or_memory": 0.0, "overhead": 0.0, "stream": 0.0, "decode": 0.0}
+        out = {"compute_or_memory": 0.0, "overhead": self.graph_overhead_s, "stream": 0.0,
+               "decode": 0.0}
         for o in self.ops:
             out["overhead"] += o.overhead_s
             out["stream"] += o.stream_s
@@ -284,7 +286,7 @@ def project(
                 lower_bound_s=c.lower_bound_s,
             )
         )
-    total = float(sum(r.seconds for r in rows))
+    total = float(sum(r.seconds for r in rows)) + cp.graph_overhead_s
     lower = float(sum(r.lower_bound_s for r in rows))
     energy = None if p.active_power_w is None else total * p.active_power_w
     if params is not None:
@@ -301,4 +303,5 @@ def project(
         calibrated=calibrated,
         engine=cp.engine if calibrated and p.cost is None else "",
         notes=_notes(rows),
+        graph_overhead_s=cp.graph_overhead_s,
     )
