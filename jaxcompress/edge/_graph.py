@@ -62,6 +62,11 @@ class Op:
       static: True when the output depends on parameters/literals only (never sent).
       weight: the weight tensor name for ``linear``/``conv``, else None.
       kernel: what the edge runtime's plan runs for it (from an artifact), else ``""``.
+      groups: feature groups of a ``conv`` (``groups == in channels`` is a depthwise conv).
+      encoding: the stored encoding of ``weight`` (``dense``, ``packed``, ``csr``, ``nm``,
+        ``codebook``, ...), else ``""``.
+      weight_elements: elements of ``weight`` (decoded), else 0.
+      weight_bits: bits per stored weight code (32 for dense float32), else 0.
     """
 
     name: str
@@ -75,6 +80,10 @@ class Op:
     static: bool = False
     weight: str | None = None
     kernel: str = ""
+    groups: int = 1
+    encoding: str = ""
+    weight_elements: int = 0
+    weight_bits: int = 0
 
     @property
     def out_bytes(self) -> int:
@@ -277,6 +286,7 @@ def graph_from_artifact(artifact, *, num_threads=None) -> EdgeGraph:
     ops = []
     for node, rec in zip(rt.nodes, plan.nodes, strict=True):
         acts = tuple(r for r in node["in"] if isinstance(r, str) and r not in tensors)
+        w = tensors.get(node.get("weight")) if node.get("weight") else None
         ops.append(
             Op(
                 name=node["out"],
@@ -290,6 +300,10 @@ def graph_from_artifact(artifact, *, num_threads=None) -> EdgeGraph:
                 static=rec.static,
                 weight=node.get("weight"),
                 kernel=rec.kernel,
+                groups=int(node.get("groups", 1)),
+                encoding=w.encoding if w is not None else "",
+                weight_elements=int(w.size) if w is not None else 0,
+                weight_bits=_weight_bits(w),
             )
         )
     wbytes = sum(t.stored_bytes for t in tensors.values())
@@ -301,3 +315,13 @@ def graph_from_artifact(artifact, *, num_threads=None) -> EdgeGraph:
         outputs=tuple(rt.graph["outputs"]),
         weight_bytes=int(wbytes),
     )
+
+
+def _weight_bits(w) -> int:
+    """Bits per stored weight code: the encoding's ``bits`` attribute, else the dtype's width."""
+    if w is None:
+        return 0
+    bits = w.attrs.get("bits") if isinstance(w.attrs, dict) else None
+    if bits:
+        return int(bits)
+    return 8 * _ITEMSIZE.get(str(w.dtype), 4)

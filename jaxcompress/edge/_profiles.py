@@ -28,13 +28,21 @@ import importlib.resources
 import json
 import math
 import os
+import platform
 import time
 
 import numpy as np
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
 
-__all__ = ["DeviceProfile", "load_profiles", "get_profile", "calibrate_host", "available_profiles"]
+__all__ = [
+    "DeviceProfile",
+    "load_profiles",
+    "get_profile",
+    "calibrate_host",
+    "available_profiles",
+    "profile_from_datasheet",
+]
 
 NUMERIC_FIELDS = ("peak_flops", "bandwidth", "ram_bytes", "flash_bytes", "active_power_w")
 REQUIRED_POSITIVE = ("peak_flops", "bandwidth")  # never null, never 0 (they divide)
@@ -56,6 +64,12 @@ class DeviceProfile:
       weights_in: ``"flash"`` (MCU: weights read in place) or ``"ram"``.
       sources: ``{field: source text}``.
       measured: True when the numbers were measured on this machine (``host``).
+      core_class: the core class (a key of ``core_classes.json``: ``cortex-m4f``, ``cortex-m7``,
+        ``cortex-m33``, ``cortex-a72``, ``cortex-a76``, ``x86-host``), or None (roofline only).
+      clock_hz: core clock (Hz), or None.
+      cores: cores the projection assumes busy.
+      cost: the `CostParams` measured for this very device (``host``), else None (the class's
+        calibrated parameters from ``calibration.json`` apply).
     """
 
     name: str
@@ -68,9 +82,14 @@ class DeviceProfile:
     weights_in: str
     sources: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
     measured: bool = False
+    core_class: str | None = None
+    clock_hz: float | None = None
+    cores: int = 1
+    cost: object = dataclasses.field(default=None, compare=False, hash=False)
 
     def __post_init__(self):
         _check_fields(self.name, {f: getattr(self, f) for f in NUMERIC_FIELDS}, self.weights_in)
+        _check_core(self.name, self.core_class, self.clock_hz, self.cores)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,6 +118,103 @@ def _check_fields(name: str, values: dict, weights_in) -> None:
         )
 
 
+def _check_core(name, core_class, clock_hz, cores) -> None:
+    from jaxcompress.edge._costmodel import core_classes
+
+    if core_class is not None and core_class not in core_classes():
+        raise JaxCompressValueError(
+            f"profile {name!r}: unknown core class {core_class!r}; known: "
+            f"{', '.join(sorted(core_classes()))}"
+        )
+    if clock_hz is not None and (
+        isinstance(clock_hz, bool)
+        or not isinstance(clock_hz, (int, float))
+        or not math.isfinite(clock_hz)
+        or clock_hz <= 0
+    ):
+        raise JaxCompressValueError(
+            f"profile {name!r}: field 'clock_hz' must be a positive number of Hz, got {clock_hz!r}"
+        )
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise JaxCompressValueError(f"profile {name!r}: field 'cores' must be an int >= 1")
+
+
+def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
+    """A `DeviceProfile` for a new board from its datasheet: core class, clock and memories.
+
+    The fp32 peak is ``clock_hz * cores * fp32_flops_per_cycle`` of the class and the bandwidth
+    ``clock_hz * bus_bytes_per_cycle`` unless the datasheet dict gives ``bandwidth``; a board of
+    a calibrated class (``cortex-m4f``, ``cortex-m7``, ``cortex-m33``) then gets the class's
+    fitted efficiencies, so its projection is as trustworthy as the class's calibration says.
+
+    Args:
+      name: the profile name.
+      spec: ``{"core_class": str, "clock_hz": Hz, "ram_bytes": int, "flash_bytes": int | None,
+        "cores": int (default 1), "bandwidth": bytes/s (optional), "active_power_w": W
+        (optional), "description": str (optional), "sources": {field: text} (optional)}``.
+
+    Returns:
+      The `DeviceProfile`.
+
+    Raises:
+      JaxCompressValueError: missing or non-positive clock, missing or negative memory, unknown
+        core class, unknown field (the message names the profile and the field).
+
+    Example:
+      >>> p = profile_from_datasheet("my-m4", {"core_class": "cortex-m4f", "clock_hz": 80e6,
+      ...                                      "ram_bytes": 320 << 10, "flash_bytes": 1 << 20})
+      >>> p.peak_flops
+      80000000.0
+    """
+    from jaxcompress.edge._costmodel import core_classes
+
+    if not isinstance(spec, dict):
+        raise JaxCompressTypeError(f"profile {name!r}: the datasheet must be a dict")
+    known = {
+        "core_class", "clock_hz", "ram_bytes", "flash_bytes", "cores", "bandwidth",
+        "active_power_w", "description", "sources", "weights_in",
+    }
+    extra = sorted(set(spec) - known)
+    if extra:
+        raise JaxCompressValueError(f"profile {name!r}: unknown field(s) {extra}; known {sorted(known)}")
+    for field in ("core_class", "clock_hz", "ram_bytes"):
+        if field not in spec:
+            raise JaxCompressValueError(f"profile {name!r}: field {field!r} is missing")
+    cc = spec["core_class"]
+    cores = spec.get("cores", 1)
+    _check_core(name, cc, spec["clock_hz"], cores)
+    cls = core_classes()[cc]
+    clock = float(spec["clock_hz"])
+    values = {
+        "peak_flops": clock * cores * cls["fp32_flops_per_cycle"],
+        "bandwidth": spec.get("bandwidth", clock * cls["bus_bytes_per_cycle"]),
+        "ram_bytes": spec.get("ram_bytes"),
+        "flash_bytes": spec.get("flash_bytes"),
+        "active_power_w": spec.get("active_power_w"),
+    }
+    weights_in = spec.get("weights_in", cls["weights_in"])
+    _check_fields(name, values, weights_in)
+    src = dict(spec.get("sources") or {})
+    src.setdefault("peak_flops", f"clock x cores x {cls['fp32_flops_per_cycle']:g} FLOP/cycle "
+                   f"({cc}: {cls['sources']['fp32_flops_per_cycle']})")
+    if "bandwidth" not in spec:
+        src.setdefault("bandwidth", f"clock x {cls['bus_bytes_per_cycle']:g} B/cycle bus ({cc})")
+    return DeviceProfile(
+        name=name,
+        description=str(spec.get("description", f"{cc} @ {clock / 1e6:g} MHz (datasheet)")),
+        peak_flops=float(values["peak_flops"]),
+        bandwidth=float(values["bandwidth"]),
+        ram_bytes=None if values["ram_bytes"] is None else int(values["ram_bytes"]),
+        flash_bytes=None if values["flash_bytes"] is None else int(values["flash_bytes"]),
+        active_power_w=values["active_power_w"],
+        weights_in=weights_in,
+        sources=src,
+        core_class=cc,
+        clock_hz=clock,
+        cores=int(cores),
+    )
+
+
 def _parse(name: str, spec) -> DeviceProfile:
     if not isinstance(spec, dict):
         raise JaxCompressValueError(f"profile {name!r} must be a JSON object")
@@ -120,12 +236,20 @@ def _parse(name: str, spec) -> DeviceProfile:
     for field in ("ram_bytes", "flash_bytes"):
         if values[field] is not None:
             values[field] = int(values[field])
+    core = {}
+    for field in ("core_class", "clock_hz", "cores"):
+        if field in spec:
+            entry = spec[field]
+            core[field] = entry["value"] if isinstance(entry, dict) else entry
+            if isinstance(entry, dict) and entry.get("source"):
+                sources[field] = entry["source"]
     return DeviceProfile(
         name=name,
         description=str(spec["description"]),
         weights_in=spec["weights_in"],
         sources=sources,
         **values,
+        **core,
     )
 
 
@@ -226,15 +350,21 @@ def _total_ram() -> int | None:
 
 @functools.cache
 def calibrate_host() -> DeviceProfile:
-    """Measures this machine: float32 matmul FLOP/s and read bandwidth (about a second).
+    """Measures this machine: float32 matmul FLOP/s, read bandwidth and the runtime's costs.
+
+    The cost-model parameters (per-step overhead, per-op-class throughput of the edge runtime)
+    come from `jaxcompress.edge._hostcal` (measured once per machine, cached on disk).
 
     ``peak_flops`` is the best of 5 ``(512, 512) @ (512, 512)`` float32 NumPy matmuls (BLAS, with
     its current thread count); ``bandwidth`` the best of 5 ``sum`` passes over a 64 MiB float32
     array (a read stream). RAM is the physical memory; flash and power are unknown (None).
     The result is cached for the process.
     """
+    from jaxcompress.edge._hostcal import host_cost
+
     flops = _measure_flops()
     bw = _measure_read_bandwidth()
+    cost, info = host_cost(flops)
     return DeviceProfile(
         name="host",
         description=f"this machine ({os.cpu_count()} CPUs), calibrated",
@@ -245,7 +375,14 @@ def calibrate_host() -> DeviceProfile:
         active_power_w=None,
         weights_in="ram",
         measured=True,
+        core_class="x86-host" if platform.machine() in ("x86_64", "AMD64", "i686") else None,
+        cost=cost,
         sources={
+            "cost": (
+                f"per-step overhead {1e6 * info['op_overhead_s']:.1f} us and per-op-class "
+                f"throughput of the edge runtime, measured on {info['steps']} steps of 4 "
+                f"calibration graphs (fit median |error| {100 * info['fit_median_rel_error']:.0f}%)"
+            ),
             "peak_flops": "measured: best of 5 float32 512x512 NumPy matmuls",
             "bandwidth": "measured: best of 5 NumPy sum passes over 64 MiB float32",
             "ram_bytes": "os.sysconf physical pages",

@@ -222,6 +222,9 @@ def test_builtin_profiles_have_sources():
             "ram_bytes",
             "flash_bytes",
             "active_power_w",
+            "core_class",
+            "clock_hz",
+            "cores",
         }
         assert all(s.strip() for s in p.sources.values())
     host = get_profile("host")

@@ -1,0 +1,319 @@
+"""The per-op cost model: op class x data type, with overheads, ceilings and decode costs.
+
+Every op of an `EdgeGraph` gets an *op class* (`op_class`: ``conv``, ``dwconv``, ``linear``,
+``pool``, ``elementwise``, ``move``, ``view``) and a *weight format* (`weight_format`:
+``float32``, ``int8``, ``packed`` (sub-byte), ``sparse`` (CSR / N:M), ``codebook``). Its time on a
+device with clock ``f``, fp32 peak ``P`` (FLOP/s), the class's int8/fp32 peak ratio ``rho`` and
+bandwidth ``BW`` is::
+
+    peak      = P * (rho if the op computes in int8 else 1)
+    work      = F + 2 * a * out_elements                 (a: per-output cost in MACs, convs)
+    compute   = engine * work / (peak * eff[op class] * (s if sparse else 1))
+    memory    = B / BW                                    (B: the roofline's bytes moved)
+    stream    = weight_bytes * c_w / f                    (linear weights, read once, from flash)
+    decode    = weight_elements * c_d[format] / f         (unpacking packed / sparse / codebook)
+    t         = o * [op runs as its own step] + max(compute, memory) + stream + decode
+
+Ops the runtime fuses into a neighbour's step (bias add, ReLU, the average's divide) cost nothing
+of their own: their work is in the step's epilogue (``a`` above). With the *neutral* parameters
+(``eff = 1``, ``engine = 1``, ``a = o = c_w = c_d = 0``) every op costs ``max(F / P, B / BW)``,
+i.e. the plain roofline, which stays available as the labelled lower bound (`roofline_seconds`).
+
+The parameters (`CostParams`) are per core class: calibrated classes read theirs from
+``calibration.json`` (fitted on MLPerf Tiny v1.0 by ``benchmarks/calibrate_devices.py``), the
+host measures its own (`calibrate_host`), every other class is the neutral roofline and is
+labelled "uncalibrated lower bound".
+
+Example:
+  >>> from jaxcompress.edge import CostParams, chain_graph, DeviceProfile, estimate
+  >>> dev = DeviceProfile(name="toy", description="", peak_flops=1e9, bandwidth=1e8,
+  ...                     ram_bytes=None, flash_bytes=None, active_power_w=None, weights_in="ram")
+  >>> g = chain_graph(100, [(1e6, 0, 100)])
+  >>> estimate(g, dev, params=CostParams()).total_s      # neutral: the roofline, 1 ms
+  0.001
+  >>> estimate(g, dev, params=CostParams(op_overhead_s=1e-3)).total_s
+  0.002
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import json
+
+from jaxcompress._core import JaxCompressValueError
+from jaxcompress.edge._graph import EdgeGraph, Op
+
+__all__ = [
+    "OP_CLASSES",
+    "WEIGHT_FORMATS",
+    "CostParams",
+    "OpCost",
+    "op_class",
+    "weight_format",
+    "op_cost",
+    "roofline_seconds",
+    "core_classes",
+    "calibration",
+]
+
+OP_CLASSES = ("conv", "dwconv", "linear", "pool", "elementwise", "move", "view")
+WEIGHT_FORMATS = ("float32", "int8", "packed", "sparse", "codebook")
+MAC_CLASSES = ("conv", "dwconv", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class CostParams:
+    """Cost-model parameters of one core class (defaults: neutral, i.e. the plain roofline).
+
+    Attributes:
+      efficiency: ``{op class: fraction of the dtype's peak reached}`` (missing: 1.0).
+      out_overhead_macs: per-output-element cost of conv / linear ops in MAC equivalents
+        (requantization, loop set-up, store).
+      op_overhead_s: fixed time per executed step (dispatch, kernel set-up).
+      weight_stream_cycles_per_byte: cycles per weight byte streamed from flash (0: none).
+      decode_cycles_per_weight: ``{weight format: cycles per decoded weight element}``.
+      sparse_efficiency: multiplies the efficiency of ops with sparse weights (index chasing,
+        no SIMD).
+      engine: the inference engine the compute term is scaled for, and ``engine_factor`` its
+        time relative to the class's reference engine.
+      dtype: the data type compute runs in when the graph does not say (``"float32"``; the
+        calibration projects the MLPerf float graphs with ``"int8"`` costs).
+      graph_overhead_s: fixed time per inference (the host runtime's input check, output copy).
+      memory_ceiling: False when the measured efficiencies already include the memory system
+        (the host), so no separate ``bytes / bandwidth`` ceiling applies.
+    """
+
+    efficiency: dict = dataclasses.field(default_factory=dict)
+    out_overhead_macs: float = 0.0
+    op_overhead_s: float = 0.0
+    weight_stream_cycles_per_byte: float = 0.0
+    decode_cycles_per_weight: dict = dataclasses.field(default_factory=dict)
+    sparse_efficiency: float = 1.0
+    engine: str = "reference"
+    engine_factor: float = 1.0
+    dtype: str = "float32"
+    graph_overhead_s: float = 0.0
+    memory_ceiling: bool = True
+
+    def __post_init__(self):
+        for k, v in self.efficiency.items():
+            if k not in OP_CLASSES:
+                raise JaxCompressValueError(f"efficiency: unknown op class {k!r}; {OP_CLASSES}")
+            _positive(f"efficiency[{k!r}]", v)
+        for k, v in self.decode_cycles_per_weight.items():
+            if k not in WEIGHT_FORMATS:
+                raise JaxCompressValueError(
+                    f"decode_cycles_per_weight: unknown format {k!r}; {WEIGHT_FORMATS}"
+                )
+            _nonneg(f"decode_cycles_per_weight[{k!r}]", v)
+        for f in (
+            "out_overhead_macs",
+            "op_overhead_s",
+            "weight_stream_cycles_per_byte",
+            "graph_overhead_s",
+        ):
+            _nonneg(f, getattr(self, f))
+        _positive("sparse_efficiency", self.sparse_efficiency)
+        _positive("engine_factor", self.engine_factor)
+        if self.dtype not in ("float32", "int8"):
+            raise JaxCompressValueError(f"dtype={self.dtype!r} must be 'float32' or 'int8'")
+
+    @property
+    def neutral(self) -> bool:
+        return (
+            all(v == 1.0 for v in self.efficiency.values())
+            and self.out_overhead_macs == 0
+            and self.op_overhead_s == 0
+            and self.graph_overhead_s == 0
+            and self.memory_ceiling
+            and self.weight_stream_cycles_per_byte == 0
+            and all(v == 0 for v in self.decode_cycles_per_weight.values())
+            and self.engine_factor == 1.0
+        )
+
+
+def _positive(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise JaxCompressValueError(f"{name}={v!r} must be a positive number")
+
+
+def _nonneg(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+        raise JaxCompressValueError(f"{name}={v!r} must be a number >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCost:
+    """The cost of one op (seconds) and its parts; ``lower_bound_s`` is the plain roofline."""
+
+    name: str
+    op: str
+    op_class: str
+    weight_format: str
+    flops: float
+    bytes: int
+    compute_s: float
+    memory_s: float
+    overhead_s: float
+    stream_s: float
+    decode_s: float
+    seconds: float
+    lower_bound_s: float
+
+    @property
+    def bound(self) -> str:
+        """What dominates: ``compute``, ``memory``, ``overhead``, ``stream`` or ``decode``."""
+        parts = {
+            "compute": self.compute_s,
+            "memory": self.memory_s,
+            "overhead": self.overhead_s,
+            "stream": self.stream_s,
+            "decode": self.decode_s,
+        }
+        return max(parts, key=parts.get)
+
+
+def op_class(o: Op) -> str:
+    """The op class of `o` (from the format's op specs; ops not in the format: ``linear``)."""
+    if o.alias or o.static:
+        return "view"
+    if o.op == "conv":
+        return "dwconv" if o.groups > 1 else "conv"
+    if o.op in ("linear", "dot_general"):
+        return "linear"
+    if o.op.startswith("reduce") or o.op in ("argmax", "argmin"):
+        return "pool"
+    from jaxcompress_kernels.format import ops as _ops
+
+    spec = _ops.OPS.get(o.op)
+    if spec is None:  # synthetic graphs (chain_graph's "layer")
+        return "linear"
+    return {"elementwise": "elementwise", "move": "move", "alias": "view"}.get(spec.kind, "pool")
+
+
+def weight_format(o: Op) -> str:
+    """The format the weight of `o` is stored in (``float32`` for ops without a weight)."""
+    enc = o.encoding
+    if not enc or enc == "dense":
+        return "float32" if o.weight_bits in (0, 32) else "int8"
+    if enc in ("csr", "nm", "csr_codebook"):
+        return "sparse"
+    if enc == "codebook":
+        return "codebook"
+    if enc == "packed":
+        return "int8" if o.weight_bits >= 8 else "packed"
+    return "float32"
+
+
+def _fused(o: Op) -> bool:
+    return o.kernel.startswith("fused into")
+
+
+def roofline_seconds(graph: EdgeGraph, i: int, peak_flops: float, bandwidth: float) -> float:
+    """The plain roofline ``max(F / peak, B / bandwidth)`` of op `i` (0 for static / alias)."""
+    from jaxcompress.edge._roofline import op_bytes
+
+    o = graph.ops[i]
+    if o.static:
+        return 0.0
+    return max(float(o.flops) / peak_flops, op_bytes(graph, i) / bandwidth)
+
+
+def op_cost(
+    graph: EdgeGraph,
+    i: int,
+    *,
+    peak_flops: float,
+    bandwidth: float,
+    clock_hz: float | None,
+    int8_ratio: float,
+    params: CostParams,
+) -> OpCost:
+    """The cost of op `i` of `graph` (see the module docstring for the formula).
+
+    Args:
+      graph: the graph.
+      i: op index.
+      peak_flops: fp32 peak of the device (FLOP/s).
+      bandwidth: memory bandwidth (bytes/s).
+      clock_hz: core clock (needed when `params` has per-cycle costs).
+      int8_ratio: the class's int8 ops per cycle over fp32 FLOPs per cycle.
+      params: the class's `CostParams`.
+    """
+    from jaxcompress.edge._roofline import op_bytes
+
+    o = graph.ops[i]
+    cls, fmt = op_class(o), weight_format(o)
+    lower = roofline_seconds(graph, i, peak_flops, bandwidth)
+    if o.static or cls == "view":
+        b = 0 if o.static else op_bytes(graph, i)
+        return OpCost(o.name, o.op, cls, fmt, 0.0, b, 0.0, b / bandwidth, 0, 0, 0, b / bandwidth, lower)
+    flops, nbytes = float(o.flops), op_bytes(graph, i)
+    if _fused(o) and cls not in MAC_CLASSES and not params.neutral:
+        # a fused epilogue (bias, ReLU, divide) is in its step's cost (out_overhead_macs); linear
+        # layers fused into one chain step still cost their own MACs
+        return OpCost(o.name, o.op, cls, fmt, flops, nbytes, 0, 0, 0, 0, 0, 0.0, lower)
+    # full-integer graphs (int8 values), and float graphs costed as int8 compute
+    dtype = "int8" if params.dtype == "int8" or o.dtype == "int8" else "float32"
+    wbytes = o.param_bytes
+    if dtype == "int8" and o.dtype == "float32":
+        # the float graph priced as its int8 twin: 1-byte activations, 1-byte dense weights
+        act = nbytes - o.param_bytes
+        if o.weight_elements and fmt == "float32":
+            wbytes = o.weight_elements
+        nbytes = act // 4 + wbytes
+    peak = peak_flops * (int8_ratio if dtype == "int8" else 1.0)
+    eff = params.efficiency.get(cls, 1.0) * (params.sparse_efficiency if fmt == "sparse" else 1.0)
+    work = flops
+    if cls in ("conv", "dwconv"):
+        work += 2.0 * params.out_overhead_macs * o.out_elements
+    compute = params.engine_factor * work / (peak * eff)
+    memory = nbytes / bandwidth if params.memory_ceiling else 0.0
+    per_cycle = params.weight_stream_cycles_per_byte or any(params.decode_cycles_per_weight.values())
+    if per_cycle and not clock_hz:
+        raise JaxCompressValueError(
+            "this cost model has per-cycle costs: the profile needs a clock_hz"
+        )
+    # weights read once per example (linear layers at batch 1) stream from flash; conv weights
+    # are reused over the output positions and stay in the flash accelerator / cache
+    stream = 0.0
+    if cls == "linear" and params.weight_stream_cycles_per_byte:
+        stream = wbytes * params.weight_stream_cycles_per_byte / clock_hz
+    decode = 0.0
+    if o.weight_elements and fmt != "float32" and per_cycle:
+        # int8 weights feeding an int8 kernel need no decoding
+        if not (fmt == "int8" and dtype == "int8"):
+            decode = o.weight_elements * params.decode_cycles_per_weight.get(fmt, 0.0) / clock_hz
+    overhead = 0.0 if _fused(o) else params.op_overhead_s  # once per executed step
+    seconds = overhead + max(compute, memory) + stream + decode
+    return OpCost(
+        o.name, o.op, cls, fmt, flops, nbytes, compute, memory, overhead, stream, decode, seconds,
+        lower,
+    )
+
+
+@functools.cache
+def core_classes() -> dict:
+    """``{core class: {fp32_flops_per_cycle, int8_ops_per_cycle, bus_bytes_per_cycle,
+    weights_in, description, sources}}`` from ``core_classes.json``."""
+    text = importlib.resources.files("jaxcompress.edge").joinpath("core_classes.json").read_text()
+    data = json.loads(text)
+    out = {}
+    for name, spec in data["classes"].items():
+        rec = {"description": spec["description"], "weights_in": spec["weights_in"], "sources": {}}
+        for f in ("fp32_flops_per_cycle", "int8_ops_per_cycle", "bus_bytes_per_cycle"):
+            rec[f] = float(spec[f]["value"])
+            rec["sources"][f] = spec[f]["source"]
+        out[name] = rec
+    return out
+
+
+@functools.cache
+def calibration() -> dict:
+    """The fitted per-class parameters (``calibration.json``), or ``{}`` when absent."""
+    res = importlib.resources.files("jaxcompress.edge").joinpath("calibration.json")
+    if not res.is_file():
+        return {}
+    return json.loads(res.read_text())

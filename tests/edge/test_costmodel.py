@@ -1,0 +1,182 @@
+"""The calibrated cost model: neutral = roofline, datasheet profiles, deterministic calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from jaxcompress._core import JaxCompressValueError
+from jaxcompress.edge import (
+    CostParams,
+    DeviceProfile,
+    EdgeGraph,
+    Op,
+    chain_graph,
+    get_profile,
+    profile_from_datasheet,
+    project,
+)
+from jaxcompress.edge._calibrate import Measurement, fit_cost_model
+from jaxcompress.edge._costmodel import op_class, weight_format
+
+
+def _conv_graph(encoding="dense", bits=32, kernel=""):
+    """input (1,8,8,4) -> conv 3x3 4->8 -> add (fused) -> depthwise conv -> linear."""
+    ops = (
+        Op("c1", "conv", ("x",), (1, 8, 8, 8), flops=2 * 64 * 36 * 8, param_bytes=36 * 8 * 4,
+           weight="w1", weight_elements=36 * 8, weight_bits=32, encoding="dense",
+           kernel="conv(f32)"),
+        Op("a1", "add", ("c1",), (1, 8, 8, 8), flops=512, kernel="fused into step 0"),
+        Op("d1", "conv", ("a1",), (1, 8, 8, 8), flops=2 * 64 * 9 * 8, param_bytes=72 * 4,
+           weight="w2", groups=8, weight_elements=72, weight_bits=32, encoding="dense",
+           kernel="conv(f32)"),
+        Op("r", "reshape", ("d1",), (1, 512), alias=True),
+        Op("l1", "linear", ("r",), (1, 10), flops=2 * 512 * 10,
+           param_bytes=5120 * bits // 8, weight="w3", weight_elements=5120, weight_bits=bits,
+           encoding=encoding, kernel=kernel),
+    )
+    return EdgeGraph("x", (1, 8, 8, 4), "float32", ops, ("l1",))
+
+
+def _toy(**kw):
+    base = dict(name="toy", description="", peak_flops=1e8, bandwidth=4e8, ram_bytes=None,
+                flash_bytes=None, active_power_w=None, weights_in="flash",
+                core_class="cortex-m4f", clock_hz=1e8)
+    base.update(kw)
+    return DeviceProfile(**base)
+
+
+def test_op_classes_and_formats():
+    g = _conv_graph()
+    assert [op_class(o) for o in g.ops] == ["conv", "elementwise", "dwconv", "view", "linear"]
+    assert weight_format(g.ops[0]) == "float32"
+    assert weight_format(_conv_graph("packed", 4).ops[-1]) == "packed"
+    assert weight_format(_conv_graph("packed", 8).ops[-1]) == "int8"
+    assert weight_format(_conv_graph("csr", 32).ops[-1]) == "sparse"
+
+
+@pytest.mark.parametrize("graph", [_conv_graph(), chain_graph(100, [(1e6, 10, 50), (10, 1e5, 5)])])
+def test_neutral_parameters_reduce_to_the_roofline(graph):
+    dev = _toy()
+    pr = project(graph, dev, params=CostParams())
+    for o, i in zip(pr.ops, range(len(graph.ops)), strict=True):
+        op = graph.ops[i]
+        if op.alias:
+            continue
+        from jaxcompress.edge import op_bytes
+
+        expected = max(op.flops / dev.peak_flops, op_bytes(graph, i) / dev.bandwidth)
+        assert o.seconds == pytest.approx(expected, rel=1e-12)
+        assert o.lower_bound_s == pytest.approx(expected, rel=1e-12)
+    assert pr.total_s == pytest.approx(pr.lower_bound_s, rel=1e-12)
+    assert pr.status.startswith("uncalibrated lower bound")
+
+
+def test_overheads_add_per_step_and_never_undercut_the_roofline():
+    g = _conv_graph()
+    dev = _toy()
+    neutral = project(g, dev, params=CostParams())
+    base = neutral.total_s
+    pr = project(g, dev, params=CostParams(op_overhead_s=1e-3, graph_overhead_s=2e-3))
+    # 3 executed steps (c1, d1, l1): the fused add (its work is in its step) and the reshape
+    # view pay no overhead
+    assert pr.ops[1].seconds == 0.0
+    assert pr.total_s == pytest.approx(base - neutral.ops[1].seconds + 5e-3, rel=1e-9)
+    slow = project(g, dev, params=CostParams(efficiency={"conv": 0.5, "dwconv": 0.5}))
+    assert slow.total_s > base and slow.lower_bound_s == pytest.approx(base)
+
+
+def test_decode_and_sparse_costs_explain_slower_compressed_ops():
+    dev = _toy()
+    cp = CostParams(decode_cycles_per_weight={"packed": 4.0}, sparse_efficiency=0.25)
+    dense = project(_conv_graph(), dev, params=cp)
+    packed = project(_conv_graph("packed", 4), dev, params=cp)
+    assert packed.ops[-1].decode_s == pytest.approx(5120 * 4 / dev.clock_hz)
+    assert packed.ops[-1].seconds > dense.ops[-1].seconds
+    assert any("decoding the weights" in n for n in packed.notes)
+    sparse = project(_conv_graph("csr", 32), dev, params=cp)
+    assert any("sparse" in n for n in sparse.notes)
+
+
+def test_calibrated_and_uncalibrated_status():
+    g = _conv_graph()
+    mcu = project(g, "stm32l4r5")
+    assert mcu.calibrated and mcu.status.startswith("calibrated: median |error|")
+    assert "cortex-m4f" in mcu.status and mcu.total_s >= mcu.lower_bound_s
+    rpi = project(g, "rpi4")
+    assert not rpi.calibrated and rpi.status.startswith("uncalibrated lower bound")
+    assert rpi.total_s == pytest.approx(rpi.lower_bound_s)
+    # a new board of a calibrated class, from its datasheet alone
+    new = profile_from_datasheet(
+        "my-m7", {"core_class": "cortex-m7", "clock_hz": 480e6, "ram_bytes": 1 << 20}
+    )
+    assert new.peak_flops == 960e6 and new.bandwidth == 480e6 * 8
+    pn, ph = project(g, new), project(g, "stm32h7a3")
+    assert pn.calibrated and pn.total_s < ph.total_s  # same class, faster clock
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"clock_hz": 1e8, "ram_bytes": 1}, "'core_class' is missing"),
+        ({"core_class": "cortex-m4f", "ram_bytes": 1}, "'clock_hz' is missing"),
+        ({"core_class": "cortex-m4f", "clock_hz": 0, "ram_bytes": 1}, "clock_hz"),
+        ({"core_class": "cortex-m4f", "clock_hz": -5.0, "ram_bytes": 1}, "clock_hz"),
+        ({"core_class": "cortex-m4f", "clock_hz": "fast", "ram_bytes": 1}, "clock_hz"),
+        ({"core_class": "cortex-m4f", "clock_hz": math.nan, "ram_bytes": 1}, "clock_hz"),
+        ({"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": -1}, "'ram_bytes' is negative"),
+        (
+            {"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": 1, "flash_bytes": -2},
+            "'flash_bytes' is negative",
+        ),
+        ({"core_class": "z80", "clock_hz": 1e8, "ram_bytes": 1}, "unknown core class 'z80'"),
+        ({"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": 1, "mhz": 3}, "unknown field"),
+    ],
+)
+def test_datasheet_profile_errors(spec, match):
+    with pytest.raises(JaxCompressValueError, match=match):
+        profile_from_datasheet("board", spec)
+
+
+def test_calibration_is_deterministic_and_recovers_known_parameters():
+    graphs = {
+        "a": _conv_graph(),
+        "b": chain_graph(4000, [(2e6, 4000, 2000), (4e5, 40000, 100)]),
+    }
+    profiles = {
+        "m4": _toy(name="m4"),
+        "m7": _toy(name="m7", core_class="cortex-m7", clock_hz=2e8, peak_flops=4e8),
+    }
+    truth = {"cortex-m4f": 0.3, "cortex-m7": 0.6}
+    rows = []
+    for b, p in profiles.items():
+        for m, g in graphs.items():
+            for eng, f in (("ref", 1.0), ("fast", 0.8)):
+                cp = CostParams(
+                    efficiency={c: truth[p.core_class] for c in ("conv", "dwconv", "linear",
+                                                                 "pool", "elementwise", "move")},
+                    out_overhead_macs=10.0,
+                    weight_stream_cycles_per_byte=0.5,
+                    engine_factor=f,
+                    dtype="int8",
+                )
+                rows.append(Measurement(b, m, eng, project(g, p, params=cp).total_s))
+    fit1 = fit_cost_model(rows, graphs, profiles, reference_engine="ref")
+    fit2 = fit_cost_model(list(rows), dict(graphs), dict(profiles), reference_engine="ref")
+    assert fit1 == fit2
+    assert fit1.n_parameters == 2 + 2 + 1
+    for c, e in truth.items():
+        assert fit1.efficiency[c] == pytest.approx(e, rel=0.05)
+    assert fit1.engine_factor["fast"] == pytest.approx(0.8, rel=0.05)
+    with pytest.raises(JaxCompressValueError, match="unknown board"):
+        fit_cost_model([dataclasses.replace(rows[0], board="nope")], graphs, profiles,
+                       reference_engine="ref")
+
+
+def test_host_projection_carries_its_measured_status():
+    host = get_profile("host")
+    assert host.cost is not None and host.cost.op_overhead_s > 0
+    pr = project(_conv_graph(), host)
+    assert pr.calibrated and pr.status.startswith("calibrated by measurement on this host")
