@@ -1,4 +1,5 @@
-"""Core utilities: key paths, ``where=`` selection, tree statistics, error types."""
+"""Core utilities: key paths, ``where=`` selection, tree statistics, error types, atomic writes and
+the machine description."""
 
 from jaxcompress._core._errors import (
     ArtifactError,
@@ -18,6 +19,7 @@ from jaxcompress._core._selection import (
     selection_mask,
 )
 from jaxcompress._core._stats import LeafStats, TreeStats, tree_stats
+from jaxcompress._core._system import atomic_write, cpu_model, default_file_mode, machine_info
 
 __all__ = [
     "ArtifactError",
@@ -28,6 +30,10 @@ __all__ = [
     "LeafStats",
     "TreeStats",
     "Where",
+    "atomic_write",
+    "cpu_model",
+    "default_file_mode",
+    "machine_info",
     "check_pytree",
     "is_floating",
     "key_path_str",

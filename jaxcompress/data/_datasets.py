@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from jaxcompress._core import DataError, JaxCompressValueError
+from jaxcompress._core import DataError, JaxCompressValueError, atomic_write
 from jaxcompress.data._idx import IDX_FILES, read_idx
 
 __all__ = ["Dataset", "DATASETS", "load_dataset", "load_idx_dataset", "load_mnist1d", "cache_dir"]
@@ -95,17 +95,9 @@ def load_idx_dataset(name: str, data_dir: str | os.PathLike) -> Dataset:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:

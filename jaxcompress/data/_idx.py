@@ -11,13 +11,12 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from jaxcompress._core import DataError
+from jaxcompress._core import DataError, atomic_write
 
 __all__ = ["read_idx", "write_idx", "download_idx", "IDX_FILES", "MIRRORS"]
 
@@ -100,20 +99,6 @@ def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None) -> np.n
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | None = None) -> Path:
     """Write a ``uint8`` array as an IDX file (gzip-compressed if ``path`` ends in ``.gz``).
 
@@ -127,7 +112,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | No
     payload = header + arr.tobytes()
     if compress if compress is not None else path.suffix == ".gz":
         payload = gzip.compress(payload, mtime=0)
-    _atomic_write(path, payload)
+    atomic_write(path, payload)
     return path
 
 
@@ -163,5 +148,5 @@ def download_idx(
             digest = hashlib.sha256(payload).hexdigest()
             if digest != sha256[fname]:
                 raise DataError(f"downloaded {fname} has sha256 {digest}, expected {sha256[fname]}")
-        _atomic_write(dest, payload)
+        atomic_write(dest, payload)
     return data_dir
