@@ -7,6 +7,7 @@ from jaxcompress._core._errors import (
     JaxCompressError,
     JaxCompressTypeError,
     JaxCompressValueError,
+    StageInterrupted,
 )
 from jaxcompress._core._selection import (
     Where,
@@ -28,6 +29,7 @@ __all__ = [
     "JaxCompressTypeError",
     "JaxCompressValueError",
     "LeafStats",
+    "StageInterrupted",
     "TreeStats",
     "Where",
     "atomic_write",

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcompress._core import JaxCompressValueError, atomic_write
+from jaxcompress._core import JaxCompressValueError, StageInterrupted, atomic_write
 from jaxcompress._core import machine_info as machine  # noqa: F401 (_report reads it here)
 from jaxcompress.study._recipe import MODELS, Recipe, RecipeError
 
@@ -493,7 +493,10 @@ class Study:
             return state
         self._say(f"stage {name}: running")
         t0 = time.perf_counter()
-        state, metrics = fn()
+        try:
+            state, metrics = fn()
+        except KeyboardInterrupt as e:  # Ctrl-C: the CLI names the stage (exit 130)
+            raise e if isinstance(e, StageInterrupted) else StageInterrupted(name) from None
         seconds = time.perf_counter() - t0
         state_info = None
         if state is not None:
