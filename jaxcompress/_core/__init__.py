@@ -1,6 +1,12 @@
 """Core utilities: key paths, ``where=`` selection, tree statistics, error types, atomic writes and
 the machine description."""
 
+from jaxcompress._core._compressed import (
+    CompressedArray,
+    dequantize,
+    dequantize_params,
+    is_compressed,
+)
 from jaxcompress._core._errors import (
     ArtifactError,
     DataError,
@@ -23,6 +29,10 @@ from jaxcompress._core._stats import LeafStats, TreeStats, tree_stats
 from jaxcompress._core._system import atomic_write, cpu_model, default_file_mode, machine_info
 
 __all__ = [
+    "CompressedArray",
+    "dequantize",
+    "dequantize_params",
+    "is_compressed",
     "ArtifactError",
     "DataError",
     "JaxCompressError",
