@@ -22,6 +22,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _quant_common as common  # noqa: E402
 
+from jaxcompress.clustering import size_report  # noqa: E402
 from jaxcompress.quantization import (  # noqa: E402
     dequantize_params,
     fake_quantize,
@@ -29,7 +30,6 @@ from jaxcompress.quantization import (  # noqa: E402
     ptq,
     quantize_params,
     sensitivity,
-    size_report,
 )
 from jaxcompress.training import evaluate, fit  # noqa: E402
 

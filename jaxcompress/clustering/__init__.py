@@ -1,10 +1,13 @@
 """jaxcompress.clustering: Deep Compression weight sharing (1-D k-means), centroid fine-tuning,
 Huffman coding and size accounting.
 
-``jaxcompress.quantization.dequantize`` turns a :class:`ClusteredArray` back into weights (it is
-re-exported here for convenience).
+``dequantize`` / ``dequantize_params`` (the same functions as in ``jaxcompress.quantization``, from
+the shared compressed-leaf protocol ``jaxcompress._core.CompressedArray``) turn a
+:class:`ClusteredArray` back into weights. ``size_report`` counts the storage of any tree of
+compressed leaves (quantized or clustered).
 """
 
+from jaxcompress._core import dequantize, dequantize_params
 from jaxcompress.clustering._clustered import (
     INITS,
     ClusteredArray,
@@ -26,7 +29,6 @@ from jaxcompress.clustering._huffman import (
     huffman_encode,
 )
 from jaxcompress.clustering._size import LeafSize, SizeReport, size_report
-from jaxcompress.quantization._quantize import dequantize, dequantize_params
 
 __all__ = [
     "INITS",

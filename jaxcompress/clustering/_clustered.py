@@ -10,21 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcompress._core import (
+    CompressedArray,
     JaxCompressTypeError,
     JaxCompressValueError,
     named_leaves,
     selection_mask,
 )
-from jaxcompress.quantization._quantize import COMPRESSED_TYPES
 
 __all__ = ["ClusteredArray", "cluster", "validate_clustered_array", "kmeans_1d", "INITS"]
 
 INITS = ("linear", "density", "kmeans++")
+CODEBOOK_BITS = 32  # float32 centroids
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class ClusteredArray:
+class ClusteredArray(CompressedArray):
     """Weights shared through a codebook: ``x = codebook[indices]`` (per channel: ``codebook[c, i]``).
 
     Array leaves:
@@ -58,11 +59,8 @@ class ClusteredArray:
         """Index width: ``ceil(log2(n_clusters))`` (at least 1)."""
         return max(1, int(np.ceil(np.log2(self.n_clusters))))
 
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def _dequantize(self) -> jax.Array:
+    def dequantize(self) -> jax.Array:
+        """``codebook[indices]`` (per channel ``codebook[c, indices]``), original shape/dtype."""
         idx = self.indices.astype(jnp.int32)
         if self.axis is None:
             out = self.codebook[idx]
@@ -73,6 +71,20 @@ class ClusteredArray:
             ch = jnp.arange(self.shape[self.axis]).reshape(bshape)
             out = cb[ch, idx]
         return out.astype(self.dtype)
+
+    # -- the CompressedArray size protocol ---------------------------------------------------
+    @property
+    def side_bits(self) -> int:
+        """The float32 codebook(s)."""
+        return int(np.size(self.codebook)) * CODEBOOK_BITS
+
+    @property
+    def encoding(self) -> str:
+        return f"{self.bits}-bit clusters" + ("" if self.axis is None else " per-channel")
+
+    def symbols(self) -> tuple[np.ndarray, int]:
+        """The indices, alphabet ``n_clusters``."""
+        return np.asarray(self.indices).reshape(-1), self.n_clusters
 
 
 def validate_clustered_array(c: ClusteredArray) -> None:
@@ -252,8 +264,6 @@ def cluster_array(
         dtype=jnp.dtype(x.dtype).name,
     )
 
-
-COMPRESSED_TYPES.append(ClusteredArray)
 
 _cluster_rows_jit = jax.jit(_cluster_rows, static_argnums=(2, 3, 4, 6))
 

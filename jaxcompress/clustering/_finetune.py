@@ -101,7 +101,7 @@ def centroid_finetuning(clustered: Any) -> optax.GradientTransformation:
 
 def shared_params(clustered: Any) -> Any:
     """The dense params tree the clustered tree stands for (``dequantize`` on every leaf)."""
-    return jax.tree.map(lambda c: c._dequantize() if _is_ca(c) else c, clustered, is_leaf=_is_ca)
+    return jax.tree.map(lambda c: c.dequantize() if _is_ca(c) else c, clustered, is_leaf=_is_ca)
 
 
 def update_codebooks(clustered: Any, params: Any) -> Any:

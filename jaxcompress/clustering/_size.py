@@ -8,15 +8,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcompress._core import check_pytree, key_path_str
-from jaxcompress.clustering._clustered import ClusteredArray
+from jaxcompress._core import CompressedArray, check_pytree, is_compressed, key_path_str
 from jaxcompress.clustering._huffman import huffman_bits
-from jaxcompress.quantization._qarray import QuantizedArray
 
 __all__ = ["LeafSize", "SizeReport", "size_report"]
-
-SCALE_BITS = 32  # float32 scales and centroids
-ZERO_POINT_BITS = 8  # int8 zero points (only stored for affine)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,37 +81,16 @@ class SizeReport:
         return "\n".join(rows)
 
 
-def _is_enc(x: Any) -> bool:
-    return isinstance(x, (QuantizedArray, ClusteredArray))
-
-
 def _leaf_size(path: str, x: Any, huffman: bool) -> LeafSize:
-    if isinstance(x, QuantizedArray):
-        n = x.size
-        side = int(np.size(x.scale)) * SCALE_BITS
-        if x.scheme == "affine":
-            side += int(np.size(x.zero_point)) * ZERO_POINT_BITS
-        enc = f"int{x.bits} {x.scheme}" + (
-            "" if x.axis is None else (f" g{x.group_size}" if x.group_size else " per-channel")
-        )
+    if isinstance(x, CompressedArray):  # QuantizedArray, ClusteredArray: the shared protocol
+        enc = x.encoding
         if huffman:
-            code = huffman_bits(
-                np.asarray(x.codes()).reshape(-1) - int(np.asarray(x.codes()).min())
-            )
+            symbols, alphabet = x.symbols()
+            code = huffman_bits(symbols, alphabet_size=alphabet)
             enc += " +huffman"
         else:
-            code = n * x.bits
-        return LeafSize(path, enc, n, int(code), side)
-    if isinstance(x, ClusteredArray):
-        n = x.size
-        side = int(np.size(x.codebook)) * SCALE_BITS
-        enc = f"{x.bits}-bit clusters" + ("" if x.axis is None else " per-channel")
-        if huffman:
-            code = huffman_bits(np.asarray(x.indices), alphabet_size=x.n_clusters)
-            enc += " +huffman"
-        else:
-            code = n * x.bits
-        return LeafSize(path, enc, n, int(code), side)
+            code = x.code_bits
+        return LeafSize(path, enc, x.size, int(code), int(x.side_bits))
     arr = np.asarray(x)
     return LeafSize(path, f"dense {arr.dtype}", int(arr.size), int(arr.size * arr.itemsize * 8), 0)
 
@@ -125,15 +99,16 @@ def size_report(tree: Any, *, huffman: bool = False) -> SizeReport:
     """Count the storage of a (partly) compressed pytree, leaf by leaf.
 
     Args:
-      tree: params pytree whose leaves are arrays, :class:`QuantizedArray` or
-        :class:`ClusteredArray`.
+      tree: params pytree whose leaves are arrays or compressed leaves (any
+        ``jaxcompress._core.CompressedArray``: :class:`QuantizedArray`, :class:`ClusteredArray`;
+        each reports its code width, side information and symbols).
       huffman: code the integer codes / indices with a real canonical Huffman coder and count the
         measured stream plus the 8-bit-per-symbol length table instead of ``n * bits``.
 
     Returns:
       A :class:`SizeReport` (``.bits_per_weight``, ``.nbytes``, ``.ratio`` vs float32, ``.table()``).
     """
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_enc)
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_compressed)
     if not flat:
         check_pytree(tree, name="tree")
     return SizeReport(tuple(_leaf_size(key_path_str(p), x, huffman) for p, x in flat))

@@ -8,12 +8,14 @@ from jaxcompress.data._datasets import (
     load_idx_dataset,
     load_mnist1d,
 )
-from jaxcompress.data._idx import IDX_FILES, download_idx, read_idx, write_idx
+from jaxcompress.data._idx import CHECKSUMS, IDX_FILES, MIRRORS, download_idx, read_idx, write_idx
 
 __all__ = [
+    "CHECKSUMS",
     "DATASETS",
     "Dataset",
     "IDX_FILES",
+    "MIRRORS",
     "cache_dir",
     "download_idx",
     "load_dataset",

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from jaxcompress._core import DataError, JaxCompressValueError
+from jaxcompress._core import DataError, JaxCompressValueError, atomic_write
 from jaxcompress.data._idx import IDX_FILES, read_idx
 
 __all__ = ["Dataset", "DATASETS", "load_dataset", "load_idx_dataset", "load_mnist1d", "cache_dir"]
@@ -56,11 +56,14 @@ def cache_dir() -> Path:
     return Path(base) / "jaxcompress"
 
 
-def _find(data_dir: Path, stem: str) -> Path:
+def _find(data_dir: Path, stem: str, name: str) -> Path:
     for cand in (data_dir / (stem + ".gz"), data_dir / stem):
         if cand.exists():
             return cand
-    raise DataError(f"IDX file {stem}[.gz] not found in {data_dir}")
+    raise DataError(
+        f"IDX file {stem}[.gz] not found in {data_dir} (fetch the files once with "
+        f"`jaxcompress data download {name} --to {data_dir}`)"
+    )
 
 
 def load_idx_dataset(name: str, data_dir: str | os.PathLike) -> Dataset:
@@ -74,11 +77,14 @@ def load_idx_dataset(name: str, data_dir: str | os.PathLike) -> Dataset:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data_dir {str(data_dir)!r} is not a directory")
+        raise DataError(
+            f"data_dir {str(data_dir)!r} is not a directory (fetch the files once with "
+            f"`jaxcompress data download {name} --to {data_dir}`)"
+        )
     arrays = {}
     for split in ("train", "test"):
-        ip = _find(data_dir, IDX_FILES[f"{split}_images"])
-        lp = _find(data_dir, IDX_FILES[f"{split}_labels"])
+        ip = _find(data_dir, IDX_FILES[f"{split}_images"], name)
+        lp = _find(data_dir, IDX_FILES[f"{split}_labels"], name)
         images = read_idx(ip, expect_ndim=3)
         labels = read_idx(lp, expect_ndim=1)
         if images.shape[1:] != (28, 28):
@@ -95,17 +101,9 @@ def load_idx_dataset(name: str, data_dir: str | os.PathLike) -> Dataset:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -202,8 +200,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None) -> Dat
         return load_mnist1d()
     if data_dir is None:
         raise JaxCompressValueError(
-            f"dataset {name!r} is read from IDX files: pass data_dir= (see "
-            "jaxcompress.data.download_idx to fetch them when online)"
+            f"dataset {name!r} is read from IDX files: pass data_dir= (fetch them "
+            "once with `jaxcompress data download NAME --to DIR` or jaxcompress.data.download_idx)"
         )
     return load_idx_dataset(name, data_dir)
 

@@ -11,15 +11,14 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from jaxcompress._core import DataError
+from jaxcompress._core import DataError, atomic_write
 
-__all__ = ["read_idx", "write_idx", "download_idx", "IDX_FILES", "MIRRORS"]
+__all__ = ["read_idx", "write_idx", "download_idx", "IDX_FILES", "MIRRORS", "CHECKSUMS"]
 
 # Only unsigned bytes are used by (Fashion-)MNIST; other IDX types are refused explicitly.
 _UBYTE = 0x08
@@ -36,6 +35,23 @@ IDX_FILES = {
 MIRRORS = {
     "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
+
+# The MD5 sums the distributors publish for the ``.gz`` files (Fashion-MNIST: the Zalando
+# repository's README; MNIST: the files of the cvdf mirror, as the common loaders check them).
+CHECKSUMS = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "md5:d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "md5:9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "md5:ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "md5:25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "md5:bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "md5:bb300cfdad3c16e7a12a480ee83cd310",
+    },
 }
 
 
@@ -100,20 +116,6 @@ def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None) -> np.n
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | None = None) -> Path:
     """Write a ``uint8`` array as an IDX file (gzip-compressed if ``path`` ends in ``.gz``).
 
@@ -127,8 +129,32 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | No
     payload = header + arr.tobytes()
     if compress if compress is not None else path.suffix == ".gz":
         payload = gzip.compress(payload, mtime=0)
-    _atomic_write(path, payload)
+    atomic_write(path, payload)
     return path
+
+
+def _digest_ok(payload: bytes, expected: str) -> tuple[bool, str]:
+    algo, _, want = expected.partition(":")
+    if algo not in ("md5", "sha256") or not want:
+        raise DataError(f"checksum {expected!r} must be 'md5:<hex>' or 'sha256:<hex>'")
+    got = hashlib.new(algo, payload, usedforsecurity=False).hexdigest()
+    return got == want.lower(), f"{algo}:{got}"
+
+
+def _check_idx_payload(fname: str, payload: bytes) -> None:
+    """Refuses a payload that is not a gzip of a well-formed IDX file (header and length)."""
+    try:
+        raw = gzip.decompress(payload)
+    except (OSError, EOFError) as e:
+        raise DataError(f"downloaded {fname} is not a valid gzip file ({e})") from None
+    if len(raw) < 4 or raw[0] or raw[1] or raw[2] != _UBYTE:
+        raise DataError(f"downloaded {fname} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"downloaded {fname} has a truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    if len(raw) != 4 + 4 * ndim + int(np.prod(shape, dtype=np.int64)):
+        raise DataError(f"downloaded {fname} does not hold the {shape} bytes its header says")
 
 
 def download_idx(
@@ -136,32 +162,61 @@ def download_idx(
     data_dir: str | os.PathLike,
     *,
     mirror: str | None = None,
-    sha256: dict[str, str] | None = None,
+    checksums: dict[str, str] | None = None,
     timeout: float = 60.0,
+    log=None,
 ) -> Path:
     """Download the four ``.gz`` IDX files of ``name`` ("mnist" or "fashion_mnist") into ``data_dir``.
 
-    Files already present are kept. Each download goes to a temporary file and is renamed into
-    place only when complete (and, if ``sha256`` maps file names to digests, verified). Needs
-    network access; the tests never call it.
+    Each file is checked against its published digest (`CHECKSUMS`: the MD5 sums the datasets'
+    distributors publish for these exact ``.gz`` files) and against the IDX format (gzip, header,
+    length) before it is renamed into place; a failed or interrupted download leaves no file
+    behind. A file already present is kept when its digest matches and downloaded again when not.
+    Needs network access (``jaxcompress data download`` is the command-line form).
+
+    Args:
+      name: ``"mnist"`` or ``"fashion_mnist"``.
+      data_dir: the folder to fill (created if missing).
+      mirror: base URL ending in ``/`` (default `MIRRORS[name]`); the digests do not change.
+      checksums: ``{file name: "md5:<hex>" | "sha256:<hex>"}`` replacing `CHECKSUMS[name]`.
+      timeout: seconds per request.
+      log: ``log(message)`` called once per file (default: silent).
 
     Returns:
       ``data_dir`` as a ``Path``.
+
+    Raises:
+      DataError: unknown dataset, a digest mismatch or a malformed file (the file is not kept).
+      OSError: the mirror cannot be reached (``urllib.error.URLError`` is an ``OSError``).
     """
     if name not in MIRRORS:
         raise DataError(f"dataset {name!r} has no download mirror; known: {sorted(MIRRORS)}")
     base = mirror or MIRRORS[name]
+    if not base.endswith("/"):
+        base += "/"
+    sums = dict(CHECKSUMS[name]) if checksums is None else dict(checksums)
     data_dir = Path(data_dir)
     for stem in IDX_FILES.values():
         fname = stem + ".gz"
         dest = data_dir / fname
+        expected = sums.get(fname)
+        if expected is None:
+            raise DataError(f"no checksum for {fname}: refusing to download it unverified")
         if dest.exists():
-            continue
-        with urllib.request.urlopen(base + fname, timeout=timeout) as r:  # noqa: S310 (https/http)
+            if _digest_ok(dest.read_bytes(), expected)[0]:
+                if log:
+                    log(f"{dest}: present, checksum ok")
+                continue
+            if log:
+                log(f"{dest}: present but its checksum does not match; downloading again")
+        url = base + fname
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (https/http)
             payload = r.read()
-        if sha256 and fname in sha256:
-            digest = hashlib.sha256(payload).hexdigest()
-            if digest != sha256[fname]:
-                raise DataError(f"downloaded {fname} has sha256 {digest}, expected {sha256[fname]}")
-        _atomic_write(dest, payload)
+        ok, got = _digest_ok(payload, expected)
+        if not ok:
+            raise DataError(f"downloaded {url} has {got}, expected {expected}; nothing written")
+        _check_idx_payload(fname, payload)
+        atomic_write(dest, payload)
+        if log:
+            log(f"{dest}: downloaded ({len(payload)} bytes, {expected.split(':')[0]} verified)")
     return data_dir

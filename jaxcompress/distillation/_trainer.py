@@ -318,7 +318,10 @@ def distill(
     shuffle_key, step_key = jax.random.split(key)
     seed = int(jax.random.randint(shuffle_key, (), 0, np.iinfo(np.int32).max))
     rng = np.random.default_rng(seed)
-    bar = tqdm(total=epochs * steps, disable=not progress, desc="distill", unit="step")
+    # disable=None: tqdm draws only on a terminal (no carriage returns or escape codes in logs)
+    bar = tqdm(
+        total=epochs * steps, disable=None if progress else True, desc="distill", unit="step"
+    )
     for epoch in range(epochs):
         t0 = time.perf_counter()
         order = rng.permutation(n)

@@ -149,7 +149,7 @@ class _Writer:
 
     def quantized(self, name, q: QuantizedArray):
         shape = tuple(q.shape)
-        deq = np.asarray(q._dequantize(), np.float32)
+        deq = np.asarray(q.dequantize(), np.float32)
         if len(shape) < 2 or (q.axis is not None and q.axis != len(shape) - 1):
             # only output-channel (last axis) scales map to the kernels' layout
             return self.dense(name, deq, note=f"quantized with axis={q.axis}; stored dense")

@@ -1,6 +1,7 @@
 """jaxcompress.quantization: integer grids, PTQ, QAT (fake quant + STE), observers, sensitivity.
 
-Grid semantics are pinned down in :mod:`jaxcompress.quantization._numerics`.
+Grid semantics are pinned down in :mod:`jaxcompress.quantization._numerics`. Storage accounting of
+quantized (and clustered) trees: ``jaxcompress.clustering.size_report``.
 """
 
 from jaxcompress.quantization._calibration import CalibrationStats, LayerStats, capture_stats
@@ -59,14 +60,12 @@ __all__ = [
     "LayerSensitivity",
     "PTQResult",
     "SensitivityReport",
-    "SizeReport",
     "activation_sites",
     "mixed_precision",
     "observe_activations",
     "ptq",
     "quantize_activations",
     "sensitivity",
-    "size_report",
     "FakeQuantize",
     "QuantSpec",
     "QuantizedArray",
@@ -81,13 +80,3 @@ __all__ = [
     "quantize_params",
     "validate_quantized_array",
 ]
-
-
-def __getattr__(name):
-    # size accounting covers QuantizedArray and ClusteredArray alike and lives in clustering;
-    # imported lazily because clustering itself imports this package.
-    if name in ("size_report", "SizeReport"):
-        from jaxcompress.clustering import _size
-
-        return getattr(_size, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

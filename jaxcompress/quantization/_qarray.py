@@ -9,15 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
+from jaxcompress._core import CompressedArray, JaxCompressTypeError, JaxCompressValueError
 from jaxcompress.quantization._numerics import SCHEMES, code_range, stored_offset
 
 __all__ = ["QuantizedArray", "validate_quantized_array", "to_rows", "from_rows", "row_shape"]
 
+SCALE_BITS = 32  # float32 scales
+ZERO_POINT_BITS = 8  # int8 zero points (stored for affine only)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class QuantizedArray:
+class QuantizedArray(CompressedArray):
     """A quantized tensor: ``x ~= scale * (qvalue - zero_point)`` (see ``_numerics`` for the grid).
 
     Array leaves (seen by ``jax.tree`` / ``jit``):
@@ -56,20 +59,36 @@ class QuantizedArray:
     shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
     dtype: str = dataclasses.field(metadata=dict(static=True))
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
     def codes(self) -> jax.Array:
         """The real integer codes (int32): affine ``[0, 2^b - 1]``, else signed."""
         return self.qvalue.astype(jnp.int32) - stored_offset(self.bits, self.scheme)
 
-    def _dequantize(self) -> jax.Array:
+    def dequantize(self) -> jax.Array:
+        """``scale * (qvalue - zero_point)`` in the original shape and dtype."""
         return _dequantize_jit(self)
+
+    # -- the CompressedArray size protocol ---------------------------------------------------
+    @property
+    def side_bits(self) -> int:
+        """float32 scales, plus int8 zero points for ``affine`` (the others store none)."""
+        side = int(np.size(self.scale)) * SCALE_BITS
+        if self.scheme == "affine":
+            side += int(np.size(self.zero_point)) * ZERO_POINT_BITS
+        return side
+
+    @property
+    def encoding(self) -> str:
+        gran = (
+            ""
+            if self.axis is None
+            else (f" g{self.group_size}" if self.group_size else " per-channel")
+        )
+        return f"int{self.bits} {self.scheme}{gran}"
+
+    def symbols(self) -> tuple[np.ndarray, None]:
+        """The real codes shifted to start at 0 (``codes() - min``); alphabet from the data."""
+        c = np.asarray(self.codes()).reshape(-1)
+        return c - (int(c.min()) if c.size else 0), None
 
     def _dequantize_impl(self) -> jax.Array:
         rows = to_rows(self.qvalue.astype(jnp.int32), self.axis, self.group_size)

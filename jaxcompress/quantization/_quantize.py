@@ -15,6 +15,9 @@ import numpy as np
 from jaxcompress._core import (
     JaxCompressTypeError,
     JaxCompressValueError,
+    dequantize,
+    dequantize_params,
+    is_compressed,
     named_leaves,
     selection_mask,
 )
@@ -333,37 +336,6 @@ def quantize(
     x = _check_input(x, check_finite=check_finite)
     check_clip_range(clip_range)
     return _quantize_core(x, spec.resolve(tuple(x.shape)), clip_range)
-
-
-def dequantize(q: Any) -> jax.Array:
-    """Turn a :class:`QuantizedArray` (``scale * (qvalue - zero_point)``) or a ``ClusteredArray``
-    (``codebook[indices]``) back into a float array of the original shape and dtype.
-
-    Raises:
-      JaxCompressTypeError: ``q`` is neither.
-    """
-    if not is_compressed(q):
-        raise JaxCompressTypeError(
-            f"dequantize expects a QuantizedArray or ClusteredArray, got {type(q).__name__}"
-        )
-    return q._dequantize()
-
-
-# Types that ``dequantize`` understands; jaxcompress.clustering registers ClusteredArray on import.
-# (An isinstance check, not ``hasattr``: nnx.Variable forwards attribute access to its value.)
-COMPRESSED_TYPES: list[type] = [QuantizedArray]
-
-
-def is_compressed(x: Any) -> bool:
-    """True for the leaves ``dequantize`` understands (QuantizedArray, ClusteredArray)."""
-    return isinstance(x, tuple(COMPRESSED_TYPES))
-
-
-def dequantize_params(tree: Any) -> Any:
-    """Replace every QuantizedArray / ClusteredArray in ``tree`` by its dequantized array."""
-    return jax.tree.map(
-        lambda x: dequantize(x) if is_compressed(x) else x, tree, is_leaf=is_compressed
-    )
 
 
 def _lookup(value: Any, path: str, name: str) -> Any:

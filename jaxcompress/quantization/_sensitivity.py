@@ -121,7 +121,7 @@ def sensitivity(
                 bits=b, scheme=scheme, axis=axis, group_size=group_size, calibration=calibration
             ).resolve(tuple(w.shape))
             q = _quantize_core(jnp.asarray(w), spec)
-            dq = q._dequantize()
+            dq = q.dequantize()
             err = float(jnp.sum((jnp.asarray(w, jnp.float32) - dq.astype(jnp.float32)) ** 2))
             sig = float(jnp.sum(jnp.asarray(w, jnp.float32) ** 2))
             sqnr = math.inf if err == 0 else 10 * math.log10(max(sig, 1e-30) / err)

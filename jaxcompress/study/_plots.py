@@ -26,7 +26,7 @@ def _plt():
 def _save(fig, folder: str, name: str, out: list[str]) -> None:
     import io
 
-    from jaxcompress.study._stages import atomic_write
+    from jaxcompress._core import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

@@ -33,13 +33,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
-from jaxcompress._core import JaxCompressValueError
+from jaxcompress._core import JaxCompressValueError, StageInterrupted, atomic_write
+from jaxcompress._core import machine_info as machine  # noqa: F401 (_report reads it here)
 from jaxcompress.study._recipe import MODELS, Recipe, RecipeError
 
 __all__ = ["RunFolderError", "Study", "run_study", "atomic_write", "encode_state", "decode_state"]
@@ -66,25 +66,6 @@ class RunFolderError(JaxCompressValueError):
 
 # -- small utilities ---------------------------------------------------------------------------
 _CORRUPT = object()  # sentinel: a saved stage state failed its checksum
-
-
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json(obj: Any) -> str:
@@ -130,30 +111,6 @@ def versions() -> dict:
     except Exception:  # pragma: no cover - not installed
         pass
     return out
-
-
-def machine() -> dict:
-    import platform
-
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # pragma: no cover
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        affinity = os.cpu_count()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": affinity,
-        "platform": platform.platform(),
-    }
 
 
 # -- stage states: data only -------------------------------------------------------------------
@@ -536,7 +493,10 @@ class Study:
             return state
         self._say(f"stage {name}: running")
         t0 = time.perf_counter()
-        state, metrics = fn()
+        try:
+            state, metrics = fn()
+        except KeyboardInterrupt as e:  # Ctrl-C: the CLI names the stage (exit 130)
+            raise e if isinstance(e, StageInterrupted) else StageInterrupted(name) from None
         seconds = time.perf_counter() - t0
         state_info = None
         if state is not None:

@@ -15,14 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import struct
-import tempfile
-import time
 
 import numpy as np
 
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
+from jaxcompress_kernels.fileio import atomic_write, stale_temporaries
 
 __all__ = [
     "FORMAT",
@@ -101,81 +99,3 @@ def write_artifact(path, manifest: dict, parts: dict) -> int:
     data = container_bytes(manifest, parts)
     atomic_write(os.fspath(path), data)
     return len(data)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: the process exists
-        return True
-    return True
-
-
-_LEGACY_STALE_SECONDS = 3600.0
-
-
-def stale_temporaries(path) -> list[str]:
-    """Temporary files that writes of `path` killed mid-way left behind (full size, never renamed).
-
-    `atomic_write` names its temporary ``.<name>.<pid>.<8 random>.tmp``: stale once process
-    ``pid`` is gone from this machine. ``.<name>.<8 random>.tmp`` (earlier versions, no pid) is
-    stale when untouched for an hour.
-    """
-    d, base = os.path.split(os.path.abspath(path))
-    pat = re.compile(re.escape(f".{base}.") + r"(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")
-    out = []
-    try:
-        entries = list(os.scandir(d))
-    except OSError:
-        return out
-    for e in entries:
-        m = pat.fullmatch(e.name)
-        if m is None or not e.is_file(follow_symlinks=False):
-            continue
-        try:
-            if m.group(1) is not None:
-                pid = int(m.group(1))
-                stale = pid != os.getpid() and not _pid_alive(pid)
-            else:
-                stale = time.time() - e.stat().st_mtime > _LEGACY_STALE_SECONDS
-        except OSError:
-            continue
-        if stale:
-            out.append(e.path)
-    return out
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file in the same folder, fsync and
-    ``os.replace``: a reader sees the old file or the new one, never a torn one. Temporaries that
-    earlier, killed writes of `path` left are removed first (`stale_temporaries`)."""
-    d = os.path.dirname(os.path.abspath(path))
-    for stale in stale_temporaries(path):
-        try:
-            os.unlink(stale)
-        except OSError:
-            pass
-    prefix = f".{os.path.basename(path)}.{os.getpid()}."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass

@@ -147,3 +147,22 @@ def test_fit_bad_data():
         fit(apply_fn, params, x, **kw)
     with pytest.raises(JaxCompressTypeError, match="params must be a pytree"):
         fit(apply_fn, "weights", (x, y), **kw)
+
+
+def test_progress_bar_only_on_a_terminal(capsys):
+    # progress=True asked for a bar, but stderr (captured) is not a terminal: no bar in logs
+    x, y = _toy(64)
+    apply_fn, params = _model()
+    opt = optax.sgd(0.1)
+    fit(
+        apply_fn,
+        params,
+        (x, y),
+        optimizer=opt,
+        epochs=1,
+        batch_size=32,
+        key=jax.random.key(0),
+        progress=True,
+    )
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err and "train" not in err
