@@ -914,6 +914,12 @@ def main():
     for cfg in ("50%", "2:4"):
         for meth in ("SparseGPT (ours)", "Wanda (ours)"):
             gap("magnitude", meth, cfg)
+    lines += [
+        "",
+        "Magnitude here is per layer (`magnitude_masks`, `round(s n)` per kernel); Wanda per output. "
+        "Both magnitude baselines, block-sequential variants, the input-norm spread and an "
+        "outlier-channel control: `reproduce_one_shot_audit.md` (`--audit`).",
+    ]
     if timing:
         lines += [
             "",
