@@ -393,6 +393,54 @@ def norm_spread(stats):
     return rows
 
 
+def audit_checks(args, apply_fn, params, stats, cal, train_ids, ppl):
+    """Independent checks for the Wanda audit (one calibration seed): lines for the results file."""
+    from jaxcompress._core import named_leaves
+
+    named = {k: np.asarray(v, np.float64) for k, v in named_leaves(params)}
+    # 1. blocks/0/q's input norms from a NumPy forward pass: LN1(embed + pos), nnx eps 1e-6
+    h = named["embed/embedding"][cal] + named["pos"][None, : cal.shape[1]]
+    y = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-6)
+    y = y * named["blocks/0/ln1/scale"] + named["blocks/0/ln1/bias"]
+    ref = np.sqrt((y.reshape(-1, y.shape[-1]) ** 2).sum(0))
+    got = np.asarray(stats["blocks/0/q/kernel"].norm, np.float64)
+    out = [
+        "- `blocks/0/q` input norms vs an independent NumPy forward pass (LN1(embed + pos), "
+        f"scale and bias included): max relative difference {np.abs(got - ref).max() / ref.max():.1e}"
+    ]
+    # 2. LayerNorm scales (they fold into the norms of q/k/v/mlp1's inputs)
+    ln = [
+        f"`{k}` {np.abs(v).max() / np.median(np.abs(v)):.2f}"
+        for k, v in sorted(named.items())
+        if k.endswith("/scale")
+    ]
+    out.append("- LayerNorm scale max / median: " + ", ".join(ln))
+    # 3. how often Wanda's masks differ from per-output magnitude masks
+    unit = unit_norm_stats(stats)
+    for cfg, kw in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+        a = jax.tree.leaves(wanda_masks(params, stats, where=SEL, **kw))
+        b = jax.tree.leaves(wanda_masks(params, unit, where=SEL, **kw))
+        diff = sum(int(jnp.sum(x & ~y)) for x, y in zip(a, b, strict=True))
+        pruned = sum(int(jnp.sum(~y)) for y in b)
+        out.append(
+            f"- {cfg}: pruned entries Wanda keeps but per-output magnitude prunes: "
+            f"{diff / pruned:.1%} of {pruned:,}"
+        )
+    # 4. 8x more calibration windows
+    rng = np.random.default_rng(1000 + args.seeds[0])
+    big = windows(train_ids, 8 * args.calib, args.context, rng)[:, :-1]
+    st8 = capture_stats(apply_fn, params, np.array_split(big, max(1, 8 * args.calib // 32)))
+    for cfg, kw in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+        v = ppl(apply_masks(params, wanda_masks(params, st8, where=SEL, **kw)))
+        out.append(
+            f"- {cfg}: Wanda from {8 * args.calib} calibration windows (seed {args.seeds[0]}): "
+            f"perplexity {v:.3f}"
+        )
+    for line in out:
+        print(line)
+    return out
+
+
 def audit(args, t_start):
     train_ids, train_bytes, train_sha = corpus(TRAIN_FILES)
     eval_ids, _, _ = corpus(HELD_OUT_FILES)
@@ -420,6 +468,7 @@ def audit(args, t_start):
         stats = capture_stats(apply_fn, params, batches)
         if seed == args.seeds[0]:
             spread["model"] = norm_spread(stats)
+            spread["checks"] = audit_checks(args, apply_fn, params, stats, cal, train_ids, ppl)
         # ---- pruning: both magnitude baselines, Wanda variants, SparseGPT
         for cfg, kw in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
             if "sparsity" in kw:
@@ -631,6 +680,7 @@ def audit(args, t_start):
         ("SparseGPT (one pass)", "magnitude", "2:4"),
         ("SparseGPT, block-sequential", "magnitude", "2:4"),
     ]
+    lines += ["", f"## Checks (calibration seed {seeds[0]})", ""] + spread["checks"]
     lines += ["", "## Pruning on the trained model (held-out perplexity)", ""]
     lines += table("prune", p_float, gaps)
     lines += [
