@@ -13,6 +13,13 @@ Qwix: ``qwix.contrib.gptq_core.quantize_weight`` on the *same* Hessians (``H = X
 default damping 0.01 and block 128), with its own symmetric grid (``int3``: codes -4..3, scale
 ``absmax / 3.5``; ``jnp.int4``: -8..7, ``absmax / 7.5``: 2^b levels, as our affine grid).
 
+``--audit`` (results in ``reproduce_one_shot_audit.md``): why Wanda barely beats magnitude pruning
+on this LM. Per-layer spread of Wanda's input norms ``||X_j||_2``; magnitude both per layer and per
+output (Wanda's comparison group); Wanda per output / per layer, one pass from the float model or
+block-sequential as the papers' reference code; a function-preserving control that gives a few
+channels 16x larger activations (and their consumers' rows 1/16); and GPTQ (ours) vs Qwix's GPTQ
+at 4 bits over more calibration seeds.
+
 Run: ``flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_one_shot.py``
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import statistics
 import sys
 import sysconfig
@@ -53,6 +61,8 @@ from jaxcompress.pruning import (  # noqa: E402
     wanda_masks,
 )
 from jaxcompress.quantization import (  # noqa: E402
+    CalibrationStats,
+    LayerStats,
     awq,
     capture_stats,
     dequantize_params,
@@ -306,6 +316,428 @@ def mnist(args, t_start):
     print(text)
 
 
+# ----------------------------------------------------------------------------------- --audit
+def block_sel(i):
+    return rf"^blocks/{i}/(q|k|v|o|mlp1|mlp2)/kernel$"
+
+
+def unit_norm_stats(stats):
+    """``stats`` with ``||X_j|| = 1`` for every input: Wanda on them is per-output magnitude pruning
+    (the comparison group of the Wanda paper's "magnitude, per output" row)."""
+    return CalibrationStats(
+        {
+            k: LayerStats(
+                xtx=jnp.eye(v.xtx.shape[0]), abs_sum=v.abs_sum, absmax=v.absmax, count=v.count
+            )
+            for k, v in stats.layers.items()
+        },
+        stats.batches,
+    )
+
+
+def sequential(apply_fn, params, batches, layers, prune):
+    """Block by block, as the SparseGPT / Wanda reference code: block ``i``'s statistics are taken
+    from the outputs of the already-pruned blocks ``< i`` (all sublayers of block ``i`` in one pass
+    over the still-unpruned block); ``prune(params, stats, where) -> params``."""
+    for i in range(layers):
+        st = capture_stats(apply_fn, params, batches, where=block_sel(i))
+        params = prune(params, st, block_sel(i))
+    return params
+
+
+def outlier_reparam(params, layers, channels, c):
+    """The same function with ``channels`` of every block's LN outputs and attention values ``c``
+    times larger and their consumers' rows ``1/c`` (ln1 -> q, k, v; ln2 -> mlp1; v -> o): the
+    weight/activation imbalance of LLM outlier features, built by hand. ``c`` a power of two, so
+    Wanda's scores ``|W_jo| ||X_j||`` are bit-identical while ``|W|`` alone changes."""
+    from jaxcompress._core import named_leaves
+
+    named = named_leaves(params)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    ch = jnp.asarray(channels)
+    out = []
+    for (path, _), x in zip(named, leaves, strict=True):
+        x = jnp.asarray(x)
+        for i in range(layers):
+            b = f"blocks/{i}/"
+            if path in (b + "ln1/scale", b + "ln1/bias", b + "ln2/scale", b + "ln2/bias"):
+                x = x.at[ch].multiply(c)
+            elif path in (b + "q/kernel", b + "k/kernel", b + "mlp1/kernel", b + "o/kernel"):
+                x = x.at[ch, :].divide(c)
+            elif path == b + "v/kernel":
+                x = x.at[ch, :].divide(c).at[:, ch].multiply(c)
+            elif path == b + "v/bias":
+                x = x.at[ch].multiply(c)
+        out.append(x)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def norm_spread(stats):
+    """Per kernel: max / median and p99 / median of ``||X_j||``, excess kurtosis of ``||X_j||``."""
+    rows = []
+    for path in sorted(stats.paths(), key=lambda q: (q.split("/")[1], q)):
+        if not re.search(SEL, path):
+            continue
+        nrm = np.asarray(stats[path].norm, np.float64)
+        med = float(np.median(nrm))
+        z = (nrm - nrm.mean()) / nrm.std()
+        rows.append(
+            (
+                path,
+                nrm.size,
+                nrm.max() / med,
+                np.percentile(nrm, 99) / med,
+                float(np.mean(z**4) - 3.0),
+            )
+        )
+    return rows
+
+
+def audit_checks(args, apply_fn, params, stats, cal, train_ids, ppl):
+    """Independent checks for the Wanda audit (one calibration seed): lines for the results file."""
+    from jaxcompress._core import named_leaves
+
+    named = {k: np.asarray(v, np.float64) for k, v in named_leaves(params)}
+    # 1. blocks/0/q's input norms from a NumPy forward pass: LN1(embed + pos), nnx eps 1e-6
+    h = named["embed/embedding"][cal] + named["pos"][None, : cal.shape[1]]
+    y = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-6)
+    y = y * named["blocks/0/ln1/scale"] + named["blocks/0/ln1/bias"]
+    ref = np.sqrt((y.reshape(-1, y.shape[-1]) ** 2).sum(0))
+    got = np.asarray(stats["blocks/0/q/kernel"].norm, np.float64)
+    out = [
+        "- `blocks/0/q` input norms vs an independent NumPy forward pass (LN1(embed + pos), "
+        f"scale and bias included): max relative difference {np.abs(got - ref).max() / ref.max():.1e}"
+    ]
+    # 2. LayerNorm scales (they fold into the norms of q/k/v/mlp1's inputs)
+    ln = [
+        f"`{k}` {np.abs(v).max() / np.median(np.abs(v)):.2f}"
+        for k, v in sorted(named.items())
+        if k.endswith("/scale")
+    ]
+    out.append("- LayerNorm scale max / median: " + ", ".join(ln))
+    # 3. how often Wanda's masks differ from per-output magnitude masks
+    unit = unit_norm_stats(stats)
+    for cfg, kw in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+        a = jax.tree.leaves(wanda_masks(params, stats, where=SEL, **kw))
+        b = jax.tree.leaves(wanda_masks(params, unit, where=SEL, **kw))
+        diff = sum(int(jnp.sum(x & ~y)) for x, y in zip(a, b, strict=True))
+        pruned = sum(int(jnp.sum(~y)) for y in b)
+        out.append(
+            f"- {cfg}: pruned entries Wanda keeps but per-output magnitude prunes: "
+            f"{diff / pruned:.1%} of {pruned:,}"
+        )
+    # 4. 8x more calibration windows
+    rng = np.random.default_rng(1000 + args.seeds[0])
+    big = windows(train_ids, 8 * args.calib, args.context, rng)[:, :-1]
+    st8 = capture_stats(apply_fn, params, np.array_split(big, max(1, 8 * args.calib // 32)))
+    for cfg, kw in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+        v = ppl(apply_masks(params, wanda_masks(params, st8, where=SEL, **kw)))
+        out.append(
+            f"- {cfg}: Wanda from {8 * args.calib} calibration windows (seed {args.seeds[0]}): "
+            f"perplexity {v:.3f}"
+        )
+    for line in out:
+        print(line)
+    return out
+
+
+def audit(args, t_start):
+    train_ids, train_bytes, train_sha = corpus(TRAIN_FILES)
+    eval_ids, _, _ = corpus(HELD_OUT_FILES)
+    apply_fn, params = functional(make_model(args))
+    params, train_s, cache = train(args, apply_fn, params, train_ids)
+    ppl, eval_tokens = make_ppl(apply_fn, eval_ids, args.context, args.eval_windows)
+    p_float = ppl(params)
+    print(f"float held-out perplexity {p_float:.3f}")
+    res = {}  # (section, method, config) -> {seed: ppl}
+
+    def record(sec, method, cfg, seed, value):
+        res.setdefault((sec, method, cfg), {})[seed] = value
+        print(f"  [{sec}] {method:34s} {cfg:6s} seed {seed}: ppl {value:.3f}", flush=True)
+
+    rng_ch = np.random.default_rng(0)
+    channels = np.sort(rng_ch.choice(args.dim, size=4, replace=False))
+    params_o = outlier_reparam(params, args.layers, channels, 16.0)
+    p_float_o = ppl(params_o)
+    print(f"reparametrised float perplexity {p_float_o:.6f} (original {p_float:.6f})")
+    spread = {}
+    for seed in args.seeds:
+        rng = np.random.default_rng(1000 + seed)
+        cal = windows(train_ids, args.calib, args.context, rng)[:, :-1]
+        batches = np.array_split(cal, max(1, args.calib // 32))
+        stats = capture_stats(apply_fn, params, batches)
+        if seed == args.seeds[0]:
+            spread["model"] = norm_spread(stats)
+            spread["checks"] = audit_checks(args, apply_fn, params, stats, cal, train_ids, ppl)
+        # ---- pruning: both magnitude baselines, Wanda variants, SparseGPT
+        for cfg, kw in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+            if "sparsity" in kw:
+                record(
+                    "prune",
+                    "magnitude (per layer)",
+                    cfg,
+                    seed,
+                    ppl(apply_masks(params, magnitude_masks(params, 0.5, where=SEL))),
+                )
+                record(
+                    "prune",
+                    "magnitude (per output)",
+                    cfg,
+                    seed,
+                    ppl(
+                        apply_masks(
+                            params, wanda_masks(params, unit_norm_stats(stats), 0.5, where=SEL)
+                        )
+                    ),
+                )
+                record(
+                    "prune",
+                    "Wanda (per layer)",
+                    cfg,
+                    seed,
+                    ppl(
+                        apply_masks(
+                            params, wanda_masks(params, stats, 0.5, where=SEL, comparison="layer")
+                        )
+                    ),
+                )
+            else:
+                record(
+                    "prune",
+                    "magnitude",
+                    cfg,
+                    seed,
+                    ppl(apply_masks(params, nm_masks(params, 2, 4, where=SEL))),
+                )
+            record(
+                "prune",
+                "Wanda (per output)" if "sparsity" in kw else "Wanda",
+                cfg,
+                seed,
+                ppl(apply_masks(params, wanda_masks(params, stats, where=SEL, **kw))),
+            )
+
+            def wanda_step(p, st, sel, kw=kw):
+                return apply_masks(p, wanda_masks(p, st, where=sel, **kw))
+
+            def sgpt_step(p, st, sel, kw=kw):
+                return sparsegpt_params(p, st, where=sel, **kw).params
+
+            record(
+                "prune",
+                "Wanda, block-sequential",
+                cfg,
+                seed,
+                ppl(sequential(apply_fn, params, batches, args.layers, wanda_step)),
+            )
+            record(
+                "prune",
+                "SparseGPT (one pass)",
+                cfg,
+                seed,
+                ppl(sparsegpt_params(params, stats, where=SEL, **kw).params),
+            )
+            record(
+                "prune",
+                "SparseGPT, block-sequential",
+                cfg,
+                seed,
+                ppl(sequential(apply_fn, params, batches, args.layers, sgpt_step)),
+            )
+        # ---- control: the same model with 4 hand-made outlier channels per block
+        stats_o = capture_stats(apply_fn, params_o, batches)
+        if seed == args.seeds[0]:
+            spread["control"] = norm_spread(stats_o)
+            w_a = wanda_masks(params, stats, 0.5, where=SEL)
+            w_b = wanda_masks(params_o, stats_o, 0.5, where=SEL)
+            spread["identical"] = all(
+                bool(jnp.array_equal(a, b))
+                for a, b in zip(jax.tree.leaves(w_a), jax.tree.leaves(w_b), strict=True)
+            )
+        for cfg, kw in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+            if "sparsity" in kw:
+                record(
+                    "control",
+                    "magnitude (per layer)",
+                    cfg,
+                    seed,
+                    ppl(apply_masks(params_o, magnitude_masks(params_o, 0.5, where=SEL))),
+                )
+                record(
+                    "control",
+                    "magnitude (per output)",
+                    cfg,
+                    seed,
+                    ppl(
+                        apply_masks(
+                            params_o,
+                            wanda_masks(params_o, unit_norm_stats(stats_o), 0.5, where=SEL),
+                        )
+                    ),
+                )
+            else:
+                record(
+                    "control",
+                    "magnitude",
+                    cfg,
+                    seed,
+                    ppl(apply_masks(params_o, nm_masks(params_o, 2, 4, where=SEL))),
+                )
+            record(
+                "control",
+                "Wanda (per output)" if "sparsity" in kw else "Wanda",
+                cfg,
+                seed,
+                ppl(apply_masks(params_o, wanda_masks(params_o, stats_o, where=SEL, **kw))),
+            )
+            record(
+                "control",
+                "SparseGPT (one pass)",
+                cfg,
+                seed,
+                ppl(sparsegpt_params(params_o, stats_o, where=SEL, **kw).params),
+            )
+        # ---- GPTQ at 4 bits: ours vs Qwix over more calibration seeds
+        if not args.skip_qwix:
+            for g in (128, 32):
+                cfg = f"W4 g{g}"
+                q = gptq_params(params, stats, bits=4, scheme="affine", group_size=g, where=SEL)
+                record("gptq", "GPTQ (ours)", cfg, seed, ppl(dequantize_params(q)))
+                q = gptq_params(
+                    params, stats, bits=4, scheme="affine", group_size=g, act_order=True, where=SEL
+                )
+                record("gptq", "GPTQ act-order (ours)", cfg, seed, ppl(dequantize_params(q)))
+                record(
+                    "gptq",
+                    "GPTQ (Qwix 0.1.8)",
+                    cfg,
+                    seed,
+                    ppl(qwix_gptq_params(params, stats, 4, g)),
+                )
+
+    from importlib.metadata import version
+
+    import flax
+
+    seeds = args.seeds
+    lines = ["# reproduce_one_shot --audit (why Wanda ~ magnitude here; GPTQ vs Qwix seeds)", ""]
+    lines += header("reproduce_one_shot.py")
+    lines += [
+        f"- versions: jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
+        f"qwix {version('qwix')}, numpy {np.__version__}",
+        f"- model and corpus as `reproduce_one_shot.md` (CharLM dim {args.dim}, {args.layers} "
+        f"blocks, {args.steps} steps, cache `{cache}`; train sha256 {train_sha}); held-out "
+        f"perplexity over {eval_tokens:,} characters; calibration {args.calib} windows x "
+        f"{args.context} chars, seeds {seeds} (seed s draws windows with "
+        "`default_rng(1000 + s)`, as the main run)",
+        f"- total wall time: {time.perf_counter() - t_start:.0f} s",
+        "",
+        f"float perplexity: **{p_float:.3f}**",
+        "",
+        "## Spread of Wanda's input norms `||X_j||_2` (calibration seed "
+        f"{seeds[0]}; taken at each kernel's actual input: LN output incl. its scale for q/k/v/mlp1)",
+        "",
+        "| kernel | K | max / median | p99 / median | excess kurtosis |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| `{p}` | {k} | {a:.2f} | {b:.2f} | {c:.2f} |" for p, k, a, b, c in spread["model"]]
+
+    def table(sec, base_float, gaps):
+        out = [
+            "| method | config | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | std |",
+            "|---|---|" + "---:|" * (len(seeds) + 2),
+        ]
+        for (s_, m, c), by in res.items():
+            if s_ != sec:
+                continue
+            v = [by[s] for s in seeds]
+            sd = float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+            out.append(
+                f"| {m} | {c} | "
+                + " | ".join(f"{x:.3f}" for x in v)
+                + f" | {np.mean(v):.3f} | {sd:.3f} |"
+            )
+        out += [
+            "",
+            "| method | vs baseline | config | gap closed (mean over seeds) |",
+            "|---|---|---|---:|",
+        ]
+        for m, b, c in gaps:
+            bm = float(np.mean([res[(sec, b, c)][s] for s in seeds]))
+            mm = float(np.mean([res[(sec, m, c)][s] for s in seeds]))
+            out.append(f"| {m} | {b} | {c} | {(bm - mm) / (bm - base_float):.0%} |")
+        return out
+
+    gaps = [
+        ("Wanda (per output)", "magnitude (per layer)", "50%"),
+        ("Wanda (per output)", "magnitude (per output)", "50%"),
+        ("Wanda (per layer)", "magnitude (per layer)", "50%"),
+        ("Wanda, block-sequential", "magnitude (per layer)", "50%"),
+        ("SparseGPT (one pass)", "magnitude (per layer)", "50%"),
+        ("SparseGPT, block-sequential", "magnitude (per layer)", "50%"),
+        ("Wanda", "magnitude", "2:4"),
+        ("Wanda, block-sequential", "magnitude", "2:4"),
+        ("SparseGPT (one pass)", "magnitude", "2:4"),
+        ("SparseGPT, block-sequential", "magnitude", "2:4"),
+    ]
+    lines += ["", f"## Checks (calibration seed {seeds[0]})", ""] + spread["checks"]
+    lines += ["", "## Pruning on the trained model (held-out perplexity)", ""]
+    lines += table("prune", p_float, gaps)
+    lines += [
+        "",
+        f"## Control: the same function with 4 outlier channels per block ({channels.tolist()})",
+        "",
+        "ln1 / ln2 scale and bias of these channels x16 with the rows of q, k, v, mlp1 / 16; "
+        "v's output columns x16 with o's rows / 16. Float perplexity "
+        f"{p_float_o:.4f} (original {p_float:.4f}). Wanda masks bit-identical to the original "
+        f"model's (seed {seeds[0]}, 50%): **{spread['identical']}**.",
+        "",
+        "| kernel | K | max / median | p99 / median | excess kurtosis |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| `{p}` | {k} | {a:.2f} | {b:.2f} | {c:.2f} |" for p, k, a, b, c in spread["control"]
+    ]
+    lines += [""]
+    lines += table(
+        "control",
+        p_float_o,
+        [
+            ("Wanda (per output)", "magnitude (per layer)", "50%"),
+            ("Wanda (per output)", "magnitude (per output)", "50%"),
+            ("SparseGPT (one pass)", "magnitude (per layer)", "50%"),
+            ("Wanda", "magnitude", "2:4"),
+            ("SparseGPT (one pass)", "magnitude", "2:4"),
+        ],
+    )
+    if not args.skip_qwix:
+        lines += ["", "## GPTQ at 4 bits: ours vs Qwix 0.1.8 over calibration seeds", ""]
+        lines += table("gptq", p_float, [])[:-3]
+        lines += [
+            "",
+            "| ours | vs Qwix | config | mean paired difference (ours - Qwix) | "
+            "std of the difference | seeds ours better |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for m in ("GPTQ (ours)", "GPTQ act-order (ours)"):
+            for g in (128, 32):
+                c = f"W4 g{g}"
+                d = np.array(
+                    [
+                        res[("gptq", m, c)][s] - res[("gptq", "GPTQ (Qwix 0.1.8)", c)][s]
+                        for s in seeds
+                    ]
+                )
+                lines.append(
+                    f"| {m} | GPTQ (Qwix 0.1.8) | {c} | {d.mean():+.4f} | "
+                    f"{d.std(ddof=1) if len(d) > 1 else float('nan'):.4f} | "
+                    f"{int((d < 0).sum())} / {len(d)} |"
+                )
+    text = "\n".join(lines) + "\n"
+    atomic_write(args.out, text)
+    print(text)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=1000)
@@ -330,9 +762,23 @@ def main():
         action="store_true",
         help="only the 4096x4096 GPTQ timing (run it under the bench lock), written to --out",
     )
-    ap.add_argument("--out", default=str(REPO / "benchmarks/results/reproduce_one_shot.md"))
+    ap.add_argument(
+        "--audit",
+        action="store_true",
+        help="Wanda diagnostics and GPTQ-vs-Qwix seeds (default --out reproduce_one_shot_audit.md)",
+    )
+    ap.add_argument("--out", default=None, help="results file (default: one per mode)")
     args = ap.parse_args()
+    if args.out is None:
+        suffix = (
+            "_mnist" if args.mnist else "_timing" if args.timing_only
+            else "_audit" if args.audit else ""
+        )  # fmt: skip
+        args.out = str(REPO / f"benchmarks/results/reproduce_one_shot{suffix}.md")
     t_start = time.perf_counter()
+    if args.audit:
+        audit(args, t_start)
+        return
     if args.mnist:
         mnist(args, t_start)
         return
@@ -518,6 +964,12 @@ def main():
     for cfg in ("50%", "2:4"):
         for meth in ("SparseGPT (ours)", "Wanda (ours)"):
             gap("magnitude", meth, cfg)
+    lines += [
+        "",
+        "Magnitude here is per layer (`magnitude_masks`, `round(s n)` per kernel); Wanda per output. "
+        "Both magnitude baselines, block-sequential variants, the input-norm spread and an "
+        "outlier-channel control: `reproduce_one_shot_audit.md` (`--audit`).",
+    ]
     if timing:
         lines += [
             "",

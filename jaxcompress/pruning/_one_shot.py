@@ -10,7 +10,10 @@ viewed as ``(K, N)`` (reduction x outputs, ``K`` = all axes but the last in C or
   whole layer (``comparison="layer"``: ``round(s * n)`` per leaf, exactly as
   :func:`magnitude_masks`, whose tie-breaking it shares: with constant input norms the masks are
   identical). ``n:m``: in every group of ``m`` consecutive reduction entries keep the ``n`` largest
-  scores (groups as :func:`nm_masks`). No weight update.
+  scores (groups as :func:`nm_masks`). No weight update. The score is invariant to rescaling input
+  ``j`` by ``c`` and row ``j`` of ``W`` by ``1/c`` (the same function), magnitude's is not: Wanda
+  differs from magnitude pruning only as far as the input norms differ, and gains most where a
+  few inputs carry much larger activations than the rest (LLM outlier features).
 * **SparseGPT**: the GPTQ sweep with "quantize" replaced by "prune": with
   ``U = cholesky((H + damp I)^-1)^T``, for every block of ``B = 128`` reduction rows the mask is
   chosen by the OBS saliency ``w^2 / U_jj^2``, pruned weights' errors ``e_j = w_j / U_jj`` are moved

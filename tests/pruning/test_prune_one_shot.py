@@ -86,6 +86,33 @@ def test_wanda_constant_norms_equals_magnitude():
     )
 
 
+def test_wanda_constant_norms_per_output_equals_column_magnitude():
+    w = jnp.asarray(RNG.normal(size=(64, 8)), jnp.float32)
+    stats = CalibrationStats({"w": LayerStats.from_rows(2.0 * jnp.eye(64))}, 1)  # ||X_j|| = 2
+    m = np.asarray(wanda_masks({"w": w}, stats, 0.25)["w"])
+    # reference: in every output column drop the 16 smallest |w| (distinct values, no ties)
+    ref = np.ones((64, 8), bool)
+    np.put_along_axis(ref, np.argsort(np.abs(np.asarray(w)), axis=0)[:16], False, axis=0)
+    np.testing.assert_array_equal(m, ref)
+
+
+def test_wanda_invariant_to_input_rescaling(layer):
+    """Wanda's score |W_jo| ||X_j|| does not change when input j is scaled by c and row j of W by
+    1/c (the same function); magnitude pruning does. c = 16 keeps the products exact."""
+    w, x, st = layer
+    c = jnp.ones(K).at[::7].set(16.0)
+    w2, x2 = w / c[:, None], x * c[None, :]
+    s1 = CalibrationStats({"w": st}, 1)
+    s2 = CalibrationStats({"w": LayerStats.from_rows(x2)}, 1)
+    for kw in (dict(sparsity=0.5), dict(sparsity=0.5, comparison="layer"), dict(n=2, m=4)):
+        np.testing.assert_array_equal(
+            wanda_masks({"w": w}, s1, **kw)["w"], wanda_masks({"w": w2}, s2, **kw)["w"]
+        )
+    assert not bool(
+        jnp.array_equal(magnitude_masks({"w": w}, 0.5)["w"], magnitude_masks({"w": w2}, 0.5)["w"])
+    )
+
+
 def test_wanda_counts_and_uses_norms(layer):
     w, x, st = layer
     stats = CalibrationStats({"w": st}, 1)
