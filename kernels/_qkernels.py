@@ -357,6 +357,9 @@ def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
 # convolution helpers, pooling, add, quantize / dequantize
 
 
+_COLUMN_RUN = 32
+
+
 @njit(cache=True, nogil=True)
 def _im2col_columns(
     xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow, cf, ncol
@@ -407,7 +410,7 @@ def im2col_q(x, geo, cols):
     run = kw * cg
     contiguous = dw == 1 and cg == cin
     zp8 = np.int8(zp)
-    if run < 32:
+    if run < _COLUMN_RUN:
         # short window rows (few channels): copying them one by one costs a memcpy call each,
         # so fill column by column instead, along ox (strided, no calls)
         _im2col_columns(
@@ -449,48 +452,60 @@ def im2col_q(x, geo, cols):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def depthwise_q(
-    x, w, beff, mult, rnd, shift, sh, sw, dh, dw, pt, pl, x_zp, yzp, qmin, qmax, acc, out
-):
-    """Depthwise conv (``groups == C_in``; channel multiplier ``C_out / C_in``): ``w`` is
-    ``(KH, KW, C_out)`` int32, ``acc`` an ``(C_out,)`` int32 scratch; padding contributes 0.
-    Flat unsigned offsets (signed indices would add wraparound checks that stop the channel
-    loops from vectorising)."""
-    bsz, hh, ww, cin = x.shape
-    _, oh, ow, cout = out.shape
-    kh, kw, _ = w.shape
-    mul = cout // cin
+def depthwise_q(x, wt, chant, prm, out):
+    """Depthwise conv (``groups == C_in``, channel multiplier 1), one output row at a time.
+
+    ``wt`` ``(KH * KW, OW * C)`` int32: each tap's weights tiled along the output row;
+    ``chant`` ``(4, OW * C)`` int64: ``beff`` (the bias), ``mult``, ``2**(shift - 1)``, ``shift``
+    tiled the same way; ``prm = [y_zp, qmin, qmax, x_zp, sh, sw, dh, dw, pt, pl, kw]``. For stride 1
+    a tap adds one contiguous run of ``x`` to the row accumulator (long vector loops even for 8
+    channels); padding contributes 0. int32 products and sums (exact: ``|x - zp| <= 255``,
+    ``|w| <= 127``)."""
+    yzp, qmin, qmax, x_zp = prm[0], prm[1], prm[2], prm[3]
+    sh, sw, dh, dw, pt, pl = prm[4], prm[5], prm[6], prm[7], prm[8], prm[9]
+    bsz, hh, ww, cc = x.shape
+    _, oh, ow, _ = out.shape
+    kw = prm[10]
+    kh = wt.shape[0] // kw
+    zp32 = np.int32(x_zp)
     xf = x.reshape(-1)
-    wf = w.reshape(-1)
     of = out.reshape(-1)
-    uc = np.uint64(cout)
+    row = ow * cc
+    acc = np.empty(row, np.int32)
     for b in range(bsz):
         for oy in range(oh):
-            for ox in range(ow):
-                for c in range(uc):
-                    acc[c] = 0
-                for i in range(kh):
-                    iy = oy * sh - pt + i * dh
-                    if iy < 0 or iy >= hh:
+            for t in range(row):
+                acc[t] = 0
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                if iy < 0 or iy >= hh:
+                    continue
+                for j in range(kw):
+                    off = j * dw - pl
+                    # ox with 0 <= ox * sw + off < ww
+                    lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+                    hi = 0 if ww - off <= 0 else min(ow, (ww - off + sw - 1) // sw)
+                    if hi <= lo:
                         continue
-                    for j in range(kw):
-                        ix = ox * sw - pl + j * dw
-                        if ix < 0 or ix >= ww:
-                            continue
-                        xs = np.uint64(((b * hh + iy) * ww + ix) * cin)
-                        ws = np.uint64((i * kw + j) * cout)
-                        if mul == 1:
-                            for c in range(uc):
-                                acc[c] += (np.int32(xf[xs + c]) - x_zp) * wf[ws + c]
-                        else:
-                            um = np.uint64(mul)
-                            for c in range(uc):
-                                acc[c] += (np.int32(xf[xs + c // um]) - x_zp) * wf[ws + c]
-                ob = np.uint64(((b * oh + oy) * ow + ox) * cout)
-                for c in range(uc):
-                    a = np.int64(acc[c]) + beff[c]
-                    v = yzp + ((a * mult[c] + rnd[c]) >> shift[c])
-                    of[ob + c] = np.int8(max(qmin, min(qmax, v)))
+                    wrow = wt[i * kw + j]
+                    base = (b * hh + iy) * ww
+                    if sw == 1:
+                        src = np.uint64((base + off) * cc)
+                        for t in range(np.uint64(lo * cc), np.uint64(hi * cc)):
+                            d = np.int32(np.int32(xf[src + t]) - zp32)
+                            acc[t] = np.int32(acc[t] + d * wrow[t])
+                    else:
+                        for ox in range(lo, hi):
+                            src = np.uint64((base + ox * sw + off) * cc)
+                            dst = np.uint64(ox * cc)
+                            for c in range(np.uint64(cc)):
+                                d = np.int32(np.int32(xf[src + c]) - zp32)
+                                acc[dst + c] = np.int32(acc[dst + c] + d * wrow[dst + c])
+            ob = np.uint64((b * oh + oy) * row)
+            for t in range(np.uint64(row)):
+                a = np.int64(acc[t]) + chant[0, t]
+                v = yzp + ((a * chant[1, t] + chant[2, t]) >> chant[3, t])
+                of[ob + t] = np.int8(max(qmin, min(qmax, v)))
 
 
 @njit(cache=True, nogil=True)
@@ -526,6 +541,7 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
     bsz, hh, ww, cc = x.shape
     _, oh, ow, _ = out.shape
     rnd = np.int64(1) << (shift - 1)
+    zp32 = np.int32(x_zp)
     xf = x.reshape(-1)
     of = out.reshape(-1)
     uc = np.uint64(cc)
@@ -544,7 +560,7 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
                             continue
                         xs = np.uint64(((b * hh + iy) * ww + ix) * cc)
                         for c in range(uc):
-                            acc[c] += np.int32(xf[xs + c]) - x_zp
+                            acc[c] = np.int32(acc[c] + np.int32(np.int32(xf[xs + c]) - zp32))
                 ob = np.uint64(((b * oh + oy) * ow + ox) * cc)
                 for c in range(uc):
                     v = yzp + ((np.int64(acc[c]) * mult + rnd) >> shift)
