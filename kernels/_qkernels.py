@@ -29,6 +29,7 @@ import numpy as np
 from llvmlite import binding as _llvm
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = [
@@ -138,7 +139,6 @@ def _make_tile(mr: int, nr: int):
             zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
             asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
             vptr = _V16.as_pointer()
-            from numba.core import cgutils
 
             with cgutils.for_range(builder, kqv) as loop:
                 kb = loop.index
@@ -169,6 +169,22 @@ def _make_tile(mr: int, nr: int):
                         )
                         builder.store(acc, s)
             # epilogue, in vectors: ((acc + beff) * mult + rnd) >> shift, + y_zp, clamp, int8
+            i8p = ir.IntType(8).as_pointer()
+            mstore = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(
+                    ir.VoidType(),
+                    [ir.VectorType(ir.IntType(8), 16), i8p, _I32, ir.VectorType(ir.IntType(1), 16)],
+                ),
+                "llvm.masked.store.v16i8.p0",
+            )
+            ncolv = builder.shuffle_vector(
+                builder.insert_element(
+                    ir.Constant(_V64, ir.Undefined), ncols, ir.Constant(_I32, 0)
+                ),
+                ir.Constant(_V64, ir.Undefined),
+                ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
+            )
             v64p = _V64.as_pointer()
             v8p = ir.VectorType(ir.IntType(8), 16).as_pointer()
             for b in range(nr):
@@ -183,15 +199,21 @@ def _make_tile(mr: int, nr: int):
                     a = builder.select(builder.icmp_signed("<", a, qminv), qminv, a)
                     a = builder.select(builder.icmp_signed(">", a, qmaxv), qmaxv, a)
                     a8 = builder.trunc(a, ir.VectorType(ir.IntType(8), 16))
-                    # a whole block goes straight to its output row (clamped rows and blocks
-                    # recompute the last one: same values); a partial block to the scratch
-                    full = builder.icmp_signed(
-                        "<=", builder.add(cbases[b], ir.Constant(_I64, 16)), ncols
+                    # straight to the output row, lanes past N masked off (clamped rows and
+                    # blocks recompute the last one: same values)
+                    lanes = builder.add(
+                        builder.shuffle_vector(
+                            builder.insert_element(
+                                ir.Constant(_V64, ir.Undefined), cbases[b], ir.Constant(_I32, 0)
+                            ),
+                            ir.Constant(_V64, ir.Undefined),
+                            ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
+                        ),
+                        ir.Constant(_V64, list(range(16))),
                     )
-                    direct = builder.gep(yrows[r], [cbases[b]])
-                    spill = builder.gep(oa.data, [ir.Constant(_I64, (r * nr + b) * 16)])
-                    dst = builder.select(full, direct, spill)
-                    builder.store(a8, builder.bitcast(dst, v8p), align=1)
+                    mask = builder.icmp_signed("<", lanes, ncolv)
+                    dst = builder.bitcast(builder.gep(yrows[r], [cbases[b]]), i8p)
+                    builder.call(mstore, [a8, dst, ir.Constant(_I32, 1), mask])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -214,13 +236,6 @@ def _make_driver(mr, nr):
         for nb0 in range(0, nbk, nr):
             for m0 in range(0, mm, mr):
                 tile_fn(xw, m0, w32, nb0, kq, o8, beff, mult, rnd, shift, yzp, qmin, qmax, out)
-                if n % 16 and nb0 + nr >= nbk:  # the partial last block went to the scratch
-                    b = nbk - 1 - nb0
-                    c0 = (nbk - 1) * 16
-                    for r in range(min(mr, mm - m0)):
-                        base = (r * nr + b) * 16
-                        for j in range(n - c0):
-                            out[m0 + r, c0 + j] = o8[base + j]
 
     @njit(cache=False, nogil=True)
     def conv_drive(x, geo, cols, w32, chan, prm, out, o8):
