@@ -83,7 +83,6 @@ def _make_tile(mr: int, nr: int):
         def codegen(context, builder, signature, args):
             xa = context.make_array(signature.args[0])(context, builder, args[0])
             wa = context.make_array(signature.args[2])(context, builder, args[2])
-            oa = context.make_array(signature.args[5])(context, builder, args[5])
             chan = [
                 context.make_array(signature.args[i])(context, builder, args[i]).data
                 for i in (6, 7, 8, 9)
@@ -186,7 +185,6 @@ def _make_tile(mr: int, nr: int):
                 ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
             )
             v64p = _V64.as_pointer()
-            v8p = ir.VectorType(ir.IntType(8), 16).as_pointer()
             for b in range(nr):
                 bv, mv, rv, sv = (
                     builder.load(builder.bitcast(builder.gep(p, [cbases[b]]), v64p), align=8)
@@ -228,7 +226,7 @@ def _make_driver(mr, nr):
     def drive(xw, w32, chan, prm, out, o8):
         # chan: (4, Np) int64 rows beff, mult, rnd, shift; prm: n, y_zp, qmin, qmax (packed:
         # every argument costs time in Numba's dispatcher on each call)
-        n, yzp, qmin, qmax = prm[0], prm[1], prm[2], prm[3]
+        yzp, qmin, qmax = prm[1], prm[2], prm[3]
         beff, mult, rnd, shift = chan[0], chan[1], chan[2], chan[3]
         mm = xw.shape[0]
         kq = xw.shape[1]
