@@ -24,6 +24,20 @@ Implementations, on the same weights:
   ``optimizations=[tf.lite.Optimize.DEFAULT]`` and no representative data, i.e. LiteRT's
   dynamic-range (weight-only int8) quantization.
 
+Full-integer rows (``--variants int8_full``; issue 14): the model with batch norm folded into the
+preceding conv / dense kernel (what LiteRT's converter does; our integer export has no batch-norm
+rule) goes through ``quantization.ptq(..., activation_bits=8)`` (int8 symmetric per-channel
+weights, 8-bit affine activation ranges observed on calibration batches: MNIST training images
+for the LeNets, random normal inputs otherwise) and ``export.save(..., integer=True)``. Timed in the
+same round robin: our full-integer runtime, our float runtime on the same (dequantized) weights,
+and LiteRT's full-integer conversion of those weights (``optimizations=[Optimize.DEFAULT]``, the
+same calibration samples as ``representative_dataset``, ``supported_ops=[TFLITE_BUILTINS_INT8]``,
+``inference_input_type = inference_output_type = tf.float32``: float in and out, the same
+contract as our integer graphs, whose quantize / dequantize nodes are timed too). Our output is
+checked bit for bit against the JAX integer reference (``quantization.integer_reference``); for the
+trained LeNets the test-set accuracy of the float model, our integer runtime and LiteRT's integer
+model are reported.
+
 Timing: ``--rounds`` rounds; in each round every implementation of a cell runs a block of calls
 (the order rotates per round), each call timed alone; p50 and p90 over all calls of all rounds,
 after 10 warm-up calls. Also per model: ``runtime.load`` time (median of 5), graph nodes, and the
@@ -35,7 +49,7 @@ hand, never by the project's extras):
     pip install tensorflow==2.21.0 tf-keras==2.21.0 ai-edge-litert==2.3.0
     TF_USE_LEGACY_KERAS=1 flock /tmp/jaxcompress-bench.lock python benchmarks/bench_runtime.py \
         [--models lenet300,lenet5,ds_cnn,mobilenet_v1_025,resnet8,fc_autoencoder] \
-        [--variants dense,pruned90,nm24,int8,int4,int4g32,cluster16,pruned90_int8] \
+        [--variants dense,pruned90,nm24,int8,int4,int4g32,cluster16,pruned90_int8,int8_full] \
         [--rounds 3] [--quick] [--data-dir ../shared/data/mnist] [--out FILE]
 Without tensorflow / ai_edge_litert the script runs without the LiteRT columns and says so.
 Writes benchmarks/results/bench_runtime.md (``bench_runtime_quick.md`` with --quick).
@@ -119,6 +133,8 @@ VARIANTS: dict[str, tuple[str, Callable]] = {
     ),
 }
 INT8_VARIANTS = {"int8", "pruned90_int8"}
+FULL_INT = "int8_full"  # the full-integer rows (own cell function: needs calibration data)
+ALL_VARIANTS = [*VARIANTS, FULL_INT]
 
 
 def _randomize_batch_stats(model, seed: int) -> None:
@@ -195,6 +211,8 @@ class KerasMirror:
         return y
 
     def bn(self, x, bn: nnx.BatchNorm):
+        if not isinstance(bn, nnx.BatchNorm):  # folded into the conv / dense before
+            return x
         layer = self.L.BatchNormalization(epsilon=bn.epsilon)
         y = layer(x, training=False)
         layer.set_weights([self._v(bn.scale), self._v(bn.bias), self._v(bn.mean), self._v(bn.var)])
@@ -248,10 +266,25 @@ class KerasMirror:
             raise ValueError(f"no Keras mirror for {key!r}")
         return self.tf.keras.Model(inp, x)
 
-    def tflite(self, keras_model, *, dynamic_int8: bool = False) -> bytes:
-        conv = self.tf.lite.TFLiteConverter.from_keras_model(keras_model)
-        if dynamic_int8:
-            conv.optimizations = [self.tf.lite.Optimize.DEFAULT]
+    def tflite(self, keras_model, *, dynamic_int8: bool = False, representative=None) -> bytes:
+        """fp32; dynamic-range int8 (`dynamic_int8`); or full-integer int8 (`representative`:
+        calibration samples ``(n, ...)``, fed one at a time; int8-only builtins, float32 input
+        and output so the model is called exactly as the float one and as ours)."""
+        tf = self.tf
+        conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+        if dynamic_int8 or representative is not None:
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if representative is not None:
+            samples = np.asarray(representative, np.float32)
+
+            def gen():
+                for i in range(samples.shape[0]):
+                    yield [samples[i : i + 1]]
+
+            conv.representative_dataset = gen
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv.inference_input_type = tf.float32
+            conv.inference_output_type = tf.float32
         return conv.convert()
 
 
@@ -434,13 +467,121 @@ def run_cell(key, vkey, model, params, x, folder, args, lite) -> dict:
     return row
 
 
+class _Identity(nnx.Module):
+    """Stands in for a batch norm folded into the preceding kernel."""
+
+    def __call__(self, x, use_running_average=None):
+        del use_running_average
+        return x
+
+
+def _fold_into(lin, bn) -> None:
+    s = np.asarray(bn.scale[...], np.float64) / np.sqrt(
+        np.asarray(bn.var[...], np.float64) + bn.epsilon
+    )
+    k = np.asarray(lin.kernel[...], np.float64) * s
+    b = (np.asarray(lin.bias[...], np.float64) - np.asarray(bn.mean[...], np.float64)) * s
+    lin.kernel.set_value(np.asarray(k, np.float32))
+    lin.bias.set_value(np.asarray(b + np.asarray(bn.bias[...], np.float64), np.float32))
+
+
+def fold_batch_norm(module):
+    """A copy of `module` with every inference batch norm folded into the conv / dense before it
+    (``W' = W * g / sqrt(var + eps)``, ``b' = (b - mean) g / sqrt(var + eps) + beta``) and
+    replaced by an identity: the float function is unchanged up to rounding."""
+    m = nnx.clone(module)
+    for _, node in list(nnx.iter_graph(m)):
+        if isinstance(getattr(node, "bn", None), nnx.BatchNorm) and hasattr(node, "conv"):
+            _fold_into(node.conv, node.bn)
+            node.bn = _Identity()
+        elif isinstance(node, models.FCAutoEncoder):
+            for lin, bn in zip(node.dense, node.bn, strict=True):
+                _fold_into(lin, bn)
+            node.bn = nnx.List([_Identity() for _ in node.bn])
+    return m
+
+
+def _calibration(key, ds, shape, n=256):
+    """Calibration samples: MNIST training images for the LeNets, random normal otherwise."""
+    if MODELS[key][3]:
+        return np.ascontiguousarray(ds.x_train[:n], np.float32)
+    return np.random.default_rng(1).standard_normal((n, *shape)).astype(np.float32)
+
+
+def _batched_accuracy(fn, x, y, bs=1000) -> float:
+    pred = np.concatenate([np.asarray(fn(x[i : i + bs])).argmax(-1) for i in range(0, len(x), bs)])
+    return float(np.mean(pred == y))
+
+
+def run_int_cell(key, model, params, x, folder, args, lite, ds) -> dict:
+    """The full-integer row of one model (see the module docstring)."""
+    from jaxcompress.quantization import integer_reference
+
+    row = {"model": key, "variant": FULL_INT, "variant_name": "full-integer int8", "rel": {}}
+    folded = fold_batch_norm(dense_module(model, params))
+    apply_fn, fparams = models.functional(folded)
+    cal = _calibration(key, ds, x.shape[1:])
+    batches = np.array_split(cal, 4)
+    r = quantization.ptq(apply_fn, fparams, batches, activation_bits=8)
+    impls: dict[str, Callable] = {}
+    p_int = Path(folder) / f"{key}-{FULL_INT}.jcx"
+    try:
+        save(p_int, r.apply_fn, r.params, x, integer=True, calibration_batches=batches)
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        row["export_error"] = f"{type(e).__name__}: {e}"
+        return row
+    rt = runtime.load(p_int, num_threads=1)
+    row["nodes"] = len(rt.nodes)
+    row["steps"] = len(rt.plan.steps)
+    row["kernels"] = sorted({n.kernel.split("(")[0] for n in rt.plan.nodes if n.op[0] == "q"})
+    row["float_nodes"] = list(rt.plan.float_nodes)
+    y_int = np.asarray(rt.run(x))
+    ref = integer_reference(p_int)
+    row["exact"] = bool(np.array_equal(y_int, np.asarray(ref(x))))
+    row["rel"]["int_vs_fakequant"] = _rel(np.asarray(r.apply_fn(r.params, x)), y_int)
+    impls["ours_int"] = lambda: rt.run(x)
+    # our float runtime on the same (dequantized) weights
+    deq = dense_module(folded, r.params)
+    p_f = Path(folder) / f"{key}-{FULL_INT}-f32.jcx"
+    save(p_f, *models.functional(deq), x)
+    rt_f = runtime.load(p_f, num_threads=1)
+    row["rel"]["int_vs_ours_f32"] = _rel(np.asarray(rt_f.run(x)), y_int)
+    impls["ours_f32"] = lambda: rt_f.run(x)
+    run8 = None
+    if lite is not None:
+        mirror, interpreter_cls = lite
+        km = mirror.build(key, deq, x.shape[1:])
+        run8, n_ops = litert_runner(interpreter_cls, mirror.tflite(km, representative=cal), x)
+        row["litert_ops"] = n_ops
+        row["rel"]["litert_int_vs_ours_int"] = _rel(y_int, run8())
+        impls["litert_int"] = run8
+    if MODELS[key][3] and ds is not None:  # trained LeNets: test-set accuracy
+        xt, yt = np.asarray(ds.x_test, np.float32), np.asarray(ds.y_test)
+        row["acc"] = {
+            "float": _batched_accuracy(lambda b: rt_f.run(b), xt, yt),
+            "ours_int": _batched_accuracy(lambda b: rt.run(b), xt, yt),
+        }
+        if run8 is not None:
+            it = interpreter_cls(model_content=mirror.tflite(km, representative=cal), num_threads=1)
+            it.allocate_tensors()
+            i_in, i_out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+            hits = 0
+            for i in range(len(xt)):
+                it.set_tensor(i_in, xt[i : i + 1])
+                it.invoke()
+                hits += int(it.get_tensor(i_out).argmax() == yt[i])
+            row["acc"]["litert_int"] = hits / len(xt)
+    row["times"] = round_robin(impls, rounds=args.rounds, budget_s=args.budget)
+    return row
+
+
 def _fmt_t(row, k) -> str:
     t = row["times"].get(k)
     return f"{t[0]:.0f} / {t[1]:.0f}" if t else "—"
 
 
 def _print_row(row) -> None:
-    ts = " ".join(f"{k} {v[0]:.1f}us" for k, v in row["times"].items())
+    ts = " ".join(f"{k} {v[0]:.1f}us" for k, v in row.get("times", {}).items())
     rel = " ".join(f"{k} {v:.1e}" for k, v in row["rel"].items())
     err = f"  EXPORT FAILS: {row['export_error']}" if "export_error" in row else ""
     print(f"{row['model']:17s} {row['variant_name']:22s} {ts}  | {rel}{err}", flush=True)
@@ -546,6 +687,8 @@ def write(rows, summaries, args, lite_note, elapsed) -> Path:
         "(best) | ours / ORT | max rel diff | our kernels |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    int_rows = [r for r in rows if r["variant"] == FULL_INT]
+    rows = [r for r in rows if r["variant"] != FULL_INT]
     for r in rows:
         t = r["times"]
         lite = [t[k][0] for k in ("litert", "litert_dyn") if k in t]
@@ -558,8 +701,10 @@ def write(rows, summaries, args, lite_note, elapsed) -> Path:
             f"{_fmt_t(r, 'litert_dyn')} | {_fmt_t(r, 'ort')} | {ratio_l} | {ratio_o} | {rel} | "
             f"{', '.join(r.get('kernels', [])) or '—'} |"
         )
+    if int_rows:
+        lines += _int_table(int_rows)
     errors = sorted(
-        {(MODELS[r["model"]][0], r["export_error"]) for r in rows if "export_error" in r}
+        {(MODELS[r["model"]][0], r["export_error"]) for r in rows + int_rows if "export_error" in r}
     )
     lines += ["", "## Notes", ""]
     for name, err in errors:
@@ -593,6 +738,43 @@ def write(rows, summaries, args, lite_note, elapsed) -> Path:
     return out
 
 
+def _int_table(rows) -> list[str]:
+    lines = [
+        "",
+        "## Full-integer int8 (us, p50 / p90)",
+        "",
+        "| model | ours int8 | ours fp32 (same weights) | LiteRT full-int8 | int8 / ours fp32 | "
+        "int8 / LiteRT int8 | bit-exact vs JAX integer ref | max rel diff | test accuracy "
+        "(float / ours int8 / LiteRT int8) | our kernels |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    for r in rows:
+        name = MODELS[r["model"]][0]
+        if "export_error" in r:
+            lines.append(f"| {name} | export fails | — | — | — | — | — | — | — | — |")
+            continue
+        t = r["times"]
+        p = {k: t[k][0] for k in t}
+        vs_f = f"{p['ours_int'] / p['ours_f32']:.2f}x"
+        vs_l = f"{p['ours_int'] / p['litert_int']:.2f}x" if "litert_int" in p else "—"
+        rel = ", ".join(f"{k} {v:.1e}" for k, v in r["rel"].items())
+        acc = r.get("acc")
+        acc_s = (
+            " / ".join(
+                f"{100 * acc[k]:.2f}%" if k in acc else "—"
+                for k in ("float", "ours_int", "litert_int")
+            )
+            if acc
+            else "— (random weights)"
+        )
+        lines.append(
+            f"| {name} | {_fmt_t(r, 'ours_int')} | {_fmt_t(r, 'ours_f32')} | "
+            f"{_fmt_t(r, 'litert_int')} | {vs_f} | {vs_l} | {'yes' if r['exact'] else 'NO'} | "
+            f"{rel} | {acc_s} | {', '.join(r['kernels'])} |"
+        )
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -614,7 +796,11 @@ def _load_lite():
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument(
+        "--variants",
+        default=",".join(ALL_VARIANTS),
+        help=f"comma-separated; {FULL_INT} = the full-integer rows (alone: only those)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short training and timing (smoke run)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
@@ -622,9 +808,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     keys = [k for k in args.models.split(",") if k]
     vkeys = [v for v in args.variants.split(",") if v]
-    bad = [k for k in keys if k not in MODELS] + [v for v in vkeys if v not in VARIANTS]
+    bad = [k for k in keys if k not in MODELS] + [v for v in vkeys if v not in ALL_VARIANTS]
     if bad:
-        ap.error(f"unknown model/variant {bad}; models: {list(MODELS)}, variants: {list(VARIANTS)}")
+        ap.error(f"unknown model/variant {bad}; models: {list(MODELS)}, variants: {ALL_VARIANTS}")
     if args.rounds < 1:
         ap.error(f"--rounds={args.rounds} must be >= 1")
     if args.quick:
@@ -670,7 +856,10 @@ def main(argv=None) -> None:
                 summary["weights"] = "random"
                 x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
             for vkey in vkeys:
-                row = run_cell(key, vkey, model, params, x, folder, args, lite)
+                if vkey == FULL_INT:
+                    row = run_int_cell(key, model, params, x, folder, args, lite, ds)
+                else:
+                    row = run_cell(key, vkey, model, params, x, folder, args, lite)
                 _print_row(row)
                 rows.append(row)
                 if vkey == vkeys[0] or "nodes" not in summary:

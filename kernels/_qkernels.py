@@ -203,7 +203,11 @@ def _make_driver(mr, nr):
     tile_fn = _make_tile(mr, nr)
 
     @njit(cache=False, nogil=True)
-    def drive(xw, w32, n, beff, mult, rnd, shift, yzp, qmin, qmax, out, o8):
+    def drive(xw, w32, chan, prm, out, o8):
+        # chan: (4, Np) int64 rows beff, mult, rnd, shift; prm: n, y_zp, qmin, qmax (packed:
+        # every argument costs time in Numba's dispatcher on each call)
+        n, yzp, qmin, qmax = prm[0], prm[1], prm[2], prm[3]
+        beff, mult, rnd, shift = chan[0], chan[1], chan[2], chan[3]
         mm = xw.shape[0]
         kq = xw.shape[1]
         nbk = w32.shape[0]
@@ -218,32 +222,46 @@ def _make_driver(mr, nr):
                         for j in range(n - c0):
                             out[m0 + r, c0 + j] = o8[base + j]
 
-    return drive
+    @njit(cache=False, nogil=True)
+    def conv_drive(x, geo, cols, w32, chan, prm, out, o8):
+        im2col_q(x, geo, cols)
+        drive(cols.view(np.int32), w32, chan, prm, out, o8)
+
+    return drive, conv_drive
 
 
 # (rows of x, blocks of 16 channels) per register tile
-_DRIVERS = {(1, 4): _make_driver(1, 4), (4, 2): _make_driver(4, 2), (4, 1): _make_driver(4, 1)}
+_DRIVERS = {}
+_CONV_DRIVERS = {}
+
+
+def _drivers(mr, nr):
+    if (mr, nr) not in _DRIVERS:
+        _DRIVERS[mr, nr], _CONV_DRIVERS[mr, nr] = _make_driver(mr, nr)
+    return _DRIVERS[mr, nr], _CONV_DRIVERS[mr, nr]
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _gemm_portable(x, wt, beff, mult, rnd, shift, yzp, qmin, qmax, out):
+def _gemm_portable(x, wt, chan, prm, out):
+    n, yzp, qmin, qmax = prm[0], prm[1], prm[2], prm[3]
     mm = x.shape[0]
-    nn = out.shape[1]
     kp = wt.shape[1]
     for m in range(mm):
         xm = x[m]
-        for c in range(nn):
+        for c in range(n):
             wn = wt[c]
             a = np.int32(0)
             for k in range(kp):
                 a = np.int32(a + np.int32(xm[k]) * np.int32(wn[k]))
-            acc = np.int64(a) + beff[c]
-            v = yzp + ((acc * mult[c] + rnd[c]) >> shift[c])
-            if v < qmin:
-                v = qmin
-            elif v > qmax:
-                v = qmax
-            out[m, c] = np.int8(v)
+            acc = np.int64(a) + chan[0, c]
+            v = yzp + ((acc * chan[1, c] + chan[2, c]) >> chan[3, c])
+            out[m, c] = np.int8(max(qmin, min(qmax, v)))
+
+
+@njit(cache=True, nogil=True)
+def _conv_portable(x, geo, cols, wt, chan, prm, out):
+    im2col_q(x, geo, cols)
+    _gemm_portable(cols, wt, chan, prm, out)
 
 
 class QGemmWeight:
@@ -253,6 +271,8 @@ class QGemmWeight:
     Attributes:
       k, n: logical sizes; kp: K padded to a multiple of 4 (x rows must hold kp bytes).
       vnni: which path `qgemm` runs.
+      chan: ``(4, Np)`` int64 rows ``beff``, ``mult``, ``2**(shift - 1)``, ``shift`` (``Np``: N
+        padded to whole 16-lane blocks).
     """
 
     def __init__(self, w2, bias, x_zp, mult, shift, *, vnni: bool):
@@ -264,28 +284,58 @@ class QGemmWeight:
         b = np.zeros(n, np.int64) if bias is None else np.asarray(bias, np.int64)
         wpad = np.zeros((kp, n), np.int8)
         wpad[:k] = w2
+        np_ = -(-n // 16) * 16
         if self.vnni:
-            np_ = -(-n // 16) * 16
             wp = np.zeros((kp, np_), np.int8)
             wp[:, :n] = wpad
             # (NB, KQ, 16, 4): block, k-quad, channel, k within the quad
             packed = wp.reshape(kp // 4, 4, np_ // 16, 16).transpose(2, 0, 3, 1)
             self.w32 = np.ascontiguousarray(packed).view(np.int32).reshape(np_ // 16, kp // 4, 16)
-            self.beff = b - (int(x_zp) + 128) * wsum
+            beff = b - (int(x_zp) + 128) * wsum
         else:
             self.wt = np.ascontiguousarray(wpad.T)
-            self.beff = b - int(x_zp) * wsum
-        np_ = -(-n // 16) * 16  # per-channel vectors padded to whole 16-lane blocks
-        self.beff = np.concatenate([self.beff, np.zeros(np_ - n, np.int64)])
-        self.mult = np.concatenate([np.asarray(mult, np.int64), np.zeros(np_ - n, np.int64)])
-        self.shift = np.concatenate([np.asarray(shift, np.int64), np.ones(np_ - n, np.int64)])
-        self.rnd = np.left_shift(np.int64(1), self.shift - 1)
+            beff = b - int(x_zp) * wsum
+        chan = np.zeros((4, np_), np.int64)
+        chan[3] = 1
+        chan[0, :n] = beff
+        chan[1, :n] = np.asarray(mult, np.int64)
+        chan[3, :n] = np.asarray(shift, np.int64)
+        chan[2] = np.left_shift(np.int64(1), chan[3] - 1)
+        self.chan = chan
         self.o8 = np.zeros(4 * 4 * 16, np.int8)
 
     @property
     def nbytes(self) -> int:
         w = self.w32 if self.vnni else self.wt
-        return int(w.nbytes + self.beff.nbytes * 4)
+        return int(w.nbytes + self.chan.nbytes)
+
+    def _prm(self, y_zp, qmin, qmax):
+        return np.array([self.n, y_zp, qmin, qmax], np.int64)
+
+    def _tiles(self, rows):
+        if rows < 4:
+            return _drivers(1, 4)
+        return _drivers(4, 2) if self.w32.shape[0] > 1 else _drivers(4, 1)
+
+    def bind(self, x, out, y_zp, qmin, qmax):
+        """A zero-argument closure computing ``out = qgemm(x)`` (arguments bound once)."""
+        prm = self._prm(y_zp, qmin, qmax)
+        if not self.vnni:
+            wt, chan = self.wt, self.chan
+            return lambda: _gemm_portable(x, wt, chan, prm, out)
+        fn = self._tiles(x.shape[0])[0]
+        xw, w32, chan, o8 = x.view(np.int32), self.w32, self.chan, self.o8
+        return lambda: fn(xw, w32, chan, prm, out, o8)
+
+    def bind_conv(self, x, geo, cols, out, y_zp, qmin, qmax):
+        """As `bind`, for ``im2col_q(x, geo, cols)`` then the GEMM on ``cols`` (one call)."""
+        prm = self._prm(y_zp, qmin, qmax)
+        if not self.vnni:
+            wt, chan = self.wt, self.chan
+            return lambda: _conv_portable(x, geo, cols, wt, chan, prm, out)
+        fn = self._tiles(cols.shape[0])[1]
+        w32, chan, o8 = self.w32, self.chan, self.o8
+        return lambda: fn(x, geo, cols, w32, chan, prm, out, o8)
 
 
 def pack_qgemm(w2, bias, x_zp, mult, shift, *, vnni=None) -> QGemmWeight:
@@ -300,82 +350,162 @@ def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
     ``x`` must be C-contiguous int8 with ``w.kp`` columns (bytes past K are multiplied by zero
     weights). No checks: the runtime's plan guarantees the shapes.
     """
-    if w.vnni:
-        xw = x.view(np.int32)
-        if x.shape[0] < 4:
-            fn = _DRIVERS[1, 4]
-        else:
-            fn = _DRIVERS[4, 2] if w.w32.shape[0] > 1 else _DRIVERS[4, 1]
-        fn(xw, w.w32, w.n, w.beff, w.mult, w.rnd, w.shift, y_zp, qmin, qmax, out, w.o8)
-    else:
-        _gemm_portable(x, w.wt, w.beff, w.mult, w.rnd, w.shift, y_zp, qmin, qmax, out)
+    w.bind(x, out, y_zp, qmin, qmax)()
 
 
 # ---------------------------------------------------------------------------------------------
 # convolution helpers, pooling, add, quantize / dequantize
 
 
+_COLUMN_RUN = 32
+
+
 @njit(cache=True, nogil=True)
-def im2col_q(x, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp, oh, ow, cols):
+def _im2col_columns(
+    xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow, cf, ncol
+):
+    for b in range(bsz):
+        for oy in range(oh):
+            rowbase = (b * oh + oy) * ow
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                for j in range(kw):
+                    off = j * dw - pl
+                    # ox with 0 <= ox * sw + off < ww
+                    lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+                    hi = 0 if ww - off <= 0 else min(ow, (ww - off + sw - 1) // sw)
+                    hi = max(hi, lo)
+                    if iy < 0 or iy >= hh:
+                        lo = hi = ow
+                    step = np.uint64(sw * cin)
+                    nc = np.uint64(ncol)
+                    for c in range(cg):
+                        col = (i * kw + j) * cg + c
+                        d = np.uint64(rowbase * ncol + col)
+                        for ox in range(np.uint64(lo)):
+                            cf[d + ox * nc] = zp8
+                        if hi > lo:
+                            src = np.uint64(((b * hh + iy) * ww + off + lo * sw) * cin + c0 + c)
+                            dl = d + np.uint64(lo) * nc
+                            for t in range(np.uint64(hi - lo)):
+                                cf[dl + t * nc] = xf[src + t * step]
+                        for ox in range(np.uint64(hi), np.uint64(ow)):
+                            cf[d + ox * nc] = zp8
+
+
+@njit(cache=True, nogil=True)
+def im2col_q(x, geo, cols):
     """``cols[(b, oy, ox), (i, j, c)] = x[b, oy*sh - pt + i*dh, ox*sw - pl + j*dw, c0 + c]``
-    (``zp`` outside the image); columns past ``kh * kw * cg`` are left as they are."""
-    bsz, hh, ww, _ = x.shape
+    (``zp`` outside the image); columns past ``kh * kw * cg`` are left as they are.
+    ``geo = [kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp, oh, ow]`` (int64).
+
+    Flat offsets (no per-element multi-dimensional indexing); a window row that lies inside
+    the image with ``dw == 1`` and all channels is one contiguous run of ``kw * cg`` bytes."""
+    kh, kw, sh, sw, dh, dw, pt, pl = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7]
+    c0, cg, zp, oh, ow = geo[8], geo[9], geo[10], geo[11], geo[12]
+    bsz, hh, ww, cin = x.shape
+    xf = x.reshape(-1)
+    ncol = cols.shape[1]
+    cf = cols.reshape(-1)
+    run = kw * cg
+    contiguous = dw == 1 and cg == cin
+    zp8 = np.int8(zp)
+    if run < _COLUMN_RUN:
+        # short window rows (few channels): copying them one by one costs a memcpy call each,
+        # so fill column by column instead, along ox (strided, no calls)
+        _im2col_columns(
+            xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow, cf, ncol
+        )
+        return
     row = 0
     for b in range(bsz):
         for oy in range(oh):
             for ox in range(ow):
-                col = 0
+                dst = row * ncol
+                ix0 = ox * sw - pl
+                inside_x = ix0 >= 0 and ix0 + (kw - 1) * dw < ww
                 for i in range(kh):
                     iy = oy * sh - pt + i * dh
-                    for j in range(kw):
-                        ix = ox * sw - pl + j * dw
-                        if 0 <= iy < hh and 0 <= ix < ww:
-                            for c in range(cg):
-                                cols[row, col + c] = x[b, iy, ix, c0 + c]
-                        else:
-                            for c in range(cg):
-                                cols[row, col + c] = zp
-                        col += cg
+                    if iy < 0 or iy >= hh:
+                        for t in range(run):
+                            cf[dst + t] = zp8
+                    elif contiguous and inside_x:
+                        # unsigned offsets: no negative-index wraparound, the copy vectorises
+                        src = np.uint64(((b * hh + iy) * ww + ix0) * cin)
+                        du = np.uint64(dst)
+                        for t in range(np.uint64(run)):
+                            cf[du + t] = xf[src + t]
+                    else:
+                        base = (b * hh + iy) * ww
+                        for j in range(kw):
+                            ix = ix0 + j * dw
+                            d = dst + j * cg
+                            if ix < 0 or ix >= ww:
+                                for c in range(cg):
+                                    cf[d + c] = zp8
+                            else:
+                                src = (base + ix) * cin + c0
+                                for c in range(cg):
+                                    cf[d + c] = xf[src + c]
+                    dst += run
                 row += 1
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def depthwise_q(
-    x, w, beff, mult, rnd, shift, sh, sw, dh, dw, pt, pl, x_zp, yzp, qmin, qmax, acc, out
-):
-    """Depthwise conv (``groups == C_in``; channel multiplier ``C_out / C_in``): ``w`` is
-    ``(KH, KW, C_out)`` int32, ``acc`` an ``(C_out,)`` int32 scratch; padding contributes 0."""
-    bsz, hh, ww, cin = x.shape
-    _, oh, ow, cout = out.shape
-    kh, kw, _ = w.shape
-    mul = cout // cin
+def depthwise_q(x, wt, chant, prm, out):
+    """Depthwise conv (``groups == C_in``, channel multiplier 1), one output row at a time.
+
+    ``wt`` ``(KH * KW, OW * C)`` int32: each tap's weights tiled along the output row;
+    ``chant`` ``(4, OW * C)`` int64: ``beff`` (the bias), ``mult``, ``2**(shift - 1)``, ``shift``
+    tiled the same way; ``prm = [y_zp, qmin, qmax, x_zp, sh, sw, dh, dw, pt, pl, kw]``. For stride 1
+    a tap adds one contiguous run of ``x`` to the row accumulator (long vector loops even for 8
+    channels); padding contributes 0. int32 products and sums (exact: ``|x - zp| <= 255``,
+    ``|w| <= 127``)."""
+    yzp, qmin, qmax, x_zp = prm[0], prm[1], prm[2], prm[3]
+    sh, sw, dh, dw, pt, pl = prm[4], prm[5], prm[6], prm[7], prm[8], prm[9]
+    bsz, hh, ww, cc = x.shape
+    _, oh, ow, _ = out.shape
+    kw = prm[10]
+    kh = wt.shape[0] // kw
+    zp32 = np.int32(x_zp)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    row = ow * cc
+    acc = np.empty(row, np.int32)
     for b in range(bsz):
         for oy in range(oh):
-            for ox in range(ow):
-                for c in range(cout):
-                    acc[c] = 0
-                for i in range(kh):
-                    iy = oy * sh - pt + i * dh
-                    if iy < 0 or iy >= hh:
+            for t in range(row):
+                acc[t] = 0
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                if iy < 0 or iy >= hh:
+                    continue
+                for j in range(kw):
+                    off = j * dw - pl
+                    # ox with 0 <= ox * sw + off < ww
+                    lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+                    hi = 0 if ww - off <= 0 else min(ow, (ww - off + sw - 1) // sw)
+                    if hi <= lo:
                         continue
-                    for j in range(kw):
-                        ix = ox * sw - pl + j * dw
-                        if ix < 0 or ix >= ww:
-                            continue
-                        if mul == 1:
-                            for c in range(cout):
-                                acc[c] += (np.int32(x[b, iy, ix, c]) - x_zp) * w[i, j, c]
-                        else:
-                            for c in range(cout):
-                                acc[c] += (np.int32(x[b, iy, ix, c // mul]) - x_zp) * w[i, j, c]
-                for c in range(cout):
-                    a = np.int64(acc[c]) + beff[c]
-                    v = yzp + ((a * mult[c] + rnd[c]) >> shift[c])
-                    if v < qmin:
-                        v = qmin
-                    elif v > qmax:
-                        v = qmax
-                    out[b, oy, ox, c] = np.int8(v)
+                    wrow = wt[i * kw + j]
+                    base = (b * hh + iy) * ww
+                    if sw == 1:
+                        src = np.uint64((base + off) * cc)
+                        for t in range(np.uint64(lo * cc), np.uint64(hi * cc)):
+                            d = np.int32(np.int32(xf[src + t]) - zp32)
+                            acc[t] = np.int32(acc[t] + d * wrow[t])
+                    else:
+                        for ox in range(lo, hi):
+                            src = np.uint64((base + ox * sw + off) * cc)
+                            dst = np.uint64(ox * cc)
+                            for c in range(np.uint64(cc)):
+                                d = np.int32(np.int32(xf[src + c]) - zp32)
+                                acc[dst + c] = np.int32(acc[dst + c] + d * wrow[dst + c])
+            ob = np.uint64((b * oh + oy) * row)
+            for t in range(np.uint64(row)):
+                a = np.int64(acc[t]) + chant[0, t]
+                v = yzp + ((a * chant[1, t] + chant[2, t]) >> chant[3, t])
+                of[ob + t] = np.int8(max(qmin, min(qmax, v)))
 
 
 @njit(cache=True, nogil=True)
@@ -383,11 +513,15 @@ def maxpool_q(x, kh, kw, sh, sw, pt, pl, out):
     """int8 max pooling NHWC (padded positions never win)."""
     bsz, hh, ww, cc = x.shape
     _, oh, ow, _ = out.shape
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    uc = np.uint64(cc)
     for b in range(bsz):
         for oy in range(oh):
             for ox in range(ow):
-                for c in range(cc):
-                    out[b, oy, ox, c] = -128
+                ob = np.uint64(((b * oh + oy) * ow + ox) * cc)
+                for c in range(uc):
+                    of[ob + c] = -128
                 for i in range(kh):
                     iy = oy * sh - pt + i
                     if iy < 0 or iy >= hh:
@@ -396,10 +530,9 @@ def maxpool_q(x, kh, kw, sh, sw, pt, pl, out):
                         ix = ox * sw - pl + j
                         if ix < 0 or ix >= ww:
                             continue
-                        for c in range(cc):
-                            v = x[b, iy, ix, c]
-                            if v > out[b, oy, ox, c]:
-                                out[b, oy, ox, c] = v
+                        xs = np.uint64(((b * hh + iy) * ww + ix) * cc)
+                        for c in range(uc):
+                            of[ob + c] = max(of[ob + c], xf[xs + c])
 
 
 @njit(cache=True, nogil=True)
@@ -408,10 +541,14 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
     bsz, hh, ww, cc = x.shape
     _, oh, ow, _ = out.shape
     rnd = np.int64(1) << (shift - 1)
+    zp32 = np.int32(x_zp)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    uc = np.uint64(cc)
     for b in range(bsz):
         for oy in range(oh):
             for ox in range(ow):
-                for c in range(cc):
+                for c in range(uc):
                     acc[c] = 0
                 for i in range(kh):
                     iy = oy * sh - pt + i
@@ -421,15 +558,13 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
                         ix = ox * sw - pl + j
                         if ix < 0 or ix >= ww:
                             continue
-                        for c in range(cc):
-                            acc[c] += np.int32(x[b, iy, ix, c]) - x_zp
-                for c in range(cc):
+                        xs = np.uint64(((b * hh + iy) * ww + ix) * cc)
+                        for c in range(uc):
+                            acc[c] = np.int32(acc[c] + np.int32(np.int32(xf[xs + c]) - zp32))
+                ob = np.uint64(((b * oh + oy) * ow + ox) * cc)
+                for c in range(uc):
                     v = yzp + ((np.int64(acc[c]) * mult + rnd) >> shift)
-                    if v < qmin:
-                        v = qmin
-                    elif v > qmax:
-                        v = qmax
-                    out[b, oy, ox, c] = np.int8(v)
+                    of[ob + c] = np.int8(max(qmin, min(qmax, v)))
 
 
 @njit(cache=True, nogil=True)
@@ -469,21 +604,15 @@ def add_q(a, b, a_zp, b_zp, ma, mb, shift, yzp, qmin, qmax, out):
 
 @njit(cache=True, nogil=True)
 def quantize_q(x, scale, zp, out):
-    """Flat float32 -> int8: ``clip(round_half_even(x / s) + zp)`` (float32 division)."""
+    """Flat float32 -> int8: ``clip(round_half_even(x / s) + zp)`` (float32 division; NaN ->
+    the zero point, as the reference). Branch-free so LLVM vectorises it."""
+    lo = np.float32(-128 - zp)
+    hi = np.float32(127 - zp)
     for i in range(x.shape[0]):
-        y = np.float64(np.float32(x[i] / scale))
-        if y != y:  # NaN -> the zero point (as the reference)
-            out[i] = np.int8(zp)
-            continue
-        r = np.floor(y + 0.5)
-        if r - y == 0.5 and r % 2.0 != 0.0:
-            r -= 1.0
-        v = r + zp
-        if v < -128.0:
-            v = -128.0
-        elif v > 127.0:
-            v = 127.0
-        out[i] = np.int8(v)
+        y = np.rint(x[i] / scale)  # float32 division, round half to even
+        y = y if y == y else np.float32(0.0)
+        y = min(max(y, lo), hi)
+        out[i] = np.int8(np.int32(y) + zp)
 
 
 @njit(cache=True, nogil=True)
