@@ -570,3 +570,127 @@ EMITTERS.update(
         "rev": _rev,
     }
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# full-integer graphs (format version 3): int8 values stay int8 in ONNX. Layers are QLinearConv
+# (a linear layer is a 1x1 QLinearConv: int8 x int8 -> int32 with the int32 bias, per-channel
+# weight scales, requantized by ONNX Runtime in float); a fused ReLU/ReLU6 clamp, pooling with a
+# rescale, means and residual adds are DequantizeLinear -> float op -> QuantizeLinear (exact for
+# the clamp: dequantized codes quantize back to themselves). ONNX Runtime's requantization
+# rounds a float product, ours a fixed-point one: codes may differ by one step near ties.
+
+
+def _qrec(b, ref):
+    rec = b.art.graph["quant"][ref]
+    return float(rec["scale"]), int(rec["zero_point"])
+
+
+def _qparams(b, ref):
+    s, zp = _qrec(b, ref)
+    return b.init(np.float32(s), "scale"), b.init(np.int8(zp), "zp")
+
+
+def _dq(b, x, ref):
+    return b.node("DequantizeLinear", [x, *_qparams(b, ref)])
+
+
+def _q(b, y, ref):
+    return b.node("QuantizeLinear", [y, *_qparams(b, ref)])
+
+
+def _clamp_int8(b, y, node):
+    """Applies ``clip(q, qmin, qmax)`` to an int8 value (identity when the clamp is trivial)."""
+    if node["qmin"] == -128 and node["qmax"] == 127:
+        return y
+    s, zp = _qrec(b, node["out"])
+    lo = np.float32((node["qmin"] - zp) * s)
+    hi = np.float32((node["qmax"] - zp) * s)
+    f = b.node("Clip", [_dq(b, y, node["out"]), b.init(lo, "lo"), b.init(hi, "hi")])
+    return _q(b, f, node["out"])
+
+
+def _qconv_core(b, x_nchw, node, w_oihw, group, strides, pads, dilation):
+    xs, xz = _qparams(b, node["in"][0])
+    ys, yz = _qparams(b, node["out"])
+    ws = b.art.tensors[node["weight_scale"]]
+    wsc = b.init(np.ascontiguousarray(_artifact.decode_dense(ws), np.float32), "wscale")
+    wz = b.init(np.zeros(ws.shape[0], np.int8), "wzp")
+    ins = [x_nchw, xs, xz, b.init(w_oihw, node["weight"]), wsc, wz, ys, yz]
+    if "bias" in node:
+        ins.append(b.init(np.asarray(_artifact.decode_dense(b.art.tensors[node["bias"]])), "bias"))
+    return b.node("QLinearConv", ins, group=group, strides=strides, pads=pads, dilations=dilation)
+
+
+def _qconv2d(b, node, ins):
+    w = np.asarray(_artifact.decode_dense(b.art.tensors[node["weight"]]), np.int8)
+    w_oihw = np.ascontiguousarray(np.transpose(w, (3, 2, 0, 1)))
+    pads = [p[0] for p in node["pads"]] + [p[1] for p in node["pads"]]
+    xt = b.node("Transpose", [ins[0]], perm=[0, 3, 1, 2])
+    y = _qconv_core(
+        b, xt, node, w_oihw, node.get("groups", 1), node["strides"], pads, node["dilation"]
+    )
+    y = b.node("Transpose", [y], perm=[0, 2, 3, 1])
+    return _clamp_int8(b, y, node)
+
+
+def _qlinear(b, node, ins):
+    w = np.asarray(_artifact.decode_dense(b.art.tensors[node["weight"]]), np.int8)
+    k, n = w.shape
+    shape = b.value_shapes[node["in"][0]]
+    m = math.prod(shape[:-1])
+    x4 = b.node("Reshape", [ins[0], b.i64([m, k, 1, 1])])
+    w4 = np.ascontiguousarray(w.T.reshape(n, k, 1, 1))
+    y = _qconv_core(b, x4, node, w4, 1, [1, 1], [0, 0, 0, 0], [1, 1])
+    y = b.node("Reshape", [y, b.i64([*shape[:-1], n])])
+    return _clamp_int8(b, y, node)
+
+
+def _qmax_pool2d(b, node, ins):
+    pads = [p[0] for p in node["pads"]] + [p[1] for p in node["pads"]]
+    xt = b.node("Transpose", [ins[0]], perm=[0, 3, 1, 2])
+    y = b.node("MaxPool", [xt], kernel_shape=node["window"], strides=node["strides"], pads=pads)
+    return b.node("Transpose", [y], perm=[0, 2, 3, 1])
+
+
+def _qavg_pool2d(b, node, ins):
+    pads = [p[0] for p in node["pads"]] + [p[1] for p in node["pads"]]
+    xt = b.node("Transpose", [_dq(b, ins[0], node["in"][0])], perm=[0, 3, 1, 2])
+    y = b.node(
+        "AveragePool",
+        [xt],
+        kernel_shape=node["window"],
+        strides=node["strides"],
+        pads=pads,
+        count_include_pad=1,
+    )
+    win = math.prod(node["window"])
+    if node["count"] != win:
+        y = b.node("Mul", [y, b.init(np.float32(win / node["count"]))])
+    y = b.node("Transpose", [y], perm=[0, 2, 3, 1])
+    return _clamp_int8(b, _q(b, y, node["out"]), node)
+
+
+def _qmean(b, node, ins):
+    f = _dq(b, ins[0], node["in"][0])
+    y = b.node("ReduceMean", [f, b.i64(node["axes"])], keepdims=0)
+    return _clamp_int8(b, _q(b, y, node["out"]), node)
+
+
+def _qadd(b, node, ins):
+    y = b.node("Add", [_dq(b, ins[0], node["in"][0]), _dq(b, ins[1], node["in"][1])])
+    return _clamp_int8(b, _q(b, y, node["out"]), node)
+
+
+EMITTERS.update(
+    {
+        "quantize": lambda b, node, ins: _q(b, ins[0], node["out"]),
+        "dequantize": lambda b, node, ins: _dq(b, ins[0], node["in"][0]),
+        "qlinear": _qlinear,
+        "qconv2d": _qconv2d,
+        "qmax_pool2d": _qmax_pool2d,
+        "qavg_pool2d": _qavg_pool2d,
+        "qmean": _qmean,
+        "qadd": _qadd,
+    }
+)

@@ -6,13 +6,13 @@ Grid semantics are pinned down in :mod:`jaxcompress.quantization._numerics`.
 from jaxcompress.quantization._calibration import CalibrationStats, LayerStats, capture_stats
 from jaxcompress.quantization._fake_quant import FakeQuantize, fake_quant, fake_quantize, qat_step
 from jaxcompress.quantization._gptq import gptq, gptq_params
-from jaxcompress.quantization._numerics import SCHEMES, code_range
 from jaxcompress.quantization._integer import (
     IntegerReference,
     fake_quant_gap_bound,
     integer_reference,
     requantize,
 )
+from jaxcompress.quantization._numerics import SCHEMES, code_range
 from jaxcompress.quantization._observers import (
     OBSERVERS,
     ActivationQuantization,

@@ -58,7 +58,9 @@ class Depthwise(nnx.Module):
 
     def __init__(self, *, rngs):
         self.c0 = nnx.Conv(1, 8, (3, 3), padding="SAME", rngs=rngs)
-        self.dw = nnx.Conv(8, 8, (3, 3), strides=2, padding="SAME", feature_group_count=8, rngs=rngs)
+        self.dw = nnx.Conv(
+            8, 8, (3, 3), strides=2, padding="SAME", feature_group_count=8, rngs=rngs
+        )
         self.pw = nnx.Conv(8, 4, (1, 1), rngs=rngs)
         self.fc = nnx.Linear(4 * 4 * 4, 3, rngs=rngs)
 
