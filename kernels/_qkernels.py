@@ -29,6 +29,7 @@ import numpy as np
 from llvmlite import binding as _llvm
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = [
@@ -82,7 +83,6 @@ def _make_tile(mr: int, nr: int):
         def codegen(context, builder, signature, args):
             xa = context.make_array(signature.args[0])(context, builder, args[0])
             wa = context.make_array(signature.args[2])(context, builder, args[2])
-            oa = context.make_array(signature.args[5])(context, builder, args[5])
             chan = [
                 context.make_array(signature.args[i])(context, builder, args[i]).data
                 for i in (6, 7, 8, 9)
@@ -138,7 +138,6 @@ def _make_tile(mr: int, nr: int):
             zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
             asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
             vptr = _V16.as_pointer()
-            from numba.core import cgutils
 
             with cgutils.for_range(builder, kqv) as loop:
                 kb = loop.index
@@ -169,8 +168,23 @@ def _make_tile(mr: int, nr: int):
                         )
                         builder.store(acc, s)
             # epilogue, in vectors: ((acc + beff) * mult + rnd) >> shift, + y_zp, clamp, int8
+            i8p = ir.IntType(8).as_pointer()
+            mstore = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(
+                    ir.VoidType(),
+                    [ir.VectorType(ir.IntType(8), 16), i8p, _I32, ir.VectorType(ir.IntType(1), 16)],
+                ),
+                "llvm.masked.store.v16i8.p0",
+            )
+            ncolv = builder.shuffle_vector(
+                builder.insert_element(
+                    ir.Constant(_V64, ir.Undefined), ncols, ir.Constant(_I32, 0)
+                ),
+                ir.Constant(_V64, ir.Undefined),
+                ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
+            )
             v64p = _V64.as_pointer()
-            v8p = ir.VectorType(ir.IntType(8), 16).as_pointer()
             for b in range(nr):
                 bv, mv, rv, sv = (
                     builder.load(builder.bitcast(builder.gep(p, [cbases[b]]), v64p), align=8)
@@ -183,15 +197,21 @@ def _make_tile(mr: int, nr: int):
                     a = builder.select(builder.icmp_signed("<", a, qminv), qminv, a)
                     a = builder.select(builder.icmp_signed(">", a, qmaxv), qmaxv, a)
                     a8 = builder.trunc(a, ir.VectorType(ir.IntType(8), 16))
-                    # a whole block goes straight to its output row (clamped rows and blocks
-                    # recompute the last one: same values); a partial block to the scratch
-                    full = builder.icmp_signed(
-                        "<=", builder.add(cbases[b], ir.Constant(_I64, 16)), ncols
+                    # straight to the output row, lanes past N masked off (clamped rows and
+                    # blocks recompute the last one: same values)
+                    lanes = builder.add(
+                        builder.shuffle_vector(
+                            builder.insert_element(
+                                ir.Constant(_V64, ir.Undefined), cbases[b], ir.Constant(_I32, 0)
+                            ),
+                            ir.Constant(_V64, ir.Undefined),
+                            ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
+                        ),
+                        ir.Constant(_V64, list(range(16))),
                     )
-                    direct = builder.gep(yrows[r], [cbases[b]])
-                    spill = builder.gep(oa.data, [ir.Constant(_I64, (r * nr + b) * 16)])
-                    dst = builder.select(full, direct, spill)
-                    builder.store(a8, builder.bitcast(dst, v8p), align=1)
+                    mask = builder.icmp_signed("<", lanes, ncolv)
+                    dst = builder.bitcast(builder.gep(yrows[r], [cbases[b]]), i8p)
+                    builder.call(mstore, [a8, dst, ir.Constant(_I32, 1), mask])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -206,7 +226,7 @@ def _make_driver(mr, nr):
     def drive(xw, w32, chan, prm, out, o8):
         # chan: (4, Np) int64 rows beff, mult, rnd, shift; prm: n, y_zp, qmin, qmax (packed:
         # every argument costs time in Numba's dispatcher on each call)
-        n, yzp, qmin, qmax = prm[0], prm[1], prm[2], prm[3]
+        yzp, qmin, qmax = prm[1], prm[2], prm[3]
         beff, mult, rnd, shift = chan[0], chan[1], chan[2], chan[3]
         mm = xw.shape[0]
         kq = xw.shape[1]
@@ -214,13 +234,6 @@ def _make_driver(mr, nr):
         for nb0 in range(0, nbk, nr):
             for m0 in range(0, mm, mr):
                 tile_fn(xw, m0, w32, nb0, kq, o8, beff, mult, rnd, shift, yzp, qmin, qmax, out)
-                if n % 16 and nb0 + nr >= nbk:  # the partial last block went to the scratch
-                    b = nbk - 1 - nb0
-                    c0 = (nbk - 1) * 16
-                    for r in range(min(mr, mm - m0)):
-                        base = (r * nr + b) * 16
-                        for j in range(n - c0):
-                            out[m0 + r, c0 + j] = o8[base + j]
 
     @njit(cache=False, nogil=True)
     def conv_drive(x, geo, cols, w32, chan, prm, out, o8):
@@ -357,6 +370,9 @@ def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
 # convolution helpers, pooling, add, quantize / dequantize
 
 
+_COLUMN_RUN = 32
+
+
 @njit(cache=True, nogil=True)
 def _im2col_columns(
     xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow, cf, ncol
@@ -407,7 +423,7 @@ def im2col_q(x, geo, cols):
     run = kw * cg
     contiguous = dw == 1 and cg == cin
     zp8 = np.int8(zp)
-    if run < 32:
+    if run < _COLUMN_RUN:
         # short window rows (few channels): copying them one by one costs a memcpy call each,
         # so fill column by column instead, along ox (strided, no calls)
         _im2col_columns(
@@ -449,48 +465,60 @@ def im2col_q(x, geo, cols):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def depthwise_q(
-    x, w, beff, mult, rnd, shift, sh, sw, dh, dw, pt, pl, x_zp, yzp, qmin, qmax, acc, out
-):
-    """Depthwise conv (``groups == C_in``; channel multiplier ``C_out / C_in``): ``w`` is
-    ``(KH, KW, C_out)`` int32, ``acc`` an ``(C_out,)`` int32 scratch; padding contributes 0.
-    Flat unsigned offsets (signed indices would add wraparound checks that stop the channel
-    loops from vectorising)."""
-    bsz, hh, ww, cin = x.shape
-    _, oh, ow, cout = out.shape
-    kh, kw, _ = w.shape
-    mul = cout // cin
+def depthwise_q(x, wt, chant, prm, out):
+    """Depthwise conv (``groups == C_in``, channel multiplier 1), one output row at a time.
+
+    ``wt`` ``(KH * KW, OW * C)`` int32: each tap's weights tiled along the output row;
+    ``chant`` ``(4, OW * C)`` int64: ``beff`` (the bias), ``mult``, ``2**(shift - 1)``, ``shift``
+    tiled the same way; ``prm = [y_zp, qmin, qmax, x_zp, sh, sw, dh, dw, pt, pl, kw]``. For stride 1
+    a tap adds one contiguous run of ``x`` to the row accumulator (long vector loops even for 8
+    channels); padding contributes 0. int32 products and sums (exact: ``|x - zp| <= 255``,
+    ``|w| <= 127``)."""
+    yzp, qmin, qmax, x_zp = prm[0], prm[1], prm[2], prm[3]
+    sh, sw, dh, dw, pt, pl = prm[4], prm[5], prm[6], prm[7], prm[8], prm[9]
+    bsz, hh, ww, cc = x.shape
+    _, oh, ow, _ = out.shape
+    kw = prm[10]
+    kh = wt.shape[0] // kw
+    zp32 = np.int32(x_zp)
     xf = x.reshape(-1)
-    wf = w.reshape(-1)
     of = out.reshape(-1)
-    uc = np.uint64(cout)
+    row = ow * cc
+    acc = np.empty(row, np.int32)
     for b in range(bsz):
         for oy in range(oh):
-            for ox in range(ow):
-                for c in range(uc):
-                    acc[c] = 0
-                for i in range(kh):
-                    iy = oy * sh - pt + i * dh
-                    if iy < 0 or iy >= hh:
+            for t in range(row):
+                acc[t] = 0
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                if iy < 0 or iy >= hh:
+                    continue
+                for j in range(kw):
+                    off = j * dw - pl
+                    # ox with 0 <= ox * sw + off < ww
+                    lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+                    hi = 0 if ww - off <= 0 else min(ow, (ww - off + sw - 1) // sw)
+                    if hi <= lo:
                         continue
-                    for j in range(kw):
-                        ix = ox * sw - pl + j * dw
-                        if ix < 0 or ix >= ww:
-                            continue
-                        xs = np.uint64(((b * hh + iy) * ww + ix) * cin)
-                        ws = np.uint64((i * kw + j) * cout)
-                        if mul == 1:
-                            for c in range(uc):
-                                acc[c] += (np.int32(xf[xs + c]) - x_zp) * wf[ws + c]
-                        else:
-                            um = np.uint64(mul)
-                            for c in range(uc):
-                                acc[c] += (np.int32(xf[xs + c // um]) - x_zp) * wf[ws + c]
-                ob = np.uint64(((b * oh + oy) * ow + ox) * cout)
-                for c in range(uc):
-                    a = np.int64(acc[c]) + beff[c]
-                    v = yzp + ((a * mult[c] + rnd[c]) >> shift[c])
-                    of[ob + c] = np.int8(max(qmin, min(qmax, v)))
+                    wrow = wt[i * kw + j]
+                    base = (b * hh + iy) * ww
+                    if sw == 1:
+                        src = np.uint64((base + off) * cc)
+                        for t in range(np.uint64(lo * cc), np.uint64(hi * cc)):
+                            d = np.int32(np.int32(xf[src + t]) - zp32)
+                            acc[t] = np.int32(acc[t] + d * wrow[t])
+                    else:
+                        for ox in range(lo, hi):
+                            src = np.uint64((base + ox * sw + off) * cc)
+                            dst = np.uint64(ox * cc)
+                            for c in range(np.uint64(cc)):
+                                d = np.int32(np.int32(xf[src + c]) - zp32)
+                                acc[dst + c] = np.int32(acc[dst + c] + d * wrow[dst + c])
+            ob = np.uint64((b * oh + oy) * row)
+            for t in range(np.uint64(row)):
+                a = np.int64(acc[t]) + chant[0, t]
+                v = yzp + ((a * chant[1, t] + chant[2, t]) >> chant[3, t])
+                of[ob + t] = np.int8(max(qmin, min(qmax, v)))
 
 
 @njit(cache=True, nogil=True)
@@ -526,6 +554,7 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
     bsz, hh, ww, cc = x.shape
     _, oh, ow, _ = out.shape
     rnd = np.int64(1) << (shift - 1)
+    zp32 = np.int32(x_zp)
     xf = x.reshape(-1)
     of = out.reshape(-1)
     uc = np.uint64(cc)
@@ -544,7 +573,7 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
                             continue
                         xs = np.uint64(((b * hh + iy) * ww + ix) * cc)
                         for c in range(uc):
-                            acc[c] += np.int32(xf[xs + c]) - x_zp
+                            acc[c] = np.int32(acc[c] + np.int32(np.int32(xf[xs + c]) - zp32))
                 ob = np.uint64(((b * oh + oy) * ow + ox) * cc)
                 for c in range(uc):
                     v = yzp + ((np.int64(acc[c]) * mult + rnd) >> shift)

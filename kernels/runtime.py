@@ -1708,42 +1708,21 @@ def _qconv_step(rt, i, node, x, out, x_zp, y_zp, qmin, qmax):
     b, _, _, cin = x.shape
     _, oh, ow, _ = out.shape
     path = "vnni" if rt.vnni else "portable"
-    if groups > 1 and cg == 1:  # depthwise (channel multiplier cout / cin)
+    if groups > 1 and cg == 1 and cout == cin:  # depthwise, multiplier 1
         ws = t[node["weight_scale"]].parts["value"]
         xr, yr = rt.quant[node["in"][0]], rt.quant[node["out"]]
         mult, shift = _quant.channel_multipliers(xr["scale"], ws, yr["scale"])
-        rnd = np.left_shift(np.int64(1), shift - 1)
         beff = (
             t[node["bias"]].parts["value"].astype(np.int64)
             if "bias" in node
             else np.zeros(cout, np.int64)
         )
-        w3 = np.ascontiguousarray(wq.reshape(kh, kw, cout).astype(np.int32))
-        acc = np.zeros(cout, np.int32)
-
-        def dw_step():
-            _qk.depthwise_q(
-                x,
-                w3,
-                beff,
-                mult,
-                rnd,
-                shift,
-                sh,
-                sw,
-                dh,
-                dw,
-                pt,
-                pl,
-                x_zp,
-                y_zp,
-                qmin,
-                qmax,
-                acc,
-                out,
-            )
-
-        return dw_step, f"qdepthwise{kh}x{kw}(int8)"
+        chan = np.stack([beff, mult, np.left_shift(np.int64(1), shift - 1), shift])
+        chant = np.ascontiguousarray(np.tile(chan, (1, ow)))
+        wt = np.ascontiguousarray(np.tile(wq.reshape(kh * kw, cout).astype(np.int32), (1, ow)))
+        prm = np.array([y_zp, qmin, qmax, x_zp, sh, sw, dh, dw, pt, pl, kw], np.int64)
+        dwk = _qk.depthwise_q
+        return (lambda: dwk(x, wt, chant, prm, out)), f"qdepthwise{kh}x{kw}(int8)"
     rows = b * oh * ow
     if groups == 1:
         w = rt.qweight(i)
@@ -1758,7 +1737,7 @@ def _qconv_step(rt, i, node, x, out, x_zp, y_zp, qmin, qmax):
         geo = np.array([kh, kw, sh, sw, dh, dw, pt, pl, 0, cin, x_zp, oh, ow], np.int64)
         conv = w.bind_conv(x, geo, cols, y2, y_zp, qmin, qmax)
         return conv, f"qconv{kh}x{kw}(int8 im2col+qgemm, {path})"
-    # grouped (not depthwise): one GEMM per group on its slice of channels
+    # grouped (incl. depthwise with a channel multiplier): one GEMM per group
     ws = t[node["weight_scale"]].parts["value"]
     xr, yr = rt.quant[node["in"][0]], rt.quant[node["out"]]
     bias = t[node["bias"]].parts["value"] if "bias" in node else None

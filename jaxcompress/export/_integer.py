@@ -27,6 +27,7 @@ read an int8 value has no integer form and is an error naming the layer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -99,13 +100,18 @@ def activation_description(model_or_apply: Any, ranges: Any = None):
     return desc.float_apply, desc
 
 
-def _grid(lo: float, hi: float) -> tuple[float, int]:
-    """(float32 scale, int8 zero point) of the 8-bit affine grid of ``[lo, hi]``, computed by the
-    very function the fake-quant model uses (so both agree bit for bit)."""
+@functools.cache
+def _grid_fn():
     from jaxcompress.quantization._quantize import QuantSpec, _qparams_from_range
 
     spec = QuantSpec(bits=8, scheme="affine")
-    s, z = _qparams_from_range(jnp.asarray([lo], jnp.float32), jnp.asarray([hi], jnp.float32), spec)
+    return jax.jit(lambda lo, hi: _qparams_from_range(lo, hi, spec))
+
+
+def _grid(lo: float, hi: float) -> tuple[float, int]:
+    """(float32 scale, int8 zero point) of the 8-bit affine grid of ``[lo, hi]``, computed by the
+    very function the fake-quant model uses (so both agree bit for bit)."""
+    s, z = _grid_fn()(jnp.asarray([lo], jnp.float32), jnp.asarray([hi], jnp.float32))
     return float(np.asarray(s)[0]), int(np.asarray(z)[0]) - 128
 
 

@@ -30,7 +30,7 @@ def exported(tmp_path_factory):
             info = export.save(
                 path, r.apply_fn, r.params, xt[:7], integer=True, calibration_batches=cal
             )
-            cache[name] = (path, info, r, cal, xt)
+            cache[name] = (path, info, r, cal, xt, quantization.integer_reference(path))
         return cache[name]
 
     return get
@@ -68,10 +68,9 @@ def test_graph_is_full_integer(exported, name):
 def test_jax_numpy_runtime_onnx_agree(exported, name, batch):
     from jaxcompress_kernels.runtime import Runtime
 
-    path, _, r, cal, xt = exported(name)
+    path, _, r, cal, xt, ref = exported(name)
     art = artifact.load(path)
     x = xt[:batch]
-    ref = quantization.integer_reference(path)
     y_jax = ref(x)
     np.testing.assert_array_equal(y_jax, _numpy_run(art, x))
     np.testing.assert_array_equal(np.asarray(Runtime(art).run(x)), y_jax)
@@ -84,9 +83,8 @@ def test_jax_numpy_runtime_onnx_agree(exported, name, batch):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_gap_to_fake_quant_within_bound(exported, name):
-    path, _, r, cal, xt = exported(name)
+    path, _, r, cal, xt, ref = exported(name)
     art = artifact.load(path)
-    ref = quantization.integer_reference(path)
     x = np.concatenate(cal)  # inside the calibrated ranges, where the bound holds
     gap = np.max(np.abs(ref(x) - np.asarray(r.apply_fn(r.params, x)))) / _out_scale(art)
     bound = quantization.fake_quant_gap_bound(ref)
@@ -95,8 +93,7 @@ def test_gap_to_fake_quant_within_bound(exported, name):
 
 
 def test_reference_is_jittable_and_has_no_x64(exported):
-    path, *_ = exported("mlp")
-    ref = quantization.integer_reference(path)
+    *_, ref = exported("mlp")
     assert not jax.config.jax_enable_x64
     x = np.zeros((3, 3, 4), np.float32)
     jaxpr = jax.make_jaxpr(lambda t, xx: ref._forward(t, xx))(ref.tensors, x)

@@ -48,4 +48,6 @@ def test_codebook_weight_declines_and_validates():
         with pytest.raises(JaxCompressValueError, match="indices"):
             codebook_weight(np.full((32, 128), 4), np.ones(4, np.float32))
     with pytest.raises(JaxCompressValueError, match="table"):
-        lut_matmul(np.ones((1, 8), np.float32), np.full((4, 8), 9, np.uint8), np.ones(4, np.float32))
+        lut_matmul(
+            np.ones((1, 8), np.float32), np.full((4, 8), 9, np.uint8), np.ones(4, np.float32)
+        )

@@ -255,7 +255,9 @@ def test_per_channel_affine_chain_is_fused_into_packed_weights(tmp_path, autotun
     k, n = 64, 128
     codes = rng.integers(-7, 8, (k, n)).astype(np.int32)
     sc = (rng.random((1, n)) + 0.5).astype(np.float32)
-    entry, parts = enc.encode_packed((k, n), codes, sc, None, bits=4, symmetric=True, group_size=None)
+    entry, parts = enc.encode_packed(
+        (k, n), codes, sc, None, bits=4, symmetric=True, group_size=None
+    )
     w = (codes * sc).astype(np.float32)
     mean, s, beta = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
     tensors = {"w": {**entry, "parts": {r: f"w:{r}" for r in parts}}}
