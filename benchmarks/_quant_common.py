@@ -85,15 +85,11 @@ def float_model(name: str, train, test, *, epochs: int, seed: int = 0, quick: bo
 
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import flax
+
+    from jaxcompress_kernels.machine import cpu_model
+
+    cpu = cpu_model()
 
     return (
         f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, jax {jax.__version__}, "

@@ -147,12 +147,9 @@ def main() -> None:
         load = os.getloadavg()[0]
     except OSError:  # pragma: no cover
         load = float("nan")
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from jaxcompress_kernels.machine import cpu_model
+
+    cpu = cpu_model()
     lines = [
         "# Containers owning immutable copies: hot-path cost (issue 16)",
         "",

@@ -334,14 +334,10 @@ def versions():
     return v
 
 
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+def cpu_name() -> str:
+    from jaxcompress_kernels.machine import cpu_model
+
+    return cpu_model()
 
 
 def main(argv=None):

@@ -92,13 +92,9 @@ def read_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    from jaxcompress_kernels.machine import cpu_model
+
+    return cpu_model()
 
 
 # ----------------------------------------------------------------------------------------------

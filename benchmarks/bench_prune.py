@@ -36,13 +36,9 @@ ROOT = Path(__file__).resolve().parent
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from jaxcompress_kernels.machine import cpu_model
+
+    return cpu_model()
 
 
 def timed(fn, repeats, warmup=True):

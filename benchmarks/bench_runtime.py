@@ -630,7 +630,7 @@ def _blas() -> str:
 
 
 def write(rows, summaries, args, lite_note, elapsed) -> Path:
-    from jaxcompress_kernels.format.container import atomic_write
+    from jaxcompress_kernels.fileio import atomic_write
 
     out = (
         Path(args.out)

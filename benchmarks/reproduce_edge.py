@@ -43,13 +43,9 @@ RTT_MS, JITTER_MS = 20.0, 2.0
 
 
 def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    from jaxcompress_kernels.machine import cpu_model
+
+    return cpu_model()
 
 
 def _train(

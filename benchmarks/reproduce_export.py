@@ -45,13 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from jaxcompress_kernels.machine import cpu_model
+
+    return cpu_model()
 
 
 def _train(apply_fn, params, ds, *, epochs, seed, lr=1e-3, param_transform=None, n=None):

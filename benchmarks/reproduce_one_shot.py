@@ -52,6 +52,7 @@ from _quant_common import (  # noqa: E402
     save_params,
 )
 
+from jaxcompress._core import atomic_write  # noqa: E402
 from jaxcompress.models import CharLM, char_lm_mappings, functional  # noqa: E402
 from jaxcompress.pruning import (  # noqa: E402
     apply_masks,
@@ -72,7 +73,6 @@ from jaxcompress.quantization import (  # noqa: E402
     quantize_params,
     smooth_quant,
 )
-from jaxcompress.study._stages import atomic_write  # noqa: E402
 
 TRAIN_FILES = (
     "argparse.py", "ast.py", "dataclasses.py", "enum.py", "functools.py", "inspect.py",

@@ -587,15 +587,14 @@ def main(argv: list[str] | None = None) -> int:
     name = args.command
     try:
         return _COMMANDS[name](args)
-    except StageInterrupted as e:
-        print(
-            f"jaxcompress {name}: interrupted in stage {e.stage}; rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return 130
-    except KeyboardInterrupt:
-        tail = "; rerun the same command to resume" if name == "run" else ""
-        print(f"jaxcompress {name}: interrupted{tail}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # one line, no traceback; on a terminal start it on a fresh line (after ^C or a bar)
+        lead = "\n" if sys.stderr.isatty() else ""
+        if isinstance(e, StageInterrupted):
+            what = f"interrupted in stage {e.stage}; rerun the same command to resume"
+        else:
+            what = "interrupted" + ("; rerun the same command to resume" if name == "run" else "")
+        print(f"{lead}jaxcompress {name}: {what}", file=sys.stderr)
         return 130
     except (JaxCompressError, OSError) as e:
         print(f"jaxcompress {name}: error: {e}", file=sys.stderr)

@@ -68,7 +68,7 @@ from jaxcompress_kernels.quantized import codebook_matmul, codebook_weight, qmat
 from jaxcompress_kernels.runtime_config import _LAST_SET, set_num_threads
 from jaxcompress_kernels.sparse import spmm_csr, spmm_nm
 
-__all__ = ["Runtime", "SelfCheck", "Limits", "Plan", "load", "exec_op"]
+__all__ = ["Runtime", "SelfCheck", "Limits", "Plan", "load", "exec_op", "infer_graph"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -314,11 +314,13 @@ def test_check_verifies_the_data_folder(tmp_path, capsys):
 
 
 def test_one_bench_command(monkeypatch, tmp_path):
-    """`python -m jaxcompress.edge._cli` is `jaxcompress bench`: same call, same defaults, and the
-    defaults are those of a study's [edge] section."""
-    from jaxcompress.edge import _cli as edge_cli
+    """`jaxcompress bench` is the only artifact-benchmark command; its defaults are those of a
+    study's [edge] section, and it calls the edge package's public `benchmark`."""
+    import importlib.util
+
     from jaxcompress.study import SCHEMA
 
+    assert importlib.util.find_spec("jaxcompress.edge._cli") is None  # the duplicate is gone
     calls = []
 
     def fake(path, **kw):
@@ -337,17 +339,13 @@ def test_one_bench_command(monkeypatch, tmp_path):
     art = tmp_path / "a.jcx"
     art.write_bytes(b"x")
     assert main(["bench", str(art)]) == 0
-    assert edge_cli.main([str(art)]) == 0
-    (p1, k1), (p2, k2) = calls
-    assert p1 == p2 == str(art)
-    assert {k: v for k, v in k1.items() if k not in ("devices", "split_edge")} == {
-        k: v for k, v in k2.items() if k not in ("devices", "split_edge")
-    }
-    assert [d.name for d in k1["devices"]] == [d.name for d in k2["devices"]]
+    ((path, kw),) = calls
+    assert path == str(art)
     edge = SCHEMA["edge"]
-    assert [d.name for d in k1["devices"]] == list(edge["devices"].default)
-    assert k1["num_threads"] == edge["threads"].default
-    assert (k1["warmup"], k1["iters"]) == (edge["warmup"].default, edge["iters"].default)
+    assert [d.name for d in kw["devices"]] == list(edge["devices"].default)
+    assert kw["split_edge"].name == edge["split_edge"].default
+    assert kw["num_threads"] == edge["threads"].default
+    assert (kw["warmup"], kw["iters"]) == (edge["warmup"].default, edge["iters"].default)
     assert cli.BENCH_DEFAULTS["limit"] == edge["eval_limit"].default
     assert cli.BENCH_DEFAULTS["rtt_ms"] == edge["rtt_ms"].default
 

@@ -26,8 +26,12 @@ from jaxcompress.distillation._parallel import (
     replicate,
     shard_batch,
 )
-from jaxcompress.training import FitResult, evaluate, predict
-from jaxcompress.training._loop import _as_xy  # one (x, y) / Dataset validator for both loops
+from jaxcompress.training import (
+    FitResult,
+    as_xy,  # one (x, y) / Dataset validator for both loops
+    evaluate,
+    predict,
+)
 
 __all__ = ["distill", "distillation_loss"]
 
@@ -215,7 +219,7 @@ def distill(
       Romero et al. "FitNets: Hints for Thin Deep Nets", 2015.
     """
     check_pytree(student_params)
-    x, y = _as_xy(data, "data")
+    x, y = as_xy(data, "data")
     n = x.shape[0]
     _check_temperature_alpha(temperature, alpha)
     if not isinstance(epochs, int) or epochs < 0:

@@ -12,8 +12,12 @@ import numpy as np
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError, key_path_str
 from jaxcompress.export._capture import capture
-from jaxcompress.quantization import QuantizedArray, dequantize_params, is_compressed
-from jaxcompress.quantization._numerics import stored_offset
+from jaxcompress.quantization import (
+    QuantizedArray,
+    dequantize_params,
+    is_compressed,
+    stored_offset,
+)
 from jaxcompress_kernels.format import encodings as enc
 from jaxcompress_kernels.format.container import write_artifact
 

@@ -297,7 +297,7 @@ class _Builder:
 def _value_shapes(art, batch_size: int) -> dict:
     """Concrete shapes of every graph value for `batch_size`, from the format's op specs (the
     same shape inference the runtime's plan runs)."""
-    from jaxcompress_kernels._plan import Limits, infer_graph
+    from jaxcompress_kernels.runtime import Limits, infer_graph
 
     shapes, _, _, _ = infer_graph(art.graph, art.tensors, batch_size, Limits(), path=art.path)
     return shapes

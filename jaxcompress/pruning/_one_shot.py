@@ -44,12 +44,13 @@ from jaxcompress._core import (
     JaxCompressValueError,
 )
 from jaxcompress.pruning._masks import _check_nm, _magnitude_keep, _nm_keep
-from jaxcompress.quantization._calibration import (
+from jaxcompress.quantization import (
     CalibrationStats,
     LayerStats,
+    check_damping,
+    hessian_inverse_upper,
     select_calibrated,
 )
-from jaxcompress.quantization._gptq import _check_damping, hessian_inverse_upper
 
 __all__ = ["OneShotPruneResult", "sparsegpt", "sparsegpt_params", "wanda_masks"]
 
@@ -268,7 +269,7 @@ def sparsegpt(
         inputs; a singular Hessian (``damping=0`` with too few calibration rows).
     """
     _check_sparsity(sparsity, n, m)
-    damping = _check_damping(damping)
+    damping = check_damping(damping)
     h = hessian.hessian if isinstance(hessian, LayerStats) else jnp.asarray(hessian, jnp.float32)
     if not hasattr(w, "dtype") or not jnp.issubdtype(w.dtype, jnp.floating):
         raise JaxCompressTypeError(f"w must be a floating-point array, got {type(w).__name__}")

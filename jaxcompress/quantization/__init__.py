@@ -4,16 +4,21 @@ Grid semantics are pinned down in :mod:`jaxcompress.quantization._numerics`. Sto
 quantized (and clustered) trees: ``jaxcompress.clustering.size_report``.
 """
 
-from jaxcompress.quantization._calibration import CalibrationStats, LayerStats, capture_stats
+from jaxcompress.quantization._calibration import (
+    CalibrationStats,
+    LayerStats,
+    capture_stats,
+    select_calibrated,
+)
 from jaxcompress.quantization._fake_quant import FakeQuantize, fake_quant, fake_quantize, qat_step
-from jaxcompress.quantization._gptq import gptq, gptq_params
+from jaxcompress.quantization._gptq import check_damping, gptq, gptq_params, hessian_inverse_upper
 from jaxcompress.quantization._integer import (
     IntegerReference,
     fake_quant_gap_bound,
     integer_reference,
     requantize,
 )
-from jaxcompress.quantization._numerics import SCHEMES, code_range
+from jaxcompress.quantization._numerics import SCHEMES, code_range, stored_offset
 from jaxcompress.quantization._observers import (
     OBSERVERS,
     ActivationQuantization,
@@ -56,6 +61,10 @@ __all__ = [
     "smooth_quant",
     "smoothing_scales",
     "gptq",
+    "check_damping",
+    "hessian_inverse_upper",
+    "select_calibrated",
+    "stored_offset",
     "gptq_params",
     "LayerSensitivity",
     "PTQResult",

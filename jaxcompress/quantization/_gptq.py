@@ -51,12 +51,13 @@ from jaxcompress.quantization._numerics import code_range, stored_offset
 from jaxcompress.quantization._qarray import QuantizedArray
 from jaxcompress.quantization._quantize import QuantSpec, _lookup, _qparams_from_range
 
-__all__ = ["gptq", "gptq_params", "hessian_inverse_upper"]
+__all__ = ["gptq", "gptq_params", "hessian_inverse_upper", "check_damping"]
 
 _MAX_BLOCK = 128
 
 
-def _check_damping(damping: Any) -> float:
+def check_damping(damping: Any) -> float:
+    """``damping`` as a float, checked finite and ``>= 0`` (GPTQ and SparseGPT share it)."""
     if isinstance(damping, bool) or not isinstance(damping, (int, float, np.floating)):
         raise JaxCompressTypeError(f"damping={damping!r} must be a float >= 0")
     if not (math.isfinite(float(damping)) and float(damping) >= 0):
@@ -268,7 +269,7 @@ def gptq(
     """
     if scheme not in ("symmetric", "affine"):
         raise JaxCompressValueError(f"{scheme=} must be 'symmetric' or 'affine' for GPTQ")
-    damping = _check_damping(damping)
+    damping = check_damping(damping)
     h = _as_stats_hessian(hessian, "hessian")
     if not hasattr(w, "dtype") or not jnp.issubdtype(w.dtype, jnp.floating):
         raise JaxCompressTypeError(f"w must be a floating-point array, got {type(w).__name__}")

@@ -491,9 +491,9 @@ class Study:
             self.resumed.append(name)
             self._say(f"stage {name}: already finished ({m['seconds']:.1f} s), resumed")
             return state
-        self._say(f"stage {name}: running")
-        t0 = time.perf_counter()
-        try:
+        try:  # from the log line on, Ctrl-C names this stage
+            self._say(f"stage {name}: running")
+            t0 = time.perf_counter()
             state, metrics = fn()
         except KeyboardInterrupt as e:  # Ctrl-C: the CLI names the stage (exit 130)
             raise e if isinstance(e, StageInterrupted) else StageInterrupted(name) from None

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError, check_pytree
 
-__all__ = ["FitResult", "cross_entropy", "evaluate", "fit", "predict"]
+__all__ = ["FitResult", "as_xy", "cross_entropy", "evaluate", "fit", "predict"]
 
 LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -43,7 +43,17 @@ class FitResult:
     history: tuple[dict[str, float], ...]
 
 
-def _as_xy(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+def as_xy(data: Any, name: str = "data") -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` NumPy arrays from an ``(x, y)`` pair or a `Dataset` (its training split).
+
+    Args:
+      data: ``(x (N, ...), y (N,) integer)`` or an object with ``x_train`` / ``y_train``.
+      name: the argument's name, for error messages.
+
+    Raises:
+      JaxCompressTypeError: not a pair or Dataset, or non-integer labels.
+      JaxCompressValueError: x and y differ in length.
+    """
     if hasattr(data, "x_train") and hasattr(data, "y_train"):
         return np.asarray(data.x_train), np.asarray(data.y_train)
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
@@ -114,7 +124,7 @@ def fit(
       JaxCompressTypeError / JaxCompressValueError: bad ``data``, ``epochs`` or ``batch_size``.
     """
     check_pytree(params)
-    x, y = _as_xy(data, "data")
+    x, y = as_xy(data, "data")
     n = x.shape[0]
     if not isinstance(epochs, int) or epochs < 0:
         raise JaxCompressValueError(f"{epochs=} must be an int >= 0")
@@ -194,7 +204,7 @@ def evaluate(
     apply_fn: Callable[..., jax.Array], params: Any, x: Any, y: Any, *, batch_size: int = 1000
 ) -> float:
     """Top-1 accuracy of ``apply_fn`` (inference mode) on ``x (n, ...)`` and ``y (n,)``."""
-    x, y = _as_xy((x, y), "eval data")
+    x, y = as_xy((x, y), "eval data")
     if x.shape[0] == 0:
         raise JaxCompressValueError("eval data is empty")
     logits = predict(apply_fn, params, x, batch_size=batch_size)
