@@ -23,7 +23,8 @@ def build_parser(prog: str = "jaxcompress edge") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Measure an artifact on this host with the edge runtime and project it on "
-        "devices (roofline, labelled projected); optionally plan an edge-cloud split.",
+        "devices (calibrated cost model, labelled projected, with each profile's calibration "
+        "status and the roofline lower bound); optionally plan an edge-cloud split.",
     )
     p.add_argument("artifact", help="artifact file written by jaxcompress.export.save")
     p.add_argument(
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from jaxcompress.edge._profiles import available_profiles, get_profile
     from jaxcompress.edge._report import benchmark
+    from jaxcompress.edge._roofline import calibration_status
     from jaxcompress.edge._split import Link
     from jaxcompress_kernels.errors import ArtifactError
 
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
                     print("host: this machine, calibrated by measurement")
                     continue
                 p = get_profile(name, path=args.profiles)
-                print(f"{name}: {p.description}")
+                print(f"{name}: {p.description} [{calibration_status(p)[1]}]")
             return 0
         devices = [
             get_profile(d, path=args.profiles) for d in (args.device or ["rpi4", "stm32h7a3"])
