@@ -261,7 +261,9 @@ def op_cost(
     lower = roofline_seconds(graph, i, peak_flops, bandwidth)
     if o.static or cls == "view":
         b = 0 if o.static else op_bytes(graph, i)
-        return OpCost(o.name, o.op, cls, fmt, 0.0, b, 0.0, b / bandwidth, 0, 0, 0, b / bandwidth, lower)
+        return OpCost(
+            o.name, o.op, cls, fmt, 0.0, b, 0.0, b / bandwidth, 0, 0, 0, b / bandwidth, lower
+        )
     flops, nbytes = float(o.flops), op_bytes(graph, i)
     if _fused(o) and cls not in MAC_CLASSES and not params.neutral:
         # a fused epilogue (bias, ReLU, divide) is in its step's cost (out_overhead_macs); linear
@@ -285,7 +287,9 @@ def op_cost(
     if cls in ("conv", "dwconv"):
         compute += params.seconds_per_output * o.out_elements
     memory = nbytes / bandwidth if params.memory_ceiling else 0.0
-    per_cycle = params.weight_stream_cycles_per_byte or any(params.decode_cycles_per_weight.values())
+    per_cycle = params.weight_stream_cycles_per_byte or any(
+        params.decode_cycles_per_weight.values()
+    )
     if per_cycle and not clock_hz:
         raise JaxCompressValueError(
             "this cost model has per-cycle costs: the profile needs a clock_hz"
@@ -305,7 +309,18 @@ def op_cost(
         overhead = params.op_overhead_s + (params.mac_op_overhead_s if cls in MAC_CLASSES else 0)
     seconds = overhead + max(compute, memory) + stream + decode
     return OpCost(
-        o.name, o.op, cls, fmt, flops, nbytes, compute, memory, overhead, stream, decode, seconds,
+        o.name,
+        o.op,
+        cls,
+        fmt,
+        flops,
+        nbytes,
+        compute,
+        memory,
+        overhead,
+        stream,
+        decode,
+        seconds,
         lower,
     )
 

@@ -63,7 +63,11 @@ def _calibration_graphs(folder: str) -> list[str]:
 
     def conv(x, k, groups=1):
         return jax.lax.conv_general_dilated(
-            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            x,
+            k,
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=groups,
         )
 
@@ -108,29 +112,49 @@ def _calibration_graphs(folder: str) -> list[str]:
         (
             "thinnet",
             thinnet,
-            {"t0": w(3, 3, 3, 8), "u0": w(8), "t1": w(3, 3, 1, 8), "u1": w(8),
-             "t2": w(1, 1, 8, 12), "u2": w(12)},
+            {
+                "t0": w(3, 3, 3, 8),
+                "u0": w(8),
+                "t1": w(3, 3, 1, 8),
+                "u1": w(8),
+                "t2": w(1, 1, 8, 12),
+                "u2": w(12),
+            },
             (1, 36, 36, 3),
         ),
         (
             "smallconv",
             smallconv,
-            {**{f"k{i}": w(3, 3, 12, 12) for i in range(3)}, **{f"b{i}": w(12) for i in range(3)},
-             "k3": w(1, 1, 12, 24), "b3": w(24)},
+            {
+                **{f"k{i}": w(3, 3, 12, 12) for i in range(3)},
+                **{f"b{i}": w(12) for i in range(3)},
+                "k3": w(1, 1, 12, 24),
+                "b3": w(24),
+            },
             (1, 5, 5, 12),
         ),
         (
             "smalldw",
             smalldw,
-            {**{f"d{i}": w(3, 3, 1, 48) for i in range(3)}, **{f"e{i}": w(48) for i in range(3)},
-             **{f"q{i}": w(1, 1, 48, 48) for i in range(3)}, **{f"r{i}": w(48) for i in range(3)}},
+            {
+                **{f"d{i}": w(3, 3, 1, 48) for i in range(3)},
+                **{f"e{i}": w(48) for i in range(3)},
+                **{f"q{i}": w(1, 1, 48, 48) for i in range(3)},
+                **{f"r{i}": w(48) for i in range(3)},
+            },
             (1, 6, 6, 48),
         ),
         (
             "convnet",
             convnet,
-            {"c1": w(3, 3, 8, 24), "b1": w(24), "c2": w(3, 3, 24, 24), "b2": w(24),
-             "c3": w(1, 1, 24, 48), "b3": w(48)},
+            {
+                "c1": w(3, 3, 8, 24),
+                "b1": w(24),
+                "c2": w(3, 3, 24, 24),
+                "b2": w(24),
+                "c3": w(1, 1, 24, 48),
+                "b3": w(48),
+            },
             (1, 20, 20, 8),
         ),
         (
@@ -142,8 +166,14 @@ def _calibration_graphs(folder: str) -> list[str]:
         (
             "mlp",
             mlp,
-            {"l1": w(400, 200), "m1": w(200), "l2": w(200, 200), "m2": w(200),
-             "l3": w(200, 20), "m3": w(20)},
+            {
+                "l1": w(400, 200),
+                "m1": w(200),
+                "l2": w(200, 200),
+                "m2": w(200),
+                "l3": w(200, 20),
+                "m3": w(20),
+            },
             (1, 400),
         ),
     ]
@@ -164,7 +194,9 @@ def _class_flops(graph, members) -> dict:
         o = graph.ops[j]
         c = op_class(o)
         # a fused epilogue (bias, ReLU) is priced per conv output (as the cost model does)
-        if c in out and not (o.kernel.startswith("fused into") and c not in ("conv", "dwconv", "linear")):
+        if c in out and not (
+            o.kernel.startswith("fused into") and c not in ("conv", "dwconv", "linear")
+        ):
             out[c] += float(o.flops)
     return out
 
@@ -173,7 +205,11 @@ def _conv_outputs(graph, members) -> float:
     from jaxcompress.edge._costmodel import op_class
 
     return float(
-        sum(graph.ops[j].out_elements for j in members if op_class(graph.ops[j]) in ("conv", "dwconv"))
+        sum(
+            graph.ops[j].out_elements
+            for j in members
+            if op_class(graph.ops[j]) in ("conv", "dwconv")
+        )
     )
 
 

@@ -171,12 +171,22 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
     if not isinstance(spec, dict):
         raise JaxCompressTypeError(f"profile {name!r}: the datasheet must be a dict")
     known = {
-        "core_class", "clock_hz", "ram_bytes", "flash_bytes", "cores", "bandwidth",
-        "active_power_w", "description", "sources", "weights_in",
+        "core_class",
+        "clock_hz",
+        "ram_bytes",
+        "flash_bytes",
+        "cores",
+        "bandwidth",
+        "active_power_w",
+        "description",
+        "sources",
+        "weights_in",
     }
     extra = sorted(set(spec) - known)
     if extra:
-        raise JaxCompressValueError(f"profile {name!r}: unknown field(s) {extra}; known {sorted(known)}")
+        raise JaxCompressValueError(
+            f"profile {name!r}: unknown field(s) {extra}; known {sorted(known)}"
+        )
     for field in ("core_class", "clock_hz", "ram_bytes"):
         if field not in spec:
             raise JaxCompressValueError(f"profile {name!r}: field {field!r} is missing")
@@ -195,8 +205,11 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
     weights_in = spec.get("weights_in", cls["weights_in"])
     _check_fields(name, values, weights_in)
     src = dict(spec.get("sources") or {})
-    src.setdefault("peak_flops", f"clock x cores x {cls['fp32_flops_per_cycle']:g} FLOP/cycle "
-                   f"({cc}: {cls['sources']['fp32_flops_per_cycle']})")
+    src.setdefault(
+        "peak_flops",
+        f"clock x cores x {cls['fp32_flops_per_cycle']:g} FLOP/cycle "
+        f"({cc}: {cls['sources']['fp32_flops_per_cycle']})",
+    )
     if "bandwidth" not in spec:
         src.setdefault("bandwidth", f"clock x {cls['bus_bytes_per_cycle']:g} B/cycle bus ({cc})")
     return DeviceProfile(
