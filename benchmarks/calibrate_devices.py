@@ -18,8 +18,15 @@ Writes ``jaxcompress/edge/calibration.json`` (the fit on all data, with each cla
 leave-one-model-out error: the status every projection quotes) and
 ``benchmarks/results/calibrate_devices.md``. Deterministic; takes about a minute.
 
+``--host`` instead validates the host projection in one run (under the benchmark lock): the
+host's cost parameters are measured afresh (no cache, ``jaxcompress.edge._hostcal``), then
+LeNet-300-100, LeNet-5 and the four MLPerf Tiny models (random weights, batch 1, one kernel
+thread) are measured with the runtime (p50 of 300 runs after 20 warm-ups) and projected on that
+host profile; writes ``benchmarks/results/calibrate_host.md``.
+
 Usage (from the repository root):
     python benchmarks/calibrate_devices.py [--data CSV] [--no-write-calibration]
+    OMP_NUM_THREADS=1 flock /tmp/jaxcompress-bench.lock python benchmarks/calibrate_devices.py --host
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 _CSV = Path("shared") / "data" / "mlperf_tiny" / "v1.0_closed_latency.csv"
 # ../shared beside the repository (a worktree one level deeper also finds it)
 DEFAULT_DATA = next(
-    (p / _CSV for p in (ROOT.parent, ROOT.parent.parent) if (p / _CSV).is_file()), ROOT.parent / _CSV
+    (p / _CSV for p in (ROOT.parent, ROOT.parent.parent) if (p / _CSV).is_file()),
+    ROOT.parent / _CSV,
 )
 
 BOARDS = {  # MLPerf board name -> our profile
@@ -107,12 +115,95 @@ def read_rows(path):
     return rows
 
 
+def host_validation(out: str, argv) -> int:
+    import dataclasses
+
+    from flax import nnx
+
+    from jaxcompress import models
+    from jaxcompress.edge import graph_from_artifact, measure_latency, project
+    from jaxcompress.edge._hostcal import _params_from, measure_host_cost
+    from jaxcompress.edge._profiles import calibrate_host
+    from jaxcompress.export import save
+    from jaxcompress_kernels import runtime
+    from jaxcompress_kernels.format.container import atomic_write
+
+    t0 = time.time()
+    _, info = measure_host_cost(num_threads=1)
+    base = calibrate_host()
+    host = dataclasses.replace(base, cost=_params_from(info, base.peak_flops))
+    specs = {
+        "LeNet-300-100": ("LeNet300100", (28, 28, 1)),
+        "LeNet-5": ("LeNet5", (28, 28, 1)),
+        **{MODEL_NAMES[k]: v for k, v in MODELS.items()},
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, (cls, shape) in specs.items():
+            m = getattr(models, cls)(rngs=nnx.Rngs(0))
+            _, params, _ = nnx.split(m, nnx.Param, ...)
+            x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+            path = os.path.join(d, f"{cls}.jcx")
+            save(path, m, params, x)
+            rt = runtime.load(path, num_threads=1)
+            lat = measure_latency(lambda rt=rt, x=x: rt.run(x), warmup=20, iters=300)
+            pr = project(graph_from_artifact(rt), host)
+            rows.append((name, lat.p50, pr.total_s, pr.lower_bound_s))
+    md = [
+        "# Host projection vs the runtime's measurement (same run)",
+        "",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {time.time() - t0:.0f} s",
+        "- command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 flock /tmp/jaxcompress-bench.lock "
+        f"python benchmarks/calibrate_devices.py {' '.join(argv)}`",
+        f"- machine: {_cpu()}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
+        f"numpy {np.__version__}, numba {version('numba')}",
+        f"- host cost (measured in this run on {info['steps']} steps of 7 calibration graphs, fit "
+        f"median |error| {100 * info['fit_median_rel_error']:.1f}%): per-step "
+        f"{1e6 * info['op_overhead_s']:.2f} us, conv/linear set-up "
+        f"{1e6 * info['mac_op_overhead_s']:.2f} us, per conv output "
+        f"{1e9 * info['seconds_per_output']:.3f} ns, per run {1e6 * info['run_overhead_s']:.2f} us; "
+        "ps/FLOP: " + ", ".join(f"{c} {1e12 * v:.1f}" for c, v in info["seconds_per_flop"].items()),
+        "- models: random weights (latency does not depend on the values), batch 1, one kernel "
+        "thread, p50 of 300 runs after 20 warm-ups",
+        "",
+        "| model | measured p50 us | projected us | error | roofline lower bound us | target |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, p50, proj, lb in rows:
+        err = (proj - p50) / p50
+        md.append(
+            f"| {name} | {1e6 * p50:.1f} | {1e6 * proj:.1f} | {100 * err:+.1f}% | {1e6 * lb:.1f} | "
+            f"{'met' if abs(err) <= 0.25 else 'MISSED'} (<= 25%) |"
+        )
+    text = "\n".join(md) + "\n"
+    atomic_write(out, text.encode())
+    print(text)
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--no-write-calibration", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibrate_devices.md"))
+    ap.add_argument("--host", action="store_true", help="validate the host projection instead")
     args = ap.parse_args(argv)
+    if args.host:
+        return host_validation(
+            str(ROOT / "benchmarks" / "results" / "calibrate_host.md"),
+            list(argv if argv is not None else sys.argv[1:]),
+        )
 
     from jaxcompress.edge import get_profile
     from jaxcompress.edge._calibrate import fit_cost_model, leave_one_model_out
@@ -212,7 +303,9 @@ def main(argv=None) -> int:
             f"({fit.cycles_per_mac[c]:.2f}) |"
         )
     md.append(f"| per-output-element cost (MAC equivalents) | {fit.out_overhead_macs:.1f} |")
-    md.append(f"| flash streaming (cycles per weight byte) | {fit.weight_stream_cycles_per_byte:.3f} |")
+    md.append(
+        f"| flash streaming (cycles per weight byte) | {fit.weight_stream_cycles_per_byte:.3f} |"
+    )
     for e, v in fit.engine_factor.items():
         md.append(f"| engine factor {e}{' (reference)' if e == REFERENCE else ''} | {v:.3f} |")
     md += [
@@ -241,16 +334,22 @@ def main(argv=None) -> int:
             f"{'met' if ok else 'MISSED'} (<= {100 * lim:.0f}%) |"
         )
     md += ["", "## Summary per core class (the status every projection quotes)", ""]
-    md += ["| class | boards | submissions | LOMO median abs error (vs median) | max | vs fastest (median) |",
-           "|---|---|---:|---:|---:|---:|"]
+    md += [
+        "| class | boards | submissions | LOMO median abs error (vs median) | max | vs fastest (median) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for c, rec in cal["classes"].items():
         md.append(
             f"| {c} | {', '.join(rec['boards'])} | {rec['n_measurements']} | "
             f"{100 * rec['lomo_median_abs_error']:.1f}% | {100 * rec['lomo_max_abs_error']:.1f}% | "
             f"{100 * rec['lomo_median_abs_error_fastest']:.1f}% |"
         )
-    md += ["", "Worst |error vs median| per board: " + ", ".join(
-        f"{b} {100 * v:.1f}%" for b, v in sorted(worst.items())) + "."]
+    md += [
+        "",
+        "Worst |error vs median| per board: "
+        + ", ".join(f"{b} {100 * v:.1f}%" for b, v in sorted(worst.items()))
+        + ".",
+    ]
     text = "\n".join(md) + "\n"
     atomic_write(args.out, text.encode())
     print(text)

@@ -148,7 +148,8 @@ def _add_bench(sub) -> None:
         "bench",
         help="benchmark an artifact (measured here, projected on devices)",
         description="Measure an artifact on this host with the edge runtime and project it on "
-        "device profiles (roofline, labelled projected); optionally measure accuracy and plan an "
+        "device profiles (calibrated cost model, labelled projected, with each profile's calibration "
+        "status and the roofline lower bound); optionally measure accuracy and plan an "
         "edge-cloud split. Defaults are those of a study's [edge] section.",
     )
     b.add_argument("source", nargs="?", help="an artifact file, or a run folder")
@@ -479,14 +480,21 @@ def _inspect(args) -> int:
 
 
 def _bench(args) -> int:
-    from jaxcompress.edge import Link, available_profiles, benchmark, get_profile
+    from jaxcompress.edge import (
+        Link,
+        available_profiles,
+        benchmark,
+        calibration_status,
+        get_profile,
+    )
 
     if args.list_devices:
         for name in available_profiles(args.profiles):
             if name == "host":
                 print("host: this machine, calibrated by measurement")
                 continue
-            print(f"{name}: {get_profile(name, path=args.profiles).description}")
+            profile = get_profile(name, path=args.profiles)
+            print(f"{name}: {profile.description} [{calibration_status(profile)[1]}]")
         return 0
     if args.source is None:
         raise JaxCompressValueError("bench: give an artifact file or a run folder (SOURCE)")

@@ -28,7 +28,15 @@ from jaxcompress.edge._profiles import (
     load_profiles,
     profile_from_datasheet,
 )
-from jaxcompress.edge._report import AccuracyReport, EdgeReport, SizeReport, benchmark, size_report
+from jaxcompress.edge._report import (
+    AccuracyReport,
+    EdgeReport,
+    SizeReport,
+    benchmark,
+    projection_rows,
+    projection_table,
+    size_report,
+)
 from jaxcompress.edge._roofline import (
     UNCALIBRATED,
     OpProjection,
@@ -62,6 +70,8 @@ __all__ = [
     "EdgeReport",
     "SizeReport",
     "benchmark",
+    "projection_rows",
+    "projection_table",
     "size_report",
     "ArenaPlan",
     "DeviceProfile",

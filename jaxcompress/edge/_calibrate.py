@@ -78,7 +78,9 @@ class CostFit:
         eng = engine or self.engines[0]
         eff = self.efficiency[core_class]
         return CostParams(
-            efficiency={c: eff for c in ("conv", "dwconv", "linear", "pool", "elementwise", "move")},
+            efficiency={
+                c: eff for c in ("conv", "dwconv", "linear", "pool", "elementwise", "move")
+            },
             out_overhead_macs=self.out_overhead_macs,
             weight_stream_cycles_per_byte=self.weight_stream_cycles_per_byte,
             engine=eng,
@@ -136,7 +138,8 @@ def fit_cost_model(
     others = sorted({r.engine for r in rows} - {reference_engine})
     engines = (reference_engine, *others)
     names = (
-        [f"cpm:{c}" for c in classes] + ["out_overhead_macs", "weight_stream"]
+        [f"cpm:{c}" for c in classes]
+        + ["out_overhead_macs", "weight_stream"]
         + [f"engine:{e}" for e in others]
     )
     prior = np.log(
@@ -169,7 +172,11 @@ def fit_cost_model(
     def residuals(theta):
         fit = unpack(theta)
         pred = [
-            _predict(graphs[r.model], profiles[r.board], fit.params(profiles[r.board].core_class, r.engine))
+            _predict(
+                graphs[r.model],
+                profiles[r.board],
+                fit.params(profiles[r.board].core_class, r.engine),
+            )
             for r in rows
         ]
         return np.concatenate([np.log(pred) - target, ridge * (theta - prior)])

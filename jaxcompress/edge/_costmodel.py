@@ -9,10 +9,12 @@ bandwidth ``BW`` is::
     peak      = P * (rho if the op computes in int8 else 1)
     work      = F + 2 * a * out_elements                 (a: per-output cost in MACs, convs)
     compute   = engine * work / (peak * eff[op class] * (s if sparse else 1))
+                + p * out_elements                        (p: host per-output time, convs)
     memory    = B / BW                                    (B: the roofline's bytes moved)
     stream    = weight_bytes * c_w / f                    (linear weights, read once, from flash)
     decode    = weight_elements * c_d[format] / f         (unpacking packed / sparse / codebook)
-    t         = o * [op runs as its own step] + max(compute, memory) + stream + decode
+    t         = (o + o_mac * [conv / linear]) * [op runs as its own step]
+                + max(compute, memory) + stream + decode
 
 Ops the runtime fuses into a neighbour's step (bias add, ReLU, the average's divide) cost nothing
 of their own: their work is in the step's epilogue (``a`` above). With the *neutral* parameters
@@ -80,6 +82,10 @@ class CostParams:
         time relative to the class's reference engine.
       dtype: the data type compute runs in when the graph does not say (``"float32"``; the
         calibration projects the MLPerf float graphs with ``"int8"`` costs).
+      seconds_per_output: time per output element of a conv / depthwise conv (the host's
+        per-pixel loop and im2col cost, measured), independent of the efficiency.
+      mac_op_overhead_s: extra fixed time of a step whose op is a conv / linear (kernel set-up:
+        im2col, BLAS call), on top of ``op_overhead_s``.
       graph_overhead_s: fixed time per inference (the host runtime's input check, output copy).
       memory_ceiling: False when the measured efficiencies already include the memory system
         (the host), so no separate ``bytes / bandwidth`` ceiling applies.
@@ -96,6 +102,8 @@ class CostParams:
     dtype: str = "float32"
     graph_overhead_s: float = 0.0
     memory_ceiling: bool = True
+    mac_op_overhead_s: float = 0.0
+    seconds_per_output: float = 0.0
 
     def __post_init__(self):
         for k, v in self.efficiency.items():
@@ -113,6 +121,8 @@ class CostParams:
             "op_overhead_s",
             "weight_stream_cycles_per_byte",
             "graph_overhead_s",
+            "mac_op_overhead_s",
+            "seconds_per_output",
         ):
             _nonneg(f, getattr(self, f))
         _positive("sparse_efficiency", self.sparse_efficiency)
@@ -127,6 +137,8 @@ class CostParams:
             and self.out_overhead_macs == 0
             and self.op_overhead_s == 0
             and self.graph_overhead_s == 0
+            and self.mac_op_overhead_s == 0
+            and self.seconds_per_output == 0
             and self.memory_ceiling
             and self.weight_stream_cycles_per_byte == 0
             and all(v == 0 for v in self.decode_cycles_per_weight.values())
@@ -249,7 +261,9 @@ def op_cost(
     lower = roofline_seconds(graph, i, peak_flops, bandwidth)
     if o.static or cls == "view":
         b = 0 if o.static else op_bytes(graph, i)
-        return OpCost(o.name, o.op, cls, fmt, 0.0, b, 0.0, b / bandwidth, 0, 0, 0, b / bandwidth, lower)
+        return OpCost(
+            o.name, o.op, cls, fmt, 0.0, b, 0.0, b / bandwidth, 0, 0, 0, b / bandwidth, lower
+        )
     flops, nbytes = float(o.flops), op_bytes(graph, i)
     if _fused(o) and cls not in MAC_CLASSES and not params.neutral:
         # a fused epilogue (bias, ReLU, divide) is in its step's cost (out_overhead_macs); linear
@@ -270,8 +284,12 @@ def op_cost(
     if cls in ("conv", "dwconv"):
         work += 2.0 * params.out_overhead_macs * o.out_elements
     compute = params.engine_factor * work / (peak * eff)
+    if cls in ("conv", "dwconv"):
+        compute += params.seconds_per_output * o.out_elements
     memory = nbytes / bandwidth if params.memory_ceiling else 0.0
-    per_cycle = params.weight_stream_cycles_per_byte or any(params.decode_cycles_per_weight.values())
+    per_cycle = params.weight_stream_cycles_per_byte or any(
+        params.decode_cycles_per_weight.values()
+    )
     if per_cycle and not clock_hz:
         raise JaxCompressValueError(
             "this cost model has per-cycle costs: the profile needs a clock_hz"
@@ -286,10 +304,23 @@ def op_cost(
         # int8 weights feeding an int8 kernel need no decoding
         if not (fmt == "int8" and dtype == "int8"):
             decode = o.weight_elements * params.decode_cycles_per_weight.get(fmt, 0.0) / clock_hz
-    overhead = 0.0 if _fused(o) else params.op_overhead_s  # once per executed step
+    overhead = 0.0  # once per executed step
+    if not _fused(o):
+        overhead = params.op_overhead_s + (params.mac_op_overhead_s if cls in MAC_CLASSES else 0)
     seconds = overhead + max(compute, memory) + stream + decode
     return OpCost(
-        o.name, o.op, cls, fmt, flops, nbytes, compute, memory, overhead, stream, decode, seconds,
+        o.name,
+        o.op,
+        cls,
+        fmt,
+        flops,
+        nbytes,
+        compute,
+        memory,
+        overhead,
+        stream,
+        decode,
+        seconds,
         lower,
     )
 

@@ -1,8 +1,10 @@
 """``benchmark``: one edge report over an artifact (latency, size, memory, accuracy, projection).
 
 Everything *measured* runs on this host with the JAX-free edge runtime
-(``jaxcompress_kernels.runtime``); everything on a named device is *projected* with the roofline of
-`jaxcompress.edge.project` and says so.
+(``jaxcompress_kernels.runtime``); everything on a named device is *projected* with the cost model
+of `jaxcompress.edge.project` and says so, with the profile's calibration status (how far to
+trust the number) and the plain roofline lower bound beside it. `projection_rows` and
+`projection_table` render the projections of a report dict; the study report uses them too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,78 @@ from jaxcompress.edge._profiles import get_profile
 from jaxcompress.edge._roofline import Projection, project
 from jaxcompress.edge._split import Link, SplitPlan, plan_split, split_accuracy
 
-__all__ = ["SizeReport", "AccuracyReport", "EdgeReport", "benchmark", "size_report"]
+__all__ = [
+    "SizeReport",
+    "AccuracyReport",
+    "EdgeReport",
+    "benchmark",
+    "size_report",
+    "projection_rows",
+    "projection_table",
+]
+
+
+def projection_rows(report: dict) -> list[dict]:
+    """One row per projected device of a report dict (`EdgeReport.to_dict`).
+
+    Returns:
+      ``[{"device", "projected_ms", "lower_bound_ms", "energy_mj", "fits", "status",
+      "calibrated", "notes", "host_error"}]``; ``host_error`` is ``(projected - measured p50) /
+      measured p50`` for the ``host`` row (None elsewhere).
+    """
+    out = []
+    p50 = (report.get("latency_measured_host") or {}).get("p50")
+    for k, p in report.get("projected", {}).items():
+        e = p.get("energy_j")
+        err = None
+        if k == "host" and p50:
+            err = (p["total_s"] - p50) / p50
+        out.append(
+            {
+                "device": k,
+                "projected_ms": 1e3 * p["total_s"],
+                "lower_bound_ms": 1e3 * p.get("lower_bound_s", p["total_s"]),
+                "energy_mj": None if e is None else 1e3 * e,
+                "fits": (report.get("fits", {}).get(k) or {}).get("message", ""),
+                "status": p.get("status", "uncalibrated lower bound"),
+                "calibrated": bool(p.get("calibrated", False)),
+                "notes": list(p.get("notes", [])),
+                "host_error": err,
+            }
+        )
+    return out
+
+
+def projection_table(report: dict, *, max_notes: int = 5) -> list[str]:
+    """Markdown lines: the projected devices of a report dict with how far to trust each.
+
+    Every latency says *projected*; each row carries its profile's calibration status
+    ("calibrated: median |error| X% ..." or "uncalibrated lower bound") and the roofline lower
+    bound; the host row also its error against the measured p50; then, per device, why ops with
+    compressed weights are projected slower than dense ones (decode / sparse costs), if any.
+    """
+    rows = projection_rows(report)
+    lines = [
+        "| device | latency ms (projected) | lower bound ms (roofline) | energy mJ (estimate) | "
+        "fits | how far to trust it |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        e = "-" if r["energy_mj"] is None else f"{r['energy_mj']:.4f}"
+        trust = r["status"]
+        if r["host_error"] is not None:
+            trust += f"; vs this run's measured p50: {100 * r['host_error']:+.0f}%"
+        lines.append(
+            f"| {r['device']} | {r['projected_ms']:.4f} | {r['lower_bound_ms']:.4f} | {e} | "
+            f"{r['fits']} | {trust} |"
+        )
+    for r in rows:
+        if r["notes"]:
+            lines += ["", f"Why compressed ops are projected slower on {r['device']}:"]
+            lines += [f"- {n}" for n in r["notes"][:max_notes]]
+            if len(r["notes"]) > max_notes:
+                lines.append(f"- ... and {len(r['notes']) - max_notes} more ops")
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,13 +185,7 @@ class EdgeReport:
 
     def to_dict(self) -> dict:
         def proj(p: Projection) -> dict:
-            return {
-                "label": p.label,
-                "total_s": p.total_s,
-                "energy_j": p.energy_j,
-                "energy_label": "estimate",
-                "by_op_type": p.by_op_type(),
-            }
+            return p.to_dict()
 
         def node(o, t) -> dict:
             return {
@@ -228,14 +295,7 @@ class EdgeReport:
                 f"| {i} | {o.op} | {list(o.shape)} | {o.kernel} | {o.flops / 1e6:.3f} | "
                 f"{t * ms:.4f} |"
             )
-        out += [
-            "",
-            "| device | latency ms (projected) | energy mJ (estimate) | fits |",
-            "|---|---|---|---|",
-        ]
-        for k, p in self.projections.items():
-            e = "-" if p.energy_j is None else f"{p.energy_j * 1e3:.4f}"
-            out.append(f"| {k} | {p.total_s * ms:.4f} | {e} | {self.fits[k].message} |")
+        out += [""] + projection_table(self.to_dict())
         for s in self.splits:
             out += [
                 "",
@@ -290,8 +350,9 @@ def benchmark(
     threads and CPU affinity, per-op time (medians over the steady runs), the bundled self-check,
     and (with `x`, `y`) top-1 accuracy against the float model. Computed from the file: artifact
     bytes, weight bytes by encoding, bits per weight, sparsity, the planned activation arena.
-    Projected (roofline, labelled so) on each of `devices` and on the calibrated ``host``: latency,
-    energy estimate, fits in RAM/flash. With `links`, the split plan (edge: `split_edge`
+    Projected (cost model, labelled so, with each profile's calibration status and the roofline
+    lower bound) on each of `devices` and on the calibrated ``host``: latency, energy estimate,
+    fits in RAM/flash. With `links`, the split plan (edge: `split_edge`
     projected; cloud: `split_cloud`, default the host's *measured* per-op times) over each link.
 
     Args:

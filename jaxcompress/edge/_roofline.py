@@ -112,8 +112,12 @@ class Projection:
 
     def by_part(self) -> dict[str, float]:
         """Seconds by part: compute/memory (the max of the two), overhead, stream, decode."""
-        out = {"compute_or_memory": 0.0, "overhead": self.graph_overhead_s, "stream": 0.0,
-               "decode": 0.0}
+        out = {
+            "compute_or_memory": 0.0,
+            "overhead": self.graph_overhead_s,
+            "stream": 0.0,
+            "decode": 0.0,
+        }
         for o in self.ops:
             out["overhead"] += o.overhead_s
             out["stream"] += o.stream_s
@@ -277,7 +281,9 @@ def project(
                 compute_s=c.compute_s,
                 memory_s=c.memory_s,
                 seconds=c.seconds,
-                bound=c.bound if not cp.neutral else ("compute" if c.compute_s >= c.memory_s else "memory"),
+                bound=c.bound
+                if not cp.neutral
+                else ("compute" if c.compute_s >= c.memory_s else "memory"),
                 op_class=c.op_class,
                 weight_format=c.weight_format,
                 overhead_s=c.overhead_s,

@@ -189,7 +189,8 @@ def to_markdown(rep: dict) -> str:
         "weights KB: every parameter as stored by `size_report` (codes + scales/codebooks, biases "
         "float32, fixed-width codes); artifact KB: the exported file (graph, sparse indices, "
         "sample input/output included). Latency: measured on this host in the edge runtime, "
-        "batch 1; device columns are roofline projections (labelled projected).",
+        "batch 1; device columns are projections of the calibrated cost model (labelled projected; "
+        "each device's calibration status is in the edge table below).",
         "",
     ]
     if "paper" in rep:
@@ -269,14 +270,9 @@ def to_markdown(rep: dict) -> str:
             out.append(f"| runtime top-1 (n={acc['n']}) | {acc['accuracy']:.4f} |")
             if acc.get("relative") is not None:
                 out.append(f"| relative to float model | {acc['relative']:.4f} |")
-        out += [
-            "",
-            "| device | latency ms (projected) | energy mJ (estimate) | fits |",
-            "|---|---:|---:|---|",
-        ]
-        for k, p in ed["projected"].items():
-            e = "-" if p["energy_j"] is None else f"{1e3 * p['energy_j']:.4f}"
-            out.append(f"| {k} | {1e3 * p['total_s']:.4f} | {e} | {ed['fits'][k]['message']} |")
+        from jaxcompress.edge import projection_table
+
+        out += [""] + projection_table(ed)
         for s in ed.get("splits", []):
             link = s["link"]
             out += [

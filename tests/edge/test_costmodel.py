@@ -25,25 +25,65 @@ from jaxcompress.edge._costmodel import op_class, weight_format
 def _conv_graph(encoding="dense", bits=32, kernel=""):
     """input (1,8,8,4) -> conv 3x3 4->8 -> add (fused) -> depthwise conv -> linear."""
     ops = (
-        Op("c1", "conv", ("x",), (1, 8, 8, 8), flops=2 * 64 * 36 * 8, param_bytes=36 * 8 * 4,
-           weight="w1", weight_elements=36 * 8, weight_bits=32, encoding="dense",
-           kernel="conv(f32)"),
+        Op(
+            "c1",
+            "conv",
+            ("x",),
+            (1, 8, 8, 8),
+            flops=2 * 64 * 36 * 8,
+            param_bytes=36 * 8 * 4,
+            weight="w1",
+            weight_elements=36 * 8,
+            weight_bits=32,
+            encoding="dense",
+            kernel="conv(f32)",
+        ),
         Op("a1", "add", ("c1",), (1, 8, 8, 8), flops=512, kernel="fused into step 0"),
-        Op("d1", "conv", ("a1",), (1, 8, 8, 8), flops=2 * 64 * 9 * 8, param_bytes=72 * 4,
-           weight="w2", groups=8, weight_elements=72, weight_bits=32, encoding="dense",
-           kernel="conv(f32)"),
+        Op(
+            "d1",
+            "conv",
+            ("a1",),
+            (1, 8, 8, 8),
+            flops=2 * 64 * 9 * 8,
+            param_bytes=72 * 4,
+            weight="w2",
+            groups=8,
+            weight_elements=72,
+            weight_bits=32,
+            encoding="dense",
+            kernel="conv(f32)",
+        ),
         Op("r", "reshape", ("d1",), (1, 512), alias=True),
-        Op("l1", "linear", ("r",), (1, 10), flops=2 * 512 * 10,
-           param_bytes=5120 * bits // 8, weight="w3", weight_elements=5120, weight_bits=bits,
-           encoding=encoding, kernel=kernel),
+        Op(
+            "l1",
+            "linear",
+            ("r",),
+            (1, 10),
+            flops=2 * 512 * 10,
+            param_bytes=5120 * bits // 8,
+            weight="w3",
+            weight_elements=5120,
+            weight_bits=bits,
+            encoding=encoding,
+            kernel=kernel,
+        ),
     )
     return EdgeGraph("x", (1, 8, 8, 4), "float32", ops, ("l1",))
 
 
 def _toy(**kw):
-    base = dict(name="toy", description="", peak_flops=1e8, bandwidth=4e8, ram_bytes=None,
-                flash_bytes=None, active_power_w=None, weights_in="flash",
-                core_class="cortex-m4f", clock_hz=1e8)
+    base = dict(
+        name="toy",
+        description="",
+        peak_flops=1e8,
+        bandwidth=4e8,
+        ram_bytes=None,
+        flash_bytes=None,
+        active_power_w=None,
+        weights_in="flash",
+        core_class="cortex-m4f",
+        clock_hz=1e8,
+    )
     base.update(kw)
     return DeviceProfile(**base)
 
@@ -155,8 +195,10 @@ def test_calibration_is_deterministic_and_recovers_known_parameters():
         for m, g in graphs.items():
             for eng, f in (("ref", 1.0), ("fast", 0.8)):
                 cp = CostParams(
-                    efficiency={c: truth[p.core_class] for c in ("conv", "dwconv", "linear",
-                                                                 "pool", "elementwise", "move")},
+                    efficiency={
+                        c: truth[p.core_class]
+                        for c in ("conv", "dwconv", "linear", "pool", "elementwise", "move")
+                    },
                     out_overhead_macs=10.0,
                     weight_stream_cycles_per_byte=0.5,
                     engine_factor=f,
@@ -171,8 +213,9 @@ def test_calibration_is_deterministic_and_recovers_known_parameters():
         assert fit1.efficiency[c] == pytest.approx(e, rel=0.05)
     assert fit1.engine_factor["fast"] == pytest.approx(0.8, rel=0.05)
     with pytest.raises(JaxCompressValueError, match="unknown board"):
-        fit_cost_model([dataclasses.replace(rows[0], board="nope")], graphs, profiles,
-                       reference_engine="ref")
+        fit_cost_model(
+            [dataclasses.replace(rows[0], board="nope")], graphs, profiles, reference_engine="ref"
+        )
 
 
 def test_host_projection_carries_its_measured_status():
