@@ -12,6 +12,7 @@ from jaxcompress.clustering._clustered import (
     cluster_array,
     validate_clustered_array,
 )
+from jaxcompress.clustering._deep_compression import deep_compression_sizes
 from jaxcompress.clustering._finetune import (
     CentroidFinetuningState,
     centroid_finetuning,
@@ -29,6 +30,7 @@ from jaxcompress.clustering._size import LeafSize, SizeReport, size_report
 from jaxcompress.quantization._quantize import dequantize, dequantize_params
 
 __all__ = [
+    "deep_compression_sizes",
     "INITS",
     "CentroidFinetuningState",
     "ClusteredArray",
