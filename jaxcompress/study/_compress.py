@@ -270,20 +270,13 @@ def _prune(p: dict, apply_fn, params, data, key, progress, loss_fn=None):
 
 
 def _threshold_masks(params, quality, where_rx):
-    """Han et al. 2015 masks ``|w| >= q * std(layer)``; a ``{regex: q}`` table prunes each matching
-    kernel with its own quality (unmatched kernels are kept)."""
-    import jax
-    import jax.numpy as jnp
-
+    """Han et al. 2015 masks ``|w| >= q * std(layer)``; a ``{regex: q}`` table gives each
+    matching kernel its own quality (`pruning.per_layer_threshold_masks`)."""
     from jaxcompress import pruning
 
-    if not isinstance(quality, dict):
-        return pruning.threshold_masks(params, quality=quality, where=_where(where_rx))
-    masks = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
-    for pat, q in quality.items():
-        m = pruning.threshold_masks(params, quality=q, where=_where(pat))
-        masks = jax.tree.map(jnp.logical_and, masks, m)
-    return masks
+    if isinstance(quality, dict):
+        return pruning.per_layer_threshold_masks(params, quality)
+    return pruning.threshold_masks(params, quality=quality, where=_where(where_rx))
 
 
 def _quantize(q: dict, apply_fn, params, data, key, progress, loss_fn=None):

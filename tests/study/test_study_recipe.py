@@ -5,6 +5,7 @@ import tomllib
 import pytest
 
 from jaxcompress.cli import main
+from jaxcompress.clustering._deep_compression import _relative_positions
 from jaxcompress.study import (
     RecipeError,
     load_recipe,
@@ -13,7 +14,6 @@ from jaxcompress.study import (
     shipped_recipe_path,
     shipped_recipes,
 )
-from jaxcompress.clustering._deep_compression import _relative_positions
 
 GOOD = """
 [study]
