@@ -480,7 +480,7 @@ def to_markdown(rep: dict) -> str:
             )
             if ties.get("latency_p50_ms") is not None:
                 tie_txt += (
-                    f", latency within {ties['latency_p50_ms']:.3f} ms (the widest p10-p90 spread)"
+                    f", latency within {ties['latency_p50_ms']:.4f} ms (the widest p10-p90 spread)"
                 )
             tie_txt += " count as equal."
         out += [
