@@ -15,6 +15,7 @@ from jaxcompress.clustering._clustered import (
     cluster_array,
     validate_clustered_array,
 )
+from jaxcompress.clustering._deep_compression import deep_compression_sizes
 from jaxcompress.clustering._finetune import (
     CentroidFinetuningState,
     centroid_finetuning,
@@ -31,6 +32,7 @@ from jaxcompress.clustering._huffman import (
 from jaxcompress.clustering._size import LeafSize, SizeReport, size_report
 
 __all__ = [
+    "deep_compression_sizes",
     "INITS",
     "CentroidFinetuningState",
     "ClusteredArray",

@@ -33,6 +33,7 @@ from jaxcompress.pruning._masks import (
     channel_masks,
     magnitude_masks,
     nm_masks,
+    per_layer_threshold_masks,
     sparsity,
     sparsity_report,
     threshold_clip,
@@ -98,6 +99,7 @@ __all__ = [
     "sparsity_report",
     "threshold_clip",
     "threshold_masks",
+    "per_layer_threshold_masks",
     "uniform",
     "wanda_masks",
 ]

@@ -130,6 +130,41 @@ def threshold_masks(params: Any, threshold: Any = None, *, quality: Any = None, 
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def per_layer_threshold_masks(params: Any, qualities: Any) -> Any:
+    """Han et al. 2015 masks with a quality per layer: ``|w| >= q_l * std(w)``.
+
+    ``qualities`` maps a regular expression (searched in each leaf's ``/``-joined path) to a
+    quality ``q >= 0``; every floating kernel (``ndim >= 2``) that a pattern matches keeps
+    ``|w| >= q * std(w)`` for that pattern (a kernel matched by several patterns keeps the
+    intersection); kernels no pattern matches are kept whole.
+
+    Args:
+      params: pytree of arrays.
+      qualities: ``{regex: quality}``, e.g. ``{"hidden/0": 1.8, "out": 0.9}``.
+
+    Returns:
+      A pytree of bool masks like ``params`` (all-True on unmatched and non-kernel leaves).
+
+    Raises:
+      JaxCompressValueError: an invalid regex or a negative quality.
+    """
+    import re
+
+    masks = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
+    for pat, q in dict(qualities).items():
+        try:
+            rx = re.compile(pat)
+        except re.error as e:
+            raise JaxCompressValueError(f"qualities: {pat!r} is not a valid regex ({e})") from None
+
+        def sel(path, leaf, rx=rx) -> bool:
+            return bool(rx.search(path)) and jnp.ndim(leaf) >= 2
+
+        m = threshold_masks(params, quality=q, where=sel)
+        masks = jax.tree.map(jnp.logical_and, masks, m)
+    return masks
+
+
 def threshold_clip(params: Any, threshold: Any = None, *, quality: Any = None, where=None) -> Any:
     """Zero every selected weight whose magnitude is below a threshold.
 

@@ -1,6 +1,4 @@
-"""The model stages of a study (train, distill, prune, quantize, cluster), the Deep Compression
-size table and sweeps. Every function here calls only the public API of the other subpackages.
-"""
+"""The model stages of a study (train, distill, prune, quantize, cluster) and sweeps. Every function here calls only the public API of the other subpackages."""
 
 from __future__ import annotations
 
@@ -12,7 +10,6 @@ import numpy as np
 from jaxcompress._core import named_leaves
 
 __all__ = [
-    "deep_compression_sizes",
     "model_stage_chain",
     "pareto_front",
     "run_model_stage",
@@ -90,6 +87,25 @@ def tree_metrics(tree: Any) -> dict:
     }
 
 
+def _jitter(pixels: int):
+    """``augment(x, key)``: shift each image ``(B, H, W, C)`` by its own random offset in
+    ``[-pixels, pixels]^2`` (zero padding), the input jitter of Hinton et al. 2015."""
+    import jax
+    import jax.numpy as jnp
+
+    def augment(x, key):
+        b, h, w, _ = x.shape
+        padded = jnp.pad(x, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
+        offsets = jax.random.randint(key, (b, 2), 0, 2 * pixels + 1)
+
+        def crop(img, off):
+            return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+
+        return jax.vmap(crop)(padded, offsets)
+
+    return augment
+
+
 def _where(rx: str | None):
     """Selection for a ``where`` regex: kernels (ndim >= 2) whose path matches; None = default."""
     if rx is None:
@@ -129,6 +145,7 @@ def run_model_stage(study, recipe, name: str, prev: Any, teacher) -> tuple[Any, 
             epochs=spec["epochs"],
             batch_size=spec["batch_size"],
             key=key,
+            augment=_jitter(spec["jitter"]) if spec.get("jitter") else None,
             progress=progress,
         )
         tree = res.params
@@ -153,16 +170,21 @@ def run_model_stage(study, recipe, name: str, prev: Any, teacher) -> tuple[Any, 
             key=key,
             temperature=d["temperature"],
             alpha=d["alpha"],
+            precompute_teacher=True,
             progress=progress,
         )
         tree = res.params
         info = {k: d[k] for k in ("temperature", "alpha", "epochs", "lr")}
-    elif name == "prune":
-        tree, info = _prune(recipe["prune"], apply_fn, prev, data, key, progress)
-    elif name == "quantize":
-        tree, info = _quantize(recipe["quantize"], apply_fn, prev, data, key, progress)
-    elif name == "cluster":
-        tree, info = _cluster(recipe["cluster"], apply_fn, prev, data, key, progress)
+    elif name in ("prune", "quantize", "cluster"):
+        loss_fn = _finetune_loss(recipe, apply_fn, teacher)
+        run = {"prune": _prune, "quantize": _quantize, "cluster": _cluster}[name]
+        tree, info = run(recipe[name], apply_fn, prev, data, key, progress, loss_fn)
+        info["finetune_loss"] = (
+            "cross-entropy"
+            if loss_fn is None
+            else f"distillation (T = {recipe['distill']['temperature']:g}, "
+            f"alpha = {recipe['distill']['alpha']:g})"
+        )
     metrics = dict(study.evaluate(apply_fn, tree), **tree_metrics(tree))
     metrics["settings"] = info
     metrics["title"] = name
@@ -171,7 +193,26 @@ def run_model_stage(study, recipe, name: str, prev: Any, teacher) -> tuple[Any, 
     return tree, metrics
 
 
-def _prune(p: dict, apply_fn, params, data, key, progress):
+def _finetune_loss(recipe, apply_fn, teacher):
+    """The fine-tuning loss of the stages after distillation: with ``distill.finetune`` (default)
+    the distillation loss against the same teacher, else ``None`` (cross-entropy)."""
+    d = recipe.get("distill")
+    if teacher is None or d is None or not d.get("finetune", True):
+        return None
+    from jaxcompress.distillation import kd_loss
+
+    t_apply, t_params = teacher
+    temperature, alpha = d["temperature"], d["alpha"]
+
+    def loss_fn(p, x, y, k):
+        logits = apply_fn(p, x, train=True, key=k)
+        t_logits = t_apply(t_params, x)
+        return kd_loss(logits, t_logits, temperature=temperature, alpha=alpha, labels=y)
+
+    return loss_fn
+
+
+def _prune(p: dict, apply_fn, params, data, key, progress, loss_fn=None):
     import jax
     import optax
 
@@ -197,6 +238,7 @@ def _prune(p: dict, apply_fn, params, data, key, progress):
             scope=p["scope"],
             where=_where(p["where"]),
             progress=progress,
+            loss_fn=loss_fn,
         )
         return res.params, info
     # threshold (Han et al. 2015: |w| < quality * std(layer)) and N:M: masks, then masked retrain
@@ -221,29 +263,23 @@ def _prune(p: dict, apply_fn, params, data, key, progress):
                 epochs=p["epochs"],
                 batch_size=p["batch_size"],
                 key=jax.random.fold_in(key, r),
+                loss_fn=loss_fn,
                 progress=progress,
             ).params
     return params, info
 
 
 def _threshold_masks(params, quality, where_rx):
-    """Han et al. 2015 masks ``|w| >= q * std(layer)``; a ``{regex: q}`` table prunes each matching
-    kernel with its own quality (unmatched kernels are kept)."""
-    import jax
-    import jax.numpy as jnp
-
+    """Han et al. 2015 masks ``|w| >= q * std(layer)``; a ``{regex: q}`` table gives each
+    matching kernel its own quality (`pruning.per_layer_threshold_masks`)."""
     from jaxcompress import pruning
 
-    if not isinstance(quality, dict):
-        return pruning.threshold_masks(params, quality=quality, where=_where(where_rx))
-    masks = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
-    for pat, q in quality.items():
-        m = pruning.threshold_masks(params, quality=q, where=_where(pat))
-        masks = jax.tree.map(jnp.logical_and, masks, m)
-    return masks
+    if isinstance(quality, dict):
+        return pruning.per_layer_threshold_masks(params, quality)
+    return pruning.threshold_masks(params, quality=quality, where=_where(where_rx))
 
 
-def _quantize(q: dict, apply_fn, params, data, key, progress):
+def _quantize(q: dict, apply_fn, params, data, key, progress, loss_fn=None):
     import optax
 
     from jaxcompress import pruning
@@ -271,6 +307,7 @@ def _quantize(q: dict, apply_fn, params, data, key, progress):
             batch_size=q["batch_size"],
             key=key,
             param_transform=fake_quantize(**kw),
+            loss_fn=loss_fn,
             progress=progress,
         ).params
     tree = (
@@ -281,7 +318,7 @@ def _quantize(q: dict, apply_fn, params, data, key, progress):
     return tree, dict(kw, where=q["where"], qat_epochs=q["qat_epochs"])
 
 
-def _cluster(c: dict, apply_fn, params, data, key, progress):
+def _cluster(c: dict, apply_fn, params, data, key, progress, loss_fn=None):
     import optax
 
     from jaxcompress.clustering import (
@@ -305,6 +342,7 @@ def _cluster(c: dict, apply_fn, params, data, key, progress):
             epochs=c["finetune_epochs"],
             batch_size=c["batch_size"],
             key=key,
+            loss_fn=loss_fn,
             progress=progress,
         )
         ct = update_codebooks(ct, res.params)
@@ -316,150 +354,63 @@ def _cluster(c: dict, apply_fn, params, data, key, progress):
     }
 
 
-# -- Deep Compression storage accounting ------------------------------------------------------------
-def _relative_positions(flat_nz: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deep Compression's relative sparse index: gaps stored in ``index_bits``; a gap larger than
-    ``2**index_bits`` gets filler zeros. Returns (entry positions incl. fillers, gaps - 1)."""
-    span = 1 << index_bits
-    pos = np.flatnonzero(flat_nz)
-    entries = []
-    prev = -1
-    for p in pos.tolist():
-        while p - prev > span:  # filler zero
-            prev += span
-            entries.append(prev)
-        entries.append(p)
-        prev = p
-    e = np.asarray(entries, np.int64)
-    gaps = np.diff(np.concatenate([[-1], e])) - 1 if e.size else np.zeros(0, np.int64)
-    return e, gaps
-
-
-def deep_compression_sizes(study) -> dict:
-    """Storage of the pruned, clustered and Huffman-coded model the way Deep Compression counts it.
-
-    Pruned kernels are stored as a stream (output-channel major: ``W.T`` row-major) of entries
-    with a relative index of ``cluster.index_bits`` bits (filler zeros when a gap exceeds
-    ``2**index_bits``, Han et al. 2016 Fig. 2); after pruning each entry carries a float32 value,
-    after clustering a ``bits``-bit codebook index (+ one float32 codebook per layer), after
-    Huffman both the indices and the relative positions are Huffman coded (measured stream
-    lengths plus an 8-bit code-length table per symbol). Biases stay float32 throughout.
-    KB = 1000 bytes (the paper's 1070 KB is 266,610 float32 parameters).
-    """
-    from jaxcompress.clustering import huffman_bits
-    from jaxcompress.quantization import dequantize_params
-
-    pruned = study.state("prune")
-    clustered = study.state("cluster")
-    ib = study.recipe["cluster"]["index_bits"]
-    cbits = study.recipe["cluster"]["bits"]
-    dense_bits = pruned_bits = clustered_bits = huffman_total = 0
-    layers = []
-    cl_leaves = _clustered_by_path(clustered)
-    deq = dict(named_leaves(dequantize_params(clustered)))
-    for path, w in named_leaves(pruned):
-        w = np.asarray(w)
-        dense_bits += 32 * w.size
-        if w.ndim < 2:
-            pruned_bits += 32 * w.size
-            clustered_bits += 32 * w.size
-            huffman_total += 32 * w.size
-            continue
-        wc = np.asarray(deq[path])
-        flat = wc.reshape(-1, wc.shape[-1]).T.reshape(-1)  # output-channel major
-        entries, gaps = _relative_positions(flat != 0, ib)
-        n_e = entries.size
-        ca = cl_leaves.get(path)
-        if ca is not None:
-            idx = np.asarray(ca.indices).reshape(-1, wc.shape[-1]).T.reshape(-1)[entries]
-            k = int(ca.n_clusters)
-            codebook_bits = 32 * int(np.size(ca.codebook))
-        else:  # a kernel the clusterer did not select: 32-bit values
-            idx, k, codebook_bits = None, 0, 0
-        p_bits = n_e * (32 + ib)
-        c_bits = n_e * ((cbits if idx is not None else 32) + ib) + codebook_bits
-        if idx is not None and n_e:
-            h_idx = huffman_bits(idx, alphabet_size=k) + 8 * k
-        else:
-            h_idx = n_e * 32
-        h_pos = (huffman_bits(gaps, alphabet_size=1 << ib) + 8 * (1 << ib)) if n_e else 0
-        h_bits = h_idx + h_pos + codebook_bits
-        pruned_bits += p_bits
-        clustered_bits += c_bits
-        huffman_total += h_bits
-        layers.append(
-            {
-                "path": path,
-                "weights": int(w.size),
-                "nonzero": int(np.count_nonzero(flat)),
-                "entries_with_fillers": int(n_e),
-                "kept_pct": 100 * np.count_nonzero(flat) / w.size,
-                "pruned_bytes": p_bits / 8,
-                "clustered_bytes": c_bits / 8,
-                "huffman_bytes": h_bits / 8,
-            }
-        )
-    kb = 8 * 1000
-    return {
-        "index_bits": ib,
-        "cluster_bits": cbits,
-        "dense_kb": dense_bits / kb,
-        "pruned_kb": pruned_bits / kb,
-        "clustered_kb": clustered_bits / kb,
-        "huffman_kb": huffman_total / kb,
-        "ratio_pruned": dense_bits / pruned_bits,
-        "ratio_clustered": dense_bits / clustered_bits,
-        "ratio_huffman": dense_bits / huffman_total,
-        "layers": layers,
-    }
-
-
-def _is_clustered(x) -> bool:
-    from jaxcompress.clustering import ClusteredArray
-
-    return isinstance(x, ClusteredArray)
-
-
-def _clustered_by_path(tree) -> dict:
-    import jax
-
-    from jaxcompress._core import key_path_str
-
-    out = {}
-    for kp, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_clustered)[0]:
-        if _is_clustered(leaf):
-            out[key_path_str(kp)] = leaf
-    return out
-
-
 # -- sweeps ------------------------------------------------------------------------------------------
 def pareto_front(
     points: list[dict],
     *,
     maximize: str = "accuracy",
     minimize: tuple[str, ...] = ("artifact_bytes",),
+    ties: dict[str, float] | None = None,
 ) -> list[bool]:
-    """For each point, whether no other point is at least as good on every objective and better
-    on one (``maximize`` one key, ``minimize`` the others)."""
+    """For each point, whether no other point beats it.
+
+    ``b`` beats ``a`` when ``b`` is at least as good on every objective and better on one
+    (``maximize`` one key, ``minimize`` the others), where a difference of at most
+    ``ties[key]`` (the measured noise of that key, e.g. the latency's p10-p90 spread) counts as
+    a tie, never as better or worse.
+
+    Args:
+      points: dicts holding the objective keys.
+      maximize: the key to maximize.
+      minimize: the keys to minimize.
+      ties: ``{key: tolerance}``; missing keys compare exactly.
+
+    Returns:
+      One bool per point: on the front.
+    """
+    ties = ties or {}
+
+    def better(b, a, k, sign):  # b better than a on k, beyond the tie tolerance
+        return sign * (b[k] - a[k]) > ties.get(k, 0.0)
+
     flags = []
+    keys = [(maximize, 1.0)] + [(k, -1.0) for k in minimize]
     for i, a in enumerate(points):
         dominated = False
         for j, b in enumerate(points):
             if i == j:
                 continue
-            ge = b[maximize] >= a[maximize] and all(b[k] <= a[k] for k in minimize)
-            gt = b[maximize] > a[maximize] or any(b[k] < a[k] for k in minimize)
-            if ge and gt:
+            no_worse = all(not better(a, b, k, sg) for k, sg in keys)
+            strictly = any(better(b, a, k, sg) for k, sg in keys)
+            if no_worse and strictly:
                 dominated = True
                 break
         flags.append(not dominated)
     return flags
 
 
-def run_sweep(study, apply_fn, teacher) -> list[dict]:
-    """Run every sweep value from the first affected stage on; records the trade-off points."""
-    from tqdm.auto import tqdm
+def accuracy_noise(acc: float, n: int) -> float:
+    """One binomial standard error of a test accuracy ``acc`` measured on ``n`` examples."""
+    return float(np.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1)))
 
+
+def run_sweep(study, apply_fn, teacher) -> list[dict]:
+    """Run every sweep value from the first affected stage on; returns the trade-off points.
+
+    Each point carries ``pareto_size`` (on the accuracy / artifact-size front) and
+    ``pareto_size_latency`` (on the accuracy / size / latency front); accuracy differences within
+    one standard error and latency differences within the points' p10-p90 spread are ties.
+    """
     r = study.recipe
     sw = r["sweep"]
     sec = sw["key"].split(".", 1)[0]
@@ -467,9 +418,7 @@ def run_sweep(study, apply_fn, teacher) -> list[dict]:
     start = chain.index(sec)
     base = chain[start - 1]
     points = []
-    values = sw["values"]
-    bar = tqdm(list(enumerate(values)), desc=f"sweep {sw['key']}", disable=not study.progress)
-    for i, v in bar:
+    for i, v in enumerate(sw["values"]):
         name = f"sweep_{i:02d}"
 
         def one(v=v, name=name):
@@ -482,6 +431,7 @@ def run_sweep(study, apply_fn, teacher) -> list[dict]:
                 "value": v,
                 "accuracy": m["accuracy"],
                 "error_pct": m["error_pct"],
+                "n_test": m["n_test"],
                 "sparsity": m["sparsity"],
                 "weight_bits_per_weight": m["weight_bits_per_weight"],
                 "storage_bytes": m["storage_bytes"],
@@ -492,21 +442,44 @@ def run_sweep(study, apply_fn, teacher) -> list[dict]:
                 point["artifact_bytes"] = point["storage_bytes"]
             return None, point
 
-        points.append(study.stage(name, one))
-        points[-1] = study.stage_metrics[name]
-    flags = pareto_front(points)
-    lat_key = "latency_p50_ms" if all("latency_p50_ms" in p for p in points) else None
-    flags3 = pareto_front(points, minimize=("artifact_bytes", lat_key)) if lat_key else flags
-    for p, f, f3 in zip(points, flags, flags3, strict=True):
+        study.stage(name, one)
+        points.append(dict(study.stage_metrics[name]))
+    n = points[0].get("n_test", 0) if points else 0
+    acc_tie = max((accuracy_noise(p["accuracy"], n or 1) for p in points), default=0.0)
+    flags = pareto_front(points, ties={"accuracy": acc_tie})
+    lat = all("latency_p50_ms" in p for p in points)
+    if lat:
+        spread = max(
+            p["latency_p90_ms"] - p.get("latency_p10_ms", p["latency_p50_ms"]) for p in points
+        )
+        flags3 = pareto_front(
+            points,
+            minimize=("artifact_bytes", "latency_p50_ms"),
+            ties={"accuracy": acc_tie, "latency_p50_ms": spread},
+        )
+        flags_lat = pareto_front(
+            points,
+            minimize=("latency_p50_ms",),
+            ties={"accuracy": acc_tie, "latency_p50_ms": spread},
+        )
+    else:
+        spread = None
+        flags3 = flags_lat = flags
+    for p, f, f3, fl in zip(points, flags, flags3, flags_lat, strict=True):
         p["pareto_size"] = f
         p["pareto_size_latency"] = f3
-    study.sweep_points = points
+        p["pareto_latency"] = fl
+    for p in points:
+        p["ties"] = {"accuracy": acc_tie, "latency_p50_ms": spread}
     return points
 
 
 def _export_and_time(study, apply_fn, tree, name) -> dict:
     from jaxcompress.edge import benchmark, get_profile
     from jaxcompress.export import save
+    from jaxcompress.study._util import latency_percentiles
+    from jaxcompress_kernels import artifact as _artifact
+    from jaxcompress_kernels import runtime as _runtime
 
     path = os.path.join(study.out, "artifacts", f"{name}.jcx")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -514,18 +487,18 @@ def _export_and_time(study, apply_fn, tree, name) -> dict:
     e = study.recipe.get("edge")
     out = {"artifact_bytes": info.file_bytes, "artifact_bits_per_weight": info.bits_per_weight}
     if e is not None and e["enabled"]:
-        devices = [get_profile(d) for d in e["devices"][:1]]
-        rep = benchmark(
-            path,
-            devices=devices,
-            warmup=min(5, e["warmup"]),
-            iters=max(10, e["iters"] // 4),
-            num_threads=e["threads"],
-        ).to_dict()
-        out["latency_p50_ms"] = 1e3 * rep["latency_measured_host"]["p50"]
-        out["latency_p90_ms"] = 1e3 * rep["latency_measured_host"]["p90"]
+        rt = _runtime.Runtime(_artifact.load(path), num_threads=e["threads"])
+        x1 = np.asarray(study.data.x_test[:1], np.float32)
+        lat = latency_percentiles(
+            {name: lambda: rt.run(x1)}, iters=max(10, e["iters"]), warmup=min(5, e["warmup"])
+        )[name]
+        out["latency_p10_ms"] = lat["p10"]
+        out["latency_p50_ms"] = lat["p50"]
+        out["latency_p90_ms"] = lat["p90"]
         dev = e["devices"][0] if e["devices"] else None
-        if dev in rep["projected"]:
-            out["projected_device"] = dev
-            out["projected_ms"] = 1e3 * rep["projected"][dev]["total_s"]
+        if dev is not None:
+            rep = benchmark(rt, devices=[get_profile(dev)], warmup=1, iters=3).to_dict()
+            if dev in rep["projected"]:
+                out["projected_device"] = dev
+                out["projected_ms"] = 1e3 * rep["projected"][dev]["total_s"]
     return out

@@ -55,49 +55,55 @@ def make_plots(rep: dict, folder: str) -> list[str]:
         scale = 100 if xkey == "sparsity" else 1
         xs = [scale * s[xkey] for s in stages]
         ys = [100 * s["accuracy"] for s in stages]
-        ax.plot(xs, ys, "o-", color="tab:blue", label="stages")
-        for x, y, n in zip(xs, ys, names, strict=True):
-            ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.plot(xs, ys, "-", color="tab:gray", alpha=0.5, zorder=1)
+        markers = "os^DvP*X"
+        for i, (x, y, n) in enumerate(zip(xs, ys, names, strict=True)):
+            ax.scatter([x], [y], marker=markers[i % len(markers)], s=45, zorder=3, label=n)
         if sweep:
             pts = sweep["points"]
             ax.scatter(
                 [scale * p[xkey] for p in pts],
                 [100 * p["accuracy"] for p in pts],
-                marker="s",
-                color="tab:orange",
-                label=f"sweep {sweep['key']}",
-                zorder=3,
+                marker="x",
+                color="black",
+                label=f"sweep {sweep['key']} (values in the report)",
+                zorder=2,
             )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{rep['name']}: accuracy vs {xkey.split('_')[0] if scale == 100 else 'bits'}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         _save(fig, folder, fname, out)
         plt.close(fig)
 
-    if any("artifact_bytes" in s for s in stages):
-        has_lat = any("latency_p50_ms" in s for s in stages)
-        fig, axes = plt.subplots(1, 2 if has_lat else 1, figsize=(9 if has_lat else 5, 3.6))
+    all_stages = [s for s in rep["stages"] if "artifact_bytes" in s]
+    if all_stages:
+        stages_sl = all_stages
+        names_sl = [s["stage"] for s in stages_sl]
+        has_lat = all("latency_p50_ms" in s for s in stages_sl)
+        fig, axes = plt.subplots(1, 2 if has_lat else 1, figsize=(10 if has_lat else 5, 3.8))
         axes = axes if has_lat else [axes]
-        kb = [s.get("artifact_bytes", 0) / 1000 for s in stages]
-        axes[0].bar(names, kb, color="tab:green")
+        kb = [s["artifact_bytes"] / 1000 for s in stages_sl]
+        axes[0].bar(names_sl, kb, color="tab:green")
         for i, v in enumerate(kb):
             axes[0].text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-        axes[0].set_ylabel("artifact size (KB)")
-        axes[0].set_title("size per stage")
+        axes[0].set_yscale("log")
+        axes[0].set_ylabel("artifact size (KB, log scale)")
+        axes[0].set_title("artifact size per stage")
         if has_lat:
-            p50 = [s.get("latency_p50_ms", 0) for s in stages]
-            p90 = [s.get("latency_p90_ms", 0) for s in stages]
-            idx = list(range(len(names)))
-            axes[1].bar([i - 0.2 for i in idx], p50, width=0.4, label="p50", color="tab:purple")
-            axes[1].bar([i + 0.2 for i in idx], p90, width=0.4, label="p90", color="tab:pink")
-            axes[1].set_xticks(idx, names)
-            axes[1].set_ylabel("latency on this host (ms, batch 1)")
-            axes[1].set_title("measured latency per stage")
-            axes[1].legend(fontsize=8)
+            p50 = [s["latency_p50_ms"] for s in stages_sl]
+            lo = [
+                s["latency_p50_ms"] - (s.get("latency_p10_ms") or s["latency_p50_ms"])
+                for s in stages_sl
+            ]
+            hi = [s["latency_p90_ms"] - s["latency_p50_ms"] for s in stages_sl]
+            axes[1].bar(names_sl, p50, color="tab:purple", yerr=[lo, hi], capsize=4)
+            axes[1].set_ylabel("latency p50, bars p10-p90 (ms)")
+            axes[1].set_title("measured latency on this host (batch 1)")
         for a in axes:
-            a.tick_params(axis="x", labelrotation=20)
+            a.tick_params(axis="x", labelrotation=30)
+        fig.tight_layout()
         _save(fig, folder, "size_latency.png", out)
         plt.close(fig)
 
@@ -116,9 +122,10 @@ def make_plots(rep: dict, folder: str) -> list[str]:
         )
         axes[1].set_ylabel("bits per weight")
         axes[1].set_title("per-layer bits per weight")
-        axes[1].legend(fontsize=8)
+        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         for a in axes:
             a.tick_params(axis="x", labelrotation=30)
+        fig.tight_layout()
         _save(fig, folder, "per_layer.png", out)
         plt.close(fig)
 
@@ -127,36 +134,64 @@ def make_plots(rep: dict, folder: str) -> list[str]:
         has_lat = all("latency_p50_ms" in p for p in pts)
         fig, axes = plt.subplots(1, 2 if has_lat else 1, figsize=(10 if has_lat else 5.5, 3.8))
         axes = axes if has_lat else [axes]
-        from jaxcompress.study._compress import pareto_front
-
-        panels = [("artifact_bytes", 1e-3, "artifact size (KB)")]
+        panels = [("artifact_bytes", 1e-3, "artifact size (KB)", "pareto_size")]
         if has_lat:
-            panels.append(("latency_p50_ms", 1.0, "latency p50 on this host (ms)"))
-        for ax, (k, sc, label) in zip(axes, panels, strict=True):
+            panels.append(
+                (
+                    "latency_p50_ms",
+                    1.0,
+                    "latency p50 on this host (ms), bars p10-p90",
+                    "pareto_latency",
+                )
+            )
+        acc_err = 100 * (pts[0].get("ties", {}).get("accuracy") or 0.0) if pts else 0.0
+        for ax, (k, sc, label, flag) in zip(axes, panels, strict=True):
             xs = [sc * p[k] for p in pts]
             ys = [100 * p["accuracy"] for p in pts]
-            flags = pareto_front(pts, minimize=(k,))  # the front of this panel's two axes
+            xerr = None
+            if k == "latency_p50_ms":
+                xerr = [
+                    [p[k] - (p.get("latency_p10_ms") or p[k]) for p in pts],
+                    [p["latency_p90_ms"] - p[k] for p in pts],
+                ]
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=xerr,
+                yerr=acc_err or None,
+                fmt="o",
+                color="tab:gray",
+                ecolor="lightgray",
+                capsize=3,
+                label="sweep points (bars: noise)",
+            )
+            flags = [bool(p.get(flag, p.get("pareto_size"))) for p in pts]
             front = sorted((x, y) for x, y, f in zip(xs, ys, flags, strict=True) if f)
-            ax.scatter(xs, ys, color="tab:gray", label="sweep points")
             if front:
                 ax.plot(
                     [f[0] for f in front],
                     [f[1] for f in front],
                     "o-",
                     color="tab:red",
-                    label="Pareto front",
+                    label="Pareto front (noise = ties)",
                 )
-            for x, y, p in zip(xs, ys, pts, strict=True):
+            order = sorted(range(len(pts)), key=lambda i: (xs[i], ys[i]))
+            for rank, i in enumerate(order):
                 ax.annotate(
-                    str(p["value"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                    str(pts[i]["value"]),
+                    (xs[i], ys[i]),
+                    textcoords="offset points",
+                    xytext=(5, 6 if rank % 2 == 0 else -12),
+                    fontsize=8,
                 )
             ax.set_xlabel(label)
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="lower right")
         axes[0].set_title(f"sweep {sweep['key']}: accuracy / size trade-off")
         if has_lat:
             axes[1].set_title("accuracy / latency trade-off")
+        fig.tight_layout()
         _save(fig, folder, "sweep.png", out)
         plt.close(fig)
     return out

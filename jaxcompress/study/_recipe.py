@@ -10,12 +10,17 @@ dataset, an unknown device profile, a sweep over a key the recipe does not use, 
 
     [study]     name, seed, dataset ("mnist1d" | "mnist" | "fashion_mnist"), data_dir,
                 train_limit, test_limit, description
-    [teacher]   model, hidden, dropout, epochs, lr, batch_size, schedule (optional)
-    [student]   model, hidden, dropout, epochs, lr, batch_size, schedule (required)
-    [distill]   temperature, alpha, epochs, lr, batch_size                (optional, needs teacher)
+    [teacher]   model, hidden, dropout, input_dropout, jitter, channels, epochs, lr, batch_size,
+                schedule                                                  (optional)
+    [student]   the same keys as [teacher]                                 (required)
+    [distill]   temperature, alpha, epochs, lr, batch_size, finetune     (optional, needs teacher)
+                finetune (default true): the later fine-tuning (prune retraining, quantization-
+                aware training, centroid fine-tuning) uses the same distillation loss
 
 Every training section also takes ``schedule = "constant" | "cosine"`` (learning-rate decay over
-the section's steps).
+the section's steps). ``input_dropout`` (model = "mlp") drops input pixels while training;
+``jitter = k`` (image datasets) shifts each training image by up to ``k`` pixels each way;
+``channels`` sets the width of model = "cnn1d" (0 = the model's default, 25).
     [prune]     method ("magnitude" | "threshold" | "nm"), sparsity (float or {regex = s}),
                 scope, quality (float or {regex = q}), n, m, where, rounds, epochs, lr,
                 batch_size                                                (optional)
@@ -27,7 +32,9 @@ ever selected (default: every kernel).
     [export]    enabled
     [edge]      devices, threads, iters, warmup, links_mbit, rtt_ms, split_edge, eval_limit
     [sweep]     key ("section.key"), values                              (optional)
-    [paper]     title, reference, notes, [paper.values] {metric = number} (optional)
+    [paper]     dataset, title, reference, notes, [paper.values] {metric = number} (optional);
+                a run on another dataset than ``paper.dataset`` prints the paper's numbers
+                as not comparable
 """
 
 from __future__ import annotations
@@ -106,6 +113,9 @@ _TRAIN = {
     "model": _Key((_S,), None, tuple(MODELS)),
     "hidden": _Key((_L,), None, item=int),
     "dropout": _Key((_F,), 0.0, lo=0.0, hi=1.0, hi_open=True),
+    "input_dropout": _Key((_F,), 0.0, lo=0.0, hi=1.0, hi_open=True),
+    "jitter": _Key((_I,), 0, lo=0, hi=8),
+    "channels": _Key((_I,), 0, lo=0),
     "epochs": _Key((_I,), 10, lo=0),
     "lr": _Key((_F,), 1e-3, lo=0.0),
     "batch_size": _Key((_I,), 100, lo=1),
@@ -131,6 +141,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "lr": _Key((_F,), 1e-3, lo=0.0),
         "batch_size": _Key((_I,), 100, lo=1),
         "schedule": _Key((_S,), "constant", ("constant", "cosine")),
+        "finetune": _Key((_B,), True),
     },
     "prune": {
         "method": _Key((_S,), "magnitude", ("magnitude", "threshold", "nm")),
@@ -184,6 +195,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "values": _Key((_L,), None),
     },
     "paper": {
+        "dataset": _Key((_S,), "", ("",) + DATASETS),
         "title": _Key((_S,), ""),
         "reference": _Key((_S,), ""),
         "notes": _Key((_S,), ""),
@@ -388,10 +400,15 @@ def _check_model(source: str, sec: str, body: dict, dataset: str) -> None:
             raise _fail(source, f"{sec}.hidden", "must be a non-empty list of positive widths")
     elif body["model"] == "mlp":
         raise _fail(source, f"{sec}.hidden", 'model = "mlp" needs hidden = [widths...]')
-    if body["dropout"] and body["model"] != "mlp":
+    for k in ("dropout", "input_dropout"):
+        if body[k] and body["model"] != "mlp":
+            raise _fail(source, f"{sec}.{k}", f'only model = "mlp" has {k}, not {body["model"]!r}')
+    if body["channels"] and body["model"] != "cnn1d":
         raise _fail(
-            source, f"{sec}.dropout", f'only model = "mlp" has dropout, not {body["model"]!r}'
+            source, f"{sec}.channels", f'only model = "cnn1d" takes channels, not {body["model"]!r}'
         )
+    if body["jitter"] and dataset == "mnist1d":
+        raise _fail(source, f"{sec}.jitter", "jitter shifts 2-D images; mnist1d has none")
 
 
 def _check_combinations(source: str, s: dict, *, check_profiles: bool) -> None:

@@ -28,19 +28,27 @@ jaxcompress before this format) are refused with a message saying how to rerun.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from jaxcompress._core import JaxCompressValueError, StageInterrupted, atomic_write
-from jaxcompress._core import machine_info as machine  # noqa: F401 (_report reads it here)
+from jaxcompress._core import JaxCompressValueError, StageInterrupted
+from jaxcompress.study import _plots, _report
+from jaxcompress.study._compress import model_stage_chain, run_model_stage, run_sweep
 from jaxcompress.study._recipe import MODELS, Recipe, RecipeError
+from jaxcompress.study._util import (  # noqa: F401  (atomic_write, machine, versions: re-exported)
+    atomic_write,
+    latency_percentiles,
+    log,
+    machine,
+    now,
+    to_json,
+    versions,
+)
 
 __all__ = ["RunFolderError", "Study", "run_study", "atomic_write", "encode_state", "decode_state"]
 
@@ -68,49 +76,16 @@ class RunFolderError(JaxCompressValueError):
 _CORRUPT = object()  # sentinel: a saved stage state failed its checksum
 
 
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
-
-
-def _json_default(o: Any):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    return str(o)
+# atomic_write, machine and versions are re-exported from ``_util`` (their one home in study/).
+_json = to_json
+_log = log
+_now = now
 
 
 def _to_numpy(tree: Any) -> Any:
     import jax
 
     return jax.tree.map(np.asarray, tree)
-
-
-def _log(msg: str) -> None:
-    print(f"[jaxcompress run] {msg}", file=sys.stderr, flush=True)
-
-
-def versions() -> dict:
-    import platform
-
-    out = {"python": platform.python_version()}
-    for mod in ("jaxcompress", "jax", "flax", "optax", "numpy", "numba"):
-        try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except ImportError:  # pragma: no cover
-            out[mod] = None
-    try:
-        from importlib.metadata import version
-
-        out["jaxcompress"] = version("jaxcompress")
-    except Exception:  # pragma: no cover - not installed
-        pass
-    return out
 
 
 # -- stage states: data only -------------------------------------------------------------------
@@ -304,8 +279,11 @@ def build_model(spec: dict, x_shape: tuple, num_classes: int, seed: int):
             features=tuple(spec["hidden"]),
             num_classes=num_classes,
             dropout=spec["dropout"],
+            input_dropout=spec.get("input_dropout", 0.0),
             rngs=rngs,
         )
+    elif name == "cnn1d" and spec.get("channels"):
+        model = models.CNN1D(channels=spec["channels"], num_classes=num_classes, rngs=rngs)
     else:
         ctor = {
             "cnn1d": models.CNN1D,
@@ -351,6 +329,9 @@ def _adapt_models(sections: dict, dataset: str, old_dataset: str) -> list[str]:
                 continue
             sections[sec]["model"] = new
             notes.append(f"{sec}.model {old!r} -> {new!r} for dataset {dataset!r}")
+            if sections[sec].get("channels"):
+                sections[sec]["channels"] = 0  # a cnn1d width; the swapped model has its own
+                notes.append(f"{sec}.channels reset (only cnn1d takes it)")
     if old_dataset == "mnist1d" and dataset != "mnist1d" and not sections["study"]["train_limit"]:
         for sec, keys in _EPOCH_KEYS.items():
             for k in keys:
@@ -580,14 +561,10 @@ class Study:
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
         """Run (or resume) every stage and write the report; returns the report dict."""
-        from jaxcompress.study import _report
-        from jaxcompress.study._compress import model_stage_chain, run_model_stage
-
         t_start = time.perf_counter()
         self.prepare()
         r = self.recipe
         self._say(f"study {r.name!r} -> {self.out}")
-        apply_fn = None
         teacher = None
         if "teacher" in r:
             t_apply, _ = self.model("teacher")
@@ -596,34 +573,46 @@ class Study:
         apply_fn, _ = self.model("student")
         prev = None
         chain = model_stage_chain(r)
-        finals = []
         for name in chain:
             prev = self.stage(
                 name,
                 lambda name=name, prev=prev: run_model_stage(self, r, name, prev, teacher),
             )
             self._states[name] = prev
-            finals.append(name)
-        final_stage = finals[-1]
         if "cluster" in r and "prune" in r:
-            from jaxcompress.study._compress import deep_compression_sizes
+            from jaxcompress.clustering import deep_compression_sizes
 
-            self.stage("sizes", lambda: (None, deep_compression_sizes(self)))
+            c = r["cluster"]
+            self.stage(
+                "sizes",
+                lambda: (
+                    None,
+                    deep_compression_sizes(
+                        self.state("prune"),
+                        self.state("cluster"),
+                        index_bits=c["index_bits"],
+                        cluster_bits=c["bits"],
+                    ),
+                ),
+            )
+        sweep_points = None
         if r.get("export", {"enabled": True})["enabled"]:
-            self.stage("export", lambda: (None, self._export(apply_fn, chain)))
+            t_fn = teacher[0] if teacher is not None else None
+            self.stage("export", lambda: (None, self._export(apply_fn, chain, t_fn)))
             e = r.get("edge")
             if e is None or e["enabled"]:
-                self.stage("edge", lambda: (None, self._edge(chain, final_stage)))
+                self._say(
+                    "stage compile: compiling the edge runtime's Numba kernels for these models "
+                    "(first run on this machine only; cached afterwards)"
+                )
+                self.stage("compile", lambda: (None, self._compile(chain)))
+                self.stage("edge", lambda: (None, self._edge(chain)))
         if "sweep" in r:
-            from jaxcompress.study._compress import run_sweep
-
-            run_sweep(self, apply_fn, teacher)
+            sweep_points = run_sweep(self, apply_fn, teacher)
         total = time.perf_counter() - t_start
-        rep = _report.build_report(self, chain, total_seconds=total)
+        rep = _report.build_report(self, chain, total_seconds=total, sweep_points=sweep_points)
         atomic_write(self._p("report.json"), _json(rep))
         try:
-            from jaxcompress.study import _plots
-
             rep["plots"] = _plots.make_plots(rep, self._p("plots"))
         except ImportError as e:  # matplotlib missing: the report still lands
             rep["plots"] = []
@@ -675,17 +664,19 @@ class Study:
         return decode_state(payload, info, self._templates[sec], where=f"{blob}")
 
     # -- export and edge ----------------------------------------------------------------------
-    def _export(self, apply_fn, chain) -> dict:
+    def _export(self, apply_fn, chain, teacher_apply=None) -> dict:
+        """Export every model stage (the teacher too, when there is one) as an artifact."""
         from jaxcompress.export import save
 
         x = np.asarray(self.data.x_test[:1])
         out = {}
-        for name in chain:
+        names = (["teacher"] if teacher_apply is not None else []) + list(chain)
+        for name in names:
             path = self._p("artifacts", f"{name}.jcx")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             info = save(
                 path,
-                apply_fn,
+                teacher_apply if name == "teacher" else apply_fn,
                 self.state(name),
                 x,
                 description=f"jaxcompress run {self.recipe.name}: {name}",
@@ -697,6 +688,14 @@ class Study:
                 "weight_count": info.weight_count,
                 "bits_per_weight": info.bits_per_weight,
                 "encodings": {k: v["encoding"] for k, v in info.tensors.items()},
+                "tensors": {
+                    k: {
+                        "encoding": v["encoding"],
+                        "shape": list(v["shape"]),
+                        "stored_bytes": int(v["stored_bytes"]),
+                    }
+                    for k, v in info.tensors.items()
+                },
                 "graph_ops": info.graph_ops,
             }
         final = self._p("artifacts", f"{chain[-1]}.jcx")
@@ -705,50 +704,87 @@ class Study:
         out["final"] = chain[-1]
         return out
 
-    def _edge(self, chain, final_stage) -> dict:
-        from tqdm.auto import tqdm
+    def _artifact_names(self, chain) -> list[str]:
+        exported = self.stage_metrics.get("export", {})
+        return (["teacher"] if "teacher" in exported else []) + list(chain)
 
+    def _compile(self, chain) -> dict:
+        """Load every artifact in the edge runtime and run it once: the first run on a machine
+        compiles the runtime's Numba kernels (cached on disk afterwards)."""
+        from jaxcompress_kernels import artifact as _artifact
+        from jaxcompress_kernels import runtime as _runtime
+
+        threads = (self.recipe.get("edge") or {}).get("threads", 1)
+        for name in self._artifact_names(chain):
+            rt = _runtime.Runtime(
+                _artifact.load(self._p("artifacts", f"{name}.jcx")), num_threads=threads
+            )
+            rt.run(np.asarray(rt.artifact.sample_input[:1], np.float32))
+        return {"artifacts": self._artifact_names(chain)}
+
+    def _edge(self, chain) -> dict:
         from jaxcompress.edge import Link, benchmark, get_profile
+        from jaxcompress_kernels import artifact as _artifact
+        from jaxcompress_kernels import runtime as _runtime
 
         e = self.recipe.get("edge") or {k: s.default for k, s in _edge_schema().items()}
         devices = [get_profile(d) for d in e["devices"]]
         ds = self.data
         n = min(e["eval_limit"], len(ds.x_test)) if e["eval_limit"] else len(ds.x_test)
-        dense_acc = self.stage_metrics.get("student", {}).get("accuracy")
-        per_stage = {}
-        for name in tqdm(chain, desc="edge: latency per stage", disable=not self.progress):
-            rep = benchmark(
-                self._p("artifacts", f"{name}.jcx"),
-                devices=devices,
-                warmup=min(e["warmup"], 5),
-                iters=max(10, e["iters"] // 2),
-                num_threads=e["threads"],
+        ref = float_reference(chain)
+        ref_acc = self.stage_metrics.get(ref, {}).get("accuracy")
+        names = self._artifact_names(chain)
+        runtimes = {
+            name: _runtime.Runtime(
+                _artifact.load(self._p("artifacts", f"{name}.jcx")), num_threads=e["threads"]
             )
-            d = rep.to_dict()
+            for name in names
+        }
+        x1 = np.asarray(ds.x_test[:1], np.float32)
+        # every stage timed round-robin, so that they share the same machine load
+        lat = latency_percentiles(
+            {k: (lambda rt=rt: rt.run(x1)) for k, rt in runtimes.items()},
+            iters=e["iters"],
+            warmup=min(e["warmup"], 5),
+        )
+        per_stage = {}
+        for name, rt in runtimes.items():
+            d = benchmark(rt, devices=devices, warmup=1, iters=3).to_dict()
             per_stage[name] = {
-                "latency_ms": {
-                    k: 1e3 * d["latency_measured_host"][k] for k in ("p50", "p90", "p99", "mean")
-                },
+                "latency_ms": lat[name],
                 "projected_ms": {k: 1e3 * v["total_s"] for k, v in d["projected"].items()},
                 "artifact_bytes": d["size"]["artifact_bytes"],
                 "memory": d["memory"],
             }
         links = [Link.mbit(m, rtt_ms=e["rtt_ms"]) for m in e["links_mbit"]]
+        split_n = min(n, 1000) if links else 0
         rep = benchmark(
             self._p("model.jcx"),
             x=ds.x_test[:n] if n else None,
             y=ds.y_test[:n] if n else None,
-            float_accuracy=dense_acc,
+            float_accuracy=ref_acc,
             devices=devices,
             warmup=e["warmup"],
             iters=e["iters"],
             num_threads=e["threads"],
             links=links,
             split_edge=get_profile(e["split_edge"]),
-            split_accuracy_n=min(n, 200) if links else 0,
+            split_accuracy_n=split_n,
         )
         atomic_write(self._p("edge_report.md"), rep.to_markdown() + "\n")
-        return {"final": rep.to_dict(), "per_stage": per_stage, "markdown": "edge_report.md"}
+        return {
+            "final": rep.to_dict(),
+            "per_stage": per_stage,
+            "markdown": "edge_report.md",
+            "float_reference": ref,
+            "eval_n": n,
+            "split_accuracy_n": split_n,
+        }
+
+
+def float_reference(chain) -> str:
+    """The float stage the compression started from: the last of ``student`` / ``distill``."""
+    return [s for s in chain if s in ("student", "distill")][-1]
 
 
 def _edge_schema():
@@ -761,10 +797,6 @@ def _recipe_hash(recipe: Recipe) -> str:
     sec = recipe.to_dict()
     sec["study"] = dict(sec["study"], data_dir=None)  # moving the data does not change the run
     return hashlib.sha256(json.dumps(sec, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def run_study(

@@ -5,6 +5,7 @@ import tomllib
 import pytest
 
 from jaxcompress.cli import main
+from jaxcompress.clustering._deep_compression import _relative_positions
 from jaxcompress.study import (
     RecipeError,
     load_recipe,
@@ -13,7 +14,6 @@ from jaxcompress.study import (
     shipped_recipe_path,
     shipped_recipes,
 )
-from jaxcompress.study._compress import _relative_positions
 
 GOOD = """
 [study]
@@ -163,5 +163,6 @@ def test_dataset_override_adapts_models_and_epochs():
 
     r, notes = override_dataset(load_recipe(None), "mnist", "/data")
     assert r["study"]["dataset"] == "mnist" and r["study"]["data_dir"] == "/data"
-    assert r["teacher"]["model"] == "lenet5" and r["student"]["model"] == "lenet300100"
+    assert r["teacher"]["model"] == "lenet5" and r["student"]["model"] == "lenet5"
+    assert r["student"]["channels"] == 0 and r["teacher"]["channels"] == 0  # cnn1d widths reset
     assert r["student"]["epochs"] == 4 and any("15x" in n for n in notes)

@@ -9,59 +9,6 @@ import pytest
 from jaxcompress.cli import main
 from jaxcompress.study import RunFolderError, load_recipe, run_study
 
-TINY = """
-[study]
-name = "tiny"
-dataset = "mnist1d"
-train_limit = 400
-test_limit = 200
-seed = 3
-
-[teacher]
-model = "mlp"
-hidden = [24]
-epochs = 1
-
-[student]
-model = "mlp"
-hidden = [16]
-epochs = 2
-lr = 3e-3
-
-[distill]
-epochs = 1
-temperature = 2.0
-
-[prune]
-sparsity = 0.5
-rounds = 1
-epochs = 1
-
-[quantize]
-bits = 4
-
-[edge]
-devices = ["rpi4"]
-iters = 5
-warmup = 1
-links_mbit = [10.0]
-eval_limit = 50
-
-[sweep]
-key = "quantize.bits"
-values = [2, 8]
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    recipe = root / "tiny.toml"
-    recipe.write_text(TINY)
-    out = root / "run"
-    code = main(["run", str(recipe), "--out", str(out), "--no-progress", "--quiet"])
-    return recipe, out, code
-
 
 def test_run_writes_folder_and_report(tiny_run):
     _, out, code = tiny_run
@@ -157,7 +104,7 @@ def test_corrupted_stage_state_is_never_loaded_and_the_stage_reruns(tiny_run):
 def test_folder_holding_another_run_is_refused(tiny_run, tmp_path, capsys):
     recipe, out, _ = tiny_run
     other = tmp_path / "other.toml"
-    other.write_text(TINY.replace("sparsity = 0.5", "sparsity = 0.6"))
+    other.write_text(recipe.read_text().replace("sparsity = 0.5", "sparsity = 0.6"))
     stamp = (out / "report.json").stat().st_mtime_ns
     with pytest.raises(RunFolderError, match="holds another run"):
         run_study(str(other), out, progress=False, quiet=True)
