@@ -313,7 +313,7 @@ def save(
     w = _Writer(float(sparse_threshold), bool(nm))
     if integer:
         from jaxcompress.export._integer import integer_graph
-        from jaxcompress.quantization._integer import integer_reference
+        from jaxcompress.quantization import integer_reference
 
         cap = capture(apply, dense_params, x, foldable=set())
         qweights = {n: leaf for n, leaf in leaves.items() if isinstance(leaf, QuantizedArray)}

@@ -9,7 +9,7 @@ primitives: the fake-quant function is never traced.
 Every int8 value of the integer graph gets its (scale, zero point) from, in this order:
 
 1. the observed range of the site it *is* (the input of a matmul/conv): exactly the grid of the
-   fake-quant model (same ``_qparams_from_range``, 8-bit affine);
+   fake-quant model (same ``qparams_from_range``, 8-bit affine);
 2. the range of the value it feeds through max pooling and views (they commute with quantization,
    so the grid is the one the fake-quant model applies after them);
 3. otherwise (the logits, the operands of a residual add, an average pool's output) the min/max
@@ -68,7 +68,7 @@ def activation_description(model_or_apply: Any, ranges: Any = None):
         quantization, or dynamic ranges), or a grid other than 8-bit affine.
       JaxCompressTypeError: `ranges` is not an ``ActivationRanges``.
     """
-    from jaxcompress.quantization._observers import ActivationQuantization, ActivationRanges
+    from jaxcompress.quantization import ActivationQuantization, ActivationRanges
 
     desc = getattr(model_or_apply, "activation_quantization", None)
     if ranges is not None:
@@ -102,10 +102,10 @@ def activation_description(model_or_apply: Any, ranges: Any = None):
 
 @functools.cache
 def _grid_fn():
-    from jaxcompress.quantization._quantize import QuantSpec, _qparams_from_range
+    from jaxcompress.quantization import QuantSpec, qparams_from_range
 
     spec = QuantSpec(bits=8, scheme="affine")
-    return jax.jit(lambda lo, hi: _qparams_from_range(lo, hi, spec))
+    return jax.jit(lambda lo, hi: qparams_from_range(lo, hi, spec))
 
 
 def _grid(lo: float, hi: float) -> tuple[float, int]:

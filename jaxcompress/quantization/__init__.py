@@ -34,6 +34,7 @@ from jaxcompress.quantization._quantize import (
     dequantize,
     dequantize_params,
     is_compressed,
+    qparams_from_range,
     quantize,
     quantize_params,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "fake_quantize",
     "is_compressed",
     "qat_step",
+    "qparams_from_range",
     "quantize",
     "quantize_params",
     "validate_quantized_array",

@@ -26,6 +26,7 @@ from jaxcompress.quantization._qarray import QuantizedArray, from_rows, row_shap
 
 __all__ = [
     "QuantSpec",
+    "qparams_from_range",
     "quantize",
     "dequantize",
     "quantize_params",
@@ -197,6 +198,26 @@ def _qparams_from_range(
     else:
         scale = jnp.where(a > 0, a / qmax, 1.0).astype(jnp.float32)
     return scale, jnp.zeros(a.shape, jnp.int32)
+
+
+def qparams_from_range(lo, hi, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:
+    """Scale and zero point of `spec`'s grid over the real range ``[lo, hi]`` (per element).
+
+    The grid every quantizer of the project uses (weights, observed activation ranges, the
+    full-integer export): affine grids widen the range to include 0 and round the zero point to an
+    integer code; symmetric grids use ``max(|lo|, |hi|) / qmax``; fixed-point grids a power of two.
+
+    Args:
+      lo, hi: range bounds (arrays of the same shape, float).
+      spec: the `QuantSpec` (bits and scheme are used).
+
+    Returns:
+      ``(scale, zero_point)``: float32 scales and int32 zero points (codes, in the unsigned
+      ``code_range`` convention; 0 for symmetric and fixed-point grids).
+    """
+    if not isinstance(spec, QuantSpec):
+        raise JaxCompressTypeError(f"qparams_from_range: spec must be a QuantSpec, got {spec!r}")
+    return _qparams_from_range(jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32), spec)
 
 
 def _codes(rows: jax.Array, scale: jax.Array, zp: jax.Array, spec: QuantSpec) -> jax.Array:
