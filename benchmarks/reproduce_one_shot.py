@@ -190,6 +190,16 @@ def qwix_gptq_params(params, stats, bits, group_size):
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def qwix_version():
+    """Qwix's installed version, or None when the anchor is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qwix")
+    except PackageNotFoundError:
+        return None
+
+
 def gptq_timing(repeats):
     """Median wall time of GPTQ on a 4096x4096 layer from 512 calibration rows: ours vs Qwix."""
     from qwix._src.core import qarray
@@ -615,8 +625,6 @@ def audit(args, t_start):
                     ppl(qwix_gptq_params(params, stats, 4, g)),
                 )
 
-    from importlib.metadata import version
-
     import flax
 
     seeds = args.seeds
@@ -624,7 +632,7 @@ def audit(args, t_start):
     lines += header("reproduce_one_shot.py")
     lines += [
         f"- versions: jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
-        f"qwix {version('qwix')}, numpy {np.__version__}",
+        f"qwix {qwix_version() or 'not installed'}, numpy {np.__version__}",
         f"- model and corpus as `reproduce_one_shot.md` (CharLM dim {args.dim}, {args.layers} "
         f"blocks, {args.steps} steps, cache `{cache}`; train sha256 {train_sha}); held-out "
         f"perplexity over {eval_tokens:,} characters; calibration {args.calib} windows x "
@@ -769,6 +777,13 @@ def main():
     )
     ap.add_argument("--out", default=None, help="results file (default: one per mode)")
     args = ap.parse_args()
+    main_mode = not (args.audit or args.mnist or args.timing_only)
+    needs_qwix = not args.skip_qwix or args.timing_only or (main_mode and not args.skip_timing)
+    if needs_qwix and qwix_version() is None:
+        ap.error(
+            "this mode compares against Qwix, a benchmark anchor that is not installed: "
+            "`pip install qwix==0.1.8`, or pass --skip-qwix --skip-timing for our methods only"
+        )
     if args.out is None:
         suffix = (
             "_mnist" if args.mnist else "_timing" if args.timing_only
@@ -784,14 +799,13 @@ def main():
         return
     if args.timing_only:
         timing = gptq_timing(args.timing_repeats)
-        from importlib.metadata import version
 
         import flax
 
         lines = ["# reproduce_one_shot --timing-only (GPTQ wall time)", ""]
         lines += header("reproduce_one_shot.py")
         lines += [
-            f"- versions: jax {jax.__version__}, flax {flax.__version__}, qwix {version('qwix')}, "
+            f"- versions: jax {jax.__version__}, flax {flax.__version__}, qwix {qwix_version() or 'not installed'}, "
             f"numpy {np.__version__}",
             "- W: 4096 x 4096 float32 (N(0, 0.02^2)), H = X^T X / 512 from 512 N(0, 1) rows, 4-bit, "
             "group 128, damping 0.01, block 128; both on the same inputs in one process",
@@ -897,16 +911,13 @@ def main():
     for row in timing:
         print("timing", row)
 
-    from importlib.metadata import version
-
     import flax
-    import qwix  # noqa: F401
 
     lines = ["# reproduce_one_shot (CharLM on CPython stdlib sources)", ""]
     lines += header("reproduce_one_shot.py")
     lines += [
         f"- versions: jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
-        f"qwix {version('qwix')}, numpy {np.__version__}",
+        f"qwix {qwix_version() or 'not installed (--skip-qwix)'}, numpy {np.__version__}",
         f"- corpus: CPython {sys.version.split()[0]} stdlib `{sysconfig.get_paths()['stdlib']}`; "
         f"train/calibration {len(TRAIN_FILES)} files {train_bytes:,} bytes (sha256 {train_sha}): "
         f"{', '.join(TRAIN_FILES)}; held-out {len(HELD_OUT_FILES)} files {eval_bytes:,} bytes "
