@@ -43,17 +43,9 @@ from jaxcompress.study._compress import model_stage_chain
 from jaxcompress.study._recipe import MODELS, Recipe, RecipeError, TrainConfig
 from jaxcompress.study._registry import plan
 from jaxcompress.study._types import StageOutput
-from jaxcompress.study._util import (  # noqa: F401  (atomic_write, machine, versions: re-exported)
-    atomic_write,
-    latency_percentiles,
-    log,
-    machine,
-    now,
-    to_json,
-    versions,
-)
+from jaxcompress.study._util import atomic_write, log, now, to_json
 
-__all__ = ["RunFolderError", "Study", "run_study", "atomic_write", "encode_state", "decode_state"]
+__all__ = ["RunFolderError", "Study", "run_study", "encode_state", "decode_state"]
 
 RUN_FORMAT = 1
 STATE_FORMAT = "jaxcompress-stage-state"
@@ -79,7 +71,6 @@ class RunFolderError(JaxCompressValueError):
 _CORRUPT = object()  # sentinel: a saved stage state failed its checksum
 
 
-# atomic_write, machine and versions are re-exported from ``_util`` (their one home in study/).
 _json = to_json
 _log = log
 _now = now
