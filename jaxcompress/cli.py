@@ -319,11 +319,11 @@ def _check_data(recipe, args) -> str:
     """``--check``: the folder a recipe's dataset needs exists and holds the four IDX files."""
     from jaxcompress.data import IDX_FILES
 
-    study = recipe["study"]
-    dataset = args.dataset or study["dataset"]
+    study = recipe.config("study")
+    dataset = args.dataset or study.dataset
     if dataset not in _IDX_DATASETS:
         return f"dataset {dataset} (generated offline)"
-    data_dir = args.data_dir or study["data_dir"]
+    data_dir = args.data_dir or study.data_dir
     fetch = f"fetch it with `jaxcompress data download {dataset} --to DIR`"
     if not data_dir:
         raise JaxCompressValueError(

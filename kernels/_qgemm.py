@@ -34,6 +34,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from jaxcompress_kernels._int8x import _rounded_x, int8_x_block
 from jaxcompress_kernels._intrinsics import wide_vectors
 from jaxcompress_kernels.errors import JaxCompressValueError
 from jaxcompress_kernels.formats import LANE_BLOCK, PackedWeight
@@ -382,9 +383,6 @@ def qgemm_accumulate(
     if m == 0:
         return
     if compute == "int8":
-        # imported here: quantized.py imports this module
-        from jaxcompress_kernels.quantized import _rounded_x, int8_x_block
-
         xp = _rounded_x(xp, int8_x_block(w.group_len))
     elif compute != "float32":
         raise JaxCompressValueError(f"{compute=} must be 'float32' or 'int8'")

@@ -121,7 +121,7 @@ def deep_compression_sizes(
 
 
 def _is_clustered(x) -> bool:
-    from jaxcompress.clustering import ClusteredArray
+    from jaxcompress.clustering._clustered import ClusteredArray
 
     return isinstance(x, ClusteredArray)
 

@@ -54,6 +54,7 @@ __all__ = [
     "OpCost",
     "op_class",
     "weight_format",
+    "op_bytes",
     "op_cost",
     "roofline_seconds",
     "core_classes",
@@ -223,10 +224,16 @@ def _fused(o: Op) -> bool:
     return o.kernel.startswith("fused into")
 
 
+def op_bytes(graph: EdgeGraph, i: int) -> int:
+    """Bytes op `i` moves: activation inputs + output + parameters (0 for alias ops)."""
+    o = graph.ops[i]
+    if o.alias:
+        return 0
+    return int(sum(graph.nbytes(r) for r in o.inputs) + o.out_bytes + o.param_bytes)
+
+
 def roofline_seconds(graph: EdgeGraph, i: int, peak_flops: float, bandwidth: float) -> float:
     """The plain roofline ``max(F / peak, B / bandwidth)`` of op `i` (0 for static / alias)."""
-    from jaxcompress.edge._roofline import op_bytes
-
     o = graph.ops[i]
     if o.static:
         return 0.0
@@ -254,8 +261,6 @@ def op_cost(
       int8_ratio: the class's int8 ops per cycle over fp32 FLOPs per cycle.
       params: the class's `CostParams`.
     """
-    from jaxcompress.edge._roofline import op_bytes
-
     o = graph.ops[i]
     cls, fmt = op_class(o), weight_format(o)
     lower = roofline_seconds(graph, i, peak_flops, bandwidth)

@@ -25,7 +25,13 @@ from __future__ import annotations
 import dataclasses
 
 from jaxcompress._core import JaxCompressValueError
-from jaxcompress.edge._costmodel import CostParams, calibration, core_classes, op_cost
+from jaxcompress.edge._costmodel import (
+    CostParams,
+    calibration,
+    core_classes,
+    op_bytes,
+    op_cost,
+)
 from jaxcompress.edge._graph import EdgeGraph
 from jaxcompress.edge._profiles import DeviceProfile, get_profile
 
@@ -33,7 +39,7 @@ __all__ = [
     "OpProjection",
     "Projection",
     "project",
-    "op_bytes",
+    "op_bytes",  # defined in _costmodel (which needs it; it never imports this module)
     "cost_params",
     "calibration_status",
     "UNCALIBRATED",
@@ -41,14 +47,6 @@ __all__ = [
 
 LABEL = "projected"
 UNCALIBRATED = "uncalibrated lower bound (plain roofline: every op at peak FLOP/s or bandwidth)"
-
-
-def op_bytes(graph: EdgeGraph, i: int) -> int:
-    """Bytes op `i` moves: activation inputs + output + parameters (0 for alias ops)."""
-    o = graph.ops[i]
-    if o.alias:
-        return 0
-    return int(sum(graph.nbytes(r) for r in o.inputs) + o.out_bytes + o.param_bytes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,19 +1,28 @@
-"""The model stages of a study (train, distill, prune, quantize, cluster) and sweeps. Every function here calls only the public API of the other subpackages."""
+"""The model stages of a study: teacher, student, distill, prune, quantize, cluster.
+
+Each is a :class:`~jaxcompress.study._types.Stage` in :data:`MODEL_STAGES`: it reads its typed
+config from the recipe (`TrainConfig`, `DistillConfig`, `PruneConfig`, `QuantizeConfig`,
+`ClusterConfig`), takes the previous model stage's params (and the teacher's, for distillation
+and distillation-loss fine-tuning) as declared inputs, and returns the new params with their
+metrics. The algorithms are the capability packages' public API (`training.fit`,
+`distillation.distill`, `pruning`, `quantization`, `clustering`); this module only wires them.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from jaxcompress._core import named_leaves
+from jaxcompress.study._types import PREVIOUS, Stage, StageOutput
 
 __all__ = [
+    "MODEL_STAGES",
+    "accuracy_noise",
     "model_stage_chain",
     "pareto_front",
-    "run_model_stage",
-    "run_sweep",
     "tree_metrics",
 ]
 
@@ -23,14 +32,23 @@ def model_stage_chain(recipe) -> list[str]:
     return ["student"] + [s for s in ("distill", "prune", "quantize", "cluster") if s in recipe]
 
 
-def _adam(lr: float, spec: dict | None = None, epochs: int = 0, n_train: int = 0):
-    """Adam at ``lr``; with ``spec["schedule"] == "cosine"`` decayed over the section's steps."""
+def _adam(lr: float, cfg: Any = None, epochs: int = 0, n_train: int = 0):
+    """Adam at ``lr``; with ``cfg.schedule == "cosine"`` decayed over the section's steps."""
     import optax
 
-    if spec is not None and spec.get("schedule") == "cosine" and epochs:
-        steps = max(1, epochs * (n_train // spec["batch_size"]))
+    if cfg is not None and cfg.schedule == "cosine" and epochs:
+        steps = max(1, epochs * (n_train // cfg.batch_size))
         return optax.adam(optax.cosine_decay_schedule(lr, steps))
     return optax.adam(lr)
+
+
+def _plain(v: Any) -> Any:
+    """A config value as JSON-able data (read-only tables -> dicts, tuples -> lists)."""
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
 
 
 def _keep_masks(params: Any) -> Any:
@@ -120,89 +138,116 @@ def _where(rx: str | None):
     return sel
 
 
-def _train_data(study):
-    ds = study.data
+def _train_data(ctx) -> tuple:
+    ds = ctx.data
     return (ds.x_train, ds.y_train)
 
 
-def run_model_stage(study, recipe, name: str, prev: Any, teacher) -> tuple[Any, dict]:
-    """Run one model stage; returns ``(params tree, metrics)``."""
-    from jaxcompress.training import fit
+def _evaluated(ctx, name: str, apply_fn, tree, settings: dict) -> StageOutput:
+    """The stage's output: its params and their metrics (test accuracy, sizes, per layer)."""
+    metrics = dict(ctx.evaluate(apply_fn, tree), **tree_metrics(tree))
+    metrics["settings"] = settings
+    metrics["title"] = name
+    if name == "teacher":
+        metrics.pop("per_layer", None)
+    return StageOutput(tree, metrics)
 
-    progress = study.progress
-    key = study.key(name)
-    data = _train_data(study)
-    n = len(data[0])
-    info: dict = {}
-    if name in ("teacher", "student"):
-        spec = recipe[name]
-        apply_fn, params = study.model(name)
+
+def _teacher(ctx, inputs) -> tuple | None:
+    """``(apply_fn, params)`` of the teacher when it is among the inputs."""
+    out = inputs.get("teacher")
+    return None if out is None else (ctx.model("teacher")[0], out.state)
+
+
+def _run_train(name: str):
+    """``[teacher]`` / ``[student]``: `training.fit` with Adam from the model's init."""
+
+    def run(ctx, recipe, inputs) -> StageOutput:
+        from jaxcompress.training import fit
+
+        cfg = recipe.config(name)
+        apply_fn, params = ctx.model(name)
+        data = _train_data(ctx)
         res = fit(
             apply_fn,
             params,
             data,
-            optimizer=_adam(spec["lr"], spec, spec["epochs"], n),
-            epochs=spec["epochs"],
-            batch_size=spec["batch_size"],
-            key=key,
-            augment=_jitter(spec["jitter"]) if spec.get("jitter") else None,
-            progress=progress,
+            optimizer=_adam(cfg.lr, cfg, cfg.epochs, len(data[0])),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            key=ctx.key(name),
+            augment=_jitter(cfg.jitter) if cfg.jitter else None,
+            progress=ctx.progress,
         )
-        tree = res.params
-        info = {"epochs": spec["epochs"], "lr": spec["lr"], "model": spec["model"]}
-    else:
-        apply_fn, _ = study.model("student")
-    if name == "distill":
-        from jaxcompress.distillation import distill
+        info = {"epochs": cfg.epochs, "lr": cfg.lr, "model": cfg.model}
+        return _evaluated(ctx, name, apply_fn, res.params, info)
 
-        d = recipe["distill"]
-        _, fresh = study.model("student")  # distillation trains the student from its init
-        t_apply, t_params = teacher
-        res = distill(
+    return run
+
+
+def _run_distill(ctx, recipe, inputs) -> StageOutput:
+    """``[distill]``: the student trained again from its init against the teacher."""
+    from jaxcompress.distillation import distill
+
+    d = recipe.config("distill")
+    apply_fn, fresh = ctx.model("student")  # distillation trains the student from its init
+    t_apply, t_params = _teacher(ctx, inputs)
+    data = _train_data(ctx)
+    res = distill(
+        apply_fn,
+        fresh,
+        t_apply,
+        t_params,
+        data,
+        optimizer=_adam(d.lr, d, d.epochs, len(data[0])),
+        epochs=d.epochs,
+        batch_size=d.batch_size,
+        key=ctx.key("distill"),
+        temperature=d.temperature,
+        alpha=d.alpha,
+        precompute_teacher=True,
+        progress=ctx.progress,
+    )
+    info = {"temperature": d.temperature, "alpha": d.alpha, "epochs": d.epochs, "lr": d.lr}
+    return _evaluated(ctx, "distill", apply_fn, res.params, info)
+
+
+def _run_compress(name: str, compress):
+    """``[prune]`` / ``[quantize]`` / ``[cluster]`` on the previous stage's params, fine-tuned
+    with the distillation loss when ``distill.finetune`` (else cross-entropy)."""
+
+    def run(ctx, recipe, inputs) -> StageOutput:
+        apply_fn, _ = ctx.model("student")
+        loss_fn = _finetune_loss(recipe, apply_fn, _teacher(ctx, inputs))
+        tree, info = compress(
+            recipe.config(name),
             apply_fn,
-            fresh,
-            t_apply,
-            t_params,
-            data,
-            optimizer=_adam(d["lr"], d, d["epochs"], n),
-            epochs=d["epochs"],
-            batch_size=d["batch_size"],
-            key=key,
-            temperature=d["temperature"],
-            alpha=d["alpha"],
-            precompute_teacher=True,
-            progress=progress,
+            inputs[PREVIOUS].state,
+            _train_data(ctx),
+            ctx.key(name),
+            ctx.progress,
+            loss_fn,
         )
-        tree = res.params
-        info = {k: d[k] for k in ("temperature", "alpha", "epochs", "lr")}
-    elif name in ("prune", "quantize", "cluster"):
-        loss_fn = _finetune_loss(recipe, apply_fn, teacher)
-        run = {"prune": _prune, "quantize": _quantize, "cluster": _cluster}[name]
-        tree, info = run(recipe[name], apply_fn, prev, data, key, progress, loss_fn)
-        info["finetune_loss"] = (
-            "cross-entropy"
-            if loss_fn is None
-            else f"distillation (T = {recipe['distill']['temperature']:g}, "
-            f"alpha = {recipe['distill']['alpha']:g})"
-        )
-    metrics = dict(study.evaluate(apply_fn, tree), **tree_metrics(tree))
-    metrics["settings"] = info
-    metrics["title"] = name
-    if name == "teacher":
-        metrics.pop("per_layer", None)
-    return tree, metrics
+        if loss_fn is None:
+            info["finetune_loss"] = "cross-entropy"
+        else:
+            d = recipe.config("distill")
+            info["finetune_loss"] = f"distillation (T = {d.temperature:g}, alpha = {d.alpha:g})"
+        return _evaluated(ctx, name, apply_fn, tree, info)
+
+    return run
 
 
 def _finetune_loss(recipe, apply_fn, teacher):
     """The fine-tuning loss of the stages after distillation: with ``distill.finetune`` (default)
     the distillation loss against the same teacher, else ``None`` (cross-entropy)."""
-    d = recipe.get("distill")
-    if teacher is None or d is None or not d.get("finetune", True):
+    d = recipe.config("distill")
+    if teacher is None or d is None or not d.finetune:
         return None
     from jaxcompress.distillation import kd_loss
 
     t_apply, t_params = teacher
-    temperature, alpha = d["temperature"], d["alpha"]
+    temperature, alpha = d.temperature, d.alpha
 
     def loss_fn(p, x, y, k):
         logits = apply_fn(p, x, train=True, key=k)
@@ -212,56 +257,55 @@ def _finetune_loss(recipe, apply_fn, teacher):
     return loss_fn
 
 
-def _prune(p: dict, apply_fn, params, data, key, progress, loss_fn=None):
+def _prune(p, apply_fn, params, data, key, progress, loss_fn=None):
     import jax
     import optax
 
     from jaxcompress import pruning
     from jaxcompress.training import fit
 
-    method = p["method"]
-    info = {"method": method, "rounds": p["rounds"], "epochs_per_round": p["epochs"], "lr": p["lr"]}
+    method = p.method
+    info = {"method": method, "rounds": p.rounds, "epochs_per_round": p.epochs, "lr": p.lr}
     if method == "magnitude":
-        target = p["sparsity"]
+        target = _plain(p.sparsity)
         info["sparsity"] = target
-        info["scope"] = p["scope"]
+        info["scope"] = p.scope
         res = pruning.iterative_pruning(
             apply_fn,
             params,
             data,
             target=target,
-            rounds=p["rounds"],
-            epochs_per_round=p["epochs"],
-            optimizer=_adam(p["lr"], p, p["epochs"], len(data[0])),
-            batch_size=p["batch_size"],
+            rounds=p.rounds,
+            epochs_per_round=p.epochs,
+            optimizer=_adam(p.lr, p, p.epochs, len(data[0])),
+            batch_size=p.batch_size,
             key=key,
-            scope=p["scope"],
-            where=_where(p["where"]),
+            scope=p.scope,
+            where=_where(p.where),
             progress=progress,
             loss_fn=loss_fn,
         )
         return res.params, info
     # threshold (Han et al. 2015: |w| < quality * std(layer)) and N:M: masks, then masked retrain
-    info["quality" if method == "threshold" else "n:m"] = (
-        p["quality"] if method == "threshold" else f"{p['n']}:{p['m']}"
-    )
-    for r in range(p["rounds"] if method == "threshold" else 1):
+    if method == "threshold":
+        info["quality"] = _plain(p.quality)
+    else:
+        info["n:m"] = f"{p.n}:{p.m}"
+    for r in range(p.rounds if method == "threshold" else 1):
         if method == "threshold":
-            masks = _threshold_masks(params, p["quality"], p["where"])
+            masks = _threshold_masks(params, _plain(p.quality), p.where)
         else:
-            masks = pruning.nm_masks(params, p["n"], p["m"], where=_where(p["where"]))
+            masks = pruning.nm_masks(params, p.n, p.m, where=_where(p.where))
         params = pruning.apply_masks(params, masks)
-        if p["epochs"]:
-            opt = optax.chain(
-                _adam(p["lr"], p, p["epochs"], len(data[0])), pruning.fixed_masks(masks)
-            )
+        if p.epochs:
+            opt = optax.chain(_adam(p.lr, p, p.epochs, len(data[0])), pruning.fixed_masks(masks))
             params = fit(
                 apply_fn,
                 params,
                 data,
                 optimizer=opt,
-                epochs=p["epochs"],
-                batch_size=p["batch_size"],
+                epochs=p.epochs,
+                batch_size=p.batch_size,
                 key=jax.random.fold_in(key, r),
                 loss_fn=loss_fn,
                 progress=progress,
@@ -279,7 +323,7 @@ def _threshold_masks(params, quality, where_rx):
     return pruning.threshold_masks(params, quality=quality, where=_where(where_rx))
 
 
-def _quantize(q: dict, apply_fn, params, data, key, progress, loss_fn=None):
+def _quantize(q, apply_fn, params, data, key, progress, loss_fn=None):
     import optax
 
     from jaxcompress import pruning
@@ -287,15 +331,15 @@ def _quantize(q: dict, apply_fn, params, data, key, progress, loss_fn=None):
     from jaxcompress.training import fit
 
     kw = {
-        "bits": q["bits"],
-        "scheme": q["scheme"],
-        "axis": q["axis"],
-        "group_size": q["group_size"] or None,
-        "where": _where(q["where"]),
+        "bits": q.bits,
+        "scheme": q.scheme,
+        "axis": q.axis,
+        "group_size": q.group_size or None,
+        "where": _where(q.where),
     }
-    if q["qat_epochs"]:
+    if q.qat_epochs:
         opt = optax.chain(
-            _adam(q["lr"], q, q["qat_epochs"], len(data[0])),
+            _adam(q.lr, q, q.qat_epochs, len(data[0])),
             pruning.fixed_masks(_keep_masks(params)),
         )
         params = fit(
@@ -303,8 +347,8 @@ def _quantize(q: dict, apply_fn, params, data, key, progress, loss_fn=None):
             params,
             data,
             optimizer=opt,
-            epochs=q["qat_epochs"],
-            batch_size=q["batch_size"],
+            epochs=q.qat_epochs,
+            batch_size=q.batch_size,
             key=key,
             param_transform=fake_quantize(**kw),
             loss_fn=loss_fn,
@@ -315,10 +359,10 @@ def _quantize(q: dict, apply_fn, params, data, key, progress, loss_fn=None):
         if kw["group_size"]
         else quantize_params(params, **kw)
     )
-    return tree, dict(kw, where=q["where"], qat_epochs=q["qat_epochs"])
+    return tree, dict(kw, where=q.where, qat_epochs=q.qat_epochs)
 
 
-def _cluster(c: dict, apply_fn, params, data, key, progress, loss_fn=None):
+def _cluster(c, apply_fn, params, data, key, progress, loss_fn=None):
     import optax
 
     from jaxcompress.clustering import (
@@ -329,29 +373,47 @@ def _cluster(c: dict, apply_fn, params, data, key, progress, loss_fn=None):
     )
     from jaxcompress.training import fit
 
-    ct = cluster(params, bits=c["bits"], init=c["init"], key=key, where=_where(c["where"]))
-    if c["finetune_epochs"]:
-        opt = optax.chain(
-            centroid_finetuning(ct), _adam(c["lr"], c, c["finetune_epochs"], len(data[0]))
-        )
+    ct = cluster(params, bits=c.bits, init=c.init, key=key, where=_where(c.where))
+    if c.finetune_epochs:
+        opt = optax.chain(centroid_finetuning(ct), _adam(c.lr, c, c.finetune_epochs, len(data[0])))
         res = fit(
             apply_fn,
             shared_params(ct),
             data,
             optimizer=opt,
-            epochs=c["finetune_epochs"],
-            batch_size=c["batch_size"],
+            epochs=c.finetune_epochs,
+            batch_size=c.batch_size,
             key=key,
             loss_fn=loss_fn,
             progress=progress,
         )
         ct = update_codebooks(ct, res.params)
     return ct, {
-        "bits": c["bits"],
-        "init": c["init"],
-        "where": c["where"],
-        "finetune_epochs": c["finetune_epochs"],
+        "bits": c.bits,
+        "init": c.init,
+        "where": c.where,
+        "finetune_epochs": c.finetune_epochs,
     }
+
+
+def _has(section: str):
+    return lambda recipe: section in recipe
+
+
+# The model stages in chain order. Each compresses its PREVIOUS stage's params; "teacher" is an
+# input of the stages that may learn from it (left out when the recipe has no teacher).
+MODEL_STAGES: dict[str, Stage] = {
+    "teacher": Stage("teacher", (), _run_train("teacher"), _has("teacher")),
+    "student": Stage("student", (), _run_train("student"), _has("student")),
+    "distill": Stage("distill", ("teacher",), _run_distill, _has("distill")),
+    "prune": Stage("prune", (PREVIOUS, "teacher"), _run_compress("prune", _prune), _has("prune")),
+    "quantize": Stage(
+        "quantize", (PREVIOUS, "teacher"), _run_compress("quantize", _quantize), _has("quantize")
+    ),
+    "cluster": Stage(
+        "cluster", (PREVIOUS, "teacher"), _run_compress("cluster", _cluster), _has("cluster")
+    ),
+}
 
 
 # -- sweeps ------------------------------------------------------------------------------------------
@@ -402,103 +464,3 @@ def pareto_front(
 def accuracy_noise(acc: float, n: int) -> float:
     """One binomial standard error of a test accuracy ``acc`` measured on ``n`` examples."""
     return float(np.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1)))
-
-
-def run_sweep(study, apply_fn, teacher) -> list[dict]:
-    """Run every sweep value from the first affected stage on; returns the trade-off points.
-
-    Each point carries ``pareto_size`` (on the accuracy / artifact-size front) and
-    ``pareto_size_latency`` (on the accuracy / size / latency front); accuracy differences within
-    one standard error and latency differences within the points' p10-p90 spread are ties.
-    """
-    r = study.recipe
-    sw = r["sweep"]
-    sec = sw["key"].split(".", 1)[0]
-    chain = model_stage_chain(r)
-    start = chain.index(sec)
-    base = chain[start - 1]
-    points = []
-    for i, v in enumerate(sw["values"]):
-        name = f"sweep_{i:02d}"
-
-        def one(v=v, name=name):
-            rv = r.with_value(sw["key"], v)
-            tree = study.state(base)
-            m = {}
-            for st in chain[start:]:
-                tree, m = run_model_stage(study, rv, st, tree, teacher)
-            point = {
-                "value": v,
-                "accuracy": m["accuracy"],
-                "error_pct": m["error_pct"],
-                "n_test": m["n_test"],
-                "sparsity": m["sparsity"],
-                "weight_bits_per_weight": m["weight_bits_per_weight"],
-                "storage_bytes": m["storage_bytes"],
-            }
-            if r.get("export", {"enabled": True})["enabled"]:
-                point.update(_export_and_time(study, apply_fn, tree, name))
-            else:
-                point["artifact_bytes"] = point["storage_bytes"]
-            return None, point
-
-        study.stage(name, one)
-        points.append(dict(study.stage_metrics[name]))
-    n = points[0].get("n_test", 0) if points else 0
-    acc_tie = max((accuracy_noise(p["accuracy"], n or 1) for p in points), default=0.0)
-    flags = pareto_front(points, ties={"accuracy": acc_tie})
-    lat = all("latency_p50_ms" in p for p in points)
-    if lat:
-        spread = max(
-            p["latency_p90_ms"] - p.get("latency_p10_ms", p["latency_p50_ms"]) for p in points
-        )
-        flags3 = pareto_front(
-            points,
-            minimize=("artifact_bytes", "latency_p50_ms"),
-            ties={"accuracy": acc_tie, "latency_p50_ms": spread},
-        )
-        flags_lat = pareto_front(
-            points,
-            minimize=("latency_p50_ms",),
-            ties={"accuracy": acc_tie, "latency_p50_ms": spread},
-        )
-    else:
-        spread = None
-        flags3 = flags_lat = flags
-    for p, f, f3, fl in zip(points, flags, flags3, flags_lat, strict=True):
-        p["pareto_size"] = f
-        p["pareto_size_latency"] = f3
-        p["pareto_latency"] = fl
-    for p in points:
-        p["ties"] = {"accuracy": acc_tie, "latency_p50_ms": spread}
-    return points
-
-
-def _export_and_time(study, apply_fn, tree, name) -> dict:
-    from jaxcompress.edge import benchmark, get_profile
-    from jaxcompress.export import save
-    from jaxcompress.study._util import latency_percentiles
-    from jaxcompress_kernels import artifact as _artifact
-    from jaxcompress_kernels import runtime as _runtime
-
-    path = os.path.join(study.out, "artifacts", f"{name}.jcx")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    info = save(path, apply_fn, tree, np.asarray(study.data.x_test[:1]))
-    e = study.recipe.get("edge")
-    out = {"artifact_bytes": info.file_bytes, "artifact_bits_per_weight": info.bits_per_weight}
-    if e is not None and e["enabled"]:
-        rt = _runtime.Runtime(_artifact.load(path), num_threads=e["threads"])
-        x1 = np.asarray(study.data.x_test[:1], np.float32)
-        lat = latency_percentiles(
-            {name: lambda: rt.run(x1)}, iters=max(10, e["iters"]), warmup=min(5, e["warmup"])
-        )[name]
-        out["latency_p10_ms"] = lat["p10"]
-        out["latency_p50_ms"] = lat["p50"]
-        out["latency_p90_ms"] = lat["p90"]
-        dev = e["devices"][0] if e["devices"] else None
-        if dev is not None:
-            rep = benchmark(rt, devices=[get_profile(dev)], warmup=1, iters=3).to_dict()
-            if dev in rep["projected"]:
-                out["projected_device"] = dev
-                out["projected_ms"] = 1e3 * rep["projected"][dev]["total_s"]
-    return out

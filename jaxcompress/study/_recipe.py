@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
 import tomllib
+import types as types_
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -54,9 +56,21 @@ from jaxcompress._core import JaxCompressTypeError, JaxCompressValueError
 __all__ = [
     "MODELS",
     "PAPER_METRICS",
+    "CONFIGS",
+    "ClusterConfig",
+    "DistillConfig",
+    "EdgeConfig",
+    "ExportConfig",
+    "PaperConfig",
+    "PruneConfig",
+    "QuantizeConfig",
     "Recipe",
     "RecipeError",
     "SCHEMA",
+    "StudyConfig",
+    "SweepConfig",
+    "TrainConfig",
+    "section_config",
     "load_recipe",
     "parse_recipe",
     "shipped_recipes",
@@ -109,99 +123,231 @@ class _Key:
 
 _I, _F, _S, _B, _L, _D = int, float, str, bool, list, dict
 
-_TRAIN = {
-    "model": _Key((_S,), None, tuple(MODELS)),
-    "hidden": _Key((_L,), None, item=int),
-    "dropout": _Key((_F,), 0.0, lo=0.0, hi=1.0, hi_open=True),
-    "input_dropout": _Key((_F,), 0.0, lo=0.0, hi=1.0, hi_open=True),
-    "jitter": _Key((_I,), 0, lo=0, hi=8),
-    "channels": _Key((_I,), 0, lo=0),
-    "epochs": _Key((_I,), 10, lo=0),
-    "lr": _Key((_F,), 1e-3, lo=0.0),
-    "batch_size": _Key((_I,), 100, lo=1),
-    "schedule": _Key((_S,), "constant", ("constant", "cosine")),
+
+def _key(types: tuple, default: Any, choices: tuple | None = None, **kw: Any) -> Any:
+    """A typed config field whose recipe key is validated by ``_Key(types, default, ...)``.
+
+    The field's own default is the frozen form of ``default`` (lists become tuples, tables
+    read-only mappings); ``SCHEMA`` keeps ``default`` as the recipe dict holds it.
+    """
+    spec = _Key(types, default, choices, **kw)
+    if isinstance(default, list):
+        return dataclasses.field(default=tuple(default), metadata={"key": spec})
+    if isinstance(default, dict):
+        return dataclasses.field(
+            default_factory=lambda: types_.MappingProxyType(dict(default)),
+            metadata={"key": spec},
+        )
+    return dataclasses.field(default=default, metadata={"key": spec})
+
+
+_SCHEDULES = ("constant", "cosine")
+
+
+# -- typed section configs: one frozen dataclass per section; their fields are the recipe keys --
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StudyConfig:
+    """``[study]``: what the study is called, its seed and its data."""
+
+    name: str = _key((_S,), "study")
+    seed: int = _key((_I,), 0, lo=0)
+    dataset: str = _key((_S,), "mnist1d", DATASETS)
+    data_dir: str | None = _key((_S,), None)
+    train_limit: int = _key((_I,), 0, lo=0)
+    test_limit: int = _key((_I,), 0, lo=0)
+    description: str = _key((_S,), "")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """``[teacher]`` / ``[student]``: a model and how it is trained (Adam)."""
+
+    model: str | None = _key((_S,), None, tuple(MODELS))
+    hidden: tuple[int, ...] | None = _key((_L,), None, item=int)
+    dropout: float = _key((_F,), 0.0, lo=0.0, hi=1.0, hi_open=True)
+    input_dropout: float = _key((_F,), 0.0, lo=0.0, hi=1.0, hi_open=True)
+    jitter: int = _key((_I,), 0, lo=0, hi=8)
+    channels: int = _key((_I,), 0, lo=0)
+    epochs: int = _key((_I,), 10, lo=0)
+    lr: float = _key((_F,), 1e-3, lo=0.0)
+    batch_size: int = _key((_I,), 100, lo=1)
+    schedule: str = _key((_S,), "constant", _SCHEDULES)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """``[distill]``: the student trained again against the teacher (Hinton et al. 2015)."""
+
+    temperature: float = _key((_F,), 4.0, lo=1e-6)
+    alpha: float = _key((_F,), 0.9, lo=0.0, hi=1.0)
+    epochs: int = _key((_I,), 10, lo=0)
+    lr: float = _key((_F,), 1e-3, lo=0.0)
+    batch_size: int = _key((_I,), 100, lo=1)
+    schedule: str = _key((_S,), "constant", _SCHEDULES)
+    finetune: bool = _key((_B,), True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    """``[prune]``: magnitude, threshold (Han et al. 2015) or N:M pruning, then retraining."""
+
+    method: str = _key((_S,), "magnitude", ("magnitude", "threshold", "nm"))
+    sparsity: float | Mapping[str, float] | None = _key(
+        (_F, _D), None, lo=0.0, hi=1.0, hi_open=True, item=float
+    )
+    scope: str = _key((_S,), "layer", ("layer", "global"))
+    quality: float | Mapping[str, float] | None = _key((_F, _D), None, lo=0.0, item=float)
+    n: int = _key((_I,), 2, lo=1)
+    m: int = _key((_I,), 4, lo=2)
+    where: str | None = _key((_S,), None)
+    rounds: int = _key((_I,), 1, lo=1)
+    epochs: int = _key((_I,), 1, lo=0)
+    lr: float = _key((_F,), 1e-4, lo=0.0)
+    batch_size: int = _key((_I,), 100, lo=1)
+    schedule: str = _key((_S,), "constant", _SCHEDULES)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantizeConfig:
+    """``[quantize]``: optional quantization-aware training, then weight quantization."""
+
+    bits: int = _key((_I,), 8, lo=2, hi=8)
+    scheme: str = _key((_S,), "symmetric", ("symmetric", "affine"))
+    axis: int = _key((_I,), -1)
+    group_size: int = _key((_I,), 0, lo=0)
+    where: str | None = _key((_S,), None)
+    qat_epochs: int = _key((_I,), 0, lo=0)
+    lr: float = _key((_F,), 1e-4, lo=0.0)
+    batch_size: int = _key((_I,), 100, lo=1)
+    schedule: str = _key((_S,), "constant", _SCHEDULES)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """``[cluster]``: k-means weight sharing, then optional centroid fine-tuning."""
+
+    bits: int = _key((_I,), 5, lo=1, hi=8)
+    init: str = _key((_S,), "linear", ("linear", "density", "kmeans++"))
+    where: str | None = _key((_S,), None)
+    finetune_epochs: int = _key((_I,), 0, lo=0)
+    lr: float = _key((_F,), 1e-4, lo=0.0)
+    batch_size: int = _key((_I,), 100, lo=1)
+    schedule: str = _key((_S,), "constant", _SCHEDULES)
+    index_bits: int = _key((_I,), 5, lo=1, hi=16)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """``[export]``: write one artifact per model stage."""
+
+    enabled: bool = _key((_B,), True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EdgeConfig:
+    """``[edge]``: the artifacts in the edge runtime: latency, projections, split plans."""
+
+    devices: tuple[str, ...] = _key((_L,), ["rpi4", "stm32h7a3"], item=str)
+    threads: int = _key((_I,), 1, lo=1)
+    iters: int = _key((_I,), 100, lo=1)
+    warmup: int = _key((_I,), 10, lo=0)
+    links_mbit: tuple[float, ...] = _key((_L,), [], item=float)
+    rtt_ms: float = _key((_F,), 20.0, lo=0.0)
+    split_edge: str = _key((_S,), "rpi4")
+    eval_limit: int = _key((_I,), 1000, lo=0)
+    enabled: bool = _key((_B,), True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """``[sweep]``: the run repeated for each value of one ``section.key``."""
+
+    key: str | None = _key((_S,), None)
+    values: tuple | None = _key((_L,), None)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PaperConfig:
+    """``[paper]``: published numbers printed beside ours."""
+
+    dataset: str = _key((_S,), "", ("",) + DATASETS)
+    title: str = _key((_S,), "")
+    reference: str = _key((_S,), "")
+    notes: str = _key((_S,), "")
+    values: Mapping[str, float] = _key((_D,), {}, item=float)
+
+
+# section -> its config type, in the canonical section order
+CONFIGS: dict[str, type] = {
+    "study": StudyConfig,
+    "teacher": TrainConfig,
+    "student": TrainConfig,
+    "distill": DistillConfig,
+    "prune": PruneConfig,
+    "quantize": QuantizeConfig,
+    "cluster": ClusterConfig,
+    "export": ExportConfig,
+    "edge": EdgeConfig,
+    "sweep": SweepConfig,
+    "paper": PaperConfig,
 }
 
+# {section: {key: _Key}}: the recipe schema, read off the config types' fields
 SCHEMA: dict[str, dict[str, _Key]] = {
-    "study": {
-        "name": _Key((_S,), "study"),
-        "seed": _Key((_I,), 0, lo=0),
-        "dataset": _Key((_S,), "mnist1d", DATASETS),
-        "data_dir": _Key((_S,), None),
-        "train_limit": _Key((_I,), 0, lo=0),
-        "test_limit": _Key((_I,), 0, lo=0),
-        "description": _Key((_S,), ""),
-    },
-    "teacher": dict(_TRAIN),
-    "student": dict(_TRAIN),
-    "distill": {
-        "temperature": _Key((_F,), 4.0, lo=1e-6),
-        "alpha": _Key((_F,), 0.9, lo=0.0, hi=1.0),
-        "epochs": _Key((_I,), 10, lo=0),
-        "lr": _Key((_F,), 1e-3, lo=0.0),
-        "batch_size": _Key((_I,), 100, lo=1),
-        "schedule": _Key((_S,), "constant", ("constant", "cosine")),
-        "finetune": _Key((_B,), True),
-    },
-    "prune": {
-        "method": _Key((_S,), "magnitude", ("magnitude", "threshold", "nm")),
-        "sparsity": _Key((_F, _D), None, lo=0.0, hi=1.0, hi_open=True, item=float),
-        "scope": _Key((_S,), "layer", ("layer", "global")),
-        "quality": _Key((_F, _D), None, lo=0.0, item=float),
-        "n": _Key((_I,), 2, lo=1),
-        "m": _Key((_I,), 4, lo=2),
-        "where": _Key((_S,), None),
-        "rounds": _Key((_I,), 1, lo=1),
-        "epochs": _Key((_I,), 1, lo=0),
-        "lr": _Key((_F,), 1e-4, lo=0.0),
-        "batch_size": _Key((_I,), 100, lo=1),
-        "schedule": _Key((_S,), "constant", ("constant", "cosine")),
-    },
-    "quantize": {
-        "bits": _Key((_I,), 8, lo=2, hi=8),
-        "scheme": _Key((_S,), "symmetric", ("symmetric", "affine")),
-        "axis": _Key((_I,), -1),
-        "group_size": _Key((_I,), 0, lo=0),
-        "where": _Key((_S,), None),
-        "qat_epochs": _Key((_I,), 0, lo=0),
-        "lr": _Key((_F,), 1e-4, lo=0.0),
-        "batch_size": _Key((_I,), 100, lo=1),
-        "schedule": _Key((_S,), "constant", ("constant", "cosine")),
-    },
-    "cluster": {
-        "bits": _Key((_I,), 5, lo=1, hi=8),
-        "init": _Key((_S,), "linear", ("linear", "density", "kmeans++")),
-        "where": _Key((_S,), None),
-        "finetune_epochs": _Key((_I,), 0, lo=0),
-        "lr": _Key((_F,), 1e-4, lo=0.0),
-        "batch_size": _Key((_I,), 100, lo=1),
-        "schedule": _Key((_S,), "constant", ("constant", "cosine")),
-        "index_bits": _Key((_I,), 5, lo=1, hi=16),
-    },
-    "export": {"enabled": _Key((_B,), True)},
-    "edge": {
-        "devices": _Key((_L,), ["rpi4", "stm32h7a3"], item=str),
-        "threads": _Key((_I,), 1, lo=1),
-        "iters": _Key((_I,), 100, lo=1),
-        "warmup": _Key((_I,), 10, lo=0),
-        "links_mbit": _Key((_L,), [], item=float),
-        "rtt_ms": _Key((_F,), 20.0, lo=0.0),
-        "split_edge": _Key((_S,), "rpi4"),
-        "eval_limit": _Key((_I,), 1000, lo=0),
-        "enabled": _Key((_B,), True),
-    },
-    "sweep": {
-        "key": _Key((_S,), None),
-        "values": _Key((_L,), None),
-    },
-    "paper": {
-        "dataset": _Key((_S,), "", ("",) + DATASETS),
-        "title": _Key((_S,), ""),
-        "reference": _Key((_S,), ""),
-        "notes": _Key((_S,), ""),
-        "values": _Key((_D,), {}, item=float),
-    },
+    sec: {f.name: f.metadata["key"] for f in dataclasses.fields(cls)}
+    for sec, cls in CONFIGS.items()
 }
+
+
+def _frozen(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, dict):
+        return types_.MappingProxyType({k: _frozen(x) for k, x in v.items()})
+    return v
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def section_config(section: str, body: Mapping, *, source: str = "<dict>") -> Any:
+    """The typed config of one recipe section, validated (defaults filled in).
+
+    Args:
+      section: the section name (``"prune"``, ``"student"``, ...).
+      body: ``{key: value}`` as in the TOML table.
+      source: named in error messages.
+
+    Returns:
+      The section's frozen config (`PruneConfig`, `TrainConfig`, ...): lists as tuples, tables
+      as read-only mappings.
+
+    Raises:
+      RecipeError: an unknown section or key ("did you mean"), or a value of the wrong type or
+        out of range; the message names ``source`` and the dotted key.
+    """
+    if section not in CONFIGS:
+        raise _fail(
+            source,
+            section,
+            f"unknown section [{section}]; {_did_you_mean(section, CONFIGS)}"
+            f"known: {sorted(CONFIGS)}",
+        )
+    schema = SCHEMA[section]
+    values = {}
+    for key, v in body.items():
+        if key not in schema:
+            raise _fail(
+                source,
+                f"{section}.{key}",
+                f"unknown key; {_did_you_mean(key, schema)}[{section}] takes {sorted(schema)}",
+            )
+        values[key] = _frozen(_check_value(source, f"{section}.{key}", schema[key], v))
+    return CONFIGS[section](**values)
+
+
 REQUIRED_SECTIONS = ("study", "student")
 # sections whose keys a sweep may vary
 SWEEPABLE = ("distill", "prune", "quantize", "cluster")
@@ -220,6 +366,23 @@ class Recipe:
     source: str
     sections: dict
     text: str
+    configs: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def config(self, section: str) -> Any:
+        """The typed, validated config of a section (`TrainConfig`, `PruneConfig`, ...), or
+        ``None`` when the recipe has no such section (``[export]`` and ``[edge]`` default to
+        their defaults: they run unless disabled)."""
+        if section not in CONFIGS:
+            raise RecipeError(
+                f"recipe {self.source}: {section}: unknown section; "
+                f"{_did_you_mean(section, CONFIGS)}known: {sorted(CONFIGS)}"
+            )
+        cfg = self.configs.get(section)
+        if cfg is None and section in self.sections:  # a Recipe built by hand from sections
+            cfg = CONFIGS[section](**{k: _frozen(v) for k, v in self.sections[section].items()})
+        if cfg is None and section in ("export", "edge"):
+            cfg = CONFIGS[section]()
+        return cfg
 
     def __contains__(self, section: str) -> bool:
         return section in self.sections
@@ -353,14 +516,22 @@ def parse_recipe(raw: Mapping, *, source: str = "<string>", check_profiles: bool
     sections: dict[str, dict] = {}
     for sec, body in raw.items():
         if sec not in SCHEMA:
-            raise _fail(source, sec, f"unknown section [{sec}]; known: {sorted(SCHEMA)}")
+            raise _fail(
+                source,
+                sec,
+                f"unknown section [{sec}]; {_did_you_mean(sec, SCHEMA)}known: {sorted(SCHEMA)}",
+            )
         if not isinstance(body, Mapping):
             raise _fail(source, sec, f"[{sec}] must be a table, got {type(body).__name__}")
         schema = SCHEMA[sec]
         out = {}
         for key, v in body.items():
             if key not in schema:
-                raise _fail(source, f"{sec}.{key}", f"unknown key; [{sec}] takes {sorted(schema)}")
+                raise _fail(
+                    source,
+                    f"{sec}.{key}",
+                    f"unknown key; {_did_you_mean(key, schema)}[{sec}] takes {sorted(schema)}",
+                )
             out[key] = _check_value(source, f"{sec}.{key}", schema[key], v)
         for key, spec in schema.items():
             if key not in out:
@@ -376,7 +547,12 @@ def parse_recipe(raw: Mapping, *, source: str = "<string>", check_profiles: bool
     sections = {s: sections[s] for s in SCHEMA if s in sections}
     _check_combinations(source, sections, check_profiles=check_profiles)
     text = raw.get("__text__", "") if isinstance(raw, dict) else ""
-    return Recipe(source=source, sections=sections, text=text)
+    # the typed configs: built once here from the validated sections; the stages read only these
+    configs = {
+        sec: CONFIGS[sec](**{k: _frozen(v) for k, v in body.items()})
+        for sec, body in sections.items()
+    }
+    return Recipe(source=source, sections=sections, text=text, configs=configs)
 
 
 def _check_model(source: str, sec: str, body: dict, dataset: str) -> None:

@@ -1,21 +1,34 @@
 """The study report: one dict (``report.json``) and its Markdown rendering (``report.md``).
 
-Every number comes from the run's stage markers; published numbers are only ever taken from the
-recipe's ``[paper]`` section and printed beside ours, labelled as the paper's.
+Every number comes from the stages' outputs (``{stage: metrics}``, as their markers hold them)
+and the run's bookkeeping (`RunInfo`); published numbers are only ever taken from the recipe's
+``[paper]`` section and printed beside ours, labelled as the paper's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from jaxcompress.study._recipe import PAPER_METRICS
 from jaxcompress.study._util import machine, now, versions
 
-__all__ = ["build_report", "to_markdown"]
+__all__ = ["RunInfo", "build_report", "to_markdown"]
 
 
-def _stage_rows(study, chain) -> list[dict]:
-    sm = study.stage_metrics
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """The run's bookkeeping: when the folder was created, each stage's seconds (in run order),
+    the stages read back from the folder, and this invocation's wall time."""
+
+    created: str | None
+    timings: Mapping[str, float]
+    resumed: tuple[str, ...] | list[str]
+    total_seconds: float
+
+
+def _stage_rows(sm: Mapping[str, dict], chain) -> list[dict]:
     edge = sm.get("edge", {})
     per_stage = edge.get("per_stage", {})
     exp = sm.get("export", {})
@@ -110,31 +123,36 @@ def _ours_for_paper(rep: dict) -> dict:
     return ours
 
 
-def build_report(
-    study, chain, *, total_seconds: float, sweep_points: list[dict] | None = None
-) -> dict:
-    """The report dict from a finished (or resumed) :class:`~jaxcompress.study.Study`."""
-    r = study.recipe
-    sm = study.stage_metrics
+def build_report(recipe, chain, outputs: Mapping[str, dict], run: RunInfo) -> dict:
+    """The report dict of a finished (or resumed) run.
+
+    Args:
+      recipe: the run's :class:`~jaxcompress.study.Recipe`.
+      chain: the student's model stages in order (the last one is the final model).
+      outputs: ``{stage: metrics}``, every stage's output (the sweep's: its key and points).
+      run: the run's bookkeeping.
+    """
+    r, sm = recipe, outputs
+    st = r.config("study")
     rep: dict[str, Any] = {
         "format": "jaxcompress-study-report",
         "format_version": 1,
         "name": r.name,
-        "description": r["study"]["description"],
+        "description": st.description,
         "recipe_source": r.source,
         "recipe": r.to_dict(),
-        "seed": r["study"]["seed"],
-        "dataset": r["study"]["dataset"],
-        "created": getattr(study, "created", None),
+        "seed": st.seed,
+        "dataset": st.dataset,
+        "created": run.created,
         "finished": now(),
         "versions": versions(),
         "machine": machine(),
-        "timings_s": dict(study.timings),
-        "total_seconds_this_invocation": total_seconds,
-        "resumed_stages": list(study.resumed),
+        "timings_s": dict(run.timings),
+        "total_seconds_this_invocation": run.total_seconds,
+        "resumed_stages": list(run.resumed),
         "final_stage": chain[-1],
     }
-    rep["stages"] = _stage_rows(study, chain)
+    rep["stages"] = _stage_rows(sm, chain)
     rep["per_layer"] = sm[chain[-1]].get("per_layer", [])
     if "sizes" in sm:
         rep["deep_compression"] = sm["sizes"]
@@ -148,20 +166,20 @@ def build_report(
         rep["summary"] = summary
     if "export" in sm:
         rep["artifact"] = "model.jcx"
-    if sweep_points is not None:
-        rep["sweep"] = {"key": r["sweep"]["key"], "points": sweep_points}
-    if "paper" in r:
-        pa = r["paper"]
+    if "sweep" in sm:
+        rep["sweep"] = {"key": sm["sweep"]["key"], "points": sm["sweep"]["points"]}
+    pa = r.config("paper")
+    if pa is not None:
         ours = _ours_for_paper(rep)
         rep["paper"] = {
-            "dataset": pa.get("dataset") or None,
-            "comparable": not pa.get("dataset") or pa.get("dataset") == rep["dataset"],
-            "title": pa["title"],
-            "reference": pa["reference"],
-            "notes": pa["notes"],
+            "dataset": pa.dataset or None,
+            "comparable": not pa.dataset or pa.dataset == rep["dataset"],
+            "title": pa.title,
+            "reference": pa.reference,
+            "notes": pa.notes,
             "rows": [
                 {"metric": k, "label": PAPER_METRICS[k], "paper": v, "ours": ours.get(k)}
-                for k, v in pa["values"].items()
+                for k, v in pa.values.items()
             ],
         }
     return rep

@@ -13,8 +13,9 @@ Run folder layout::
     plots/*.png              plots
 
 A stage whose marker exists is not run again: an interrupted run resumes from the last finished
-stage. The model stages form a chain ``teacher -> student -> distill -> prune -> quantize|cluster``;
-each consumes the previous one's params.
+stage. The stages themselves are registered in ``_registry`` (each a small unit with declared
+inputs and a `StageOutput`); `Study` is the run folder and the context they run in: data, keys,
+models, evaluation, checkpoints. The report is built from the stages' outputs only.
 
 Stage states are data only (docs/study.md, "Run folder format"): the arrays in a safetensors file
 and a JSON schema in the marker naming, per leaf in tree order, its key path and kind (``array``,
@@ -38,19 +39,13 @@ import numpy as np
 
 from jaxcompress._core import JaxCompressValueError, StageInterrupted
 from jaxcompress.study import _plots, _report
-from jaxcompress.study._compress import model_stage_chain, run_model_stage, run_sweep
-from jaxcompress.study._recipe import MODELS, Recipe, RecipeError
-from jaxcompress.study._util import (  # noqa: F401  (atomic_write, machine, versions: re-exported)
-    atomic_write,
-    latency_percentiles,
-    log,
-    machine,
-    now,
-    to_json,
-    versions,
-)
+from jaxcompress.study._compress import model_stage_chain
+from jaxcompress.study._recipe import MODELS, Recipe, RecipeError, TrainConfig
+from jaxcompress.study._registry import plan
+from jaxcompress.study._types import StageOutput
+from jaxcompress.study._util import atomic_write, log, now, to_json
 
-__all__ = ["RunFolderError", "Study", "run_study", "atomic_write", "encode_state", "decode_state"]
+__all__ = ["RunFolderError", "Study", "run_study", "encode_state", "decode_state"]
 
 RUN_FORMAT = 1
 STATE_FORMAT = "jaxcompress-stage-state"
@@ -76,7 +71,6 @@ class RunFolderError(JaxCompressValueError):
 _CORRUPT = object()  # sentinel: a saved stage state failed its checksum
 
 
-# atomic_write, machine and versions are re-exported from ``_util`` (their one home in study/).
 _json = to_json
 _log = log
 _now = now
@@ -265,25 +259,25 @@ def decode_state(data: bytes, schema: Any, template: Any, where: str = "state") 
 
 
 # -- models and data ---------------------------------------------------------------------------
-def build_model(spec: dict, x_shape: tuple, num_classes: int, seed: int):
-    """``(apply_fn, params)`` for a ``[teacher]`` / ``[student]`` section."""
+def build_model(spec: TrainConfig, x_shape: tuple, num_classes: int, seed: int):
+    """``(apply_fn, params)`` for a ``[teacher]`` / ``[student]`` section's config."""
     from flax import nnx
 
     from jaxcompress import models
 
     rngs = nnx.Rngs(seed)
-    name = spec["model"]
+    name = spec.model
     if name == "mlp":
         model = models.MLP(
             in_features=int(np.prod(x_shape)),
-            features=tuple(spec["hidden"]),
+            features=tuple(spec.hidden),
             num_classes=num_classes,
-            dropout=spec["dropout"],
-            input_dropout=spec.get("input_dropout", 0.0),
+            dropout=spec.dropout,
+            input_dropout=spec.input_dropout,
             rngs=rngs,
         )
-    elif name == "cnn1d" and spec.get("channels"):
-        model = models.CNN1D(channels=spec["channels"], num_classes=num_classes, rngs=rngs)
+    elif name == "cnn1d" and spec.channels:
+        model = models.CNN1D(channels=spec.channels, num_classes=num_classes, rngs=rngs)
     else:
         ctor = {
             "cnn1d": models.CNN1D,
@@ -362,17 +356,6 @@ def override_dataset(recipe: Recipe, dataset: str | None, data_dir: str | None) 
 
 
 # -- the study -------------------------------------------------------------------------------------
-MODEL_STAGES = ("teacher", "student", "distill", "prune", "quantize", "cluster")
-STAGE_TITLES = {
-    "teacher": "teacher",
-    "student": "dense",
-    "distill": "distilled",
-    "prune": "pruned",
-    "quantize": "quantized",
-    "cluster": "clustered",
-}
-
-
 class Study:
     """One study run over a run folder (see the module docstring).
 
@@ -395,7 +378,7 @@ class Study:
         self.out = os.path.abspath(os.fspath(out_dir))
         self.progress = progress
         self.quiet = quiet
-        self.stage_metrics: dict[str, dict] = {}
+        self.created: str | None = None  # set by prepare()
         self.timings: dict[str, float] = {}
         self.resumed: list[str] = []
         self._ds = None
@@ -405,6 +388,10 @@ class Study:
     # -- folder -------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
+
+    def path(self, *parts: str) -> str:
+        """A path inside the run folder (``path()`` is the folder)."""
+        return self._p(*parts)
 
     def identity(self) -> dict:
         return {
@@ -452,8 +439,9 @@ class Study:
     def done(self, name: str) -> bool:
         return os.path.isfile(self._p("stages", f"{name}.json"))
 
-    def stage(self, name: str, fn) -> Any:
-        """Run ``fn() -> (state, metrics)`` unless the stage's marker exists; returns the state."""
+    def stage(self, name: str, fn) -> StageOutput:
+        """Run ``fn() -> StageOutput(state, metrics)`` unless the stage's marker exists (then the
+        stored output is read back); returns the output."""
         marker = self._p("stages", f"{name}.json")
         blob = self._p("stages", f"{name}.safetensors")
         if os.path.isfile(marker):
@@ -467,11 +455,10 @@ class Study:
                     os.remove(marker)
                     return self.stage(name, fn)
                 self._states[name] = state
-            self.stage_metrics[name] = m["metrics"]
             self.timings[name] = m["seconds"]
             self.resumed.append(name)
             self._say(f"stage {name}: already finished ({m['seconds']:.1f} s), resumed")
-            return state
+            return StageOutput(state, m["metrics"])
         try:  # from the log line on, Ctrl-C names this stage
             self._say(f"stage {name}: running")
             t0 = time.perf_counter()
@@ -499,14 +486,20 @@ class Study:
                 }
             ),
         )
-        self.stage_metrics[name] = json.loads(_json(metrics))
+        if state is not None:
+            self._states[name] = state
         self.timings[name] = seconds
         self._say(f"stage {name}: done in {seconds:.1f} s")
-        return state
+        # the metrics as the marker holds them (JSON), so a fresh and a resumed run read the same
+        return StageOutput(state, json.loads(_json(metrics)))
+
+    checkpoint = stage  # the name stages use for their own sub-stages (`StageContext`)
 
     def _say(self, msg: str) -> None:
         if not self.quiet:
             _log(msg)
+
+    say = _say
 
     # -- data ---------------------------------------------------------------------------------
     @property
@@ -514,16 +507,16 @@ class Study:
         if self._ds is None:
             from jaxcompress.data import load_dataset
 
-            st = self.recipe["study"]
-            if st["dataset"] in ("mnist", "fashion_mnist") and not st["data_dir"]:
+            st = self.recipe.config("study")
+            if st.dataset in ("mnist", "fashion_mnist") and not st.data_dir:
                 raise RecipeError(
-                    f"recipe {self.recipe.source}: study.data_dir: dataset {st['dataset']!r} "
+                    f"recipe {self.recipe.source}: study.data_dir: dataset {st.dataset!r} "
                     "needs the IDX folder (set study.data_dir or pass --data-dir DIR)"
                 )
-            ds = load_dataset(st["dataset"], data_dir=st["data_dir"])
-            if st["train_limit"] or st["test_limit"]:
-                ntr = st["train_limit"] or len(ds.x_train)
-                nte = st["test_limit"] or len(ds.x_test)
+            ds = load_dataset(st.dataset, data_dir=st.data_dir)
+            if st.train_limit or st.test_limit:
+                ntr = st.train_limit or len(ds.x_train)
+                nte = st.test_limit or len(ds.x_test)
                 ds = dataclasses.replace(
                     ds,
                     x_train=ds.x_train[:ntr],
@@ -537,12 +530,14 @@ class Study:
     def key(self, name: str):
         import jax
 
-        return jax.random.fold_in(jax.random.key(self.recipe["study"]["seed"]), sum(map(ord, name)))
+        seed = self.recipe.config("study").seed
+        return jax.random.fold_in(jax.random.key(seed), sum(map(ord, name)))
 
     def model(self, sec: str):
+        """``(apply_fn, initial params)`` of ``[teacher]`` or ``[student]``."""
         ds = self.data
-        seed = self.recipe["study"]["seed"] + (1000 if sec == "teacher" else 0)
-        return build_model(self.recipe[sec], ds.x_train.shape[1:], ds.num_classes, seed)
+        seed = self.recipe.config("study").seed + (1000 if sec == "teacher" else 0)
+        return build_model(self.recipe.config(sec), ds.x_train.shape[1:], ds.num_classes, seed)
 
     def evaluate(self, apply_fn, tree) -> dict:
         from jaxcompress.quantization import dequantize_params
@@ -560,57 +555,32 @@ class Study:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Run (or resume) every stage and write the report; returns the report dict."""
+        """Run (or resume) every stage of the recipe's plan and write the report; returns the
+        report dict."""
         t_start = time.perf_counter()
         self.prepare()
         r = self.recipe
         self._say(f"study {r.name!r} -> {self.out}")
-        teacher = None
-        if "teacher" in r:
-            t_apply, _ = self.model("teacher")
-            tp = self.stage("teacher", lambda: run_model_stage(self, r, "teacher", None, None))
-            teacher = (t_apply, tp)
-        apply_fn, _ = self.model("student")
-        prev = None
-        chain = model_stage_chain(r)
-        for name in chain:
-            prev = self.stage(
-                name,
-                lambda name=name, prev=prev: run_model_stage(self, r, name, prev, teacher),
+        outputs: dict[str, StageOutput] = {}
+        for stage, sources in plan(r):
+            inputs = {decl: outputs[src] for decl, src in sources.items()}
+            if not stage.checkpoint:
+                outputs[stage.name] = stage.run(self, r, inputs)
+                continue
+            if stage.announce and not self.done(stage.name):
+                self._say(stage.announce)
+            outputs[stage.name] = self.stage(
+                stage.name, lambda stage=stage, inputs=inputs: stage.run(self, r, inputs)
             )
-            self._states[name] = prev
-        if "cluster" in r and "prune" in r:
-            from jaxcompress.clustering import deep_compression_sizes
-
-            c = r["cluster"]
-            self.stage(
-                "sizes",
-                lambda: (
-                    None,
-                    deep_compression_sizes(
-                        self.state("prune"),
-                        self.state("cluster"),
-                        index_bits=c["index_bits"],
-                        cluster_bits=c["bits"],
-                    ),
-                ),
-            )
-        sweep_points = None
-        if r.get("export", {"enabled": True})["enabled"]:
-            t_fn = teacher[0] if teacher is not None else None
-            self.stage("export", lambda: (None, self._export(apply_fn, chain, t_fn)))
-            e = r.get("edge")
-            if e is None or e["enabled"]:
-                self._say(
-                    "stage compile: compiling the edge runtime's Numba kernels for these models "
-                    "(first run on this machine only; cached afterwards)"
-                )
-                self.stage("compile", lambda: (None, self._compile(chain)))
-                self.stage("edge", lambda: (None, self._edge(chain)))
-        if "sweep" in r:
-            sweep_points = run_sweep(self, apply_fn, teacher)
         total = time.perf_counter() - t_start
-        rep = _report.build_report(self, chain, total_seconds=total, sweep_points=sweep_points)
+        run_info = _report.RunInfo(
+            created=self.created,
+            timings=dict(self.timings),
+            resumed=list(self.resumed),
+            total_seconds=total,
+        )
+        metrics = {name: out.metrics for name, out in outputs.items()}
+        rep = _report.build_report(r, model_stage_chain(r), metrics, run_info)
         atomic_write(self._p("report.json"), _json(rep))
         try:
             rep["plots"] = _plots.make_plots(rep, self._p("plots"))
@@ -662,135 +632,6 @@ class Study:
         if sec not in self._templates:
             self._templates[sec] = self.model(sec)[1]
         return decode_state(payload, info, self._templates[sec], where=f"{blob}")
-
-    # -- export and edge ----------------------------------------------------------------------
-    def _export(self, apply_fn, chain, teacher_apply=None) -> dict:
-        """Export every model stage (the teacher too, when there is one) as an artifact."""
-        from jaxcompress.export import save
-
-        x = np.asarray(self.data.x_test[:1])
-        out = {}
-        names = (["teacher"] if teacher_apply is not None else []) + list(chain)
-        for name in names:
-            path = self._p("artifacts", f"{name}.jcx")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            info = save(
-                path,
-                teacher_apply if name == "teacher" else apply_fn,
-                self.state(name),
-                x,
-                description=f"jaxcompress run {self.recipe.name}: {name}",
-            )
-            out[name] = {
-                "path": os.path.relpath(path, self.out),
-                "file_bytes": info.file_bytes,
-                "weight_bytes": info.weight_bytes,
-                "weight_count": info.weight_count,
-                "bits_per_weight": info.bits_per_weight,
-                "encodings": {k: v["encoding"] for k, v in info.tensors.items()},
-                "tensors": {
-                    k: {
-                        "encoding": v["encoding"],
-                        "shape": list(v["shape"]),
-                        "stored_bytes": int(v["stored_bytes"]),
-                    }
-                    for k, v in info.tensors.items()
-                },
-                "graph_ops": info.graph_ops,
-            }
-        final = self._p("artifacts", f"{chain[-1]}.jcx")
-        with open(final, "rb") as f:
-            atomic_write(self._p("model.jcx"), f.read())
-        out["final"] = chain[-1]
-        return out
-
-    def _artifact_names(self, chain) -> list[str]:
-        exported = self.stage_metrics.get("export", {})
-        return (["teacher"] if "teacher" in exported else []) + list(chain)
-
-    def _compile(self, chain) -> dict:
-        """Load every artifact in the edge runtime and run it once: the first run on a machine
-        compiles the runtime's Numba kernels (cached on disk afterwards)."""
-        from jaxcompress_kernels import artifact as _artifact
-        from jaxcompress_kernels import runtime as _runtime
-
-        threads = (self.recipe.get("edge") or {}).get("threads", 1)
-        for name in self._artifact_names(chain):
-            rt = _runtime.Runtime(
-                _artifact.load(self._p("artifacts", f"{name}.jcx")), num_threads=threads
-            )
-            rt.run(np.asarray(rt.artifact.sample_input[:1], np.float32))
-        return {"artifacts": self._artifact_names(chain)}
-
-    def _edge(self, chain) -> dict:
-        from jaxcompress.edge import Link, benchmark, get_profile
-        from jaxcompress_kernels import artifact as _artifact
-        from jaxcompress_kernels import runtime as _runtime
-
-        e = self.recipe.get("edge") or {k: s.default for k, s in _edge_schema().items()}
-        devices = [get_profile(d) for d in e["devices"]]
-        ds = self.data
-        n = min(e["eval_limit"], len(ds.x_test)) if e["eval_limit"] else len(ds.x_test)
-        ref = float_reference(chain)
-        ref_acc = self.stage_metrics.get(ref, {}).get("accuracy")
-        names = self._artifact_names(chain)
-        runtimes = {
-            name: _runtime.Runtime(
-                _artifact.load(self._p("artifacts", f"{name}.jcx")), num_threads=e["threads"]
-            )
-            for name in names
-        }
-        x1 = np.asarray(ds.x_test[:1], np.float32)
-        # every stage timed round-robin, so that they share the same machine load
-        lat = latency_percentiles(
-            {k: (lambda rt=rt: rt.run(x1)) for k, rt in runtimes.items()},
-            iters=e["iters"],
-            warmup=min(e["warmup"], 5),
-        )
-        per_stage = {}
-        for name, rt in runtimes.items():
-            d = benchmark(rt, devices=devices, warmup=1, iters=3).to_dict()
-            per_stage[name] = {
-                "latency_ms": lat[name],
-                "projected_ms": {k: 1e3 * v["total_s"] for k, v in d["projected"].items()},
-                "artifact_bytes": d["size"]["artifact_bytes"],
-                "memory": d["memory"],
-            }
-        links = [Link.mbit(m, rtt_ms=e["rtt_ms"]) for m in e["links_mbit"]]
-        split_n = min(n, 1000) if links else 0
-        rep = benchmark(
-            self._p("model.jcx"),
-            x=ds.x_test[:n] if n else None,
-            y=ds.y_test[:n] if n else None,
-            float_accuracy=ref_acc,
-            devices=devices,
-            warmup=e["warmup"],
-            iters=e["iters"],
-            num_threads=e["threads"],
-            links=links,
-            split_edge=get_profile(e["split_edge"]),
-            split_accuracy_n=split_n,
-        )
-        atomic_write(self._p("edge_report.md"), rep.to_markdown() + "\n")
-        return {
-            "final": rep.to_dict(),
-            "per_stage": per_stage,
-            "markdown": "edge_report.md",
-            "float_reference": ref,
-            "eval_n": n,
-            "split_accuracy_n": split_n,
-        }
-
-
-def float_reference(chain) -> str:
-    """The float stage the compression started from: the last of ``student`` / ``distill``."""
-    return [s for s in chain if s in ("student", "distill")][-1]
-
-
-def _edge_schema():
-    from jaxcompress.study._recipe import SCHEMA
-
-    return SCHEMA["edge"]
 
 
 def _recipe_hash(recipe: Recipe) -> str:
