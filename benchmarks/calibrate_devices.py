@@ -182,14 +182,9 @@ def host_validation(out: str, argv) -> int:
 
 
 def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+    from jaxcompress_kernels.machine import cpu_model
+
+    return cpu_model()
 
 
 def main(argv=None) -> int:
