@@ -30,7 +30,8 @@ host profile; writes ``benchmarks/results/calibrate_host.md``.
 
 Usage (from the repository root):
     python benchmarks/calibrate_devices.py [--data CSV] [--no-write-calibration]
-    OMP_NUM_THREADS=1 flock /tmp/jaxcompress-bench.lock python benchmarks/calibrate_devices.py --host
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+        flock /tmp/jaxcompress-bench.lock python benchmarks/calibrate_devices.py --host
 """
 
 from __future__ import annotations
@@ -193,7 +194,8 @@ def host_validation(out: str, argv) -> int:
         "# Host projection vs the runtime's measurement (same run)",
         "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {time.time() - t0:.0f} s",
-        "- command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 flock /tmp/jaxcompress-bench.lock "
+        "- command: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=1 "
+        "OPENBLAS_NUM_THREADS=1 flock /tmp/jaxcompress-bench.lock "
         f"python benchmarks/calibrate_devices.py {' '.join(argv)}`",
         f"- machine: {_cpu()}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
         f"numpy {np.__version__}, numba {version('numba')}",

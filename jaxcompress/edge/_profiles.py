@@ -268,6 +268,9 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
     )
     if "bandwidth" not in spec:
         src.setdefault("bandwidth", f"clock x {cls['bus_bytes_per_cycle']:g} B/cycle bus ({cc})")
+    for field in ("flash_wait_states", "flash_read_bytes"):
+        if spec.get(field) is not None:
+            src.setdefault(field, "datasheet dict (no source given)")
     return DeviceProfile(
         name=name,
         description=str(spec.get("description", f"{cc} @ {clock / 1e6:g} MHz (datasheet)")),
