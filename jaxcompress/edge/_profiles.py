@@ -14,8 +14,9 @@ number, or a zero peak/bandwidth is refused with an error naming the profile and
 Optional fields, each ``{"value": ..., "source": str}``: ``core_class``, ``clock_hz``, ``cores``
 and, for boards that execute weights in place from flash, ``flash_wait_states`` (the flash read
 latency at ``clock_hz`` from the reference manual's table) and ``flash_read_bytes`` (bytes per
-flash read), which give the datasheet flash read cost ``(wait states + 1) / read bytes`` cycles
-per weight byte (`DeviceProfile.flash_cycles_per_byte`). The shipped file holds rpi4,
+flash read), and ``flash_clock_hz`` when the flash interface is not clocked at the core clock;
+they give the datasheet flash read cost ``(wait states + 1) / read bytes`` cycles per weight byte
+(`DeviceProfile.flash_cycles_per_byte`). The shipped file holds rpi4,
 pixel4-big, stm32l4r5, stm32h7a3, stm32u575, stm32u585 and nrf5340; ``host`` is calibrated by
 measuring this machine (`calibrate_host`). Users add their own devices with
 ``load_profiles(path)`` or `profile_from_datasheet`.
@@ -80,6 +81,9 @@ class DeviceProfile:
         flash-latency table for this clock and voltage range), or None (unknown / no flash).
       flash_read_bytes: bytes one flash read access delivers (the flash word / read-port width),
         or None.
+      flash_clock_hz: the clock the flash interface runs at, when it is not the core clock (e.g.
+        an STM32H743's AXI bus at half the core clock); None: ``clock_hz``. Its wait states
+        are counted in its own cycles.
     """
 
     name: str
@@ -98,20 +102,25 @@ class DeviceProfile:
     cost: object = dataclasses.field(default=None, compare=False, hash=False)
     flash_wait_states: int | None = None
     flash_read_bytes: int | None = None
+    flash_clock_hz: float | None = None
 
     def __post_init__(self):
         _check_fields(self.name, {f: getattr(self, f) for f in NUMERIC_FIELDS}, self.weights_in)
         _check_core(self.name, self.core_class, self.clock_hz, self.cores)
         _check_flash(self.name, self.flash_wait_states, self.flash_read_bytes)
+        _check_flash_clock(self.name, self.flash_clock_hz, self.clock_hz)
 
     @property
     def flash_cycles_per_byte(self) -> float | None:
         """Core cycles per byte of a flash read stream that misses every cache:
-        ``(flash_wait_states + 1) / flash_read_bytes`` (None when the datasheet fields are not
-        given)."""
+        ``(flash_wait_states + 1) / flash_read_bytes``, times ``clock_hz / flash_clock_hz`` when
+        the flash runs on a slower clock (None when the datasheet fields are not given)."""
         if self.flash_wait_states is None or self.flash_read_bytes is None:
             return None
-        return (self.flash_wait_states + 1) / self.flash_read_bytes
+        ratio = 1.0
+        if self.flash_clock_hz is not None and self.clock_hz is not None:
+            ratio = self.clock_hz / self.flash_clock_hz
+        return (self.flash_wait_states + 1) / self.flash_read_bytes * ratio
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -180,6 +189,25 @@ def _check_flash(name, wait_states, read_bytes) -> None:
         )
 
 
+def _check_flash_clock(name, flash_clock_hz, clock_hz) -> None:
+    if flash_clock_hz is None:
+        return
+    if (
+        isinstance(flash_clock_hz, bool)
+        or not isinstance(flash_clock_hz, (int, float))
+        or not math.isfinite(flash_clock_hz)
+        or flash_clock_hz <= 0
+    ):
+        raise JaxCompressValueError(
+            f"profile {name!r}: field 'flash_clock_hz' must be a positive number of Hz, "
+            f"got {flash_clock_hz!r}"
+        )
+    if clock_hz is None:
+        raise JaxCompressValueError(
+            f"profile {name!r}: field 'flash_clock_hz' needs the core clock 'clock_hz'"
+        )
+
+
 def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
     """A `DeviceProfile` for a new board from its datasheet: core class, clock and memories.
 
@@ -198,7 +226,8 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
       spec: ``{"core_class": str, "clock_hz": Hz, "ram_bytes": int, "flash_bytes": int | None,
         "cores": int (default 1), "bandwidth": bytes/s (optional), "active_power_w": W
         (optional), "flash_wait_states": int >= 0 and "flash_read_bytes": int >= 1 (optional,
-        both or neither), "description": str (optional), "sources": {field: text}
+        both or neither), "flash_clock_hz": Hz (optional, the flash interface's clock when it is
+        not the core clock; its wait states count in its cycles), "description": str (optional), "sources": {field: text}
         (optional)}``.
 
     Returns:
@@ -232,6 +261,7 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
         "weights_in",
         "flash_wait_states",
         "flash_read_bytes",
+        "flash_clock_hz",
     }
     extra = sorted(set(spec) - known)
     if extra:
@@ -249,6 +279,7 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
         raise JaxCompressValueError(f"profile {name!r}: field 'clock_hz' must be a number of Hz")
     _check_core(name, cc, spec["clock_hz"], cores)
     _check_flash(name, spec.get("flash_wait_states"), spec.get("flash_read_bytes"))
+    _check_flash_clock(name, spec.get("flash_clock_hz"), spec["clock_hz"])
     cls = core_classes()[cc]
     clock = float(spec["clock_hz"])
     values = {
@@ -268,7 +299,7 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
     )
     if "bandwidth" not in spec:
         src.setdefault("bandwidth", f"clock x {cls['bus_bytes_per_cycle']:g} B/cycle bus ({cc})")
-    for field in ("flash_wait_states", "flash_read_bytes"):
+    for field in ("flash_wait_states", "flash_read_bytes", "flash_clock_hz"):
         if spec.get(field) is not None:
             src.setdefault(field, "datasheet dict (no source given)")
     return DeviceProfile(
@@ -286,6 +317,9 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
         cores=int(cores),
         flash_wait_states=spec.get("flash_wait_states"),
         flash_read_bytes=spec.get("flash_read_bytes"),
+        flash_clock_hz=None
+        if spec.get("flash_clock_hz") is None
+        else float(spec["flash_clock_hz"]),
     )
 
 
@@ -311,7 +345,14 @@ def _parse(name: str, spec) -> DeviceProfile:
         if values[field] is not None:
             values[field] = int(values[field])
     core = {}
-    for field in ("core_class", "clock_hz", "cores", "flash_wait_states", "flash_read_bytes"):
+    for field in (
+        "core_class",
+        "clock_hz",
+        "cores",
+        "flash_wait_states",
+        "flash_read_bytes",
+        "flash_clock_hz",
+    ):
         if field in spec:
             entry = spec[field]
             core[field] = entry["value"] if isinstance(entry, dict) else entry

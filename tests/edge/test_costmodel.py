@@ -198,6 +198,10 @@ def test_calibrated_and_uncalibrated_status():
             {"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": 1, "flash_wait_states": 2},
             "'flash_read_bytes' is missing",
         ),
+        (
+            {"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": 1, "flash_clock_hz": 0},
+            "'flash_clock_hz' must be a positive number",
+        ),
         ({"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": 1, "mhz": 3}, "unknown field"),
     ],
 )
@@ -316,6 +320,20 @@ def test_datasheet_flash_fields_reach_the_projection():
         "u5-like", {**spec, "flash_wait_states": 4, "flash_read_bytes": 16}
     )
     assert plain.flash_cycles_per_byte is None and flash.flash_cycles_per_byte == 5 / 16
+    # a flash on a bus at half the core clock: its wait states cost twice the core cycles
+    h743 = profile_from_datasheet(
+        "h743-like",
+        {
+            "core_class": "cortex-m7",
+            "clock_hz": 480e6,
+            "ram_bytes": 1 << 20,
+            "flash_wait_states": 4,
+            "flash_read_bytes": 32,
+            "flash_clock_hz": 240e6,
+        },
+    )
+    assert h743.flash_cycles_per_byte == pytest.approx(2 * 5 / 32)
+    assert h743.sources["flash_clock_hz"]
     g = _linear_graph(100_000)
     assert project(g, flash).total_s > project(g, plain).total_s
     # the shipped MCU profiles carry their flash read cost with a source
