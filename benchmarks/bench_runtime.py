@@ -592,19 +592,12 @@ def _print_row(row) -> None:
 
 
 def _cpu() -> tuple[str, str]:
-    name, flags = platform.processor() or "unknown", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", "unknown", platform.processor()):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                keep = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl")
-                keep += ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8")
-                flags = " ".join(f for f in keep if f in have)
-    except OSError:
-        pass
-    return name, flags
+    from jaxcompress_kernels.machine import cpu_flags, cpu_model
+
+    have = cpu_flags()
+    keep = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl")
+    keep += ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8")
+    return cpu_model(), " ".join(f for f in keep if f in have)
 
 
 def _ver(dist: str) -> str:

@@ -5,12 +5,16 @@ division's measured latencies (int8 models, several engines) on NUCLEO-L4R5ZI (`
 Cortex-M4F), NUCLEO-H7A3ZI-Q (``stm32h7a3``, Cortex-M7) and three Cortex-M33 boards
 (``stm32u575``, ``stm32u585``, ``nrf5340``). Our exports of the same four reference models
 (``jaxcompress.models``: DS-CNN = kws, MobileNetV1 0.25 = vww, ResNet-8 = ic, FC AutoEncoder = ad)
-are float graphs: until the integer path lands they are costed with int8 compute (the runtime's
-plan gives each node's FLOPs, output size, weight bytes and which nodes fuse into a step).
+are exported as full-integer graphs (batch norm folded into the layer before it, as TFLite does;
+``ptq(..., activation_bits=8)``; ``export.save(..., integer=True)``), and the cost model reads
+their int8 op specs (``qconv2d``, ``qlinear``, ``qadd``, ...) from the runtime's plan.
 
-Model (``jaxcompress.edge._calibrate``): per core class one int8 efficiency; shared by all classes
-a per-output-element cost (MAC equivalents) and a flash streaming cost (cycles per weight byte);
-one time factor per engine other than the reference (X-CUBE-AI). Validation: for each model, fit
+Model (``jaxcompress.edge._calibrate``): per core class one int8 (conv) efficiency, linear layers
+at that efficiency divided by the class's instruction-count ratio (``core_classes.json``,
+``linear_mac_cost_ratio``, not fitted); shared by all classes a per-output-element cost (MAC
+equivalents) and a factor on each board's datasheet flash read cost (``profiles.json``:
+``(flash_wait_states + 1) / flash_read_bytes`` cycles per weight byte streamed from flash); one
+time factor per engine other than the reference (X-CUBE-AI). Validation: for each model, fit
 on the other three (all boards) and project it; errors against the median over a board's
 submitters (each projected with its engine) and against the fastest submitter.
 
@@ -26,7 +30,8 @@ host profile; writes ``benchmarks/results/calibrate_host.md``.
 
 Usage (from the repository root):
     python benchmarks/calibrate_devices.py [--data CSV] [--no-write-calibration]
-    OMP_NUM_THREADS=1 flock /tmp/jaxcompress-bench.lock python benchmarks/calibrate_devices.py --host
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+        flock /tmp/jaxcompress-bench.lock python benchmarks/calibrate_devices.py --host
 """
 
 from __future__ import annotations
@@ -79,21 +84,57 @@ MODEL_NAMES = {
 }
 
 
-def export_graphs(folder: str) -> dict:
-    """Exports the four models (random weights) and returns their `EdgeGraph`s."""
+def fold_batchnorm(model):
+    """Folds every inference-mode batch norm of the MLPerf Tiny models into the conv / dense layer
+    before it (``w' = w s``, ``b' = (b - mean) s + beta``, ``s = gamma / sqrt(var + eps)``, as
+    TFLite's converter does), so the model exports as a full-integer graph. Returns `model`."""
+    import jax.numpy as jnp
     from flax import nnx
 
-    from jaxcompress import models
+    class FoldedBN(nnx.Module):
+        """A batch norm folded into the layer before it: the identity."""
+
+        def __call__(self, x, use_running_average=True):
+            return x
+
+    def fold(layer, bn):
+        s = bn.scale.get_value() / jnp.sqrt(bn.var.get_value() + bn.epsilon)
+        layer.kernel.set_value(layer.kernel.get_value() * s)
+        b = layer.bias.get_value()
+        layer.bias.set_value((b - bn.mean.get_value()) * s + bn.bias.get_value())
+
+    for _, m in list(nnx.iter_graph(model)):
+        bn = getattr(m, "bn", None)
+        if isinstance(bn, nnx.BatchNorm):  # _ConvBN: conv -> bn
+            fold(m.conv, bn)
+            m.bn = FoldedBN()
+        elif isinstance(bn, nnx.List):  # FCAutoEncoder: dense[i] -> bn[i]
+            for i, (d, b) in enumerate(zip(m.dense, bn, strict=True)):
+                fold(d, b)
+                bn[i] = FoldedBN()
+    return model
+
+
+def export_graphs(folder: str) -> dict:
+    """Exports the four models as full-integer graphs (int8 weights and activations, batch norm
+    folded, post-training ranges from random calibration inputs: latency does not depend on the
+    values) and returns their `EdgeGraph`s."""
+    from flax import nnx
+
+    from jaxcompress import models, quantization
     from jaxcompress.edge import graph_from_artifact
     from jaxcompress.export import save
 
     graphs = {}
     for key, (cls, shape) in MODELS.items():
-        m = getattr(models, cls)(rngs=nnx.Rngs(0))
-        _, params, _ = nnx.split(m, nnx.Param, ...)
-        x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+        m = fold_batchnorm(getattr(models, cls)(rngs=nnx.Rngs(0)))
+        apply_fn, params = models.functional(m)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((1, *shape)).astype(np.float32)
+        cal = [rng.standard_normal((4, *shape)).astype(np.float32) for _ in range(2)]
+        r = quantization.ptq(apply_fn, params, cal, activation_bits=8)
         path = os.path.join(folder, f"{key}.jcx")
-        save(path, m, params, x)
+        save(path, r.apply_fn, r.params, x, integer=True, calibration_batches=cal)
         graphs[key] = graph_from_artifact(path, num_threads=1)
     return graphs
 
@@ -153,7 +194,8 @@ def host_validation(out: str, argv) -> int:
         "# Host projection vs the runtime's measurement (same run)",
         "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {time.time() - t0:.0f} s",
-        "- command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 flock /tmp/jaxcompress-bench.lock "
+        "- command: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=1 "
+        "OPENBLAS_NUM_THREADS=1 flock /tmp/jaxcompress-bench.lock "
         f"python benchmarks/calibrate_devices.py {' '.join(argv)}`",
         f"- machine: {_cpu()}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
         f"numpy {np.__version__}, numba {version('numba')}",
@@ -182,14 +224,70 @@ def host_validation(out: str, argv) -> int:
 
 
 def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+    from jaxcompress_kernels.machine import cpu_model
+
+    return cpu_model()
+
+
+def _op_counts(graph) -> dict:
+    out = {}
+    for o in graph.ops:
+        if not o.alias:
+            out[o.op] = out.get(o.op, 0) + 1
+    return out
+
+
+def _flash(p) -> str:
+    if p.flash_cycles_per_byte is None:
+        return "unknown (no flash term)"
+    return (
+        f"{p.flash_wait_states} WS / {p.flash_read_bytes} B = "
+        f"{p.flash_cycles_per_byte:.3g} cycles/B"
+    )
+
+
+def _ablation(rows, graphs, profiles, lomo) -> list[str]:
+    """The leave-one-model-out errors without each of the two non-fitted datasheet terms."""
+    import dataclasses
+
+    from jaxcompress.edge._calibrate import leave_one_model_out
+
+    no_flash = {
+        b: dataclasses.replace(p, flash_wait_states=None, flash_read_bytes=None)
+        for b, p in profiles.items()
+    }
+    variants = {
+        "the model": lomo,
+        "without the flash read term (no board's flash data)": leave_one_model_out(
+            rows, graphs, no_flash, reference_engine=REFERENCE
+        ),
+        "without the linear-layer ratio (linear at the conv efficiency)": leave_one_model_out(
+            rows, graphs, profiles, reference_engine=REFERENCE, linear_ratio=False
+        ),
+    }
+    classes = sorted({c["core_class"] for c in lomo})
+    md = [
+        "",
+        "## Ablation: which term carries the FC AutoEncoder",
+        "",
+        "Leave-one-model-out max |error vs median| per class (median in brackets) and the FC "
+        "AutoEncoder's error per board, refitted without one datasheet term at a time.",
+        "",
+        "| variant | " + " | ".join(classes) + " | FC AutoEncoder (ad) per board |",
+        "|---|" + "---:|" * len(classes) + "---|",
+    ]
+    for name, cells in variants.items():
+        per = []
+        for c in classes:
+            e = [abs(x["error_median"]) for x in cells if x["core_class"] == c]
+            per.append(f"{100 * max(e):.1f}% ({100 * statistics.median(e):.1f}%)")
+        ad = ", ".join(
+            f"{x['board']} {100 * x['error_median']:+.1f}%"
+            for x in sorted(cells, key=lambda x: x["board"])
+            if x["model"] == "ad"
+        )
+        md.append(f"| {name} | " + " | ".join(per) + f" | {ad} |")
+    return md
 
 
 def main(argv=None) -> int:
@@ -207,6 +305,7 @@ def main(argv=None) -> int:
 
     from jaxcompress.edge import get_profile
     from jaxcompress.edge._calibrate import fit_cost_model, leave_one_model_out
+    from jaxcompress.edge._costmodel import core_classes
     from jaxcompress_kernels.format.container import atomic_write
 
     t0 = time.time()
@@ -228,24 +327,26 @@ def main(argv=None) -> int:
 
     cal = {
         "format": "jaxcompress-calibration",
-        "version": 1,
+        "version": 2,
         "source": (
             "MLPerf Tiny v1.0 closed division, measured latencies (EEMBC EnergyRunner median "
-            "throughput) of mlcommons/tiny_results_v1.0; int8 models; our exports of the same "
-            "reference models costed with int8 compute"
+            "throughput) of mlcommons/tiny_results_v1.0; int8 models; our full-integer exports "
+            "of the same reference models (batch norm folded)"
         ),
         "command": "python benchmarks/calibrate_devices.py",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
         "reference_engine": REFERENCE,
         "n_parameters": fit.n_parameters,
         "model": (
-            "per core class: int8 efficiency; shared: out_overhead_macs, "
-            "weight_stream_cycles_per_byte; per non-reference engine: a time factor"
+            "per core class: int8 (conv) efficiency, linear layers / linear_mac_cost_ratio "
+            "(core_classes.json, not fitted); shared: out_overhead_macs, flash_stream_factor "
+            "(x each board's datasheet (flash_wait_states + 1) / flash_read_bytes cycles per "
+            "weight byte streamed from flash); per non-reference engine: a time factor"
         ),
         "engines": fit.engine_factor,
         "shared": {
             "out_overhead_macs": fit.out_overhead_macs,
-            "weight_stream_cycles_per_byte": fit.weight_stream_cycles_per_byte,
+            "flash_stream_factor": fit.flash_stream_factor,
         },
         "decode_cycles_per_weight": {"packed": 2.0, "codebook": 3.0, "sparse": 2.0, "int8": 1.0},
         "sparse_efficiency": 0.35,
@@ -286,11 +387,20 @@ def main(argv=None) -> int:
         f"{version('scipy')}, jax {version('jax')}, flax {version('flax')}",
         f"- data: `{os.path.relpath(args.data, ROOT)}` ({len(rows)} submissions, "
         f"{len({(r.board, r.model) for r in rows})} board x model cells)",
-        "- graphs: our float exports of the four reference models, costed with int8 compute "
-        "(the integer path of issue 14 had not landed)",
+        "- graphs: our full-integer exports of the four reference models (batch norm folded, "
+        "`ptq(..., activation_bits=8)`, `export.save(..., integer=True)`): "
+        + "; ".join(
+            f"{k} " + ", ".join(f"{n} {op}" for op, n in sorted(_op_counts(g).items()))
+            for k, g in graphs.items()
+        ),
         f"- parameters fitted: {fit.n_parameters} ({len(fit.classes)} class efficiencies, "
-        f"per-output cost, flash streaming cost, {len(fit.engines) - 1} engine factors), "
+        f"per-output cost, flash read factor, {len(fit.engines) - 1} engine factors), "
         f"for {len(rows)} measurements; deterministic (two fits equal): {deterministic}",
+        "- not fitted: each board's flash read cost from its datasheet, `(flash_wait_states + 1) "
+        "/ flash_read_bytes` cycles per weight byte ("
+        + "; ".join(f"{b} {_flash(p)}" for b, p in profiles.items())
+        + "); each class's linear-layer cost ratio (instruction count, core_classes.json): "
+        + ", ".join(f"{c} {core_classes()[c]['linear_mac_cost_ratio']:g}" for c in fit.classes),
         "",
         "## Fitted parameters (all data)",
         "",
@@ -304,7 +414,8 @@ def main(argv=None) -> int:
         )
     md.append(f"| per-output-element cost (MAC equivalents) | {fit.out_overhead_macs:.1f} |")
     md.append(
-        f"| flash streaming (cycles per weight byte) | {fit.weight_stream_cycles_per_byte:.3f} |"
+        f"| flash read factor (x datasheet cycles per streamed weight byte) | "
+        f"{fit.flash_stream_factor:.3f} |"
     )
     for e, v in fit.engine_factor.items():
         md.append(f"| engine factor {e}{' (reference)' if e == REFERENCE else ''} | {v:.3f} |")
@@ -350,6 +461,7 @@ def main(argv=None) -> int:
         + ", ".join(f"{b} {100 * v:.1f}%" for b, v in sorted(worst.items()))
         + ".",
     ]
+    md += _ablation(rows, graphs, profiles, lomo)
     text = "\n".join(md) + "\n"
     atomic_write(args.out, text.encode())
     print(text)

@@ -77,13 +77,9 @@ HAN = {
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from jaxcompress_kernels.machine import cpu_model as _cpu_model
+
+    return _cpu_model()
 
 
 def make_optimizer(lr, wd: float, wd_mode: str) -> optax.GradientTransformation:

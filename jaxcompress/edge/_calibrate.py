@@ -1,11 +1,13 @@
 """Fitting the per-core-class cost parameters on published latencies, and validating them.
 
 The model (`jaxcompress.edge._costmodel`) is priced in int8 with, per core class ``c``, one
-efficiency ``eff_c`` (fraction of the class's int8 peak), and shared by every class: the
-per-output-element cost ``a`` (MAC equivalents), the flash streaming cost ``w`` (cycles per
-weight byte) and one time factor per non-reference inference engine ``e_k``. With ``C`` classes
-and ``K`` engines that is ``C + 2 + (K - 1)`` parameters, fitted by least squares on the log of
-the latency::
+efficiency ``eff_c`` (fraction of the class's int8 peak reached by conv layers; linear layers reach
+``eff_c / r_c`` with ``r_c`` the class's ``linear_mac_cost_ratio``, an instruction count in
+``core_classes.json``, not fitted), and shared by every class: the per-output-element cost ``a``
+(MAC equivalents), the flash read factor ``k_f`` (multiplying each board's datasheet flash cost
+``(wait states + 1) / read bytes`` cycles per weight byte streamed from flash) and one time factor
+per non-reference inference engine ``e_k``. With ``C`` classes and ``K`` engines that is
+``C + 2 + (K - 1)`` parameters, fitted by least squares on the log of the latency::
 
     min_theta  sum_rows (log t_model(row; theta) - log t_measured(row))^2
                + ridge^2 * |log theta - log theta_prior|^2
@@ -28,13 +30,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from jaxcompress._core import JaxCompressValueError
-from jaxcompress.edge._costmodel import CostParams, core_classes
+from jaxcompress.edge._costmodel import CostParams, class_efficiency, core_classes
 from jaxcompress.edge._graph import EdgeGraph
 from jaxcompress.edge._profiles import DeviceProfile
 
 __all__ = ["Measurement", "CostFit", "fit_cost_model", "leave_one_model_out", "PRIOR"]
 
-PRIOR = {"cycles_per_mac": 2.0, "out_overhead_macs": 10.0, "weight_stream": 0.5, "engine": 1.0}
+PRIOR = {"cycles_per_mac": 2.0, "out_overhead_macs": 10.0, "flash_stream": 1.0, "engine": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +59,13 @@ class CostFit:
       efficiency: ``{class: int8 efficiency}`` (fraction of the class's int8 peak).
       cycles_per_mac: ``{class: int8 cycles per MAC}`` (``2 / (int8_ops_per_cycle * eff)``).
       out_overhead_macs: shared per-output cost (MAC equivalents).
-      weight_stream_cycles_per_byte: shared flash streaming cost.
+      flash_stream_factor: shared multiplier of each board's datasheet flash read cost
+        (``(wait states + 1) / read bytes`` cycles per streamed weight byte).
       engine_factor: ``{engine: time factor}``.
       n_parameters: number of fitted parameters.
       cost: the solver's final cost (half the sum of squared residuals).
+      linear_ratio: whether linear layers run at the class efficiency divided by the class's
+        ``linear_mac_cost_ratio`` (True, the model) or at the conv efficiency (an ablation).
     """
 
     classes: tuple[str, ...]
@@ -68,21 +73,22 @@ class CostFit:
     efficiency: dict
     cycles_per_mac: dict
     out_overhead_macs: float
-    weight_stream_cycles_per_byte: float
+    flash_stream_factor: float
     engine_factor: dict
     n_parameters: int
     cost: float
+    linear_ratio: bool = True
 
     def params(self, core_class: str, engine: str | None = None) -> CostParams:
         """The `CostParams` of `core_class` for `engine` (default: the reference engine)."""
         eng = engine or self.engines[0]
-        eff = self.efficiency[core_class]
+        eff = class_efficiency(core_class, self.efficiency[core_class])
+        if not self.linear_ratio:
+            eff["linear"] = eff["conv"]
         return CostParams(
-            efficiency={
-                c: eff for c in ("conv", "dwconv", "linear", "pool", "elementwise", "move")
-            },
+            efficiency=eff,
             out_overhead_macs=self.out_overhead_macs,
-            weight_stream_cycles_per_byte=self.weight_stream_cycles_per_byte,
+            flash_stream_factor=self.flash_stream_factor,
             engine=eng,
             engine_factor=self.engine_factor[eng],
             dtype="int8",
@@ -102,6 +108,7 @@ def fit_cost_model(
     *,
     reference_engine: str,
     ridge: float = 0.05,
+    linear_ratio: bool = True,
 ) -> CostFit:
     """Fits the per-class efficiencies, the shared costs and the engine factors on `rows`.
 
@@ -111,6 +118,7 @@ def fit_cost_model(
       profiles: ``{board: DeviceProfile}`` (with ``core_class`` and ``clock_hz``) for every board.
       reference_engine: the engine whose factor is fixed to 1.
       ridge: weight of the pull towards `PRIOR` (log space).
+      linear_ratio: False prices linear layers at the conv efficiency (an ablation).
 
     Returns:
       A `CostFit`.
@@ -139,12 +147,12 @@ def fit_cost_model(
     engines = (reference_engine, *others)
     names = (
         [f"cpm:{c}" for c in classes]
-        + ["out_overhead_macs", "weight_stream"]
+        + ["out_overhead_macs", "flash_stream"]
         + [f"engine:{e}" for e in others]
     )
     prior = np.log(
         [PRIOR["cycles_per_mac"]] * len(classes)
-        + [PRIOR["out_overhead_macs"], PRIOR["weight_stream"]]
+        + [PRIOR["out_overhead_macs"], PRIOR["flash_stream"]]
         + [PRIOR["engine"]] * len(others)
     )
     ops8 = {c: core_classes()[c]["int8_ops_per_cycle"] for c in classes}
@@ -161,10 +169,11 @@ def fit_cost_model(
             efficiency={c: 2.0 / (ops8[c] * cpm[c]) for c in classes},
             cycles_per_mac=cpm,
             out_overhead_macs=float(v[k]),
-            weight_stream_cycles_per_byte=float(v[k + 1]),
+            flash_stream_factor=float(v[k + 1]),
             engine_factor=factors,
             n_parameters=len(names),
             cost=0.0,
+            linear_ratio=linear_ratio,
         )
 
     target = np.log([r.latency_s for r in rows])
@@ -192,6 +201,7 @@ def leave_one_model_out(
     *,
     reference_engine: str,
     ridge: float = 0.05,
+    linear_ratio: bool = True,
 ) -> list[dict]:
     """Leave-one-model-out validation: for each model, fit on the others and project it.
 
@@ -211,6 +221,7 @@ def leave_one_model_out(
             profiles,
             reference_engine=reference_engine,
             ridge=ridge,
+            linear_ratio=linear_ratio,
         )
         for board in sorted({r.board for r in rows if r.model == model}):
             cell = [r for r in rows if r.model == model and r.board == board]

@@ -11,14 +11,16 @@ bandwidth ``BW`` is::
     compute   = engine * work / (peak * eff[op class] * (s if sparse else 1))
                 + p * out_elements                        (p: host per-output time, convs)
     memory    = B / BW                                    (B: the roofline's bytes moved)
-    stream    = weight_bytes * c_w / f                    (linear weights, read once, from flash)
+    stream    = weight_bytes * (c_w + k_f * (W + 1) / R) / f
+                                  (linear weights, read once per inference, from flash: W the
+                                   board's flash wait states at f, R its flash read width in bytes)
     decode    = weight_elements * c_d[format] / f         (unpacking packed / sparse / codebook)
     t         = (o + o_mac * [conv / linear]) * [op runs as its own step]
                 + max(compute, memory) + stream + decode
 
 Ops the runtime fuses into a neighbour's step (bias add, ReLU, the average's divide) cost nothing
 of their own: their work is in the step's epilogue (``a`` above). With the *neutral* parameters
-(``eff = 1``, ``engine = 1``, ``a = o = c_w = c_d = 0``) every op costs ``max(F / P, B / BW)``,
+(``eff = 1``, ``engine = 1``, ``a = o = c_w = k_f = c_d = 0``) every op costs ``max(F / P, B / BW)``,
 i.e. the plain roofline, which stays available as the labelled lower bound (`roofline_seconds`).
 
 The parameters (`CostParams`) are per core class: calibrated classes read theirs from
@@ -48,6 +50,7 @@ from jaxcompress._core import JaxCompressValueError
 from jaxcompress.edge._graph import EdgeGraph, Op
 
 __all__ = [
+    "class_efficiency",
     "OP_CLASSES",
     "WEIGHT_FORMATS",
     "CostParams",
@@ -75,7 +78,11 @@ class CostParams:
       out_overhead_macs: per-output-element cost of conv / linear ops in MAC equivalents
         (requantization, loop set-up, store).
       op_overhead_s: fixed time per executed step (dispatch, kernel set-up).
-      weight_stream_cycles_per_byte: cycles per weight byte streamed from flash (0: none).
+      weight_stream_cycles_per_byte: cycles per weight byte streamed from flash, independent of
+        the board (0: none).
+      flash_stream_factor: multiplies the board's datasheet flash read cost
+        (``DeviceProfile.flash_cycles_per_byte``, ``(wait states + 1) / read bytes``) for weight
+        bytes streamed from flash; 1.0 is the datasheet's raw cost, 0 none.
       decode_cycles_per_weight: ``{weight format: cycles per decoded weight element}``.
       sparse_efficiency: multiplies the efficiency of ops with sparse weights (index chasing,
         no SIMD).
@@ -96,6 +103,7 @@ class CostParams:
     out_overhead_macs: float = 0.0
     op_overhead_s: float = 0.0
     weight_stream_cycles_per_byte: float = 0.0
+    flash_stream_factor: float = 0.0
     decode_cycles_per_weight: dict = dataclasses.field(default_factory=dict)
     sparse_efficiency: float = 1.0
     engine: str = "reference"
@@ -121,6 +129,7 @@ class CostParams:
             "out_overhead_macs",
             "op_overhead_s",
             "weight_stream_cycles_per_byte",
+            "flash_stream_factor",
             "graph_overhead_s",
             "mac_op_overhead_s",
             "seconds_per_output",
@@ -142,6 +151,7 @@ class CostParams:
             and self.seconds_per_output == 0
             and self.memory_ceiling
             and self.weight_stream_cycles_per_byte == 0
+            and self.flash_stream_factor == 0
             and all(v == 0 for v in self.decode_cycles_per_weight.values())
             and self.engine_factor == 1.0
         )
@@ -192,9 +202,9 @@ def op_class(o: Op) -> str:
     """The op class of `o` (from the format's op specs; ops not in the format: ``linear``)."""
     if o.alias or o.static:
         return "view"
-    if o.op == "conv":
+    if o.op in ("conv", "qconv2d"):  # float and full-integer (int8) forms
         return "dwconv" if o.groups > 1 else "conv"
-    if o.op in ("linear", "dot_general"):
+    if o.op in ("linear", "dot_general", "qlinear"):
         return "linear"
     if o.op.startswith("reduce") or o.op in ("argmax", "argmin"):
         return "pool"
@@ -232,12 +242,17 @@ def op_bytes(graph: EdgeGraph, i: int) -> int:
     return int(sum(graph.nbytes(r) for r in o.inputs) + o.out_bytes + o.param_bytes)
 
 
-def roofline_seconds(graph: EdgeGraph, i: int, peak_flops: float, bandwidth: float) -> float:
-    """The plain roofline ``max(F / peak, B / bandwidth)`` of op `i` (0 for static / alias)."""
+def roofline_seconds(
+    graph: EdgeGraph, i: int, peak_flops: float, bandwidth: float, int8_ratio: float = 1.0
+) -> float:
+    """The plain roofline ``max(F / peak, B / bandwidth)`` of op `i` (0 for static / alias);
+    ``peak`` is the fp32 peak, times `int8_ratio` for an op whose values are int8 (a
+    full-integer graph), so the bound stays a lower bound for integer ops."""
     o = graph.ops[i]
     if o.static:
         return 0.0
-    return max(float(o.flops) / peak_flops, op_bytes(graph, i) / bandwidth)
+    peak = peak_flops * (int8_ratio if o.dtype == "int8" else 1.0)
+    return max(float(o.flops) / peak, op_bytes(graph, i) / bandwidth)
 
 
 def op_cost(
@@ -249,6 +264,7 @@ def op_cost(
     clock_hz: float | None,
     int8_ratio: float,
     params: CostParams,
+    flash_cycles_per_byte: float | None = None,
 ) -> OpCost:
     """The cost of op `i` of `graph` (see the module docstring for the formula).
 
@@ -260,10 +276,12 @@ def op_cost(
       clock_hz: core clock (needed when `params` has per-cycle costs).
       int8_ratio: the class's int8 ops per cycle over fp32 FLOPs per cycle.
       params: the class's `CostParams`.
+      flash_cycles_per_byte: the board's datasheet flash read cost (cycles per byte), or None
+        (unknown: no flash term).
     """
     o = graph.ops[i]
     cls, fmt = op_class(o), weight_format(o)
-    lower = roofline_seconds(graph, i, peak_flops, bandwidth)
+    lower = roofline_seconds(graph, i, peak_flops, bandwidth, int8_ratio)
     if o.static or cls == "view":
         b = 0 if o.static else op_bytes(graph, i)
         return OpCost(
@@ -292,18 +310,20 @@ def op_cost(
     if cls in ("conv", "dwconv"):
         compute += params.seconds_per_output * o.out_elements
     memory = nbytes / bandwidth if params.memory_ceiling else 0.0
-    per_cycle = params.weight_stream_cycles_per_byte or any(
-        params.decode_cycles_per_weight.values()
+    flash_cpb = params.weight_stream_cycles_per_byte + params.flash_stream_factor * (
+        flash_cycles_per_byte or 0.0
     )
+    per_cycle = flash_cpb or any(params.decode_cycles_per_weight.values())
     if per_cycle and not clock_hz:
         raise JaxCompressValueError(
             "this cost model has per-cycle costs: the profile needs a clock_hz"
         )
-    # weights read once per example (linear layers at batch 1) stream from flash; conv weights
-    # are reused over the output positions and stay in the flash accelerator / cache
+    # weights read once per example (linear layers at batch 1) stream from flash, each byte
+    # paying the flash's wait states; conv weights are reused over the output positions and stay
+    # in the flash accelerator / cache
     stream = 0.0
-    if cls == "linear" and params.weight_stream_cycles_per_byte:
-        stream = wbytes * params.weight_stream_cycles_per_byte / clock_hz
+    if cls == "linear" and flash_cpb:
+        stream = wbytes * flash_cpb / clock_hz
     decode = 0.0
     if o.weight_elements and fmt != "float32" and per_cycle:
         # int8 weights feeding an int8 kernel need no decoding
@@ -333,7 +353,7 @@ def op_cost(
 @functools.cache
 def core_classes() -> dict:
     """``{core class: {fp32_flops_per_cycle, int8_ops_per_cycle, bus_bytes_per_cycle,
-    weights_in, description, sources}}`` from ``core_classes.json``."""
+    linear_mac_cost_ratio, weights_in, description, sources}}`` from ``core_classes.json``."""
     text = importlib.resources.files("jaxcompress.edge").joinpath("core_classes.json").read_text()
     data = json.loads(text)
     out = {}
@@ -342,8 +362,20 @@ def core_classes() -> dict:
         for f in ("fp32_flops_per_cycle", "int8_ops_per_cycle", "bus_bytes_per_cycle"):
             rec[f] = float(spec[f]["value"])
             rec["sources"][f] = spec[f]["source"]
+        ratio = spec.get("linear_mac_cost_ratio", {"value": 1.0, "source": "default (1)"})
+        rec["linear_mac_cost_ratio"] = float(ratio["value"])
+        rec["sources"]["linear_mac_cost_ratio"] = ratio["source"]
         out[name] = rec
     return out
+
+
+def class_efficiency(core_class: str, efficiency: float) -> dict:
+    """``{op class: efficiency}`` of a calibrated class from its fitted (conv) int8 efficiency:
+    linear layers divide it by the class's ``linear_mac_cost_ratio`` (``core_classes.json``)."""
+    ratio = core_classes()[core_class]["linear_mac_cost_ratio"]
+    eff = {c: efficiency for c in ("conv", "dwconv", "pool", "elementwise", "move")}
+    eff["linear"] = efficiency / ratio
+    return eff
 
 
 @functools.cache

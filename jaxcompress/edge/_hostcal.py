@@ -26,27 +26,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 
 import numpy as np
 
 from jaxcompress.edge._costmodel import CostParams
+from jaxcompress_kernels.machine import cpu_model
 
 __all__ = ["measure_host_cost", "host_cost"]
 
 _CLASSES = ("conv", "dwconv", "linear", "pool", "elementwise")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _calibration_graphs(folder: str) -> list[str]:
@@ -300,7 +289,7 @@ def _cache_path() -> str:
 def _key(num_threads) -> str:
     from importlib.metadata import version
 
-    parts = [_cpu_model(), str(os.cpu_count()), str(num_threads)]
+    parts = [cpu_model(), str(os.cpu_count()), str(num_threads)]
     for pkg in ("numpy", "numba", "jaxcompress"):
         try:
             parts.append(f"{pkg}={version(pkg)}")

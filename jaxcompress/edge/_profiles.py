@@ -10,9 +10,16 @@ A profile file is JSON::
                              "active_power_w": {"value": watts | null, "source": str}}}}
 
 Every field must be present (``null`` says "unknown" where allowed); a missing field, a negative
-number, or a zero peak/bandwidth is refused with an error naming the profile and the field. The
-shipped file holds rpi4, pixel4-big, stm32l4r5 and stm32h7a3; ``host`` is calibrated by measuring
-this machine (`calibrate_host`). Users add their own devices with ``load_profiles(path)``.
+number, or a zero peak/bandwidth is refused with an error naming the profile and the field.
+Optional fields, each ``{"value": ..., "source": str}``: ``core_class``, ``clock_hz``, ``cores``
+and, for boards that execute weights in place from flash, ``flash_wait_states`` (the flash read
+latency at ``clock_hz`` from the reference manual's table) and ``flash_read_bytes`` (bytes per
+flash read), and ``flash_clock_hz`` when the flash interface is not clocked at the core clock;
+they give the datasheet flash read cost ``(wait states + 1) / read bytes`` cycles per weight byte
+(`DeviceProfile.flash_cycles_per_byte`). The shipped file holds rpi4,
+pixel4-big, stm32l4r5, stm32h7a3, stm32u575, stm32u585 and nrf5340; ``host`` is calibrated by
+measuring this machine (`calibrate_host`). Users add their own devices with
+``load_profiles(path)`` or `profile_from_datasheet`.
 
 Example:
   >>> p = get_profile("stm32h7a3")
@@ -70,6 +77,13 @@ class DeviceProfile:
       cores: cores the projection assumes busy.
       cost: the `CostParams` measured for this very device (``host``), else None (the class's
         calibrated parameters from ``calibration.json`` apply).
+      flash_wait_states: wait states of a flash read at ``clock_hz`` (the reference manual's
+        flash-latency table for this clock and voltage range), or None (unknown / no flash).
+      flash_read_bytes: bytes one flash read access delivers (the flash word / read-port width),
+        or None.
+      flash_clock_hz: the clock the flash interface runs at, when it is not the core clock (e.g.
+        an STM32H743's AXI bus at half the core clock); None: ``clock_hz``. Its wait states
+        are counted in its own cycles.
     """
 
     name: str
@@ -86,10 +100,27 @@ class DeviceProfile:
     clock_hz: float | None = None
     cores: int = 1
     cost: object = dataclasses.field(default=None, compare=False, hash=False)
+    flash_wait_states: int | None = None
+    flash_read_bytes: int | None = None
+    flash_clock_hz: float | None = None
 
     def __post_init__(self):
         _check_fields(self.name, {f: getattr(self, f) for f in NUMERIC_FIELDS}, self.weights_in)
         _check_core(self.name, self.core_class, self.clock_hz, self.cores)
+        _check_flash(self.name, self.flash_wait_states, self.flash_read_bytes)
+        _check_flash_clock(self.name, self.flash_clock_hz, self.clock_hz)
+
+    @property
+    def flash_cycles_per_byte(self) -> float | None:
+        """Core cycles per byte of a flash read stream that misses every cache:
+        ``(flash_wait_states + 1) / flash_read_bytes``, times ``clock_hz / flash_clock_hz`` when
+        the flash runs on a slower clock (None when the datasheet fields are not given)."""
+        if self.flash_wait_states is None or self.flash_read_bytes is None:
+            return None
+        ratio = 1.0
+        if self.flash_clock_hz is not None and self.clock_hz is not None:
+            ratio = self.clock_hz / self.flash_clock_hz
+        return (self.flash_wait_states + 1) / self.flash_read_bytes * ratio
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -139,6 +170,44 @@ def _check_core(name, core_class, clock_hz, cores) -> None:
         raise JaxCompressValueError(f"profile {name!r}: field 'cores' must be an int >= 1")
 
 
+def _check_flash(name, wait_states, read_bytes) -> None:
+    for field, v, lo in (
+        ("flash_wait_states", wait_states, 0),
+        ("flash_read_bytes", read_bytes, 1),
+    ):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise JaxCompressValueError(
+                f"profile {name!r}: field {field!r} must be an int >= {lo}, got {v!r}"
+            )
+    if (wait_states is None) != (read_bytes is None):
+        missing = "flash_read_bytes" if read_bytes is None else "flash_wait_states"
+        raise JaxCompressValueError(
+            f"profile {name!r}: field {missing!r} is missing (the flash read cost needs both "
+            "flash_wait_states and flash_read_bytes)"
+        )
+
+
+def _check_flash_clock(name, flash_clock_hz, clock_hz) -> None:
+    if flash_clock_hz is None:
+        return
+    if (
+        isinstance(flash_clock_hz, bool)
+        or not isinstance(flash_clock_hz, (int, float))
+        or not math.isfinite(flash_clock_hz)
+        or flash_clock_hz <= 0
+    ):
+        raise JaxCompressValueError(
+            f"profile {name!r}: field 'flash_clock_hz' must be a positive number of Hz, "
+            f"got {flash_clock_hz!r}"
+        )
+    if clock_hz is None:
+        raise JaxCompressValueError(
+            f"profile {name!r}: field 'flash_clock_hz' needs the core clock 'clock_hz'"
+        )
+
+
 def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
     """A `DeviceProfile` for a new board from its datasheet: core class, clock and memories.
 
@@ -146,19 +215,28 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
     ``clock_hz * bus_bytes_per_cycle`` unless the datasheet dict gives ``bandwidth``; a board of
     a calibrated class (``cortex-m4f``, ``cortex-m7``, ``cortex-m33``) then gets the class's
     fitted efficiencies, so its projection is as trustworthy as the class's calibration says.
+    A board that executes its weights in place from flash should also give the flash read cost
+    at its clock: ``flash_wait_states`` (the reference manual's flash-latency table for
+    ``clock_hz`` and the voltage range) and ``flash_read_bytes`` (the flash word width); the cost
+    model charges ``(wait states + 1) / read bytes`` cycles per weight byte streamed from flash,
+    scaled by the calibrated factor. Without them the flash term is 0 for that board.
 
     Args:
       name: the profile name.
       spec: ``{"core_class": str, "clock_hz": Hz, "ram_bytes": int, "flash_bytes": int | None,
         "cores": int (default 1), "bandwidth": bytes/s (optional), "active_power_w": W
-        (optional), "description": str (optional), "sources": {field: text} (optional)}``.
+        (optional), "flash_wait_states": int >= 0 and "flash_read_bytes": int >= 1 (optional,
+        both or neither), "flash_clock_hz": Hz (optional, the flash interface's clock when it is
+        not the core clock; its wait states count in its cycles), "description": str (optional), "sources": {field: text}
+        (optional)}``.
 
     Returns:
       The `DeviceProfile`.
 
     Raises:
       JaxCompressValueError: missing or non-positive clock, missing or negative memory, unknown
-        core class, unknown field (the message names the profile and the field).
+        core class, unknown field, a negative flash wait-state count or non-positive read width,
+        one flash field without the other (the message names the profile and the field).
 
     Example:
       >>> p = profile_from_datasheet("my-m4", {"core_class": "cortex-m4f", "clock_hz": 80e6,
@@ -181,6 +259,9 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
         "description",
         "sources",
         "weights_in",
+        "flash_wait_states",
+        "flash_read_bytes",
+        "flash_clock_hz",
     }
     extra = sorted(set(spec) - known)
     if extra:
@@ -192,7 +273,13 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
             raise JaxCompressValueError(f"profile {name!r}: field {field!r} is missing")
     cc = spec["core_class"]
     cores = spec.get("cores", 1)
+    if cc is None:
+        raise JaxCompressValueError(f"profile {name!r}: field 'core_class' must be a class name")
+    if spec["clock_hz"] is None:
+        raise JaxCompressValueError(f"profile {name!r}: field 'clock_hz' must be a number of Hz")
     _check_core(name, cc, spec["clock_hz"], cores)
+    _check_flash(name, spec.get("flash_wait_states"), spec.get("flash_read_bytes"))
+    _check_flash_clock(name, spec.get("flash_clock_hz"), spec["clock_hz"])
     cls = core_classes()[cc]
     clock = float(spec["clock_hz"])
     values = {
@@ -212,6 +299,9 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
     )
     if "bandwidth" not in spec:
         src.setdefault("bandwidth", f"clock x {cls['bus_bytes_per_cycle']:g} B/cycle bus ({cc})")
+    for field in ("flash_wait_states", "flash_read_bytes", "flash_clock_hz"):
+        if spec.get(field) is not None:
+            src.setdefault(field, "datasheet dict (no source given)")
     return DeviceProfile(
         name=name,
         description=str(spec.get("description", f"{cc} @ {clock / 1e6:g} MHz (datasheet)")),
@@ -225,6 +315,11 @@ def profile_from_datasheet(name: str, spec: dict) -> DeviceProfile:
         core_class=cc,
         clock_hz=clock,
         cores=int(cores),
+        flash_wait_states=spec.get("flash_wait_states"),
+        flash_read_bytes=spec.get("flash_read_bytes"),
+        flash_clock_hz=None
+        if spec.get("flash_clock_hz") is None
+        else float(spec["flash_clock_hz"]),
     )
 
 
@@ -250,7 +345,14 @@ def _parse(name: str, spec) -> DeviceProfile:
         if values[field] is not None:
             values[field] = int(values[field])
     core = {}
-    for field in ("core_class", "clock_hz", "cores"):
+    for field in (
+        "core_class",
+        "clock_hz",
+        "cores",
+        "flash_wait_states",
+        "flash_read_bytes",
+        "flash_clock_hz",
+    ):
         if field in spec:
             entry = spec[field]
             core[field] = entry["value"] if isinstance(entry, dict) else entry

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jaxcompress._core import JaxCompressValueError
+from jaxcompress._core import JaxCompressValueError, cpu_model
 from jaxcompress.edge._graph import EdgeGraph, GraphExecutor, graph_from_artifact
 from jaxcompress.edge._latency import LatencyStats, measure_latency
 from jaxcompress.edge._memory import ArenaPlan, check_fits, plan_arena
@@ -307,17 +307,6 @@ class EdgeReport:
         return "\n".join(out)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _batches(x, batch_size):
     for s in range(0, len(x), batch_size):
         yield s, np.asarray(x[s : s + batch_size], np.float32)
@@ -480,7 +469,7 @@ def benchmark(
                 sp = dataclasses.replace(sp, cloud="host (measured per-op times)")
             splits.append(sp)
     machine = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

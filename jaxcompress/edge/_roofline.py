@@ -28,6 +28,7 @@ from jaxcompress._core import JaxCompressValueError
 from jaxcompress.edge._costmodel import (
     CostParams,
     calibration,
+    class_efficiency,
     core_classes,
     op_bytes,
     op_cost,
@@ -198,12 +199,12 @@ def cost_params(profile, *, engine: str | None = None, dtype: str | None = None)
     if engine is not None and engine not in engines:
         raise JaxCompressValueError(f"unknown engine {engine!r}; known: {', '.join(engines)}")
     shared = cal.get("shared", {})
-    eff = float(rec["int8_efficiency"])
     return CostParams(
-        efficiency={c: eff for c in ("conv", "dwconv", "linear", "pool", "elementwise", "move")},
+        efficiency=class_efficiency(p.core_class, float(rec["int8_efficiency"])),
         out_overhead_macs=float(shared.get("out_overhead_macs", 0.0)),
         op_overhead_s=0.0,
         weight_stream_cycles_per_byte=float(shared.get("weight_stream_cycles_per_byte", 0.0)),
+        flash_stream_factor=float(shared.get("flash_stream_factor", 0.0)),
         decode_cycles_per_weight=dict(cal.get("decode_cycles_per_weight", {})),
         sparse_efficiency=float(cal.get("sparse_efficiency", 1.0)),
         engine=name,
@@ -269,6 +270,7 @@ def project(
             clock_hz=p.clock_hz,
             int8_ratio=_int8_ratio(p),
             params=cp,
+            flash_cycles_per_byte=p.flash_cycles_per_byte if p.weights_in == "flash" else None,
         )
         rows.append(
             OpProjection(

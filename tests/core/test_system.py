@@ -40,3 +40,25 @@ def test_machine_info_fields():
     assert set(m) == {"cpu", "cores", "usable_cores", "platform", "python"}
     assert m["cpu"] == cpu_model() and isinstance(m["cpu"], str) and m["cpu"]
     assert 1 <= m["usable_cores"] <= m["cores"]
+
+
+def test_cpu_flags_is_a_set_of_words():
+    from jaxcompress_kernels.machine import cpu_flags
+
+    flags = cpu_flags()
+    assert isinstance(flags, frozenset)
+    assert all(isinstance(f, str) and f and not any(c.isspace() for c in f) for f in flags)
+
+
+def test_one_cpuinfo_reader():
+    """Every machine description goes through ``jaxcompress_kernels.machine``."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    readers = [
+        str(p.relative_to(root))
+        for d in ("jaxcompress", "kernels", "benchmarks")
+        for p in (root / d).rglob("*.py")
+        if 'open("/proc/cpuinfo"' in p.read_text() or 'Path("/proc/cpuinfo")' in p.read_text()
+    ]
+    assert readers == ["kernels/machine.py"]

@@ -19,7 +19,7 @@ from jaxcompress.edge import (
     project,
 )
 from jaxcompress.edge._calibrate import Measurement, fit_cost_model
-from jaxcompress.edge._costmodel import op_class, weight_format
+from jaxcompress.edge._costmodel import class_efficiency, op_class, weight_format
 
 
 def _conv_graph(encoding="dense", bits=32, kernel=""):
@@ -172,6 +172,36 @@ def test_calibrated_and_uncalibrated_status():
             "'flash_bytes' is negative",
         ),
         ({"core_class": "z80", "clock_hz": 1e8, "ram_bytes": 1}, "unknown core class 'z80'"),
+        ({"core_class": None, "clock_hz": 1e8, "ram_bytes": 1}, "'core_class'"),
+        ({"core_class": "cortex-m4f", "clock_hz": None, "ram_bytes": 1}, "'clock_hz'"),
+        (
+            {
+                "core_class": "cortex-m4f",
+                "clock_hz": 1e8,
+                "ram_bytes": 1,
+                "flash_wait_states": -1,
+                "flash_read_bytes": 8,
+            },
+            "'flash_wait_states' must be an int >= 0",
+        ),
+        (
+            {
+                "core_class": "cortex-m4f",
+                "clock_hz": 1e8,
+                "ram_bytes": 1,
+                "flash_wait_states": 2,
+                "flash_read_bytes": 0,
+            },
+            "'flash_read_bytes' must be an int >= 1",
+        ),
+        (
+            {"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": 1, "flash_wait_states": 2},
+            "'flash_read_bytes' is missing",
+        ),
+        (
+            {"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": 1, "flash_clock_hz": 0},
+            "'flash_clock_hz' must be a positive number",
+        ),
         ({"core_class": "cortex-m4f", "clock_hz": 1e8, "ram_bytes": 1, "mhz": 3}, "unknown field"),
     ],
 )
@@ -183,35 +213,37 @@ def test_datasheet_profile_errors(spec, match):
 def test_calibration_is_deterministic_and_recovers_known_parameters():
     graphs = {
         "a": _conv_graph(),
-        "b": chain_graph(4000, [(2e6, 4000, 2000), (4e5, 40000, 100)]),
+        "b": chain_graph(4000, [(2e6, 4000, 2000), (4e4, 400_000, 100)]),
     }
     profiles = {
         "m4": _toy(name="m4"),
         "m7": _toy(name="m7", core_class="cortex-m7", clock_hz=2e8, peak_flops=4e8),
     }
+    profiles["m4"] = _toy(name="m4", flash_wait_states=3, flash_read_bytes=8)
     truth = {"cortex-m4f": 0.3, "cortex-m7": 0.6}
     rows = []
     for b, p in profiles.items():
         for m, g in graphs.items():
             for eng, f in (("ref", 1.0), ("fast", 0.8)):
                 cp = CostParams(
-                    efficiency={
-                        c: truth[p.core_class]
-                        for c in ("conv", "dwconv", "linear", "pool", "elementwise", "move")
-                    },
+                    efficiency=class_efficiency(p.core_class, truth[p.core_class]),
                     out_overhead_macs=10.0,
-                    weight_stream_cycles_per_byte=0.5,
+                    flash_stream_factor=1.5,
                     engine_factor=f,
                     dtype="int8",
                 )
                 rows.append(Measurement(b, m, eng, project(g, p, params=cp).total_s))
-    fit1 = fit_cost_model(rows, graphs, profiles, reference_engine="ref")
-    fit2 = fit_cost_model(list(rows), dict(graphs), dict(profiles), reference_engine="ref")
+    # a light ridge: the prior (flash factor 1) must not mask what the data determine
+    fit1 = fit_cost_model(rows, graphs, profiles, reference_engine="ref", ridge=1e-3)
+    fit2 = fit_cost_model(
+        list(rows), dict(graphs), dict(profiles), reference_engine="ref", ridge=1e-3
+    )
     assert fit1 == fit2
     assert fit1.n_parameters == 2 + 2 + 1
     for c, e in truth.items():
         assert fit1.efficiency[c] == pytest.approx(e, rel=0.05)
     assert fit1.engine_factor["fast"] == pytest.approx(0.8, rel=0.05)
+    assert fit1.flash_stream_factor == pytest.approx(1.5, rel=0.1)
     with pytest.raises(JaxCompressValueError, match="unknown board"):
         fit_cost_model(
             [dataclasses.replace(rows[0], board="nope")], graphs, profiles, reference_engine="ref"
@@ -223,3 +255,96 @@ def test_host_projection_carries_its_measured_status():
     assert host.cost is not None and host.cost.op_overhead_s > 0
     pr = project(_conv_graph(), host)
     assert pr.calibrated and pr.status.startswith("calibrated by measurement on this host")
+
+
+def test_integer_ops_get_their_float_twins_classes():
+    def op(name, kind, groups=1):
+        return Op(name, kind, ("x",), (1, 4, 4, 8), dtype="int8", groups=groups)
+
+    got = [
+        op_class(op("a", "qconv2d")),
+        op_class(op("b", "qconv2d", groups=8)),
+        op_class(op("c", "qlinear")),
+        op_class(op("d", "qadd")),
+        op_class(op("e", "qavg_pool2d")),
+        op_class(op("f", "quantize")),
+    ]
+    assert got == ["conv", "dwconv", "linear", "elementwise", "pool", "elementwise"]
+
+
+def _linear_graph(nbytes=10_000):
+    op = Op(
+        "l1",
+        "qlinear",
+        ("x",),
+        (1, 10),
+        dtype="int8",
+        flops=2 * nbytes * 1.0,
+        param_bytes=nbytes,
+        weight="w",
+        weight_elements=nbytes,
+        weight_bits=8,
+        encoding="dense",
+        kernel="qgemm(int8)",
+    )
+    return EdgeGraph("x", (1, nbytes // 10), "int8", (op,), ("l1",))
+
+
+def test_flash_read_term_is_the_datasheet_wait_states_per_streamed_weight_byte():
+    g = _linear_graph()
+    flash = _toy(flash_wait_states=4, flash_read_bytes=16)
+    assert flash.flash_cycles_per_byte == pytest.approx(5 / 16)
+    cp = CostParams(flash_stream_factor=2.0, dtype="int8")
+    pr = project(g, flash, params=cp)
+    assert pr.ops[0].stream_s == pytest.approx(10_000 * 2.0 * 5 / 16 / flash.clock_hz)
+    assert pr.by_part()["stream"] == pytest.approx(pr.ops[0].stream_s)
+    no_flash = project(g, flash, params=CostParams(dtype="int8"))
+    assert pr.total_s == pytest.approx(no_flash.total_s + pr.ops[0].stream_s)
+    # more wait states (a faster clock on the same flash) cost proportionally more
+    slow = project(g, _toy(flash_wait_states=9, flash_read_bytes=16), params=cp)
+    assert slow.ops[0].stream_s == pytest.approx(2 * pr.ops[0].stream_s)
+    # no flash term without the datasheet fields, with weights in RAM, or with factor 0
+    assert project(g, _toy(), params=cp).ops[0].stream_s == 0.0
+    ram = _toy(weights_in="ram", flash_wait_states=4, flash_read_bytes=16)
+    assert project(g, ram, params=cp).ops[0].stream_s == 0.0
+    neutral = project(g, flash, params=CostParams())
+    assert neutral.total_s == pytest.approx(neutral.lower_bound_s)
+    # conv weights are reused over the output positions: not streamed
+    assert project(_conv_graph(), flash, params=cp).ops[0].stream_s == 0.0
+
+
+def test_datasheet_flash_fields_reach_the_projection():
+    spec = {"core_class": "cortex-m33", "clock_hz": 160e6, "ram_bytes": 786432}
+    plain = profile_from_datasheet("u5-like", spec)
+    flash = profile_from_datasheet(
+        "u5-like", {**spec, "flash_wait_states": 4, "flash_read_bytes": 16}
+    )
+    assert plain.flash_cycles_per_byte is None and flash.flash_cycles_per_byte == 5 / 16
+    # a flash on a bus at half the core clock: its wait states cost twice the core cycles
+    h743 = profile_from_datasheet(
+        "h743-like",
+        {
+            "core_class": "cortex-m7",
+            "clock_hz": 480e6,
+            "ram_bytes": 1 << 20,
+            "flash_wait_states": 4,
+            "flash_read_bytes": 32,
+            "flash_clock_hz": 240e6,
+        },
+    )
+    assert h743.flash_cycles_per_byte == pytest.approx(2 * 5 / 32)
+    assert h743.sources["flash_clock_hz"]
+    g = _linear_graph(100_000)
+    assert project(g, flash).total_s > project(g, plain).total_s
+    # the shipped MCU profiles carry their flash read cost with a source
+    for name in ("stm32l4r5", "stm32h7a3", "stm32u575", "stm32u585"):
+        p = get_profile(name)
+        assert p.flash_cycles_per_byte > 0
+        assert "wait states" in p.sources["flash_wait_states"]
+        assert p.sources["flash_read_bytes"]
+
+
+def test_linear_layers_use_the_class_instruction_count_ratio():
+    eff = class_efficiency("cortex-m4f", 0.3)
+    assert eff["conv"] == 0.3 and eff["linear"] == pytest.approx(0.3 / 1.44)
+    assert class_efficiency("cortex-a72", 0.5)["linear"] == 0.5  # no ratio given: 1

@@ -87,10 +87,18 @@ def test_sparse_artifact_counts_nonzeros(artifacts):
     assert size.bits_per_weight < 32.0
     dense = size_report(_artifact.load(artifacts["dense"]))
     assert dense.bits_per_weight == 32.0 and dense.sparsity == 0.0
-    assert (
-        project(g, "stm32h7a3").total_s
-        < project(graph_from_artifact(artifacts["dense"]), "stm32h7a3").total_s
-    )
+    # the CSR weights stream fewer bytes from flash and do fewer MACs; whether that beats the
+    # dense op at 75% sparsity depends on the sparse-efficiency prior, and a projection where the
+    # sparse form is slower says why
+    sparse = project(g, "stm32h7a3")
+    dense_g = graph_from_artifact(artifacts["dense"])
+    dense = project(dense_g, "stm32h7a3")
+    i = next(k for k, o in enumerate(g.ops) if o.weight == "l1/kernel")
+    j = next(k for k, o in enumerate(dense_g.ops) if o.weight == "l1/kernel")
+    assert 0 < sparse.ops[i].stream_s < dense.ops[j].stream_s
+    assert sparse.ops[i].flops < dense.ops[j].flops
+    if sparse.total_s >= dense.total_s:
+        assert any("sparse weights" in n for n in sparse.notes)
 
 
 def test_executor_prefix_suffix_equals_run_at_every_cut(artifacts):
