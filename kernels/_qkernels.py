@@ -32,9 +32,12 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from jaxcompress_kernels.errors import JaxCompressValueError
+
 __all__ = [
     "HAS_VNNI",
     "QGemmWeight",
+    "QConvDirect",
     "pack_qgemm",
     "qgemm",
     "im2col_q",
@@ -71,6 +74,60 @@ _V16 = ir.VectorType(_I32, 16)
 _V64 = ir.VectorType(_I64, 16)
 
 
+def _splat(builder, v, ty=None):
+    """A 16-lane vector of the scalar ``v`` (int64 lanes unless `ty`)."""
+    ty = ty or _V64
+    return builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(_I32, 0)),
+        ir.Constant(ty, ir.Undefined),
+        ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
+    )
+
+
+def _epilogue(context, builder, signature, args, slots, yrows, cbases, mr, nr, first):
+    """The tiles' shared epilogue, in vectors: ``((acc + beff) * mult + rnd) >> shift + y_zp``,
+    clamped to ``[qmin, qmax]``, stored as int8 straight to the output rows (lanes at or past the
+    output's column count masked off). ``args[first:first + 8]`` are ``beff, mult, rnd, shift``
+    (int64 arrays, one entry per padded channel), ``y_zp, qmin, qmax`` and the output ``y``."""
+    chan = [
+        context.make_array(signature.args[i])(context, builder, args[i]).data
+        for i in range(first, first + 4)
+    ]
+    consts = []
+    for i in range(first + 4, first + 7):
+        v = args[i]
+        consts.append(_splat(builder, builder.sext(v, _I64) if v.type.width < 64 else v))
+    yzpv, qminv, qmaxv = consts
+    ya = context.make_array(signature.args[first + 7])(context, builder, args[first + 7])
+    ncolv = _splat(builder, builder.extract_value(ya.shape, 1))
+    i8p = ir.IntType(8).as_pointer()
+    mstore = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(
+            ir.VoidType(),
+            [ir.VectorType(ir.IntType(8), 16), i8p, _I32, ir.VectorType(ir.IntType(1), 16)],
+        ),
+        "llvm.masked.store.v16i8.p0",
+    )
+    v64p = _V64.as_pointer()
+    for b in range(nr):
+        bv, mv, rv, sv = (
+            builder.load(builder.bitcast(builder.gep(p, [cbases[b]]), v64p), align=8) for p in chan
+        )
+        lanes = builder.add(_splat(builder, cbases[b]), ir.Constant(_V64, list(range(16))))
+        mask = builder.icmp_signed("<", lanes, ncolv)
+        for r in range(mr):
+            a = builder.sext(builder.load(slots[r * nr + b]), _V64)
+            a = builder.ashr(builder.add(builder.mul(builder.add(a, bv), mv), rv), sv)
+            a = builder.add(a, yzpv)
+            a = builder.select(builder.icmp_signed("<", a, qminv), qminv, a)
+            a = builder.select(builder.icmp_signed(">", a, qmaxv), qmaxv, a)
+            a8 = builder.trunc(a, ir.VectorType(ir.IntType(8), 16))
+            # clamped rows and blocks recompute the last one: same values
+            dst = builder.bitcast(builder.gep(yrows[r], [cbases[b]]), i8p)
+            builder.call(mstore, [a8, dst, ir.Constant(_I32, 1), mask])
+
+
 def _make_tile(mr: int, nr: int):
     """An intrinsic ``tile(xw, m0, w32, nb0, kq, out)``: ``out[r * nr * 16 + b * 16 + j] =
     sum_kb dpbusd(xw[min(m0 + r, M - 1), kb] ^ 0x80808080, w32[min(nb0 + b, NB - 1), kb, j])``
@@ -83,24 +140,6 @@ def _make_tile(mr: int, nr: int):
         def codegen(context, builder, signature, args):
             xa = context.make_array(signature.args[0])(context, builder, args[0])
             wa = context.make_array(signature.args[2])(context, builder, args[2])
-            chan = [
-                context.make_array(signature.args[i])(context, builder, args[i]).data
-                for i in (6, 7, 8, 9)
-            ]
-            consts = []
-            for i in (10, 11, 12):
-                v = args[i]
-                v = builder.sext(v, _I64) if v.type.width < 64 else v
-                consts.append(
-                    builder.shuffle_vector(
-                        builder.insert_element(
-                            ir.Constant(_V64, ir.Undefined), v, ir.Constant(_I32, 0)
-                        ),
-                        ir.Constant(_V64, ir.Undefined),
-                        ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
-                    )
-                )
-            yzpv, qminv, qmaxv = consts
             m0v, nb0v, kqv = (
                 builder.sext(a, _I64) if a.type.width < 64 else a
                 for a in (args[1], args[3], args[4])
@@ -167,56 +206,151 @@ def _make_tile(mr: int, nr: int):
                             "vnni",
                         )
                         builder.store(acc, s)
-            # epilogue, in vectors: ((acc + beff) * mult + rnd) >> shift, + y_zp, clamp, int8
-            i8p = ir.IntType(8).as_pointer()
-            mstore = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(
-                    ir.VoidType(),
-                    [ir.VectorType(ir.IntType(8), 16), i8p, _I32, ir.VectorType(ir.IntType(1), 16)],
-                ),
-                "llvm.masked.store.v16i8.p0",
-            )
-            ncolv = builder.shuffle_vector(
-                builder.insert_element(
-                    ir.Constant(_V64, ir.Undefined), ncols, ir.Constant(_I32, 0)
-                ),
-                ir.Constant(_V64, ir.Undefined),
-                ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
-            )
-            v64p = _V64.as_pointer()
-            for b in range(nr):
-                bv, mv, rv, sv = (
-                    builder.load(builder.bitcast(builder.gep(p, [cbases[b]]), v64p), align=8)
-                    for p in chan
-                )
-                for r in range(mr):
-                    a = builder.sext(builder.load(slots[r * nr + b]), _V64)
-                    a = builder.ashr(builder.add(builder.mul(builder.add(a, bv), mv), rv), sv)
-                    a = builder.add(a, yzpv)
-                    a = builder.select(builder.icmp_signed("<", a, qminv), qminv, a)
-                    a = builder.select(builder.icmp_signed(">", a, qmaxv), qmaxv, a)
-                    a8 = builder.trunc(a, ir.VectorType(ir.IntType(8), 16))
-                    # straight to the output row, lanes past N masked off (clamped rows and
-                    # blocks recompute the last one: same values)
-                    lanes = builder.add(
-                        builder.shuffle_vector(
-                            builder.insert_element(
-                                ir.Constant(_V64, ir.Undefined), cbases[b], ir.Constant(_I32, 0)
-                            ),
-                            ir.Constant(_V64, ir.Undefined),
-                            ir.Constant(ir.VectorType(_I32, 16), [0] * 16),
-                        ),
-                        ir.Constant(_V64, list(range(16))),
-                    )
-                    mask = builder.icmp_signed("<", lanes, ncolv)
-                    dst = builder.bitcast(builder.gep(yrows[r], [cbases[b]]), i8p)
-                    builder.call(mstore, [a8, dst, ir.Constant(_I32, 1), mask])
+            _epilogue(context, builder, signature, args, slots, yrows, cbases, mr, nr, 6)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return tile
+
+
+def _make_dconv_tile(mr: int, nr: int):
+    """The direct-convolution twin of `_make_tile` (no im2col): ``tile(xu, pix, segs, w32, m0,
+    nb0, kqs, beff, mult, rnd, shift, yzp, qmin, qmax, y)``. Row ``m`` of the implicit GEMM reads
+    ``len(segs)`` runs of ``kqs`` 4-byte words from the padded, already unsigned (``x ^ 0x80``)
+    input ``xu``, the run ``s`` starting at byte ``pix[m] + segs[s]`` (one kernel row: ``kw * C``
+    contiguous bytes, rounded up to whole words; the weights of the extra bytes are zero). Each
+    word is broadcast straight from memory (no per-word xor as in `_make_tile`)."""
+
+    @intrinsic
+    def tile(
+        typingctx, xu, pix, segs, w32, m0, nb0, kqs, beff, mult, rnd, shift, yzp, qmin, qmax, y
+    ):
+        sig = types.void(
+            xu, pix, segs, w32, m0, nb0, kqs, beff, mult, rnd, shift, yzp, qmin, qmax, y
+        )
+
+        def codegen(context, builder, signature, args):
+            xa, pa, sa, wa = (
+                context.make_array(signature.args[i])(context, builder, args[i]) for i in range(4)
+            )
+            m0v, nb0v, kqsv = (builder.sext(a, _I64) if a.type.width < 64 else a for a in args[4:7])
+            ya = context.make_array(signature.args[14])(context, builder, args[14])
+            ncols = builder.extract_value(ya.shape, 1)
+            mrows = builder.extract_value(ya.shape, 0)
+            nsegs = builder.extract_value(sa.shape, 0)
+            nblocks = builder.extract_value(wa.shape, 0)
+            kqall = builder.mul(nsegs, kqsv)
+            one = ir.Constant(_I64, 1)
+            i32p = _I32.as_pointer()
+            xrows = []
+            yrows = []
+            for r in range(mr):
+                row = builder.add(m0v, ir.Constant(_I64, r))
+                last = builder.sub(mrows, one)
+                row = builder.select(builder.icmp_signed("<", row, last), row, last)
+                off = builder.load(builder.gep(pa.data, [row]))
+                xrows.append(builder.gep(xa.data, [off]))
+                yrows.append(builder.gep(ya.data, [builder.mul(row, ncols)]))
+            wbases = []
+            cbases = []
+            for b in range(nr):
+                blk = builder.add(nb0v, ir.Constant(_I64, b))
+                last = builder.sub(nblocks, one)
+                blk = builder.select(builder.icmp_signed("<", blk, last), blk, last)
+                off = builder.mul(builder.mul(blk, kqall), ir.Constant(_I64, 16))
+                wbases.append(builder.gep(wa.data, [off]))
+                cbases.append(builder.mul(blk, ir.Constant(_I64, 16)))
+            with builder.goto_entry_block():
+                slots = [builder.alloca(_V16) for _ in range(mr * nr)]
+            for s in slots:
+                builder.store(ir.Constant(_V16, None), s)
+            undef = ir.Constant(_V16, ir.Undefined)
+            zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+            asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
+            vptr = _V16.as_pointer()
+            c16 = ir.Constant(_I64, 16)
+            with cgutils.for_range(builder, nsegs) as sloop:
+                seg = sloop.index
+                soff = builder.load(builder.gep(sa.data, [seg]))
+                xs = [builder.bitcast(builder.gep(xr, [soff]), i32p) for xr in xrows]
+                wseg = [
+                    builder.gep(wb, [builder.mul(builder.mul(seg, kqsv), c16)]) for wb in wbases
+                ]
+                with cgutils.for_range(builder, kqsv) as loop:
+                    kb = loop.index
+                    wv = [
+                        builder.load(
+                            builder.bitcast(builder.gep(wb, [builder.mul(kb, c16)]), vptr),
+                            align=4,
+                        )
+                        for wb in wseg
+                    ]
+                    for r in range(mr):
+                        xi = builder.load(builder.gep(xs[r], [kb]), align=1)
+                        xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
+                        xv = builder.shuffle_vector(xv, undef, zeros)
+                        for b in range(nr):
+                            s = slots[r * nr + b]
+                            acc = builder.asm(
+                                asm_ty,
+                                "vpdpbusd $2, $1, $0",
+                                "=v,v,v,0",
+                                [xv, wv[b], builder.load(s)],
+                                False,
+                                "vnni",
+                            )
+                            builder.store(acc, s)
+            _epilogue(context, builder, signature, args, slots, yrows, cbases, mr, nr, 7)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+@njit(cache=True, nogil=True)
+def _pad_xor(xv, geo, xu):
+    """Copies the int8 image bytes ``xv`` (flat NHWC, viewed as uint8) into the interior of the
+    padded buffer ``xu`` as unsigned codes (``x ^ 0x80``); the border keeps the zero point's
+    code, written once at load. ``geo = [B, H, W * C, Hp, Wp * C, pt, pl * C]``."""
+    bsz, hh, wc, hp, wpc, pt, plc = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
+    flip = np.uint8(0x80)
+    for b in range(bsz):
+        for iy in range(hh):
+            src = np.uint64((b * hh + iy) * wc)
+            dst = np.uint64((b * hp + iy + pt) * wpc + plc)
+            for t in range(np.uint64(wc)):
+                xu[dst + t] = np.uint8(xv[src + t] ^ flip)
+
+
+def _make_dconv_driver(mr, nr):
+    tile_fn = _make_dconv_tile(mr, nr)
+
+    @njit(cache=False, nogil=True)
+    def drive(xv, xu, geo, pix, segs, w32, chan, prm, out):
+        # prm: n, y_zp, qmin, qmax, words per kernel row
+        _pad_xor(xv, geo, xu)
+        yzp, qmin, qmax, kqs = prm[1], prm[2], prm[3], prm[4]
+        beff, mult, rnd, shift = chan[0], chan[1], chan[2], chan[3]
+        mm = out.shape[0]
+        nbk = w32.shape[0]
+        for nb0 in range(0, nbk, nr):
+            for m0 in range(0, mm, mr):
+                tile_fn(
+                    xu, pix, segs, w32, m0, nb0, kqs, beff, mult, rnd, shift, yzp, qmin, qmax, out
+                )
+
+    return drive
+
+
+_DCONV_DRIVERS = {}
+
+
+def _dconv_driver(mr, nr):
+    if (mr, nr) not in _DCONV_DRIVERS:
+        _DCONV_DRIVERS[mr, nr] = _make_dconv_driver(mr, nr)
+    return _DCONV_DRIVERS[mr, nr]
 
 
 def _make_driver(mr, nr):
@@ -355,6 +489,73 @@ def pack_qgemm(w2, bias, x_zp, mult, shift, *, vnni=None) -> QGemmWeight:
     """Prepares an int8 ``(K, N)`` weight (values in [-127, 127]) for `qgemm` (``vnni=None``:
     the host's best path)."""
     return QGemmWeight(w2, bias, x_zp, mult, shift, vnni=HAS_VNNI if vnni is None else vnni)
+
+
+class QConvDirect:
+    """A ``qconv2d`` (groups 1, horizontal dilation 1) prepared for the VNNI direct convolution:
+    an implicit GEMM over a private zero-point-padded copy of the input (no im2col).
+
+    Per call: the input is copied into the padded buffer as unsigned codes (``x ^ 0x80``; the
+    border holds the zero point's code, written once here), then register tiles of ``mr`` output
+    pixels x ``nr`` blocks of 16 channels accumulate ``kh`` runs of ``ceil(kw * C / 4)`` words
+    per pixel (the weights of each kernel row are padded with zeros to whole words, so bytes read
+    past a window's right edge count for nothing). Bias, zero points and the ``+128`` of the
+    unsigned operand are folded into ``beff`` as in `QGemmWeight`.
+
+    Attributes:
+      k: words of one output pixel's reduction (``kh * rowlen / 4``); mr, nr: the tile.
+    """
+
+    def __init__(self, wq, bias, x_zp, mult, shift, x_shape, out_shape, strides, dilation, pads):
+        kh, kw, c, n = (int(d) for d in wq.shape)
+        bsz, hh, ww, cin = (int(d) for d in x_shape)
+        _, oh, ow, cout = (int(d) for d in out_shape)
+        (sh, sw), (dh, dw) = strides, dilation
+        (pt, pb), (pl, pr) = pads
+        if cin != c or cout != n or dw != 1 or min(pt, pb, pl, pr) < 0:
+            raise JaxCompressValueError(
+                f"direct int8 conv: unsupported geometry (weight {wq.shape}, input {x_shape}, "
+                f"dilation {dilation}, pads {pads})"
+            )
+        hp, wp = hh + pt + pb, ww + pl + pr
+        if (oh - 1) * sh + (kh - 1) * dh >= hp or (ow - 1) * sw + kw > wp:
+            raise JaxCompressValueError(
+                f"direct int8 conv: output {out_shape} does not fit input {x_shape} with pads {pads}"
+            )
+        rowlen = -(-kw * c // 4) * 4
+        wd = np.zeros((kh, rowlen, n), np.int8)
+        wd[:, : kw * c] = np.asarray(wq, np.int8).reshape(kh, kw * c, n)
+        g = QGemmWeight(wd.reshape(kh * rowlen, n), bias, x_zp, mult, shift, vnni=True)
+        self.w32, self.chan = g.w32, g.chan
+        self.n = n
+        self.k = kh * rowlen // 4
+        size = bsz * hp * wp * c
+        self.xu = np.full(size + 64, (int(x_zp) + 128) & 0xFF, np.uint8)
+        b_, oy, ox = np.meshgrid(np.arange(bsz), np.arange(oh), np.arange(ow), indexing="ij")
+        self.pix = np.ascontiguousarray(
+            (((b_ * hp + oy * sh) * wp + ox * sw) * c).reshape(-1), np.int64
+        )
+        self.segs = np.arange(kh, dtype=np.int64) * (dh * wp * c)
+        # every byte a tile reads lies in the buffer (Numba does no bounds checks)
+        if int(self.pix[-1] + self.segs[-1]) + rowlen > self.xu.shape[0]:
+            raise JaxCompressValueError("direct int8 conv: padded buffer too small")  # unreachable
+        self.geo = np.array([bsz, hh, ww * c, hp, wp * c, pt, pl * c], np.int64)
+        self.rowwords = rowlen // 4
+        nb = self.w32.shape[0]
+        self.mr, self.nr = (8, 1) if nb == 1 else (4, 2) if nb == 2 else (4, 2)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.w32.nbytes + self.chan.nbytes + self.xu.nbytes + self.pix.nbytes)
+
+    def bind(self, x, out2, y_zp, qmin, qmax, tile=None):
+        """A zero-argument closure computing ``out2 (B*OH*OW, N) = qconv2d(x)``."""
+        mr, nr = tile or (self.mr, self.nr)
+        fn = _dconv_driver(mr, nr)
+        prm = np.array([self.n, y_zp, qmin, qmax, self.rowwords], np.int64)
+        xv = x.reshape(-1).view(np.uint8)
+        xu, geo, pix, segs, w32, chan = self.xu, self.geo, self.pix, self.segs, self.w32, self.chan
+        return lambda: fn(xv, xu, geo, pix, segs, w32, chan, prm, out2)
 
 
 def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):

@@ -1725,14 +1725,24 @@ def _qconv_step(rt, i, node, x, out, x_zp, y_zp, qmin, qmax):
         return (lambda: dwk(x, wt, chant, prm, out)), f"qdepthwise{kh}x{kw}(int8)"
     rows = b * oh * ow
     if groups == 1:
-        w = rt.qweight(i)
         y2 = out.reshape(rows, cout)
         pointwise = (
             kh == kw == 1 and (sh, sw) == (1, 1) and all(p == [0, 0] for p in pads) and cin % 4 == 0
         )
         if pointwise:
+            w = rt.qweight(i)
             x2 = x.reshape(rows, cin)
             return w.bind(x2, y2, y_zp, qmin, qmax), f"qgemm(int8 1x1, {path})"
+        if rt.vnni and dw == 1 and min(min(p) for p in pads) >= 0:
+            ws = t[node["weight_scale"]].parts["value"]
+            xr, yr = rt.quant[node["in"][0]], rt.quant[node["out"]]
+            mult, shift = _quant.channel_multipliers(xr["scale"], ws, yr["scale"])
+            bias = t[node["bias"]].parts["value"] if "bias" in node else None
+            d = _qk.QConvDirect(
+                wq, bias, x_zp, mult, shift, x.shape, out.shape, (sh, sw), (dh, dw), pads
+            )
+            return d.bind(x, y2, y_zp, qmin, qmax), f"qconv{kh}x{kw}(int8 direct, vnni)"
+        w = rt.qweight(i)
         cols = np.zeros((rows, w.kp), np.int8)
         geo = np.array([kh, kw, sh, sw, dh, dw, pt, pl, 0, cin, x_zp, oh, ow], np.int64)
         conv = w.bind_conv(x, geo, cols, y2, y_zp, qmin, qmax)
