@@ -32,12 +32,15 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from jaxcompress_kernels._intrinsics import wide_vectors
 from jaxcompress_kernels.errors import JaxCompressValueError
 
 __all__ = [
     "HAS_VNNI",
     "QGemmWeight",
     "QConvDirect",
+    "qmlp_chain",
+    "QDepthwise",
     "pack_qgemm",
     "qgemm",
     "im2col_q",
@@ -558,6 +561,174 @@ class QConvDirect:
         return lambda: fn(xv, xu, geo, pix, segs, w32, chan, prm, out2)
 
 
+_LP = 11  # int64 words per layer in a chain's header
+
+
+@njit(cache=True, nogil=True)
+def _chain_quantize(x, b0, hdr):
+    s = np.float32(hdr[1:2].view(np.float64)[0])
+    zp = hdr[2]
+    k0 = x.shape[1]
+    for m in range(x.shape[0]):
+        quantize_q(x[m], s, zp, b0[m, :k0])
+
+
+@njit(cache=True, nogil=True)
+def _chain_copy(x, b0, hdr):
+    k0 = x.shape[1]
+    for m in range(x.shape[0]):
+        b0[m, :k0] = x[m]
+
+
+@njit(cache=True, nogil=True)
+def _chain_dequantize(yq, y, hdr, run):
+    """(run=False) where the last layer writes: the int8 buffer; (run=True) dequantizes it."""
+    if run:
+        s = np.float32(hdr[3:4].view(np.float64)[0])
+        zp = hdr[4]
+        for m in range(y.shape[0]):
+            dequantize_q(yq[m], s, zp, y[m])
+    return yq
+
+
+@njit(cache=True, nogil=True)
+def _chain_int8_out(yq, y, hdr, run):
+    """The last layer writes the int8 output itself."""
+    return y
+
+
+def _make_chain(layer, pre, post):
+    @njit(cache=False, nogil=True)
+    def chain(x, wall, call, ball, y):
+        # a few flat arrays: every array argument costs ~0.1 us in Numba's dispatcher on each
+        # call. call = [nl, x_scale (float64 bits), x_zp, y_scale (bits), y_zp, layer rows...,
+        # channel parameters]; a layer row: [n, y_zp, qmin, qmax, weight offset, NB, KQ, chan
+        # offset, Np, buffer offset, Kp]; the last buffer in ball (int8 output before
+        # dequantize) has offset call[5 + _LP * nl].
+        mm = y.shape[0]
+        nl = call[0]
+        hdr = call[:5]
+        lp = call[5 : 5 + _LP * nl].reshape((nl, _LP))
+        b0 = ball[lp[0, 9] : lp[0, 9] + mm * lp[0, 10]].reshape((mm, lp[0, 10]))
+        pre(x, b0, hdr)
+        nlast = lp[nl - 1, 0]
+        yo = call[5 + _LP * nl]
+        yq = ball[yo : yo + mm * nlast].reshape((mm, nlast))
+        for li in range(nl):
+            p = lp[li]
+            src = ball[p[9] : p[9] + mm * p[10]].reshape((mm, p[10]))
+            w = wall[p[4] : p[4] + p[5] * p[6] * 16].reshape((p[5], p[6], 16))
+            chan = call[p[7] : p[7] + 4 * p[8]].reshape((4, p[8]))
+            if li < nl - 1:
+                q = lp[li + 1]
+                layer(src, w, chan, p, ball[q[9] : q[9] + mm * q[10]].reshape((mm, q[10])))
+            else:
+                layer(src, w, chan, p, post(yq, y, hdr, False))
+        post(yq, y, hdr, True)
+
+    return chain
+
+
+_CHAINS = {}
+
+
+def _chain_layer(vnni: bool, rows: int):
+    if not vnni:
+        if "portable" not in _CHAINS:
+
+            @njit(cache=False, nogil=True)
+            def layer(x, w, chan, prm, out):
+                # w: (N, Kp64 / 64, 16) int32 view of the (N, Kp64) int8 weight
+                wt = w.reshape((w.shape[0], -1)).view(np.int8)
+                _gemm_portable(x, wt[:, : prm[10]], chan, prm, out)
+
+            _CHAINS["portable"] = layer
+        return _CHAINS["portable"]
+    tile = (1, 4) if rows < 4 else (4, 2)
+    if tile not in _CHAINS:
+        drive = _drivers(*tile)[0]
+
+        @njit(cache=False, nogil=True)
+        def layer(x, w32, chan, prm, out):
+            drive(x.view(np.int32), w32, chan, prm, out, x[0])
+
+        _CHAINS[tile] = layer
+    return _CHAINS[tile]
+
+
+def _chain_kernel(vnni: bool, rows: int, has_q: bool, has_dq: bool):
+    key = (vnni, rows < 4, has_q, has_dq)
+    if key not in _CHAINS:
+        _CHAINS[key] = _make_chain(
+            _chain_layer(vnni, rows),
+            _chain_quantize if has_q else _chain_copy,
+            _chain_dequantize if has_dq else _chain_int8_out,
+        )
+    return _CHAINS[key]
+
+
+def qmlp_chain(layers, x, y, quant_in=None, dequant_out=None):
+    """One closure running ``[quantize] -> qlinear* -> [dequantize]`` in one compiled call.
+
+    Args:
+      layers: ``[(QGemmWeight, y_zp, qmin, qmax)]``, each layer's ``k`` the previous one's ``n``,
+        all on the same path (VNNI or portable).
+      x: ``(M, K_0)`` float32 when `quant_in` = ``(scale, zero_point)`` is given, else int8.
+      y: ``(M, N_last)`` float32 when `dequant_out` = ``(scale, zero_point)`` is given, else int8.
+
+    Weights, channel parameters and the intermediate activations (``(M, Kp)`` each; columns past
+    a layer's N hold clamped values that the next layer's zero weight rows ignore) are copied
+    into one flat array each. Arithmetic as `qgemm`, `quantize_q`, `dequantize_q`: bit for bit
+    the separate steps."""
+    ws_ = [w for w, *_ in layers]
+    vnni = ws_[0].vnni
+    if any(w.vnni != vnni for w in ws_) or any(
+        a.n != b.k for a, b in zip(ws_, ws_[1:], strict=False)
+    ):
+        raise JaxCompressValueError("qmlp_chain: layers do not chain")
+    mm = x.shape[0]
+    if x.shape != (mm, ws_[0].k) or y.shape != (mm, ws_[-1].n):
+        raise JaxCompressValueError(f"qmlp_chain: x {x.shape} / y {y.shape} do not fit the layers")
+    if x.dtype != (np.float32 if quant_in else np.int8) or y.dtype != (
+        np.float32 if dequant_out else np.int8
+    ):
+        raise JaxCompressValueError("qmlp_chain: x / y dtypes do not fit quant_in / dequant_out")
+    wparts, cparts, lp = [], [], []
+    woff = coff = boff = 0
+    for w, yz, lo, hi in layers:
+        if vnni:
+            wv = w.w32
+        else:  # (N, Kp) int8 padded to whole 64-byte rows, as an int32 (N, Kp / 64, 16) view
+            k64 = -(-w.kp // 64) * 64
+            w8 = np.zeros((w.n, k64), np.int8)
+            w8[:, : w.kp] = w.wt
+            wv = w8.view(np.int32).reshape(w.n, k64 // 64, 16)
+        nb, kq = wv.shape[0], wv.shape[1]
+        np_ = w.chan.shape[1]
+        lp.append([w.n, yz, lo, hi, woff, nb, kq, coff, np_, boff, w.kp])
+        wparts.append(wv.reshape(-1))
+        cparts.append(w.chan.reshape(-1))
+        woff += wv.size
+        coff += w.chan.size
+        boff += -(-mm * w.kp // 64) * 64
+    nl = len(layers)
+    yoff = boff
+    boff += -(-mm * ws_[-1].n // 64) * 64
+    head = 5 + _LP * nl + 1
+    lp = np.array(lp, np.int64)
+    lp[:, 7] += head
+    qi = quant_in or (1.0, 0)
+    qo = dequant_out or (1.0, 0)
+    hdr = np.array([nl, 0, qi[1], 0, qo[1]], np.int64)
+    hdr[1:2] = np.array([float(qi[0])], np.float64).view(np.int64)
+    hdr[3:4] = np.array([float(qo[0])], np.float64).view(np.int64)
+    call = np.concatenate([hdr, lp.reshape(-1), np.array([yoff], np.int64), *cparts])
+    wall = np.concatenate(wparts)
+    ball = np.zeros(boff, np.int8)
+    fn = _chain_kernel(vnni, mm, bool(quant_in), bool(dequant_out))
+    return lambda: fn(x, wall, call, ball, y)
+
+
 def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
     """``out (M, N) int8 = requant(x (M, Kp) int8 @ W + beff)`` (see the module docstring).
 
@@ -720,6 +891,166 @@ def depthwise_q(x, wt, chant, prm, out):
                 a = np.int64(acc[t]) + chant[0, t]
                 v = yzp + ((a * chant[1, t] + chant[2, t]) >> chant[3, t])
                 of[ob + t] = np.int8(max(qmin, min(qmax, v)))
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _depthwise_rows3x3(xs, geo, wt, chant, prm, acc, of):
+    """The 3x3 case of `_depthwise_phase`: the nine taps summed in one int32 vector loop per
+    output row (one store per output instead of one load and store per tap), then the
+    requantization (512-bit vectors)."""
+    wide_vectors()
+    bsz, hp, wq, cc = geo[0], geo[4], geo[5], geo[3]
+    sh, sw, dh, dw = geo[6], geo[7], geo[8], geo[9]
+    oh, ow = geo[14], geo[15]
+    yzp, qmin, qmax = prm[0], prm[1], prm[2]
+    row = np.uint64(ow * cc)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (
+        wt[0],
+        wt[1],
+        wt[2],
+        wt[3],
+        wt[4],
+        wt[5],
+        wt[6],
+        wt[7],
+        wt[8],
+    )
+    beff, mult, rnd, shift = chant[0], chant[1], chant[2], chant[3]
+    c0 = np.uint64((0 * dw) % sw * wq * cc + (0 * dw) // sw * cc)
+    c1 = np.uint64((1 * dw) % sw * wq * cc + (1 * dw) // sw * cc)
+    c2 = np.uint64((2 * dw) % sw * wq * cc + (2 * dw) // sw * cc)
+    for b in range(bsz):
+        for oy in range(oh):
+            r0 = np.uint64((b * hp + oy * sh) * sw * wq * cc)
+            r1 = np.uint64((b * hp + oy * sh + dh) * sw * wq * cc)
+            r2 = np.uint64((b * hp + oy * sh + 2 * dh) * sw * wq * cc)
+            a0, a1, a2 = r0 + c0, r0 + c1, r0 + c2
+            b0, b1, b2 = r1 + c0, r1 + c1, r1 + c2
+            d0, d1, d2 = r2 + c0, r2 + c1, r2 + c2
+            ob = np.uint64((b * oh + oy) * ow * cc)
+            for t in range(row):
+                # int32 at every step (Numba widens int32 products to int64, which would
+                # de-vectorise); exact: nine products of |x - zp| <= 255 and |w| <= 127
+                a = np.int32(np.int32(xs[a0 + t]) * np.int32(w0[t]))
+                a = np.int32(a + np.int32(xs[a1 + t]) * np.int32(w1[t]))
+                a = np.int32(a + np.int32(xs[a2 + t]) * np.int32(w2[t]))
+                a = np.int32(a + np.int32(xs[b0 + t]) * np.int32(w3[t]))
+                a = np.int32(a + np.int32(xs[b1 + t]) * np.int32(w4[t]))
+                a = np.int32(a + np.int32(xs[b2 + t]) * np.int32(w5[t]))
+                a = np.int32(a + np.int32(xs[d0 + t]) * np.int32(w6[t]))
+                a = np.int32(a + np.int32(xs[d1 + t]) * np.int32(w7[t]))
+                acc[t] = np.int32(a + np.int32(xs[d2 + t]) * np.int32(w8[t]))
+            # the requantization in its own loop: int64 lanes would narrow the loop above
+            for t in range(row):
+                a = np.int64(acc[t]) + beff[t]
+                v = yzp + ((a * mult[t] + rnd[t]) >> shift[t])
+                of[ob + t] = np.int8(max(qmin, min(qmax, v)))
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _depthwise_phase(xv, xs, geo, wt, chant, prm, acc, out):
+    """`QDepthwise`'s kernel: copy, then one output row at a time, each tap one contiguous run.
+
+    ``xs`` ``(B, Hp, sw, Wq, C)`` int16 (flat): ``x - x_zp`` at padded column ``q * sw + p`` in
+    phase ``p``, 0 in the border (written once at load); with stride ``sw`` the tap ``(i, j)`` of
+    a whole output row then reads ``OW * C`` consecutive values (phase ``j * dw % sw``, from
+    column ``j * dw // sw``), for any stride. ``wt`` ``(KH * KW, OW * C)`` int16 and ``chant``
+    ``(4, OW * C)`` int64 (``beff``, ``mult``, ``2**(shift - 1)``, ``shift``) tiled along the row.
+    ``geo = [B, H, W, C, Hp, Wq, sh, sw, dh, dw, pt, pl, KH, KW, OH, OW]``, ``prm = [y_zp, qmin,
+    qmax, x_zp]``. int32 products and sums (exact: ``|x - zp| <= 255``, ``|w| <= 127``)."""
+    bsz, hh, ww, cc, hp, wq = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    sh, sw, dh, dw, pt, pl = geo[6], geo[7], geo[8], geo[9], geo[10], geo[11]
+    kh, kw, oh, ow = geo[12], geo[13], geo[14], geo[15]
+    yzp, qmin, qmax, x_zp = prm[0], prm[1], prm[2], prm[3]
+    zp16 = np.int16(x_zp)
+    uc = np.uint64(cc)
+    for b in range(bsz):
+        for iy in range(hh):
+            rowp = (b * hp + iy + pt) * sw
+            src = np.uint64((b * hh + iy) * ww * cc)
+            if sw == 1:
+                dst = np.uint64((rowp * wq + pl) * cc)
+                for t in range(np.uint64(ww * cc)):
+                    xs[dst + t] = np.int16(np.int16(xv[src + t]) - zp16)
+            else:
+                for ix in range(ww):
+                    col = ix + pl
+                    dst = np.uint64(((rowp + col % sw) * wq + col // sw) * cc)
+                    s0 = src + np.uint64(ix) * uc
+                    for c in range(uc):
+                        xs[dst + c] = np.int16(np.int16(xv[s0 + c]) - zp16)
+    row = np.uint64(ow * cc)
+    of = out.reshape(-1)
+    if kh == 3 and kw == 3:
+        _depthwise_rows3x3(xs, geo, wt, chant, prm, acc, of)
+        return
+    for b in range(bsz):
+        for oy in range(oh):
+            for t in range(row):
+                acc[t] = 0
+            for i in range(kh):
+                rowp = (b * hp + oy * sh + i * dh) * sw
+                for j in range(kw):
+                    ph = (j * dw) % sw
+                    src = np.uint64(((rowp + ph) * wq + (j * dw) // sw) * cc)
+                    wrow = wt[i * kw + j]
+                    for t in range(row):
+                        acc[t] = np.int32(acc[t] + np.int32(xs[src + t]) * np.int32(wrow[t]))
+            ob = np.uint64((b * oh + oy) * ow * cc)
+            for t in range(row):
+                a = np.int64(acc[t]) + chant[0, t]
+                v = yzp + ((a * chant[1, t] + chant[2, t]) >> chant[3, t])
+                of[ob + t] = np.int8(max(qmin, min(qmax, v)))
+
+
+class QDepthwise:
+    """A depthwise ``qconv2d`` (``groups == C``, channel multiplier 1) prepared for
+    `_depthwise_phase`: a private padded, phase-split int16 copy of ``x - x_zp`` (any stride and
+    dilation: every tap of an output row is one contiguous vector loop), tiled weights and
+    channel parameters."""
+
+    def __init__(self, wq, bias, x_zp, mult, shift, x_shape, out_shape, strides, dilation, pads):
+        kh, kw, one, c = (int(d) for d in wq.shape)
+        bsz, hh, ww, cin = (int(d) for d in x_shape)
+        _, oh, ow, cout = (int(d) for d in out_shape)
+        (sh, sw), (dh, dw) = strides, dilation
+        (pt, pb), (pl, pr) = pads
+        if one != 1 or cin != c or cout != c or min(pt, pb, pl, pr) < 0 or min(sh, sw) < 1:
+            raise JaxCompressValueError(
+                f"int8 depthwise: unsupported geometry (weight {wq.shape}, input {x_shape}, "
+                f"pads {pads})"
+            )
+        hp, wp = hh + pt + pb, ww + pl + pr
+        wq_ = -(-wp // sw)
+        if (oh - 1) * sh + (kh - 1) * dh >= hp or (ow - 1) * sw + (kw - 1) * dw >= wp:
+            raise JaxCompressValueError(
+                f"int8 depthwise: output {out_shape} does not fit input {x_shape} with pads {pads}"
+            )
+        self.xs = np.zeros(bsz * hp * sw * wq_ * c, np.int16)
+        self.geo = np.array(
+            [bsz, hh, ww, c, hp, wq_, sh, sw, dh, dw, pt, pl, kh, kw, oh, ow], np.int64
+        )
+        beff = np.zeros(c, np.int64) if bias is None else np.asarray(bias, np.int64)
+        mult = np.asarray(mult, np.int64)
+        shift = np.asarray(shift, np.int64)
+        chan = np.stack([beff, mult, np.left_shift(np.int64(1), shift - 1), shift])
+        self.chant = np.ascontiguousarray(np.tile(chan, (1, ow)))
+        self.wt = np.ascontiguousarray(
+            np.tile(np.asarray(wq, np.int16).reshape(kh * kw, c), (1, ow))
+        )
+        self.acc = np.zeros(ow * c, np.int32)
+        self.x_zp = int(x_zp)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.xs.nbytes + self.wt.nbytes + self.chant.nbytes + self.acc.nbytes)
+
+    def bind(self, x, out, y_zp, qmin, qmax):
+        """A zero-argument closure computing ``out = depthwise(x)`` (int8 NHWC arrays)."""
+        prm = np.array([y_zp, qmin, qmax, self.x_zp], np.int64)
+        xv = x.reshape(-1)
+        xs, geo, wt, chant, acc = self.xs, self.geo, self.wt, self.chant, self.acc
+        return lambda: _depthwise_phase(xv, xs, geo, wt, chant, prm, acc, out)
 
 
 @njit(cache=True, nogil=True)

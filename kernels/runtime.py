@@ -900,6 +900,7 @@ class _Exec:
         self.step_members = []
         built = [self._build(grp, nodes, view, records, offsets, base) for grp in groups]
         groups, built = self._chain_layers(groups, built, uses, outputs)
+        groups, built = self._chain_qlayers(groups, built, nodes, root, outputs, view)
         for s, (grp, (fn, label)) in enumerate(zip(groups, built, strict=True)):
             self.steps.append(fn)
             self.labels.append(label)
@@ -1053,6 +1054,116 @@ class _Exec:
             out_built.append(built[s])
             s += 1
         return out_groups, out_built
+
+    def _chain_qlayers(self, groups, built, nodes, root, outputs, view):
+        """Runs of full-integer steps ``[quantize] -> qlinear+ -> [dequantize]`` (each step the
+        only reader of the previous one's output, views included) become one `qmlp_chain` step:
+        one compiled call instead of one dispatch per layer (small MLPs are dispatch-bound)."""
+        readers: dict[str, list[int]] = {}
+        for i, n in enumerate(nodes):
+            if _ops.OPS[n["op"]].kind == "alias":
+                continue
+            for r in n["in"]:
+                if isinstance(r, str):
+                    readers.setdefault(root.get(r, r), []).append(i)
+        outs = {root.get(o, o) for o in outputs if isinstance(o, str)}
+
+        def op(g):
+            return nodes[g["nodes"][0]]["op"] if g["kind"] == "q" else None
+
+        def feeds(a, b):  # group a's output is read by group b's node only
+            v = root.get(a["out"], a["out"])
+            src = nodes[b["nodes"][0]]["in"][0]
+            return (
+                v not in outs
+                and readers.get(v) == [b["nodes"][0]]
+                and isinstance(src, str)
+                and root.get(src, src) == v
+            )
+
+        out_groups, out_built = [], []
+        s = 0
+        while s < len(groups):
+            e = s + 1 if op(groups[s]) == "quantize" else s
+            if (
+                e < len(groups)
+                and op(groups[e]) == "qlinear"
+                and (e == s or feeds(groups[s], groups[e]))
+            ):
+                while (
+                    e + 1 < len(groups)
+                    and op(groups[e + 1]) == "qlinear"
+                    and feeds(groups[e], groups[e + 1])
+                ):
+                    e += 1
+                if (
+                    e + 1 < len(groups)
+                    and op(groups[e + 1]) == "dequantize"
+                    and feeds(groups[e], groups[e + 1])
+                ):
+                    e += 1
+                step = self._qchain_step(groups[s : e + 1], nodes, view) if e > s else None
+                if step is not None:
+                    out_groups.append(
+                        {
+                            "kind": "qchain",
+                            "nodes": [j for g in groups[s : e + 1] for j in g["nodes"]],
+                            "out": groups[e]["out"],
+                        }
+                    )
+                    out_built.append(step)
+                    s = e + 1
+                    continue
+            out_groups.append(groups[s])
+            out_built.append(built[s])
+            s += 1
+        return out_groups, out_built
+
+    def _qchain_step(self, grps, nodes, view):
+        rt = self.rt
+        recs = rt.quant
+        first, last = nodes[grps[0]["nodes"][0]], nodes[grps[-1]["nodes"][0]]
+        quant_in = dequant_out = None
+        if first["op"] == "quantize":
+            r = recs[first["out"]]
+            quant_in = (np.float32(r["scale"]), int(r["zero_point"]))
+            grps = grps[1:]
+        if last["op"] == "dequantize":
+            r = recs[last["in"][0]]
+            dequant_out = (np.float32(r["scale"]), int(r["zero_point"]))
+            grps = grps[:-1]
+        layers = []
+        for g in grps:
+            i = g["nodes"][0]
+            n = nodes[i]
+            yr = recs[n["out"]]
+            layers.append(
+                (
+                    rt.qweight(i),
+                    int(yr["zero_point"]),
+                    int(n.get("qmin", -128)),
+                    int(n.get("qmax", 127)),
+                )
+            )
+        x = view(first["in"][0])
+        y = view(last["out"])
+        k0, nl = layers[0][0].k, layers[-1][0].n
+        rows = x.size // k0
+        if x.size != rows * k0 or y.size != rows * nl:
+            return None
+        try:
+            fn = _qk.qmlp_chain(
+                layers, x.reshape(rows, k0), y.reshape(rows, nl), quant_in, dequant_out
+            )
+        except JaxCompressValueError:  # layers that do not chain: keep the separate steps
+            return None
+        path = "vnni" if layers[0][0].vnni else "portable"
+        parts = (
+            ("quantize+" if quant_in else "")
+            + f"{len(layers)} qgemm"
+            + ("+dequantize" if dequant_out else "")
+        )
+        return fn, f"qmlp_chain({parts}, int8, {path})"
 
     def _fuse_pool_or_add(self, i, nodes, uses, static, owner) -> dict | None:
         """Average pooling (``reduce_window_sum`` over H, W or ``reduce_sum`` over axes 1, 2,
@@ -1717,6 +1828,12 @@ def _qconv_step(rt, i, node, x, out, x_zp, y_zp, qmin, qmax):
             if "bias" in node
             else np.zeros(cout, np.int64)
         )
+        if min(min(p) for p in pads) >= 0:
+            bias = t[node["bias"]].parts["value"] if "bias" in node else None
+            dwq = _qk.QDepthwise(
+                wq, bias, x_zp, mult, shift, x.shape, out.shape, (sh, sw), (dh, dw), pads
+            )
+            return dwq.bind(x, out, y_zp, qmin, qmax), f"qdepthwise{kh}x{kw}(int8 padded rows)"
         chan = np.stack([beff, mult, np.left_shift(np.int64(1), shift - 1), shift])
         chant = np.ascontiguousarray(np.tile(chan, (1, ow)))
         wt = np.ascontiguousarray(np.tile(wq.reshape(kh * kw, cout).astype(np.int32), (1, ow)))

@@ -74,3 +74,80 @@ def test_direct_conv_refuses_unsupported_geometry():
     with pytest.raises(JaxCompressValueError, match="does not fit"):
         _qkernels.QConvDirect(wq, None, 0, m, r, (1, 8, 8, 4), (1, 8, 8, 8), (1, 1), (1, 1),
                               ((0, 0), (0, 0)))  # fmt: skip
+
+
+# (H, W, C, strides, pads, dilation, KH, KW)
+DW_CASES = [
+    (12, 12, 8, (1, 1), ((1, 1), (1, 1)), (1, 1), 3, 3),  # MobileNet stride 1
+    (12, 12, 16, (2, 2), ((0, 1), (0, 1)), (1, 1), 3, 3),  # MobileNet stride 2 SAME
+    (25, 5, 64, (1, 1), ((1, 1), (1, 1)), (1, 1), 3, 3),  # DS-CNN
+    (9, 11, 5, (2, 2), ((1, 1), (1, 1)), (1, 1), 3, 3),  # odd, 5 channels
+    (10, 9, 3, (1, 2), ((2, 2), (2, 2)), (2, 2), 3, 3),  # dilated, mixed strides
+    (8, 7, 6, (1, 1), ((2, 2), (1, 1)), (1, 1), 5, 3),  # not 3x3: the generic tap loop
+    (7, 8, 4, (3, 3), ((0, 0), (0, 0)), (1, 1), 3, 3),  # stride 3, VALID
+]
+
+
+@pytest.mark.parametrize("case", DW_CASES)
+@pytest.mark.parametrize("batch", (1, 7))
+def test_depthwise_equals_reference(case, batch):
+    rng = np.random.default_rng(hash((case, batch, "dw")) % 2**32)
+    h, w, c, strides, pads, dilation, kh, kw = case
+    x = rng.integers(-128, 128, (batch, h, w, c)).astype(np.int8)
+    wq = rng.integers(-127, 128, (kh, kw, 1, c)).astype(np.int8)
+    wq.reshape(-1)[:2] = [-127, 127]
+    bias = rng.integers(-(2**18), 2**18, c).astype(np.int32)
+    ws = rng.uniform(2e-3, 2e-2, c).astype(np.float32)
+    x_zp, y_zp = int(rng.integers(-128, 128)), int(rng.integers(-30, 30))
+    mult, shift = q.channel_multipliers(0.03, ws, 0.05)
+    for x_ in (x, rng.integers(-128, 128, x.shape).astype(np.int8)):  # second call: same border
+        want = q.qconv2d(
+            x_, 0.03, x_zp, wq, ws, bias, 0.05, y_zp,
+            strides=strides, pads=pads, dilation=dilation, groups=c, qmin=-120, qmax=125,
+        )  # fmt: skip
+        d = _qkernels.QDepthwise(wq, bias, x_zp, mult, shift, x.shape, want.shape, strides,
+                                 dilation, pads)  # fmt: skip
+        out = np.full(want.shape, 99, np.int8)
+        d.bind(x_, out, y_zp, -120, 125)()
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("vnni", [False] + ([True] if _qkernels.HAS_VNNI else []))
+@pytest.mark.parametrize("dims", [(21, 33, 70, 10), (640, 128, 8, 128, 640), (5, 3)])
+@pytest.mark.parametrize("batch", (1, 7))
+@pytest.mark.parametrize("ends", ["float", "int8"])
+def test_qmlp_chain_equals_reference(vnni, dims, batch, ends):
+    rng = np.random.default_rng(len(dims) * 100 + batch)
+    x = rng.normal(0, 1.5, (batch, dims[0])).astype(np.float32)
+    s_in, zp_in = np.float32(0.02), -7
+    xq = q.quantize(x, s_in, zp_in)
+    layers, want = [], xq
+    s_x, zp_x = s_in, zp_in
+    for k, n in zip(dims[:-1], dims[1:], strict=True):
+        w = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        ws = rng.uniform(2e-3, 2e-2, n).astype(np.float32)
+        b = rng.integers(-3000, 3000, n).astype(np.int32)
+        s_y, zp_y = np.float32(rng.uniform(0.05, 0.2)), int(rng.integers(-20, 20))
+        lo = max(-128, zp_y)  # a ReLU on every layer but the last
+        lo = -128 if n == dims[-1] and k == dims[-2] else lo
+        want = q.qlinear(want, s_x, zp_x, w, ws, b, s_y, zp_y, lo, 127)
+        mult, shift = q.channel_multipliers(s_x, ws, s_y)
+        layers.append((_qkernels.pack_qgemm(w, b, zp_x, mult, shift, vnni=vnni), zp_y, lo, 127))
+        s_x, zp_x = s_y, zp_y
+    if ends == "float":
+        y = np.full((batch, dims[-1]), np.nan, np.float32)
+        _qkernels.qmlp_chain(layers, x, y, (s_in, zp_in), (s_x, zp_x))()
+        np.testing.assert_array_equal(y, q.dequantize(want, s_x, zp_x))
+    else:
+        y = np.full((batch, dims[-1]), 99, np.int8)
+        _qkernels.qmlp_chain(layers, xq, y)()
+        np.testing.assert_array_equal(y, want)
+
+
+def test_qmlp_chain_refuses_layers_that_do_not_chain():
+    m, r = np.full(8, 1 << 30), np.full(8, 8)
+    a = _qkernels.pack_qgemm(np.zeros((4, 8), np.int8), None, 0, m, r, vnni=False)
+    b = _qkernels.pack_qgemm(np.zeros((6, 8), np.int8), None, 0, m, r, vnni=False)
+    with pytest.raises(JaxCompressValueError, match="do not chain"):
+        _qkernels.qmlp_chain([(a, 0, -128, 127), (b, 0, -128, 127)],
+                             np.zeros((1, 4), np.int8), np.zeros((1, 8), np.int8))  # fmt: skip
