@@ -19,6 +19,11 @@ load. Two interchangeable paths:
 - **portable** (any CPU): per output an int32 dot product over k of sign-extended bytes, written
   so LLVM's loop vectoriser emits ``vpmaddwd`` (see `_int8dot`), weights as ``(N, Kp)``.
 
+Kernels that allocate nothing compile with ``_nrt=False``: Numba then emits no reference counting
+for the array views they take (row slices, reshapes), whose atomic increments and decrements
+through indirect calls otherwise cost more than a small layer's arithmetic (measured: 181 ->
+86 ns per 16 x 16 batch-1 GEMM call).
+
 Both accumulate in int32 without overflow for ``K <= 65536`` (``255 * 127 * 65536 < 2**31``) and
 widen to int64 for the bias and the requantization.
 """
@@ -312,7 +317,7 @@ def _make_dconv_tile(mr: int, nr: int):
     return tile
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _pad_xor(xv, geo, xu):
     """Copies the int8 image bytes ``xv`` (flat NHWC, viewed as uint8) into the interior of the
     padded buffer ``xu`` as unsigned codes (``x ^ 0x80``); the border keeps the zero point's
@@ -330,7 +335,7 @@ def _pad_xor(xv, geo, xu):
 def _make_dconv_driver(mr, nr):
     tile_fn = _make_dconv_tile(mr, nr)
 
-    @njit(cache=False, nogil=True)
+    @njit(cache=False, nogil=True, _nrt=False)
     def drive(xv, xu, geo, pix, segs, w32, chan, prm, out):
         # prm: n, y_zp, qmin, qmax, words per kernel row
         _pad_xor(xv, geo, xu)
@@ -359,7 +364,7 @@ def _dconv_driver(mr, nr):
 def _make_driver(mr, nr):
     tile_fn = _make_tile(mr, nr)
 
-    @njit(cache=False, nogil=True)
+    @njit(cache=False, nogil=True, _nrt=False)
     def drive(xw, w32, chan, prm, out, o8):
         # chan: (4, Np) int64 rows beff, mult, rnd, shift; prm: n, y_zp, qmin, qmax (packed:
         # every argument costs time in Numba's dispatcher on each call)
@@ -372,7 +377,7 @@ def _make_driver(mr, nr):
             for m0 in range(0, mm, mr):
                 tile_fn(xw, m0, w32, nb0, kq, o8, beff, mult, rnd, shift, yzp, qmin, qmax, out)
 
-    @njit(cache=False, nogil=True)
+    @njit(cache=False, nogil=True, _nrt=False)
     def conv_drive(x, geo, cols, w32, chan, prm, out, o8):
         im2col_q(x, geo, cols)
         drive(cols.view(np.int32), w32, chan, prm, out, o8)
@@ -391,7 +396,7 @@ def _drivers(mr, nr):
     return _DRIVERS[mr, nr], _CONV_DRIVERS[mr, nr]
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True, _nrt=False)
 def _gemm_portable(x, wt, chan, prm, out):
     n, yzp, qmin, qmax = prm[0], prm[1], prm[2], prm[3]
     mm = x.shape[0]
@@ -408,7 +413,7 @@ def _gemm_portable(x, wt, chan, prm, out):
             out[m, c] = np.int8(max(qmin, min(qmax, v)))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _conv_portable(x, geo, cols, wt, chan, prm, out):
     im2col_q(x, geo, cols)
     _gemm_portable(cols, wt, chan, prm, out)
@@ -564,7 +569,7 @@ class QConvDirect:
 _LP = 11  # int64 words per layer in a chain's header
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _chain_quantize(x, b0, hdr):
     s = np.float32(hdr[1:2].view(np.float64)[0])
     zp = hdr[2]
@@ -573,14 +578,14 @@ def _chain_quantize(x, b0, hdr):
         quantize_q(x[m], s, zp, b0[m, :k0])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _chain_copy(x, b0, hdr):
-    k0 = x.shape[1]
     for m in range(x.shape[0]):
-        b0[m, :k0] = x[m]
+        for k in range(x.shape[1]):
+            b0[m, k] = x[m, k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _chain_dequantize(yq, y, hdr, run):
     """(run=False) where the last layer writes: the int8 buffer; (run=True) dequantizes it."""
     if run:
@@ -591,14 +596,14 @@ def _chain_dequantize(yq, y, hdr, run):
     return yq
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _chain_int8_out(yq, y, hdr, run):
     """The last layer writes the int8 output itself."""
     return y
 
 
 def _make_chain(layer, pre, post):
-    @njit(cache=False, nogil=True)
+    @njit(cache=False, nogil=True, _nrt=False)
     def chain(x, wall, call, ball, y):
         # a few flat arrays: every array argument costs ~0.1 us in Numba's dispatcher on each
         # call. call = [nl, x_scale (float64 bits), x_zp, y_scale (bits), y_zp, layer rows...,
@@ -636,7 +641,7 @@ def _chain_layer(vnni: bool, rows: int):
     if not vnni:
         if "portable" not in _CHAINS:
 
-            @njit(cache=False, nogil=True)
+            @njit(cache=False, nogil=True, _nrt=False)
             def layer(x, w, chan, prm, out):
                 # w: (N, Kp64 / 64, 16) int32 view of the (N, Kp64) int8 weight
                 wt = w.reshape((w.shape[0], -1)).view(np.int8)
@@ -648,7 +653,7 @@ def _chain_layer(vnni: bool, rows: int):
     if tile not in _CHAINS:
         drive = _drivers(*tile)[0]
 
-        @njit(cache=False, nogil=True)
+        @njit(cache=False, nogil=True, _nrt=False)
         def layer(x, w32, chan, prm, out):
             drive(x.view(np.int32), w32, chan, prm, out, x[0])
 
@@ -745,7 +750,7 @@ def qgemm(x, w: QGemmWeight, y_zp, qmin, qmax, out):
 _COLUMN_RUN = 32
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _im2col_columns(
     xf, bsz, hh, ww, cin, kh, kw, sh, sw, dh, dw, pt, pl, c0, cg, zp8, oh, ow, cf, ncol
 ):
@@ -778,7 +783,7 @@ def _im2col_columns(
                             cf[d + ox * nc] = zp8
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def im2col_q(x, geo, cols):
     """``cols[(b, oy, ox), (i, j, c)] = x[b, oy*sh - pt + i*dh, ox*sw - pl + j*dw, c0 + c]``
     (``zp`` outside the image); columns past ``kh * kw * cg`` are left as they are.
@@ -893,7 +898,7 @@ def depthwise_q(x, wt, chant, prm, out):
                 of[ob + t] = np.int8(max(qmin, min(qmax, v)))
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True, _nrt=False)
 def _depthwise_rows3x3(xs, geo, wt, chant, prm, acc, of):
     """The 3x3 case of `_depthwise_phase`: the nine taps summed in one int32 vector loop per
     output row (one store per output instead of one load and store per tap), then the
@@ -947,7 +952,7 @@ def _depthwise_rows3x3(xs, geo, wt, chant, prm, acc, of):
                 of[ob + t] = np.int8(max(qmin, min(qmax, v)))
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True, _nrt=False)
 def _depthwise_phase(xv, xs, geo, wt, chant, prm, acc, out):
     """`QDepthwise`'s kernel: copy, then one output row at a time, each tap one contiguous run.
 
@@ -1053,7 +1058,7 @@ class QDepthwise:
         return lambda: _depthwise_phase(xv, xs, geo, wt, chant, prm, acc, out)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def maxpool_q(x, kh, kw, sh, sw, pt, pl, out):
     """int8 max pooling NHWC (padded positions never win)."""
     bsz, hh, ww, cc = x.shape
@@ -1080,7 +1085,7 @@ def maxpool_q(x, kh, kw, sh, sw, pt, pl, out):
                             of[ob + c] = max(of[ob + c], xf[xs + c])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc, out):
     """Average pooling: window sums of ``x - x_zp`` (padding adds 0), requantized."""
     bsz, hh, ww, cc = x.shape
@@ -1112,7 +1117,7 @@ def avgpool_q(x, kh, kw, sh, sw, pt, pl, x_zp, mult, shift, yzp, qmin, qmax, acc
                     of[ob + c] = np.int8(max(qmin, min(qmax, v)))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def mean_q(x3, x_zp, mult, shift, yzp, qmin, qmax, acc, out2):
     """Mean over the middle axis of ``x3 (A, R, C)`` -> ``out2 (A, C)`` (sums of ``x - x_zp``,
     requantized)."""
@@ -1133,7 +1138,7 @@ def mean_q(x3, x_zp, mult, shift, yzp, qmin, qmax, acc, out2):
             out2[a, c] = np.int8(v)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def add_q(a, b, a_zp, b_zp, ma, mb, shift, yzp, qmin, qmax, out):
     """Residual add on flat int8 arrays (`format.quant.qadd`)."""
     rnd = np.int64(1) << (shift - 1)
@@ -1147,7 +1152,7 @@ def add_q(a, b, a_zp, b_zp, ma, mb, shift, yzp, qmin, qmax, out):
         out[i] = np.int8(v)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def quantize_q(x, scale, zp, out):
     """Flat float32 -> int8: ``clip(round_half_even(x / s) + zp)`` (float32 division; NaN ->
     the zero point, as the reference). Branch-free so LLVM vectorises it."""
@@ -1160,7 +1165,7 @@ def quantize_q(x, scale, zp, out):
         out[i] = np.int8(np.int32(y) + zp)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def dequantize_q(q, scale, zp, out):
     """Flat int8 -> float32: ``float32(q - zp) * s``."""
     for i in range(q.shape[0]):
