@@ -1141,32 +1141,31 @@ def mean_q(x3, x_zp, mult, shift, yzp, qmin, qmax, acc, out2):
 @njit(cache=True, nogil=True, _nrt=False)
 def add_q(a, b, a_zp, b_zp, ma, mb, shift, yzp, qmin, qmax, out):
     """Residual add on flat int8 arrays (`format.quant.qadd`)."""
+    wide_vectors()
     rnd = np.int64(1) << (shift - 1)
     for i in range(a.shape[0]):
         acc = (np.int64(a[i]) - a_zp) * ma + (np.int64(b[i]) - b_zp) * mb + rnd
-        v = yzp + (acc >> shift)
-        if v < qmin:
-            v = qmin
-        elif v > qmax:
-            v = qmax
-        out[i] = np.int8(v)
+        out[i] = np.int8(max(qmin, min(qmax, yzp + (acc >> shift))))  # branch-free: vectorises
 
 
 @njit(cache=True, nogil=True, _nrt=False)
 def quantize_q(x, scale, zp, out):
     """Flat float32 -> int8: ``clip(round_half_even(x / s) + zp)`` (float32 division; NaN ->
     the zero point, as the reference). Branch-free so LLVM vectorises it."""
+    wide_vectors()
     lo = np.float32(-128 - zp)
     hi = np.float32(127 - zp)
+    zp32 = np.int32(zp)
     for i in range(x.shape[0]):
         y = np.rint(x[i] / scale)  # float32 division, round half to even
         y = y if y == y else np.float32(0.0)
         y = min(max(y, lo), hi)
-        out[i] = np.int8(np.int32(y) + zp)
+        out[i] = np.int8(np.int32(y) + zp32)  # int32: int64 lanes would halve the vectors
 
 
 @njit(cache=True, nogil=True, _nrt=False)
 def dequantize_q(q, scale, zp, out):
     """Flat int8 -> float32: ``float32(q - zp) * s``."""
+    wide_vectors()
     for i in range(q.shape[0]):
         out[i] = np.float32(np.int32(q[i]) - zp) * scale
