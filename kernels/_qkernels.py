@@ -7,7 +7,7 @@ arithmetic: the results are equal bit for bit, whichever path runs).
 GEMM (``qlinear``, ``qconv2d`` through im2col or directly for 1x1 convolutions):
 ``y[m, n] = clip(y_zp + ((acc[m, n] * mult[n] + 2**(r[n] - 1)) >> r[n]), qmin, qmax)`` with
 ``acc = sum_k x[m, k] w[k, n] + beff[n]`` and ``beff = bias - x_zp * sum_k w[k, n]`` folded at
-load. Two interchangeable paths:
+load (and ``beff * mult`` into the rounding constant). Two interchangeable paths:
 
 - **VNNI** (CPUs with ``avx512_vnni``): ``vpdpbusd`` (16 int32 lanes, each += the sum of 4
   unsigned-byte x signed-byte products) through inline assembly in a Numba `intrinsic` (LLVM IR
@@ -18,6 +18,17 @@ load. Two interchangeable paths:
   ``NR`` blocks of 16 channels (``1 x 4`` for a batch-1 linear layer, ``4 x 2`` for convolutions).
 - **portable** (any CPU): per output an int32 dot product over k of sign-extended bytes, written
   so LLVM's loop vectoriser emits ``vpmaddwd`` (see `_int8dot`), weights as ``(N, Kp)``.
+
+Convolutions do not go through im2col on the VNNI path (`QConvDirect`): groups-1 ``qconv2d`` with
+horizontal dilation 1 is an implicit GEMM over a private padded copy of the input, stored as
+unsigned codes once per call, so the tile broadcasts each 4-byte word straight from memory (no
+per-word xor) and every kernel row is one contiguous run of ``kw * C`` bytes (rounded up to whole
+words, with zero weights for the extra bytes). 1x1 stride-1 convolutions with ``C % 4 == 0`` read
+the activations in place (`QGemmWeight`). Depthwise convolution (`QDepthwise`) reads a padded,
+phase-split int16 copy of ``x - x_zp`` so that each tap of a whole output row is one contiguous
+vector loop for any stride; 3x3 taps are summed in one int32 loop, then requantized.
+`qmlp_chain` runs ``[quantize] -> qlinear* -> [dequantize]`` in one compiled call (weights,
+channel parameters and intermediate rows in flat arrays): a small MLP costs one dispatch.
 
 Kernels that allocate nothing compile with ``_nrt=False``: Numba then emits no reference counting
 for the array views they take (row slices, reshapes), whose atomic increments and decrements
@@ -93,10 +104,11 @@ def _splat(builder, v, ty=None):
 
 
 def _epilogue(context, builder, signature, args, slots, yrows, cbases, mr, nr, first):
-    """The tiles' shared epilogue, in vectors: ``((acc + beff) * mult + rnd) >> shift + y_zp``,
-    clamped to ``[qmin, qmax]``, stored as int8 straight to the output rows (lanes at or past the
-    output's column count masked off). ``args[first:first + 8]`` are ``beff, mult, rnd, shift``
-    (int64 arrays, one entry per padded channel), ``y_zp, qmin, qmax`` and the output ``y``."""
+    """The tiles' shared epilogue, in vectors: ``(acc * mult + rnd) >> shift + y_zp`` (``rnd``
+    holds ``beff * mult + 2**(shift - 1)``: the bias is folded in), clamped to ``[qmin, qmax]``,
+    stored as int8 straight to the output rows (lanes at or past the output's column count masked
+    off). ``args[first:first + 8]`` are ``beff`` (unused), ``mult, rnd, shift`` (int64 arrays,
+    one entry per padded channel), ``y_zp, qmin, qmax`` and the output ``y``."""
     chan = [
         context.make_array(signature.args[i])(context, builder, args[i]).data
         for i in range(first, first + 4)
@@ -119,14 +131,15 @@ def _epilogue(context, builder, signature, args, slots, yrows, cbases, mr, nr, f
     )
     v64p = _V64.as_pointer()
     for b in range(nr):
-        bv, mv, rv, sv = (
-            builder.load(builder.bitcast(builder.gep(p, [cbases[b]]), v64p), align=8) for p in chan
+        mv, rv, sv = (
+            builder.load(builder.bitcast(builder.gep(p, [cbases[b]]), v64p), align=8)
+            for p in chan[1:]
         )
         lanes = builder.add(_splat(builder, cbases[b]), ir.Constant(_V64, list(range(16))))
         mask = builder.icmp_signed("<", lanes, ncolv)
         for r in range(mr):
             a = builder.sext(builder.load(slots[r * nr + b]), _V64)
-            a = builder.ashr(builder.add(builder.mul(builder.add(a, bv), mv), rv), sv)
+            a = builder.ashr(builder.add(builder.mul(a, mv), rv), sv)
             a = builder.add(a, yzpv)
             a = builder.select(builder.icmp_signed("<", a, qminv), qminv, a)
             a = builder.select(builder.icmp_signed(">", a, qmaxv), qmaxv, a)
@@ -408,8 +421,7 @@ def _gemm_portable(x, wt, chan, prm, out):
             a = np.int32(0)
             for k in range(kp):
                 a = np.int32(a + np.int32(xm[k]) * np.int32(wn[k]))
-            acc = np.int64(a) + chan[0, c]
-            v = yzp + ((acc * chan[1, c] + chan[2, c]) >> chan[3, c])
+            v = yzp + ((np.int64(a) * chan[1, c] + chan[2, c]) >> chan[3, c])
             out[m, c] = np.int8(max(qmin, min(qmax, v)))
 
 
@@ -426,8 +438,8 @@ class QGemmWeight:
     Attributes:
       k, n: logical sizes; kp: K padded to a multiple of 4 (x rows must hold kp bytes).
       vnni: which path `qgemm` runs.
-      chan: ``(4, Np)`` int64 rows ``beff``, ``mult``, ``2**(shift - 1)``, ``shift`` (``Np``: N
-        padded to whole 16-lane blocks).
+      chan: ``(4, Np)`` int64 rows ``beff``, ``mult``, ``beff * mult + 2**(shift - 1)`` (mod
+        2**64), ``shift`` (``Np``: N padded to whole 16-lane blocks).
     """
 
     def __init__(self, w2, bias, x_zp, mult, shift, *, vnni: bool):
@@ -455,7 +467,10 @@ class QGemmWeight:
         chan[0, :n] = beff
         chan[1, :n] = np.asarray(mult, np.int64)
         chan[3, :n] = np.asarray(shift, np.int64)
-        chan[2] = np.left_shift(np.int64(1), chan[3] - 1)
+        # the bias folded into the rounding constant: (acc + beff) * m + rnd = acc * m + (beff * m
+        # + rnd) in int64 arithmetic modulo 2**64 (numpy and LLVM wrap), exact because the true
+        # value fits: |acc + beff| < 2**31 (the int32 accumulator), m < 2**31, rnd <= 2**61
+        chan[2] = chan[0] * chan[1] + np.left_shift(np.int64(1), chan[3] - 1)
         self.chan = chan
         self.o8 = np.zeros(4 * 4 * 16, np.int8)
 
