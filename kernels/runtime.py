@@ -1333,7 +1333,7 @@ class _Exec:
 
     # -- running -----------------------------------------------------------------------------
     def run(self, x):
-        np.copyto(self.input_view, x)
+        self.input_view[...] = x  # x is float32 of this shape (checked); cheaper than np.copyto
         clock = time.perf_counter
         t = self._t
         k = 0
