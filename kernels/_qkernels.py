@@ -149,10 +149,15 @@ def _epilogue(context, builder, signature, args, slots, yrows, cbases, mr, nr, f
             builder.call(mstore, [a8, dst, ir.Constant(_I32, 1), mask])
 
 
-def _make_tile(mr: int, nr: int):
+def _make_tile(mr: int, nr: int, interleaved: bool = False):
     """An intrinsic ``tile(xw, m0, w32, nb0, kq, out)``: ``out[r * nr * 16 + b * 16 + j] =
     sum_kb dpbusd(xw[min(m0 + r, M - 1), kb] ^ 0x80808080, w32[min(nb0 + b, NB - 1), kb, j])``
-    for ``r < mr``, ``b < nr`` (rows and blocks past the end are clamped: computed, unused)."""
+    for ``r < mr``, ``b < nr`` (rows and blocks past the end are clamped: computed, unused).
+
+    `interleaved`: the weight holds groups of ``nr`` blocks interleaved per k-quad (``(NB / nr,
+    KQ, nr, 16)``, NB and the channel parameters padded to whole groups, no clamping): a tile
+    then reads its weights as one contiguous stream (a batch-1 GEMV, whose weights stream from
+    L2 once per call, gains from the hardware prefetcher)."""
 
     @intrinsic
     def tile(typingctx, xw, m0, w32, nb0, kq, out, beff, mult, rnd, shift, yzp, qmin, qmax, y):
@@ -183,11 +188,16 @@ def _make_tile(mr: int, nr: int):
             cbases = []
             for b in range(nr):
                 blk = builder.add(nb0v, ir.Constant(_I64, b))
-                last = builder.sub(nblocks, one)
-                blk = builder.select(builder.icmp_signed("<", blk, last), blk, last)
-                off = builder.mul(builder.mul(blk, kqv), ir.Constant(_I64, 16))
+                if interleaved:
+                    off = builder.add(builder.mul(nb0v, kqv), ir.Constant(_I64, b))
+                    off = builder.mul(off, ir.Constant(_I64, 16))
+                else:
+                    last = builder.sub(nblocks, one)
+                    blk = builder.select(builder.icmp_signed("<", blk, last), blk, last)
+                    off = builder.mul(builder.mul(blk, kqv), ir.Constant(_I64, 16))
                 wbases.append(builder.gep(wa.data, [off]))
                 cbases.append(builder.mul(blk, ir.Constant(_I64, 16)))
+            kstride = ir.Constant(_I64, 16 * nr if interleaved else 16)
             # accumulators live in stack slots that SROA promotes to zmm registers
             with builder.goto_entry_block():
                 slots = [builder.alloca(_V16) for _ in range(mr * nr)]
@@ -203,9 +213,7 @@ def _make_tile(mr: int, nr: int):
                 kb = loop.index
                 wv = [
                     builder.load(
-                        builder.bitcast(
-                            builder.gep(wb, [builder.mul(kb, ir.Constant(_I64, 16))]), vptr
-                        ),
+                        builder.bitcast(builder.gep(wb, [builder.mul(kb, kstride)]), vptr),
                         align=4,
                     )
                     for wb in wbases
@@ -374,8 +382,8 @@ def _dconv_driver(mr, nr):
     return _DCONV_DRIVERS[mr, nr]
 
 
-def _make_driver(mr, nr):
-    tile_fn = _make_tile(mr, nr)
+def _make_driver(mr, nr, interleaved=False):
+    tile_fn = _make_tile(mr, nr, interleaved)
 
     @njit(cache=False, nogil=True, _nrt=False)
     def drive(xw, w32, chan, prm, out, o8):
@@ -403,10 +411,11 @@ _DRIVERS = {}
 _CONV_DRIVERS = {}
 
 
-def _drivers(mr, nr):
-    if (mr, nr) not in _DRIVERS:
-        _DRIVERS[mr, nr], _CONV_DRIVERS[mr, nr] = _make_driver(mr, nr)
-    return _DRIVERS[mr, nr], _CONV_DRIVERS[mr, nr]
+def _drivers(mr, nr, interleaved=False):
+    key = (mr, nr, interleaved)
+    if key not in _DRIVERS:
+        _DRIVERS[key], _CONV_DRIVERS[key] = _make_driver(mr, nr, interleaved)
+    return _DRIVERS[key], _CONV_DRIVERS[key]
 
 
 @njit(cache=True, nogil=True, fastmath=True, _nrt=False)
@@ -652,6 +661,10 @@ def _make_chain(layer, pre, post):
 _CHAINS = {}
 
 
+def _chain_tile(rows: int) -> tuple[int, int]:
+    return (1, 4) if rows < 4 else (4, 2)
+
+
 def _chain_layer(vnni: bool, rows: int):
     if not vnni:
         if "portable" not in _CHAINS:
@@ -664,9 +677,9 @@ def _chain_layer(vnni: bool, rows: int):
 
             _CHAINS["portable"] = layer
         return _CHAINS["portable"]
-    tile = (1, 4) if rows < 4 else (4, 2)
+    tile = _chain_tile(rows)
     if tile not in _CHAINS:
-        drive = _drivers(*tile)[0]
+        drive = _drivers(*tile, True)[0]
 
         @njit(cache=False, nogil=True, _nrt=False)
         def layer(x, w32, chan, prm, out):
@@ -715,21 +728,32 @@ def qmlp_chain(layers, x, y, quant_in=None, dequant_out=None):
         raise JaxCompressValueError("qmlp_chain: x / y dtypes do not fit quant_in / dequant_out")
     wparts, cparts, lp = [], [], []
     woff = coff = boff = 0
+    nr = _chain_tile(mm)[1]
     for w, yz, lo, hi in layers:
-        if vnni:
-            wv = w.w32
+        chan = w.chan
+        if vnni:  # groups of nr blocks interleaved per k-quad (see `_make_tile`)
+            nb, kq = w.w32.shape[0], w.w32.shape[1]
+            ng = -(-nb // nr)
+            w32 = np.zeros((ng * nr, kq, 16), np.int32)
+            w32[:nb] = w.w32
+            wv = np.ascontiguousarray(w32.reshape(ng, nr, kq, 16).transpose(0, 2, 1, 3))
+            wv = wv.reshape(ng * nr, kq, 16)
+            chan = np.zeros((4, ng * nr * 16), np.int64)
+            chan[:, : w.chan.shape[1]] = w.chan
+            chan[3, w.chan.shape[1] :] = 1
+            chan[2, w.chan.shape[1] :] = 1
         else:  # (N, Kp) int8 padded to whole 64-byte rows, as an int32 (N, Kp / 64, 16) view
             k64 = -(-w.kp // 64) * 64
             w8 = np.zeros((w.n, k64), np.int8)
             w8[:, : w.kp] = w.wt
             wv = w8.view(np.int32).reshape(w.n, k64 // 64, 16)
         nb, kq = wv.shape[0], wv.shape[1]
-        np_ = w.chan.shape[1]
+        np_ = chan.shape[1]
         lp.append([w.n, yz, lo, hi, woff, nb, kq, coff, np_, boff, w.kp])
         wparts.append(wv.reshape(-1))
-        cparts.append(w.chan.reshape(-1))
+        cparts.append(chan.reshape(-1))
         woff += wv.size
-        coff += w.chan.size
+        coff += chan.size
         boff += -(-mm * w.kp // 64) * 64
     nl = len(layers)
     yoff = boff
