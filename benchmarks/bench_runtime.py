@@ -533,7 +533,14 @@ def run_int_cell(key, model, params, x, folder, args, lite, ds) -> dict:
     rt = runtime.load(p_int, num_threads=1)
     row["nodes"] = len(rt.nodes)
     row["steps"] = len(rt.plan.steps)
-    row["kernels"] = sorted({n.kernel.split("(")[0] for n in rt.plan.nodes if n.op[0] == "q"})
+    steps = rt.plan.steps  # by step label: fused nodes say "fused into step N"
+    row["kernels"] = sorted(
+        {
+            steps[n.step][1].split("(")[0]
+            for n in rt.plan.nodes
+            if n.op[0] == "q" and n.step is not None
+        }
+    )
     row["float_nodes"] = list(rt.plan.float_nodes)
     y_int = np.asarray(rt.run(x))
     ref = integer_reference(p_int)
