@@ -94,8 +94,8 @@ def _header(name: str, rows: dict, command: str, nice: int) -> list[str]:
         f"- machine: {m['cpu']}, {m['cores']} cores, shared with other jobs",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "- stage time: the seconds the seed's stages took (training, export, edge), as recorded "
-        "when each stage ran; wall time: the seconds of this command for that seed (= stage time "
-        "plus data loading and the report, unless the seed resumed finished stages)",
+        "when each stage ran; wall time: the seconds of the invocation of this command that ran "
+        "the seed's stages (stage time plus data loading and the report)",
     ]
 
 
