@@ -1,0 +1,664 @@
+"""Dynamic-range int8 kernels: float activations quantized on the fly, int8 weights, int32 GEMM.
+
+The like-for-like counterpart of TFLite / LiteRT *dynamic range quantization* ("hybrid" kernels;
+XNNPACK's ``qd8`` operators): the weights are stored as int8 codes with per-output-channel scales,
+and every call quantizes its float input, runs an ``u8 x s8 -> s32`` GEMM and converts back to
+float in the epilogue. The runtime uses these kernels only when asked
+(``runtime.load(path, activations="dynamic_int8")``): the result is an approximation of the
+float model, not the exact weight-only arithmetic of the default mode.
+
+Quantization of the input (per row of a linear layer's ``(M, K)`` input, per image of a conv's
+``(B, H, W, C)`` input; asymmetric, 8 bits):
+
+- ``lo = min(0, min x)``, ``hi = max(0, max x)``, ``s = (hi - lo) / 255`` (``s = 1`` when
+  ``hi == lo``), ``zp = clip(rint(-lo / s), 0, 255)``,
+- ``q = clip(rint(x * (1 / s)) + zp, 0, 255)`` as uint8, so ``x ~= s * (q - zp)`` with
+  ``|x - s * (q - zp)| <= s / 2`` inside the range; real 0 is exactly ``q = zp`` (zero padding of
+  a conv is exact).
+
+Asymmetric because inputs after a ReLU are non-negative: a symmetric scheme would spend half its
+codes on values that never occur (one bit of resolution). Per row / per image because that is
+what TFLite's hybrid kernels and XNNPACK's ``qd8`` do (one scale and zero point per batch row),
+and it keeps the rows of a batch independent: an example's output does not depend on the other
+examples in its batch (batch 7 equals seven batch-1 runs bit for bit).
+
+GEMM and epilogue, per output channel ``c`` (``w`` the int8 codes, ``sw`` their scales, any
+per-channel affine factor of a fused batch norm folded into ``sw`` at load):
+``acc[c] = sum_k q[k] w[k, c]`` (int32, exact for ``K <= 65536``),
+``y[c] = act(s * sw[c] * (acc[c] - zp * colsum[c]) + bias[c])`` with ``colsum[c] = sum_k w[k, c]``
+precomputed at load. The float error is bounded by the input rounding:
+``|y - y_float| <= (s / 2) * sum_k |w[k, c]| * sw[c]`` per layer (before the activation, which is
+1-Lipschitz), plus float32 rounding.
+
+Two interchangeable GEMM paths (the integer accumulators are equal bit for bit):
+
+- **VNNI** (``avx512_vnni``): ``vpdpbusd`` (16 int32 lanes += four ``u8 x s8`` products each) in
+  inline assembly (the `_qkernels` technique); ``q`` is already unsigned, so no sign flip. Weights
+  are packed at load as ``(N/16, K/4, 16, 4)`` (16 channels x 4 consecutive k per 64-byte vector).
+  A register tile is 1 row x 4 blocks of 16 channels (linear layers, one row at a time) or 4 rows
+  x 2 blocks (convolutions).
+- **portable**: the same tiles as int32 loops over the same packed layout.
+
+Small MLP chains run as one compiled call (`DynChain`): per row, quantize, GEMM, epilogue, next
+layer, with intermediate rows in small buffers.
+
+Every compiled function here does no bounds checks: `DynWeight` validates at construction, and the
+runtime's plan fixes every shape at load.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from jaxcompress_kernels import _qkernels as _qk
+from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
+
+__all__ = [
+    "HAS_VNNI",
+    "DynWeight",
+    "DynChain",
+    "dyn_weight",
+    "quantize_rows",
+    "dyn_linear",
+    "dyn_conv2d",
+    "bind_linear",
+    "bind_conv2d",
+    "MAX_K",
+]
+
+HAS_VNNI = _qk.HAS_VNNI  # the host check and asm-parser set-up live in _qkernels (read-only)
+MAX_K = 65536  # int32 accumulators are exact up to this reduction length
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V16 = ir.VectorType(_I32, 16)
+
+# ---------------------------------------------------------------------------------------------
+# GEMM tiles: acc[(r * nr + b) * 16 + j] = sum_k q[row r, k] * w[k, channel 16 (nb0 + b) + j]
+
+
+def _make_vnni_tile(mr: int, nr: int):
+    """``tile(xw, m0, w, g, kq, acc)``: ``xw`` ``(M, KQ)`` int32 (4 uint8 each), ``w``
+    ``(NG, KQ, nr * 16)`` int32 (4 int8 each: group ``g`` holds ``nr`` blocks of 16 channels
+    interleaved per k-quad, so a tile streams one contiguous run of weights); rows ``m0 + r`` past
+    the end are clamped to the last one (computed, then ignored by the caller)."""
+
+    @intrinsic
+    def tile(typingctx, xw, m0, w, g, kq, acc):
+        sig = types.void(xw, m0, w, g, kq, acc)
+
+        def codegen(context, builder, signature, args):
+            xa = context.make_array(signature.args[0])(context, builder, args[0])
+            wa = context.make_array(signature.args[2])(context, builder, args[2])
+            aa = context.make_array(signature.args[5])(context, builder, args[5])
+            m0v, gv, kqv = (
+                builder.sext(a, _I64) if a.type.width < 64 else a
+                for a in (args[1], args[3], args[4])
+            )
+            one = ir.Constant(_I64, 1)
+            mrows = builder.extract_value(xa.shape, 0)
+            xstride = builder.extract_value(xa.shape, 1)
+            wstride = builder.extract_value(wa.shape, 1)  # KQ of the packed weight
+            step = ir.Constant(_I64, 16 * nr)
+            xrows = []
+            for r in range(mr):
+                row = builder.add(m0v, ir.Constant(_I64, r))
+                last = builder.sub(mrows, one)
+                row = builder.select(builder.icmp_signed("<", row, last), row, last)
+                xrows.append(builder.gep(xa.data, [builder.mul(row, xstride)]))
+            wbase = builder.gep(wa.data, [builder.mul(builder.mul(gv, wstride), step)])
+            with builder.goto_entry_block():
+                slots = [builder.alloca(_V16) for _ in range(mr * nr)]
+            for s in slots:
+                builder.store(ir.Constant(_V16, None), s)
+            undef = ir.Constant(_V16, ir.Undefined)
+            zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+            asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
+            vptr = _V16.as_pointer()
+            with cgutils.for_range(builder, kqv) as loop:
+                kb = loop.index
+                wk = builder.gep(wbase, [builder.mul(kb, step)])
+                wv = [
+                    builder.load(
+                        builder.bitcast(builder.gep(wk, [ir.Constant(_I64, 16 * b)]), vptr),
+                        align=4,
+                    )
+                    for b in range(nr)
+                ]
+                for r in range(mr):
+                    xi = builder.load(builder.gep(xrows[r], [kb]), align=1)
+                    xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
+                    xv = builder.shuffle_vector(xv, undef, zeros)
+                    for b in range(nr):
+                        s = slots[r * nr + b]
+                        a = builder.asm(
+                            asm_ty,
+                            "vpdpbusd $2, $1, $0",
+                            "=v,v,v,0",
+                            [xv, wv[b], builder.load(s)],
+                            False,
+                            "dyn_vnni",
+                        )
+                        builder.store(a, s)
+            for t, s in enumerate(slots):
+                dst = builder.bitcast(builder.gep(aa.data, [ir.Constant(_I64, 16 * t)]), vptr)
+                builder.store(builder.load(s), dst, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+def _make_portable_tile(mr: int, nr: int):
+    """The same tile as int32 loops over the int8 view of the packed weight (``w8``
+    ``(NG, KQ, nr * 64)``) and the uint8 rows (``xb`` ``(M, 4 KQ)``)."""
+
+    @njit(cache=True, nogil=True, inline="always")
+    def tile(xb, m0, w8, g, kq, acc):
+        mm = xb.shape[0]
+        for r in range(mr):
+            row = min(m0 + r, mm - 1)
+            for b in range(nr):
+                a16 = np.zeros(16, np.int32)
+                for q in range(kq):
+                    wq = w8[g, q]
+                    for t in range(4):
+                        xv = np.int32(xb[row, 4 * q + t])
+                        for j in range(16):
+                            a16[j] = np.int32(a16[j] + xv * np.int32(wq[(16 * b + j) * 4 + t]))
+                base = (r * nr + b) * 16
+                for j in range(16):
+                    acc[base + j] = a16[j]
+
+    return tile
+
+
+# ---------------------------------------------------------------------------------------------
+# quantization, im2col, epilogue (shared by both paths)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _min_max(x):
+    """(min(0, min x), max(0, max x)) of the 1-D float32 ``x`` (vectorised: finite inputs)."""
+    lo = np.float32(0.0)
+    hi = np.float32(0.0)
+    for i in range(x.shape[0]):
+        v = x[i]
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def _range_params(x):
+    """(scale, 1 / scale, zero point) of the asymmetric 8-bit range of the 1-D float32 ``x``
+    (plain IEEE arithmetic: the NumPy reference gets the same bits)."""
+    lo, hi = _min_max(x)
+    if hi > lo:
+        s = np.float32((hi - lo) / np.float32(255.0))
+    else:
+        s = np.float32(1.0)
+    inv = np.float32(np.float32(1.0) / s)
+    z = np.rint(np.float32(-lo) * inv)
+    zp = np.int32(min(max(z, np.float32(0.0)), np.float32(255.0)))
+    return s, inv, zp
+
+
+@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})
+def _quantize_into(x, inv, zp, q):
+    """q[i] = clip(rint(x[i] * inv) + zp, 0, 255) for the ``len(x)`` entries of 1-D ``x``."""
+    zf = np.float32(zp)
+    for i in range(x.shape[0]):
+        v = np.rint(x[i] * inv) + zf
+        v = min(max(v, np.float32(0.0)), np.float32(255.0))
+        q[i] = np.uint8(np.int32(v))
+
+
+@njit(cache=True, nogil=True)
+def _quantize_rows_kernel(x, q, sx, zx):
+    for m in range(x.shape[0]):
+        s, inv, zp = _range_params(x[m])
+        sx[m] = s
+        zx[m] = zp
+        _quantize_into(x[m], inv, zp, q[m])
+
+
+@njit(cache=True, nogil=True)
+def _quant_image_cols(x, qimg, cols, sx, zx, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow):
+    """Quantizes each image of ``x`` (B, H, W, C) into ``qimg`` and writes its im2col rows
+    (``(B * OH * OW, Kp)`` uint8, padding taps = the image's zero point) into ``cols``."""
+    nb, h, w, c = x.shape
+    for b in range(nb):
+        xb = x[b].reshape(h * w * c)
+        s, inv, zp = _range_params(xb)
+        sx[b] = s
+        zx[b] = zp
+        qb = qimg[b]
+        _quantize_into(xb, inv, zp, qb.reshape(h * w * c))
+        zb = np.uint8(zp)
+        for i in range(oh):
+            for j in range(ow):
+                r = (b * oh + i) * ow + j
+                for u in range(kh):
+                    y = i * sh + u * dh - ph
+                    for v in range(kw):
+                        z = j * sw + v * dw - pw
+                        base = (u * kw + v) * c
+                        if 0 <= y < h and 0 <= z < w:
+                            for ch in range(c):
+                                cols[r, base + ch] = qb[y, z, ch]
+                        else:
+                            for ch in range(c):
+                                cols[r, base + ch] = zb
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _epilogue(acc, base, s, zp, colsum, wsc, bias, act, c0, n, out_row):
+    """out_row[c0 + j] = act(s * wsc[c] * (acc[base + j] - zp * colsum[c]) + bias[c])."""
+    for j in range(16):
+        c = c0 + j
+        if c < n:
+            d = np.int64(acc[base + j]) - np.int64(zp) * np.int64(colsum[c])
+            v = s * wsc[c] * np.float32(d) + bias[c]
+            if act >= 1:
+                if v < 0.0:
+                    v = np.float32(0.0)
+                if act == 2 and v > 6.0:
+                    v = np.float32(6.0)
+            out_row[c] = v
+
+
+# ---------------------------------------------------------------------------------------------
+# drivers (one set per path)
+
+
+def _make_drivers(vnni: bool):
+    mk = _make_vnni_tile if vnni else _make_portable_tile
+    t14, t12, t11 = mk(1, 4), mk(1, 2), mk(1, 1)
+    t42, t41 = mk(4, 2), mk(4, 1)
+
+    @njit(cache=False, nogil=True, inline="always")
+    def gemm_row(xrow, kq, w, colsum, wsc, bias, act, n, s, zp, acc, out_row):
+        # xrow: (1, KQ) int32 words (VNNI) or (1, Kp) uint8 (portable) holding the row's codes
+        ng = w.shape[0]
+        nr = w.shape[2] // (16 if vnni else 64)
+        for g in range(ng):
+            if nr == 4:
+                t14(xrow, 0, w, g, kq, acc)
+            elif nr == 2:
+                t12(xrow, 0, w, g, kq, acc)
+            else:
+                t11(xrow, 0, w, g, kq, acc)
+            for b in range(nr):
+                _epilogue(acc, 16 * b, s, zp, colsum, wsc, bias, act, 16 * (g * nr + b), n, out_row)
+
+    @njit(cache=False, nogil=True)
+    def linear(x, q, xv, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, out):
+        # x (M, K) f32; q (M, Kp) uint8 (its columns past K are multiplied by zero weights);
+        # xv: q as the tile reads it ((M, KQ) int32 or q itself)
+        for m in range(x.shape[0]):
+            s, inv, zp = _range_params(x[m])
+            sx[m] = s
+            zx[m] = zp
+            _quantize_into(x[m], inv, zp, q[m])
+            gemm_row(xv[m : m + 1], kq, w, colsum, wsc, bias, act, n, s, zp, acc, out[m])
+
+    unit = 16 if vnni else 64  # packed weight elements per block of 16 channels and k-quad
+
+    @njit(cache=False, nogil=True)
+    def chain(x, qx, qxv, sx, zx, qbuf, qv, wflat, vflat, meta, fbuf, acc, out):
+        # every layer in flat buffers (few arguments: Numba unboxes each array on every call):
+        # meta[li] = (weight offset, NG, KQ, NR, N, vector offset, act, padded N); vflat rows
+        # colsum (exact in float32: |colsum| <= 2**23), scales, bias. Every row of x is quantized
+        # first (qx (M, Kp0), its tile view qxv): x is consumed before out is written, so the two
+        # may share memory. qbuf (Kp_max,) uint8 (qv: its tile view, one row) and fbuf (2, Np_max)
+        # float32 hold the rows between layers.
+        nl = meta.shape[0]
+        for m in range(x.shape[0]):
+            s, inv, zp = _range_params(x[m])
+            sx[m] = s
+            zx[m] = zp
+            _quantize_into(x[m], inv, zp, qx[m])
+        for m in range(x.shape[0]):
+            for li in range(nl):
+                wo, ng, kq, nr, n, vo, act, npad = (
+                    meta[li, 0], meta[li, 1], meta[li, 2], meta[li, 3], meta[li, 4],
+                    meta[li, 5], meta[li, 6], meta[li, 7],
+                )  # fmt: skip
+                w = wflat[wo : wo + ng * kq * nr * unit].reshape(ng, kq, nr * unit)
+                if li == 0:
+                    s = sx[m]
+                    zp = zx[m]
+                    xrow = qxv[m : m + 1]
+                else:
+                    src = fbuf[(li - 1) % 2, : meta[li - 1, 4]]
+                    s, inv, zp = _range_params(src)
+                    _quantize_into(src, inv, zp, qbuf)
+                    xrow = qv
+                dst = out[m] if li == nl - 1 else fbuf[li % 2]
+                gemm_row(
+                    xrow, kq, w, vflat[0, vo : vo + npad], vflat[1, vo : vo + npad],
+                    vflat[2, vo : vo + npad], act, n, s, zp, acc, dst,
+                )  # fmt: skip
+
+    @njit(cache=False, nogil=True)
+    def conv(x, qimg, cols, cv, geo, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, out):
+        # geo: kh, kw, sh, sw, dh, dw, ph, pw, oh, ow; out (B * OH * OW, N) float32
+        _quant_image_cols(
+            x, qimg, cols, sx, zx, geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6],
+            geo[7], geo[8], geo[9],
+        )  # fmt: skip
+        rows = cols.shape[0]
+        per = geo[8] * geo[9]
+        ng = w.shape[0]
+        nr = w.shape[2] // (16 if vnni else 64)
+        for m0 in range(0, rows, 4):
+            for g in range(ng):
+                if nr == 2:
+                    t42(cv, m0, w, g, kq, acc)
+                else:
+                    t41(cv, m0, w, g, kq, acc)
+                for r in range(4):
+                    m = m0 + r
+                    if m < rows:
+                        img = m // per
+                        for b in range(nr):
+                            _epilogue(
+                                acc, (r * nr + b) * 16, sx[img], zx[img], colsum, wsc, bias,
+                                act, 16 * (g * nr + b), n, out[m],
+                            )  # fmt: skip
+
+    return linear, chain, conv
+
+
+_DRIVERS: dict = {}
+
+
+def _drivers(vnni: bool):
+    d = _DRIVERS.get(vnni)
+    if d is None:
+        d = _DRIVERS[vnni] = _make_drivers(vnni)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# the prepared weight
+
+
+class DynWeight:
+    """An int8 ``(K, N)`` weight prepared at load for the dynamic-range kernels.
+
+    Args:
+      codes: ``(K, N)`` integer codes in [-128, 127] (symmetric: real weight = code * scale).
+      scales: ``(N,)`` float32 per-output-channel scales (or a scalar: per tensor).
+      conv: pack for the convolution tiles (4 rows x 2 blocks) instead of the linear ones (1 row
+        x 4 blocks).
+      vnni: the GEMM path (None: the host's best).
+
+    Attributes:
+      k, n: logical sizes; kp: K padded to a multiple of 4; nr: blocks of 16 channels per
+      register tile; ng: groups of ``nr`` blocks (N padded to ``16 * nr * ng`` with zero weights).
+      w32: ``(NG, KP/4, NR*16)`` int32, the packed codes (``w8``: the same bytes as int8,
+      ``(NG, KP/4, NR*64)``); colsum ``(Np,)`` float32 (integers, exact); wsc ``(Np,)`` float32
+      scales (0 past N).
+    """
+
+    def __init__(self, codes, scales, *, conv: bool = False, vnni: bool | None = None):
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.dtype.kind not in "iu":
+            raise JaxCompressTypeError(
+                f"codes must be a 2-D integer array, got {codes.dtype} {codes.shape}"
+            )
+        k, n = codes.shape
+        if not 1 <= k <= MAX_K or n < 1:
+            raise JaxCompressValueError(f"codes.shape={codes.shape} must have 1 <= K <= {MAX_K}")
+        if codes.size and (codes.min() < -128 or codes.max() > 127):
+            raise JaxCompressValueError("codes must lie in [-128, 127]")
+        sc = np.asarray(scales, np.float32)
+        if sc.ndim == 0:
+            sc = np.full(n, sc, np.float32)
+        sc = sc.reshape(-1)
+        if sc.shape != (n,) or not np.all(np.isfinite(sc)):
+            raise JaxCompressValueError(f"scales must be finite with shape ({n},), got {sc.shape}")
+        if vnni is None:
+            vnni = HAS_VNNI
+        if vnni and not HAS_VNNI:
+            raise JaxCompressValueError("vnni=True but this CPU has no avx512_vnni")
+        self.vnni = bool(vnni)
+        self.conv = bool(conv)
+        self.k, self.n = k, n
+        self.kp = kp = -(-k // 4) * 4
+        nb = -(-n // 16)
+        if conv:
+            nr = 1 if nb == 1 else 2
+        else:
+            nr = 4 if nb >= 3 else nb
+        self.nr = nr
+        self.ng = ng = -(-nb // nr)
+        npad = 16 * nr * ng
+        wp = np.zeros((kp, npad), np.int8)
+        wp[:k, :n] = codes
+        packed = wp.reshape(kp // 4, 4, ng, nr * 16).transpose(2, 0, 3, 1)  # (NG, KQ, NR*16, 4)
+        self.w8 = np.ascontiguousarray(packed).reshape(ng, kp // 4, nr * 64)
+        self.w32 = self.w8.view(np.int32).reshape(ng, kp // 4, nr * 16)
+        self.colsum = np.zeros(npad, np.float32)  # exact: |colsum| <= 128 * 65536 = 2**23
+        self.colsum[:n] = codes.astype(np.int64).sum(0)
+        self.wsc = np.zeros(npad, np.float32)
+        self.wsc[:n] = sc
+        self.codes = np.ascontiguousarray(codes, np.int8)  # for references and re-packing
+        self.scales = sc
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.w8.nbytes + self.colsum.nbytes + self.wsc.nbytes)
+
+    def rescaled(self, factor) -> DynWeight:
+        """This weight with its channel scales multiplied by ``factor`` ``(N,)`` (a fused
+        per-channel affine epilogue); shares the packed codes."""
+        out = object.__new__(DynWeight)
+        out.__dict__.update(self.__dict__)
+        f = np.asarray(factor, np.float32).reshape(-1)
+        out.wsc = self.wsc.copy()
+        out.wsc[: self.n] *= f
+        out.scales = self.scales * f
+        return out
+
+    def _wview(self):
+        return self.w32 if self.vnni else self.w8
+
+    def _xview(self, q):
+        return q.view(np.int32) if self.vnni else q
+
+
+def dyn_weight(codes, scales, *, conv: bool = False, vnni: bool | None = None) -> DynWeight:
+    """`DynWeight` (validating its arguments)."""
+    return DynWeight(codes, scales, conv=conv, vnni=vnni)
+
+
+def _bias(bias, w: DynWeight) -> np.ndarray:
+    b = np.zeros(w.wsc.shape[0], np.float32)
+    if bias is not None:
+        b[: w.n] = np.asarray(bias, np.float32).reshape(-1)
+    return b
+
+
+_ACTS = {None: 0, "relu": 1, "relu6": 2}
+
+
+def _act_code(act) -> int:
+    if act not in _ACTS:
+        raise JaxCompressValueError(f"act={act!r} must be None, 'relu' or 'relu6'")
+    return _ACTS[act]
+
+
+# ---------------------------------------------------------------------------------------------
+# binders (closures over preallocated buffers: what the runtime's plan holds) and functions
+
+
+def bind_linear(w: DynWeight, x2, y2, bias=None, act=None):
+    """A zero-argument closure computing ``y2 (M, N) = dyn_linear(x2 (M, K))`` into ``y2``.
+    ``x2``/``y2`` must be C-contiguous float32 of those shapes (not checked: the plan's)."""
+    linear = _drivers(w.vnni)[0]
+    m = x2.shape[0]
+    q = np.zeros((m, w.kp), np.uint8)
+    xv = w._xview(q)
+    sx = np.zeros(m, np.float32)
+    zx = np.zeros(m, np.int32)
+    acc = np.zeros(4 * 16, np.int32)
+    b = _bias(bias, w)
+    code = _act_code(act)
+    wv, kq, cs, wsc, n = w._wview(), w.kp // 4, w.colsum, w.wsc, w.n
+    return lambda: linear(x2, q, xv, wv, kq, cs, wsc, b, code, n, sx, zx, acc, y2)
+
+
+def quantize_rows(x):
+    """``(q (M, K) uint8, scales (M,) float32, zero_points (M,) int32)``: each row of the float32
+    ``(M, K)`` array quantized as the kernels do (see the module docstring)."""
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 2:
+        raise JaxCompressValueError(f"x must be 2-D, got shape {x.shape}")
+    q = np.zeros(x.shape, np.uint8)
+    sx = np.zeros(x.shape[0], np.float32)
+    zx = np.zeros(x.shape[0], np.int32)
+    _quantize_rows_kernel(x, q, sx, zx)
+    return q, sx, zx
+
+
+def dyn_linear(x, w: DynWeight, bias=None, act=None) -> np.ndarray:
+    """``act(dequant(quant(x)) @ dequant(w) + bias)`` computed in integers (see the module
+    docstring); ``x`` ``(M, K)`` float32."""
+    if not isinstance(w, DynWeight):
+        raise JaxCompressTypeError(f"w must be a DynWeight, got {type(w).__name__}")
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 2 or x.shape[1] != w.k:
+        raise JaxCompressValueError(f"x.shape={x.shape} must be (M, {w.k})")
+    y = np.empty((x.shape[0], w.n), np.float32)
+    bind_linear(w, x, y, bias, act)()
+    return y
+
+
+class _ConvGeo:
+    def __init__(self, xshape, kernel_hw, strides, dilation, pads):
+        b, h, wd, c = xshape
+        kh, kw = kernel_hw
+        sh, sw = strides
+        dh, dw = dilation
+        (pt, pb), (pl, pr) = pads
+        oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+        ow = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise JaxCompressValueError(f"conv output would be empty for input {xshape}")
+        self.out = (oh, ow)
+        self.rows = b * oh * ow
+        self.k = kh * kw * c
+        self.geo = np.array([kh, kw, sh, sw, dh, dw, pt, pl, oh, ow], np.int64)
+
+
+def bind_conv2d(w: DynWeight, x, out2, *, kernel_hw, strides, dilation, pads, bias=None, act=None):
+    """A closure computing the NHWC conv of ``x`` ``(B, H, W, C)`` float32 into ``out2``
+    ``(B * OH * OW, N)`` float32 (per-image input quantization, im2col of the codes, GEMM,
+    epilogue). ``w`` is the ``(KH * KW * C, N)`` weight (HWIO order, flattened)."""
+    if not w.conv:
+        raise JaxCompressValueError("w must be packed for convolutions (dyn_weight(..., conv=True))")
+    g = _ConvGeo(x.shape, kernel_hw, strides, dilation, pads)
+    if g.k != w.k:
+        raise JaxCompressValueError(f"conv K={g.k} does not match the weight's K={w.k}")
+    conv = _drivers(w.vnni)[2]
+    qimg = np.zeros(x.shape, np.uint8)
+    cols = np.zeros((g.rows, w.kp), np.uint8)
+    cv = w._xview(cols)
+    sx = np.zeros(x.shape[0], np.float32)
+    zx = np.zeros(x.shape[0], np.int32)
+    acc = np.zeros(4 * 2 * 16, np.int32)
+    b = _bias(bias, w)
+    code = _act_code(act)
+    wv, kq, cs, wsc, n, geo = w._wview(), w.kp // 4, w.colsum, w.wsc, w.n, g.geo
+    return lambda: conv(x, qimg, cols, cv, geo, wv, kq, cs, wsc, b, code, n, sx, zx, acc, out2)
+
+
+def dyn_conv2d(x, w: DynWeight, *, kernel_hw, strides=(1, 1), dilation=(1, 1), pads=((0, 0),) * 2,
+               bias=None, act=None) -> np.ndarray:  # fmt: skip
+    """The dynamic-range NHWC conv of ``x`` ``(B, H, W, C)``: ``(B, OH, OW, N)`` float32."""
+    if not isinstance(w, DynWeight):
+        raise JaxCompressTypeError(f"w must be a DynWeight, got {type(w).__name__}")
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 4:
+        raise JaxCompressValueError(f"x must be (B, H, W, C), got shape {x.shape}")
+    g = _ConvGeo(x.shape, kernel_hw, strides, dilation, pads)
+    y = np.empty((g.rows, w.n), np.float32)
+    bind_conv2d(
+        w, x, y, kernel_hw=kernel_hw, strides=strides, dilation=dilation, pads=pads, bias=bias,
+        act=act,
+    )()  # fmt: skip
+    return y.reshape(x.shape[0], *g.out, w.n)
+
+
+class DynChain:
+    """Consecutive dynamic-range linear layers run in one compiled call (per row: quantize, GEMM,
+    epilogue, next layer). ``layers``: ``[(DynWeight, bias | None, act)]`` with matching sizes,
+    all on the same GEMM path; ``bind(x2, y2)`` returns the closure. The layers' packed weights
+    and per-channel vectors are copied into flat buffers (the call then passes a handful of
+    arrays, whatever the depth)."""
+
+    def __init__(self, layers):
+        if not layers:
+            raise JaxCompressValueError("layers must not be empty")
+        vnni = layers[0][0].vnni
+        for i, (w, _, _) in enumerate(layers):
+            if not isinstance(w, DynWeight) or w.vnni != vnni:
+                raise JaxCompressValueError(f"layers[{i}] must be a DynWeight on the same path")
+            if i and w.k != layers[i - 1][0].n:
+                raise JaxCompressValueError(
+                    f"layers[{i}] has K={w.k}, the previous layer N={layers[i - 1][0].n}"
+                )
+        self.layers = layers
+        self.vnni = vnni
+        wv = [w._wview().reshape(-1) for w, _, _ in layers]
+        self.wflat = np.concatenate(wv)
+        vecs = [np.stack([w.colsum, w.wsc, _bias(b, w)]) for w, b, _ in layers]
+        self.vflat = np.ascontiguousarray(np.concatenate(vecs, axis=1), np.float32)
+        meta = []
+        wo = vo = 0
+        for (w, _, act), flat, vec in zip(layers, wv, vecs, strict=True):
+            npad = vec.shape[1]
+            meta.append([wo, w.ng, w.kp // 4, w.nr, w.n, vo, _act_code(act), npad])
+            wo += flat.shape[0]
+            vo += npad
+        self.meta = np.array(meta, np.int64)
+        self.qbuf = np.zeros(max(w.kp for w, _, _ in layers), np.uint8)
+        self.fbuf = np.zeros((2, max(w.wsc.shape[0] for w, _, _ in layers)), np.float32)
+        self.acc = np.zeros(4 * 16, np.int32)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.wflat.nbytes + self.vflat.nbytes)
+
+    def bind(self, x2, y2):
+        """The closure ``y2 (M, N_last) = chain(x2 (M, K_0))``; ``x2`` and ``y2`` may overlap
+        (the whole input is quantized before any output row is written)."""
+        chain = _drivers(self.vnni)[1]
+        m = x2.shape[0]
+        qx = np.zeros((m, self.layers[0][0].kp), np.uint8)
+        qxv = qx.view(np.int32) if self.vnni else qx
+        sx = np.zeros(m, np.float32)
+        zx = np.zeros(m, np.int32)
+        qbuf = np.zeros(self.qbuf.shape, np.uint8)  # per binding: plans never share scratch
+        q2 = qbuf.reshape(1, -1)
+        qv = q2.view(np.int32) if self.vnni else q2
+        fbuf = np.zeros(self.fbuf.shape, np.float32)
+        acc = np.zeros(self.acc.shape, np.int32)
+        wflat, vflat, meta = self.wflat, self.vflat, self.meta
+        return lambda: chain(x2, qx, qxv, sx, zx, qbuf, qv, wflat, vflat, meta, fbuf, acc, y2)
+
+    def __call__(self, x):
+        x = np.ascontiguousarray(x, np.float32)
+        if x.ndim != 2 or x.shape[1] != self.layers[0][0].k:
+            raise JaxCompressValueError(f"x.shape={x.shape} must be (M, {self.layers[0][0].k})")
+        y = np.empty((x.shape[0], self.layers[-1][0].n), np.float32)
+        self.bind(x, y)()
+        return y
