@@ -686,9 +686,7 @@ def _targets(rows) -> list[str]:
                 continue
             best = min(t[k][0] for k in ("ours", "ours_dyn") if k in t)
             mode = "dyn-int8" if "ours_dyn" in t and t["ours_dyn"][0] < t["ours"][0] else "exact"
-            parts.append(
-                f"{v} {best:.0f} us ({mode}) {'<' if best < dense[m] else '>='} dense"
-            )
+            parts.append(f"{v} {best:.0f} us ({mode}) {'<' if best < dense[m] else '>='} dense")
         lines.append(
             f"- LeNet-5, every compressed variant faster than dense ({dense['LeNet-5']:.0f} us; "
             "the faster of our two modes): " + "; ".join(parts) + "."

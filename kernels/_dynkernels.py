@@ -24,7 +24,7 @@ examples in its batch (batch 7 equals seven batch-1 runs bit for bit).
 
 GEMM and epilogue, per output channel ``c`` (``w`` the int8 codes, ``sw`` their scales, any
 per-channel affine factor of a fused batch norm folded into ``sw`` at load):
-``acc[c] = sum_k q[k] w[k, c]`` (int32, exact for ``K <= 65536``),
+``acc[c] = sum_k q[k] w[k, c]`` (int32, exact for ``K <= 32768``, with the difference below),
 ``y[c] = act(s * sw[c] * (acc[c] - zp * colsum[c]) + bias[c])`` with ``colsum[c] = sum_k w[k, c]``
 precomputed at load. The float error is bounded by the input rounding:
 ``|y - y_float| <= (s / 2) * sum_k |w[k, c]| * sw[c]`` per layer (before the activation, which is
@@ -48,6 +48,8 @@ runtime's plan fixes every shape at load.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -55,6 +57,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from jaxcompress_kernels import _qkernels as _qk
+from jaxcompress_kernels._intrinsics import wide_vectors
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 
 __all__ = [
@@ -71,7 +74,9 @@ __all__ = [
 ]
 
 HAS_VNNI = _qk.HAS_VNNI  # the host check and asm-parser set-up live in _qkernels (read-only)
-MAX_K = 65536  # int32 accumulators are exact up to this reduction length
+# int32 accumulators and the epilogue's ``acc - zp * colsum`` are exact up to this reduction
+# length: 2 * 255 * 128 * 32768 < 2**31
+MAX_K = 32768
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -178,19 +183,133 @@ def _make_portable_tile(mr: int, nr: int):
     return tile
 
 
+def _make_vnni_ctile(mr: int, nr: int):
+    """The convolution tile (implicit GEMM, no im2col): ``ctile(xw, base, rstep, valid, offs, w,
+    g, kq, acc)`` reads row ``r``'s k-quad ``kb`` at word ``base + min(r, valid - 1) * rstep +
+    offs[kb]`` of ``xw`` (the flat int32 view of the zero-point-padded quantized image)."""
+
+    @intrinsic
+    def ctile(typingctx, xw, base, rstep, valid, offs, w, g, kq, acc):
+        sig = types.void(xw, base, rstep, valid, offs, w, g, kq, acc)
+
+        def codegen(context, builder, signature, args):
+            xa = context.make_array(signature.args[0])(context, builder, args[0])
+            oa = context.make_array(signature.args[4])(context, builder, args[4])
+            wa = context.make_array(signature.args[5])(context, builder, args[5])
+            aa = context.make_array(signature.args[8])(context, builder, args[8])
+            basev, rstepv, validv, gv, kqv = (
+                builder.sext(a, _I64) if a.type.width < 64 else a
+                for a in (args[1], args[2], args[3], args[6], args[7])
+            )
+            one = ir.Constant(_I64, 1)
+            last = builder.sub(validv, one)
+            wstride = builder.extract_value(wa.shape, 1)
+            step = ir.Constant(_I64, 16 * nr)
+            xrows = []
+            for r in range(mr):
+                rr = ir.Constant(_I64, r)
+                rr = builder.select(builder.icmp_signed("<", rr, last), rr, last)
+                xrows.append(builder.gep(xa.data, [builder.add(basev, builder.mul(rr, rstepv))]))
+            wbase = builder.gep(wa.data, [builder.mul(builder.mul(gv, wstride), step)])
+            with builder.goto_entry_block():
+                slots = [builder.alloca(_V16) for _ in range(mr * nr)]
+            for s in slots:
+                builder.store(ir.Constant(_V16, None), s)
+            undef = ir.Constant(_V16, ir.Undefined)
+            zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+            asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
+            vptr = _V16.as_pointer()
+            with cgutils.for_range(builder, kqv) as loop:
+                kb = loop.index
+                off = builder.load(builder.gep(oa.data, [kb]))
+                wk = builder.gep(wbase, [builder.mul(kb, step)])
+                wv = [
+                    builder.load(
+                        builder.bitcast(builder.gep(wk, [ir.Constant(_I64, 16 * b)]), vptr),
+                        align=4,
+                    )
+                    for b in range(nr)
+                ]
+                for r in range(mr):
+                    xi = builder.load(builder.gep(xrows[r], [off]), align=1)
+                    xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
+                    xv = builder.shuffle_vector(xv, undef, zeros)
+                    for b in range(nr):
+                        s = slots[r * nr + b]
+                        a = builder.asm(
+                            asm_ty,
+                            "vpdpbusd $2, $1, $0",
+                            "=v,v,v,0",
+                            [xv, wv[b], builder.load(s)],
+                            False,
+                            "dyn_vnni",
+                        )
+                        builder.store(a, s)
+            for t, s in enumerate(slots):
+                dst = builder.bitcast(builder.gep(aa.data, [ir.Constant(_I64, 16 * t)]), vptr)
+                builder.store(builder.load(s), dst, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return ctile
+
+
+def _make_portable_ctile(mr: int, nr: int):
+    """`_make_vnni_ctile`'s tile as int32 loops over bytes (``xb`` the flat uint8 padded
+    image; offsets in words of 4 bytes, as the VNNI path)."""
+
+    @njit(cache=True, nogil=True, inline="always")
+    def ctile(xb, base, rstep, valid, offs, w8, g, kq, acc):
+        for r in range(mr):
+            p0 = 4 * (base + min(r, valid - 1) * rstep)
+            for b in range(nr):
+                a16 = np.zeros(16, np.int32)
+                for q in range(kq):
+                    wq = w8[g, q]
+                    p = p0 + 4 * offs[q]
+                    for t in range(4):
+                        xv = np.int32(xb[p + t])
+                        for j in range(16):
+                            a16[j] = np.int32(a16[j] + xv * np.int32(wq[(16 * b + j) * 4 + t]))
+                base_a = (r * nr + b) * 16
+                for j in range(16):
+                    acc[base_a + j] = a16[j]
+
+    return ctile
+
+
 # ---------------------------------------------------------------------------------------------
 # quantization, im2col, epilogue (shared by both paths)
+
+
+@intrinsic
+def _no_nans(typingctx):
+    """_no_nans(): mark the enclosing compiled function ``"no-nans-fp-math"`` and
+    ``"no-signed-zeros-fp-math"``, which LLVM's loop vectoriser needs (beyond the instructions'
+    fast-math flags) to vectorise a float min / max reduction: 50x faster here. The reduction's
+    inputs must then be free of NaN (a NaN input gives an unspecified range)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        set.add(builder.function.attributes, '"no-nans-fp-math"="true"')
+        set.add(builder.function.attributes, '"no-signed-zeros-fp-math"="true"')
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _min_max(x):
     """(min(0, min x), max(0, max x)) of the 1-D float32 ``x`` (vectorised: finite inputs)."""
+    _no_nans()
+    wide_vectors()
     lo = np.float32(0.0)
     hi = np.float32(0.0)
     for i in range(x.shape[0]):
         v = x[i]
-        lo = min(lo, v)
-        hi = max(hi, v)
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
     return lo, hi
 
 
@@ -209,14 +328,27 @@ def _range_params(x):
     return s, inv, zp
 
 
+_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23: (t + M) - M = rint(t) for |t| <= 2**22
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _quant1(xv, inv, zf):
+    """clip(rint(xv * inv) + zf, 0, 255) as uint8. ``xv * inv`` lies in [-255, 255] for inputs
+    inside their range, so the float32 round-to-nearest-even of ``+ M - M`` is exactly
+    ``np.rint`` (compiled without reassociation or contraction: the rounding steps stay)."""
+    r = (xv * inv + _MAGIC) - _MAGIC
+    v = r + zf
+    v = v if v > np.float32(0.0) else np.float32(0.0)
+    v = v if v < np.float32(255.0) else np.float32(255.0)
+    return np.uint8(np.int32(v))
+
+
 @njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})
 def _quantize_into(x, inv, zp, q):
     """q[i] = clip(rint(x[i] * inv) + zp, 0, 255) for the ``len(x)`` entries of 1-D ``x``."""
     zf = np.float32(zp)
     for i in range(x.shape[0]):
-        v = np.rint(x[i] * inv) + zf
-        v = min(max(v, np.float32(0.0)), np.float32(255.0))
-        q[i] = np.uint8(np.int32(v))
+        q[i] = _quant1(x[i], inv, zf)
 
 
 @njit(cache=True, nogil=True)
@@ -229,48 +361,42 @@ def _quantize_rows_kernel(x, q, sx, zx):
 
 
 @njit(cache=True, nogil=True)
-def _quant_image_cols(x, qimg, cols, sx, zx, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow):
-    """Quantizes each image of ``x`` (B, H, W, C) into ``qimg`` and writes its im2col rows
-    (``(B * OH * OW, Kp)`` uint8, padding taps = the image's zero point) into ``cols``."""
-    nb, h, w, c = x.shape
-    for b in range(nb):
-        xb = x[b].reshape(h * w * c)
-        s, inv, zp = _range_params(xb)
-        sx[b] = s
-        zx[b] = zp
-        qb = qimg[b]
-        _quantize_into(xb, inv, zp, qb.reshape(h * w * c))
-        zb = np.uint8(zp)
-        for i in range(oh):
-            for j in range(ow):
-                r = (b * oh + i) * ow + j
-                for u in range(kh):
-                    y = i * sh + u * dh - ph
-                    for v in range(kw):
-                        z = j * sw + v * dw - pw
-                        base = (u * kw + v) * c
-                        if 0 <= y < h and 0 <= z < w:
-                            for ch in range(c):
-                                cols[r, base + ch] = qb[y, z, ch]
-                        else:
-                            for ch in range(c):
-                                cols[r, base + ch] = zb
+def _quant_padded(xb, qt, qp, zp, inv, pt, pl, h, w, c, wp, cp):
+    """Writes image ``xb`` (H * W * C floats) quantized into ``qp`` ((Hp * Wp * Cp) bytes):
+    every byte set to the zero point (padding pixels and channels), then the pixels at
+    ``(pt + y, pl + z)``, through the contiguous scratch ``qt`` (H * W * C bytes: the
+    quantization loop then vectorises)."""
+    qp[:] = np.uint8(zp)
+    _quantize_into(xb, inv, zp, qt)
+    if c == cp:  # one contiguous run of W * C bytes per image row
+        run = w * c
+        for y in range(h):
+            dst = ((pt + y) * wp + pl) * c
+            qp[dst : dst + run] = qt[y * run : (y + 1) * run]
+        return
+    for y in range(h):
+        for z in range(w):
+            src = (y * w + z) * c
+            dst = ((pt + y) * wp + pl + z) * cp
+            for ch in range(c):
+                qp[dst + ch] = qt[src + ch]
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _epilogue(acc, base, s, zp, colsum, wsc, bias, act, c0, n, out_row):
-    """out_row[c0 + j] = act(s * wsc[c] * (acc[base + j] - zp * colsum[c]) + bias[c])."""
-    for j in range(16):
+    """out_row[c0 + j] = act(s * wsc[c] * (acc[base + j] - zp * colsum[c]) + bias[c]) for the
+    channels ``c0 <= c < min(c0 + 16, n)``. The difference is exact in int32 (``K <= MAX_K``);
+    colsum holds integers (exact in float32)."""
+    cnt = min(16, n - c0)
+    for j in range(cnt):
         c = c0 + j
-        if c < n:
-            d = np.int64(acc[base + j]) - np.int64(zp) * np.int64(colsum[c])
-            v = s * wsc[c] * np.float32(d) + bias[c]
-            if act >= 1:
-                if v < 0.0:
-                    v = np.float32(0.0)
-                if act == 2 and v > 6.0:
-                    v = np.float32(6.0)
-            out_row[c] = v
+        d = np.int32(acc[base + j] - np.int32(zp * np.int32(colsum[c])))
+        v = s * wsc[c] * np.float32(d) + bias[c]
+        if act >= 1:
+            v = max(v, np.float32(0.0))
+            if act == 2:
+                v = min(v, np.float32(6.0))
+        out_row[c] = v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +406,8 @@ def _epilogue(acc, base, s, zp, colsum, wsc, bias, act, c0, n, out_row):
 def _make_drivers(vnni: bool):
     mk = _make_vnni_tile if vnni else _make_portable_tile
     t14, t12, t11 = mk(1, 4), mk(1, 2), mk(1, 1)
-    t42, t41 = mk(4, 2), mk(4, 1)
+    mkc = _make_vnni_ctile if vnni else _make_portable_ctile
+    c42, c41 = mkc(4, 2), mkc(4, 1)
 
     @njit(cache=False, nogil=True, inline="always")
     def gemm_row(xrow, kq, w, colsum, wsc, bias, act, n, s, zp, acc, out_row):
@@ -314,7 +441,7 @@ def _make_drivers(vnni: bool):
     def chain(x, qx, qxv, sx, zx, qbuf, qv, wflat, vflat, meta, fbuf, acc, out):
         # every layer in flat buffers (few arguments: Numba unboxes each array on every call):
         # meta[li] = (weight offset, NG, KQ, NR, N, vector offset, act, padded N); vflat rows
-        # colsum (exact in float32: |colsum| <= 2**23), scales, bias. Every row of x is quantized
+        # colsum (exact in float32: |colsum| <= 2**22), scales, bias. Every row of x is quantized
         # first (qx (M, Kp0), its tile view qxv): x is consumed before out is written, so the two
         # may share memory. qbuf (Kp_max,) uint8 (qv: its tile view, one row) and fbuf (2, Np_max)
         # float32 hold the rows between layers.
@@ -347,31 +474,39 @@ def _make_drivers(vnni: bool):
                 )  # fmt: skip
 
     @njit(cache=False, nogil=True)
-    def conv(x, qimg, cols, cv, geo, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, out):
-        # geo: kh, kw, sh, sw, dh, dw, ph, pw, oh, ow; out (B * OH * OW, N) float32
-        _quant_image_cols(
-            x, qimg, cols, sx, zx, geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6],
-            geo[7], geo[8], geo[9],
+    def conv(x, qt, qp, qpv, geo, offs, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, out):
+        # geo: kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, hp, wp, cp; qp (B, Hp * Wp * Cp) uint8,
+        # qpv its tile view; offs (KQ,) word offsets of the k-quads; out (B * OH * OW, N)
+        nb, h, wd, c = x.shape
+        sh, sw, pt, pl, oh, ow, wp, cp = (
+            geo[2], geo[3], geo[6], geo[7], geo[8], geo[9], geo[11], geo[12],
         )  # fmt: skip
-        rows = cols.shape[0]
-        per = geo[8] * geo[9]
+        cq = cp // 4
+        img_words = qp.shape[1] // 4
         ng = w.shape[0]
-        nr = w.shape[2] // (16 if vnni else 64)
-        for m0 in range(0, rows, 4):
-            for g in range(ng):
-                if nr == 2:
-                    t42(cv, m0, w, g, kq, acc)
-                else:
-                    t41(cv, m0, w, g, kq, acc)
-                for r in range(4):
-                    m = m0 + r
-                    if m < rows:
-                        img = m // per
-                        for b in range(nr):
-                            _epilogue(
-                                acc, (r * nr + b) * 16, sx[img], zx[img], colsum, wsc, bias,
-                                act, 16 * (g * nr + b), n, out[m],
-                            )  # fmt: skip
+        nr = w.shape[2] // unit
+        for b in range(nb):
+            xb = x[b].reshape(h * wd * c)
+            s, inv, zp = _range_params(xb)
+            sx[b] = s
+            zx[b] = zp
+            _quant_padded(xb, qt, qp[b], zp, inv, pt, pl, h, wd, c, wp, cp)
+            for i in range(oh):
+                for j0 in range(0, ow, 4):
+                    valid = min(4, ow - j0)
+                    base = b * img_words + ((i * sh) * wp + j0 * sw) * cq
+                    m0 = (b * oh + i) * ow + j0
+                    for g in range(ng):
+                        if nr == 2:
+                            c42(qpv, base, sw * cq, valid, offs, w, g, kq, acc)
+                        else:
+                            c41(qpv, base, sw * cq, valid, offs, w, g, kq, acc)
+                        for r in range(valid):
+                            for bb in range(nr):
+                                _epilogue(
+                                    acc, (r * nr + bb) * 16, s, zp, colsum, wsc, bias, act,
+                                    16 * (g * nr + bb), n, out[m0 + r],
+                                )  # fmt: skip
 
     return linear, chain, conv
 
@@ -396,19 +531,24 @@ class DynWeight:
     Args:
       codes: ``(K, N)`` integer codes in [-128, 127] (symmetric: real weight = code * scale).
       scales: ``(N,)`` float32 per-output-channel scales (or a scalar: per tensor).
-      conv: pack for the convolution tiles (4 rows x 2 blocks) instead of the linear ones (1 row
+      conv: pack for the convolution tiles (4 output pixels x 2 blocks; K ordered (tap,
+        channel) with ``cin`` channels padded to a multiple of 4) instead of the linear ones (1 row
         x 4 blocks).
+      cin: input channels of a conv weight (``K = taps * cin``).
       vnni: the GEMM path (None: the host's best).
 
     Attributes:
-      k, n: logical sizes; kp: K padded to a multiple of 4; nr: blocks of 16 channels per
+      k, n: logical sizes; kp: the packed K (conv: ``taps * cp``), a multiple of 4; nr: blocks of
+      16 channels per
       register tile; ng: groups of ``nr`` blocks (N padded to ``16 * nr * ng`` with zero weights).
       w32: ``(NG, KP/4, NR*16)`` int32, the packed codes (``w8``: the same bytes as int8,
       ``(NG, KP/4, NR*64)``); colsum ``(Np,)`` float32 (integers, exact); wsc ``(Np,)`` float32
       scales (0 past N).
     """
 
-    def __init__(self, codes, scales, *, conv: bool = False, vnni: bool | None = None):
+    def __init__(
+        self, codes, scales, *, conv: bool = False, cin: int | None = None, vnni: bool | None = None
+    ):
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.dtype.kind not in "iu":
             raise JaxCompressTypeError(
@@ -432,7 +572,20 @@ class DynWeight:
         self.vnni = bool(vnni)
         self.conv = bool(conv)
         self.k, self.n = k, n
-        self.kp = kp = -(-k // 4) * 4
+        self.cin = self.cp = None
+        codes_k = codes
+        if conv:
+            # implicit GEMM: K runs over (tap, channel) with the channels padded to a multiple
+            # of 4 (one k-quad never straddles two taps); padded channels get zero weights
+            if cin is None or cin < 1 or k % cin:
+                raise JaxCompressValueError(f"cin={cin} must divide K={k} for a conv weight")
+            self.cin, self.cp = cin, -(-cin // 4) * 4
+            taps = k // cin
+            padded = np.zeros((taps, self.cp, n), codes.dtype)
+            padded[:, :cin] = codes.reshape(taps, cin, n)
+            codes_k = padded.reshape(taps * self.cp, n)
+        kk = codes_k.shape[0]
+        self.kp = kp = -(-kk // 4) * 4
         nb = -(-n // 16)
         if conv:
             nr = 1 if nb == 1 else 2
@@ -442,11 +595,11 @@ class DynWeight:
         self.ng = ng = -(-nb // nr)
         npad = 16 * nr * ng
         wp = np.zeros((kp, npad), np.int8)
-        wp[:k, :n] = codes
+        wp[:kk, :n] = codes_k
         packed = wp.reshape(kp // 4, 4, ng, nr * 16).transpose(2, 0, 3, 1)  # (NG, KQ, NR*16, 4)
         self.w8 = np.ascontiguousarray(packed).reshape(ng, kp // 4, nr * 64)
         self.w32 = self.w8.view(np.int32).reshape(ng, kp // 4, nr * 16)
-        self.colsum = np.zeros(npad, np.float32)  # exact: |colsum| <= 128 * 65536 = 2**23
+        self.colsum = np.zeros(npad, np.float32)  # exact: |colsum| <= 128 * 32768 = 2**22
         self.colsum[:n] = codes.astype(np.int64).sum(0)
         self.wsc = np.zeros(npad, np.float32)
         self.wsc[:n] = sc
@@ -475,9 +628,11 @@ class DynWeight:
         return q.view(np.int32) if self.vnni else q
 
 
-def dyn_weight(codes, scales, *, conv: bool = False, vnni: bool | None = None) -> DynWeight:
+def dyn_weight(
+    codes, scales, *, conv: bool = False, cin: int | None = None, vnni: bool | None = None
+) -> DynWeight:
     """`DynWeight` (validating its arguments)."""
-    return DynWeight(codes, scales, conv=conv, vnni=vnni)
+    return DynWeight(codes, scales, conv=conv, cin=cin, vnni=vnni)
 
 
 def _bias(bias, w: DynWeight) -> np.ndarray:
@@ -543,7 +698,7 @@ def dyn_linear(x, w: DynWeight, bias=None, act=None) -> np.ndarray:
 
 
 class _ConvGeo:
-    def __init__(self, xshape, kernel_hw, strides, dilation, pads):
+    def __init__(self, xshape, kernel_hw, strides, dilation, pads, cp=None):
         b, h, wd, c = xshape
         kh, kw = kernel_hw
         sh, sw = strides
@@ -551,34 +706,56 @@ class _ConvGeo:
         (pt, pb), (pl, pr) = pads
         oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
         ow = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
-        if oh < 1 or ow < 1:
+        if oh < 1 or ow < 1 or min(pt, pb, pl, pr) < 0:
             raise JaxCompressValueError(f"conv output would be empty for input {xshape}")
         self.out = (oh, ow)
         self.rows = b * oh * ow
         self.k = kh * kw * c
-        self.geo = np.array([kh, kw, sh, sw, dh, dw, pt, pl, oh, ow], np.int64)
+        cp = -(-c // 4) * 4 if cp is None else cp
+        # the padded quantized image: every tap of every output pixel lies inside it
+        hp = max(h + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+        wp = max(wd + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
+        self.hp, self.wp, self.cp = hp, wp, cp
+        self.geo = np.array([kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, hp, wp, cp], np.int64)
+        cq = cp // 4
+        self.offs = np.array(
+            [
+                ((u * dh) * wp + v * dw) * cq + q
+                for u in range(kh)
+                for v in range(kw)
+                for q in range(cq)
+            ],
+            np.int64,
+        )
 
 
 def bind_conv2d(w: DynWeight, x, out2, *, kernel_hw, strides, dilation, pads, bias=None, act=None):
     """A closure computing the NHWC conv of ``x`` ``(B, H, W, C)`` float32 into ``out2``
-    ``(B * OH * OW, N)`` float32 (per-image input quantization, im2col of the codes, GEMM,
-    epilogue). ``w`` is the ``(KH * KW * C, N)`` weight (HWIO order, flattened)."""
+    ``(B * OH * OW, N)`` float32: per-image input quantization into a zero-point-padded uint8
+    image, then the implicit-GEMM tiles read each output pixel's taps straight from it (no
+    im2col), then the epilogue. ``w`` packs the ``(KH * KW * C, N)`` weight (HWIO order,
+    flattened) with ``conv=True, cin=C``."""
     if not w.conv:
-        raise JaxCompressValueError("w must be packed for convolutions (dyn_weight(..., conv=True))")
-    g = _ConvGeo(x.shape, kernel_hw, strides, dilation, pads)
+        raise JaxCompressValueError(
+            "w must be packed for convolutions (dyn_weight(..., conv=True, cin=C))"
+        )
+    if x.shape[-1] != w.cin:
+        raise JaxCompressValueError(f"x has {x.shape[-1]} channels, the weight expects {w.cin}")
+    g = _ConvGeo(x.shape, kernel_hw, strides, dilation, pads, w.cp)
     if g.k != w.k:
         raise JaxCompressValueError(f"conv K={g.k} does not match the weight's K={w.k}")
     conv = _drivers(w.vnni)[2]
-    qimg = np.zeros(x.shape, np.uint8)
-    cols = np.zeros((g.rows, w.kp), np.uint8)
-    cv = w._xview(cols)
+    qt = np.zeros(math.prod(x.shape[1:]), np.uint8)
+    qp = np.zeros((x.shape[0], g.hp * g.wp * g.cp), np.uint8)
+    flat = qp.reshape(-1)
+    qpv = flat.view(np.int32) if w.vnni else flat
     sx = np.zeros(x.shape[0], np.float32)
     zx = np.zeros(x.shape[0], np.int32)
     acc = np.zeros(4 * 2 * 16, np.int32)
     b = _bias(bias, w)
     code = _act_code(act)
-    wv, kq, cs, wsc, n, geo = w._wview(), w.kp // 4, w.colsum, w.wsc, w.n, g.geo
-    return lambda: conv(x, qimg, cols, cv, geo, wv, kq, cs, wsc, b, code, n, sx, zx, acc, out2)
+    wv, kq, cs, wsc, n, geo, offs = w._wview(), w.kp // 4, w.colsum, w.wsc, w.n, g.geo, g.offs
+    return lambda: conv(x, qt, qp, qpv, geo, offs, wv, kq, cs, wsc, b, code, n, sx, zx, acc, out2)
 
 
 def dyn_conv2d(x, w: DynWeight, *, kernel_hw, strides=(1, 1), dilation=(1, 1), pads=((0, 0),) * 2,

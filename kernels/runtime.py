@@ -345,15 +345,17 @@ class _WeightKernel:
         dyn = sum(w.nbytes for w in self._dyn.values() if w is not None)
         return own + dyn + (0 if self._dense is None else self._dense.nbytes)
 
-    def dyn(self, *, conv: bool, vnni: bool):
+    def dyn(self, *, vnni: bool, cin: int | None = None):
         """The `DynWeight` of this weight for the dynamic-range kernels (packed once per tile
-        layout), or None when it is not stored as symmetric integer codes of at most 8 bits with
-        per-channel scales."""
-        key = (conv, vnni)
+        layout: linear, or conv with `cin` input channels), or None when it is not stored as
+        symmetric integer codes of at most 8 bits with per-channel scales."""
+        key = (cin, vnni)
         if key not in self._dyn:
             codes = _dyn_codes(self.entry)
             self._dyn[key] = (
-                None if codes is None else _dyn.DynWeight(*codes, conv=conv, vnni=vnni)
+                None
+                if codes is None
+                else _dyn.DynWeight(*codes, conv=cin is not None, cin=cin, vnni=vnni)
             )
         return self._dyn[key]
 
@@ -799,9 +801,7 @@ class Runtime:
                 out[j] += t * f / tot
         return out
 
-    def self_check(
-        self, *, rtol: float | None = None, raise_on_failure: bool = False
-    ) -> SelfCheck:
+    def self_check(self, *, rtol: float | None = None, raise_on_failure: bool = False) -> SelfCheck:
         """Runs the bundled sample input and compares with the bundled expected output.
 
         A graph with several outputs is compared on its outputs flattened and concatenated in
@@ -1335,7 +1335,7 @@ class _Exec:
         rt = self.rt
         path = "VNNI" if rt.vnni else "portable"
         if node["op"] == "linear":
-            dw = wk.dyn(conv=False, vnni=rt.vnni)
+            dw = wk.dyn(vnni=rt.vnni)
             if dw is None:
                 return None
             if scale is not None:
@@ -1347,7 +1347,7 @@ class _Exec:
         conv = _ConvGeometry(node, x.shape)
         if conv.groups != 1 or conv.nd not in (1, 2):
             return None
-        dw = wk.dyn(conv=True, vnni=rt.vnni)
+        dw = wk.dyn(vnni=rt.vnni, cin=conv.kernel[-2])
         if dw is None:
             return None
         if scale is not None:
@@ -1423,7 +1423,7 @@ class _Exec:
             wk = rt.weights[node["weight"]]
             x = ins[0]
             x2 = np.ascontiguousarray(x.reshape(-1, wk.k), np.float32)
-            dw = wk.dyn(conv=False, vnni=rt.vnni) if rt.dynamic else None
+            dw = wk.dyn(vnni=rt.vnni) if rt.dynamic else None
             if dw is not None:
                 return _dyn.dyn_linear(x2, dw).reshape(*x.shape[:-1], wk.n)
             y = self._choose(i, wk, x2.shape).fn(x2, None)
@@ -1434,7 +1434,7 @@ class _Exec:
             conv = _ConvGeometry(node, x.shape)
             y = np.empty((x.shape[0], *conv.out, wk.n), np.float32)
             if rt.dynamic and conv.groups == 1 and conv.nd in (1, 2):
-                dw = wk.dyn(conv=True, vnni=rt.vnni)
+                dw = wk.dyn(vnni=rt.vnni, cin=conv.kernel[-2])
                 if dw is not None:
                     _dyn_conv_bind(dw, conv, x, y, None, None)()
                     return y

@@ -111,7 +111,8 @@ def test_quantize_rows_matches_the_documented_scheme():
 
 @pytest.mark.parametrize("vnni", PATHS)
 @pytest.mark.parametrize(
-    "k, n, m, act", [(784, 300, 1, "relu"), (300, 100, 7, None), (5, 3, 2, "relu6"), (33, 70, 7, None)]
+    "k, n, m, act",
+    [(784, 300, 1, "relu"), (300, 100, 7, None), (5, 3, 2, "relu6"), (33, 70, 7, None)],
 )
 def test_dyn_linear_matches_reference(vnni, k, n, m, act):
     rng = np.random.default_rng(k + n + m)
@@ -143,8 +144,8 @@ def test_vnni_and_portable_paths_agree_bit_for_bit():
     cc = rng.integers(-128, 128, (27, 40)).astype(np.int8)
     sc = np.full(40, 0.01, np.float32)
     kw = dict(kernel_hw=(3, 3), pads=((1, 1), (1, 1)))
-    a = dk.dyn_conv2d(xc, dk.dyn_weight(cc, sc, conv=True, vnni=True), **kw)
-    b = dk.dyn_conv2d(xc, dk.dyn_weight(cc, sc, conv=True, vnni=False), **kw)
+    a = dk.dyn_conv2d(xc, dk.dyn_weight(cc, sc, conv=True, cin=3, vnni=True), **kw)
+    b = dk.dyn_conv2d(xc, dk.dyn_weight(cc, sc, conv=True, cin=3, vnni=False), **kw)
     np.testing.assert_array_equal(a, b)
 
 
@@ -165,7 +166,7 @@ def test_dyn_conv2d_matches_reference(vnni, b, hw, c, n, kern, st, pads, dil):
     codes = rng.integers(-127, 128, (k, n)).astype(np.int8)
     sc = rng.uniform(0.001, 0.01, n).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    w = dk.dyn_weight(codes, sc, conv=True, vnni=vnni)
+    w = dk.dyn_weight(codes, sc, conv=True, cin=c, vnni=vnni)
     y = dk.dyn_conv2d(
         x, w, kernel_hw=kern, strides=st, dilation=dil, pads=pads, bias=bias, act="relu"
     )
@@ -215,10 +216,12 @@ def test_kernel_arguments_are_validated():
 # the runtime mode
 
 
-def _write(path, nodes, outputs, input_shape, tensors, parts):
+def _write(path, nodes, outputs, input_shape, tensors, parts, sample_output=None):
     parts = dict(parts)
     parts["__sample__:input"] = np.zeros((1, *input_shape), np.float32)
-    parts["__sample__:output"] = np.zeros((1,), np.float32)
+    parts["__sample__:output"] = (
+        np.zeros((1,), np.float32) if sample_output is None else sample_output
+    )
     graph = {
         "inputs": ["input"],
         "outputs": outputs,
@@ -252,7 +255,11 @@ def _add_csr(tensors, parts, name, codes, sc):
 
 
 def _add_dense(tensors, parts, name, v):
-    tensors[name] = {"encoding": "dense", "shape": list(v.shape), "parts": {"value": f"{name}:value"}}
+    tensors[name] = {
+        "encoding": "dense",
+        "shape": list(v.shape),
+        "parts": {"value": f"{name}:value"},
+    }
     parts[f"{name}:value"] = v
 
 
@@ -281,7 +288,10 @@ def _mlp_artifact(tmp_path, rng, sparse):
             nodes.append({"op": "max", "in": [prev, ZERO], "out": f"r{i}"})
             prev, act = f"r{i}", "relu"
         layers.append((codes, sc, b, act))
-    p = _write(tmp_path / f"mlp{int(sparse)}.jcx", nodes, [prev], (dims[0],), tensors, parts)
+    sample = _mlp_ref(np.zeros((1, dims[0]), np.float32), layers, False).astype(np.float32)
+    p = _write(
+        tmp_path / f"mlp{int(sparse)}.jcx", nodes, [prev], (dims[0],), tensors, parts, sample
+    )
     return p, layers
 
 
@@ -313,8 +323,11 @@ def test_runtime_dynamic_mlp(tmp_path, sparse, autotune):
         assert np.abs(y - yf).max() <= 0.05 * np.abs(yf).max()  # quantized, close to float
         if m == 7:  # each example's result does not depend on the rest of its batch
             np.testing.assert_array_equal(rt.run(x[3:4])[0], y[3])
+    chk = rt.self_check()  # against the bundled float output: the quantization tolerance
+    assert chk.ok and chk.rtol == runtime.DYNAMIC_SELF_CHECK_RTOL and chk.rel > 0
     # the default mode is untouched: exact float activations
     exact = runtime.load(p, num_threads=1, autotune=autotune)
+    assert exact.self_check().ok and exact.self_check().rtol == 1e-5
     assert exact.plan.activations == "float"
     assert not any(v.startswith("dyn_") for v in exact.plan.values())
     x = rng.standard_normal((2, 40)).astype(np.float32)
@@ -371,7 +384,6 @@ def test_runtime_dynamic_conv_with_pool_and_fc(tmp_path):
         # the same graph piecewise (run_nodes) runs the same dynamic kernels
         env = rt.run_nodes(rt.initial_env(x), 0, len(rt.nodes), bsz)
         _close(np.asarray(env["y"]), want, rtol=1e-5)
-    assert rt.self_check().rtol == runtime.DYNAMIC_SELF_CHECK_RTOL
 
 
 @pytest.mark.parametrize("bad", ["int8", "dynamic", None, 8])
