@@ -184,9 +184,10 @@ def _make_portable_tile(mr: int, nr: int):
 
 
 def _make_vnni_ctile(mr: int, nr: int):
-    """The convolution tile (implicit GEMM, no im2col): ``ctile(xw, base, rstep, valid, offs, w,
-    g, kq, acc)`` reads row ``r``'s k-quad ``kb`` at word ``base + min(r, valid - 1) * rstep +
-    offs[kb]`` of ``xw`` (the flat int32 view of the zero-point-padded quantized image)."""
+    """The convolution tile (implicit GEMM, no im2col): ``ctile(xb, base, rstep, valid, offs, w,
+    g, kq, acc)`` reads row ``r``'s k-quad ``kb`` as the 4 bytes at byte ``base + min(r, valid -
+    1) * rstep + offs[kb]`` of ``xb`` (the flat zero-point-padded quantized images; unaligned
+    32-bit loads)."""
 
     @intrinsic
     def ctile(typingctx, xw, base, rstep, valid, offs, w, g, kq, acc):
@@ -210,6 +211,7 @@ def _make_vnni_ctile(mr: int, nr: int):
                 rr = ir.Constant(_I64, r)
                 rr = builder.select(builder.icmp_signed("<", rr, last), rr, last)
                 xrows.append(builder.gep(xa.data, [builder.add(basev, builder.mul(rr, rstepv))]))
+            i32p = _I32.as_pointer()
             wbase = builder.gep(wa.data, [builder.mul(builder.mul(gv, wstride), step)])
             with builder.goto_entry_block():
                 slots = [builder.alloca(_V16) for _ in range(mr * nr)]
@@ -231,7 +233,8 @@ def _make_vnni_ctile(mr: int, nr: int):
                     for b in range(nr)
                 ]
                 for r in range(mr):
-                    xi = builder.load(builder.gep(xrows[r], [off]), align=1)
+                    xp = builder.bitcast(builder.gep(xrows[r], [off]), i32p)
+                    xi = builder.load(xp, align=1)
                     xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
                     xv = builder.shuffle_vector(xv, undef, zeros)
                     for b in range(nr):
@@ -256,18 +259,17 @@ def _make_vnni_ctile(mr: int, nr: int):
 
 
 def _make_portable_ctile(mr: int, nr: int):
-    """`_make_vnni_ctile`'s tile as int32 loops over bytes (``xb`` the flat uint8 padded
-    image; offsets in words of 4 bytes, as the VNNI path)."""
+    """`_make_vnni_ctile`'s tile as int32 loops over the same bytes."""
 
     @njit(cache=True, nogil=True, inline="always")
     def ctile(xb, base, rstep, valid, offs, w8, g, kq, acc):
         for r in range(mr):
-            p0 = 4 * (base + min(r, valid - 1) * rstep)
+            p0 = base + min(r, valid - 1) * rstep
             for b in range(nr):
                 a16 = np.zeros(16, np.int32)
                 for q in range(kq):
                     wq = w8[g, q]
-                    p = p0 + 4 * offs[q]
+                    p = p0 + offs[q]
                     for t in range(4):
                         xv = np.int32(xb[p + t])
                         for j in range(16):
@@ -399,6 +401,28 @@ def _epilogue(acc, base, s, zp, colsum, wsc, bias, act, c0, n, out_row):
         out_row[c] = v
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _epi_row(acc, ab, a, z, bias, act, c0, cnt, out, m):
+    """out[m, c0 + j] = act(a[c] * (acc[ab + j] - z[c]) + bias[c]) for ``j < cnt`` with the
+    per-image ``a = s * wsc`` and ``z = zp * colsum`` (the same float32 operations, in the
+    same order, as `_epilogue`); one loop per activation so each vectorises."""
+    if act == 0:
+        for j in range(cnt):
+            c = c0 + j
+            out[m, c] = a[c] * np.float32(np.int32(acc[ab + j] - z[c])) + bias[c]
+    elif act == 1:
+        for j in range(cnt):
+            c = c0 + j
+            v = a[c] * np.float32(np.int32(acc[ab + j] - z[c])) + bias[c]
+            out[m, c] = v if v > np.float32(0.0) else np.float32(0.0)
+    else:
+        for j in range(cnt):
+            c = c0 + j
+            v = a[c] * np.float32(np.int32(acc[ab + j] - z[c])) + bias[c]
+            v = v if v > np.float32(0.0) else np.float32(0.0)
+            out[m, c] = v if v < np.float32(6.0) else np.float32(6.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # drivers (one set per path)
 
@@ -474,15 +498,14 @@ def _make_drivers(vnni: bool):
                 )  # fmt: skip
 
     @njit(cache=False, nogil=True)
-    def conv(x, qt, qp, qpv, geo, offs, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, out):
-        # geo: kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, hp, wp, cp; qp (B, Hp * Wp * Cp) uint8,
-        # qpv its tile view; offs (KQ,) word offsets of the k-quads; out (B * OH * OW, N)
+    def conv(x, qt, qp, geo, offs, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, ea, ez, out):
+        # geo: kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, hp, wp, ci, img; qp: the B padded
+        # quantized images (img bytes each, ci bytes per pixel) and 4 bytes of slack, flat
+        # uint8; offs (KQ,) byte offsets of the k-quads; out (B * OH * OW, N)
         nb, h, wd, c = x.shape
-        sh, sw, pt, pl, oh, ow, wp, cp = (
-            geo[2], geo[3], geo[6], geo[7], geo[8], geo[9], geo[11], geo[12],
+        sh, sw, pt, pl, oh, ow, wp, ci, img = (
+            geo[2], geo[3], geo[6], geo[7], geo[8], geo[9], geo[11], geo[12], geo[13],
         )  # fmt: skip
-        cq = cp // 4
-        img_words = qp.shape[1] // 4
         ng = w.shape[0]
         nr = w.shape[2] // unit
         for b in range(nb):
@@ -490,23 +513,26 @@ def _make_drivers(vnni: bool):
             s, inv, zp = _range_params(xb)
             sx[b] = s
             zx[b] = zp
-            _quant_padded(xb, qt, qp[b], zp, inv, pt, pl, h, wd, c, wp, cp)
+            _quant_padded(xb, qt, qp[b * img : (b + 1) * img], zp, inv, pt, pl, h, wd, c, wp, ci)
+            for cc in range(n):  # the epilogue's per-image factors
+                ea[cc] = s * wsc[cc]
+                ez[cc] = np.int32(zp * np.int32(colsum[cc]))
             for i in range(oh):
                 for j0 in range(0, ow, 4):
                     valid = min(4, ow - j0)
-                    base = b * img_words + ((i * sh) * wp + j0 * sw) * cq
+                    base = b * img + ((i * sh) * wp + j0 * sw) * ci
                     m0 = (b * oh + i) * ow + j0
                     for g in range(ng):
                         if nr == 2:
-                            c42(qpv, base, sw * cq, valid, offs, w, g, kq, acc)
+                            c42(qp, base, sw * ci, valid, offs, w, g, kq, acc)
                         else:
-                            c41(qpv, base, sw * cq, valid, offs, w, g, kq, acc)
+                            c41(qp, base, sw * ci, valid, offs, w, g, kq, acc)
                         for r in range(valid):
                             for bb in range(nr):
-                                _epilogue(
-                                    acc, (r * nr + bb) * 16, s, zp, colsum, wsc, bias, act,
-                                    16 * (g * nr + bb), n, out[m0 + r],
-                                )  # fmt: skip
+                                c0 = 16 * (g * nr + bb)
+                                cnt = min(16, n - c0)
+                                _epi_row(acc, (r * nr + bb) * 16, ea, ez, bias, act, c0, cnt,
+                                         out, m0 + r)  # fmt: skip
 
     return linear, chain, conv
 
@@ -547,7 +573,14 @@ class DynWeight:
     """
 
     def __init__(
-        self, codes, scales, *, conv: bool = False, cin: int | None = None, vnni: bool | None = None
+        self,
+        codes,
+        scales,
+        *,
+        conv: bool = False,
+        cin: int | None = None,
+        kw: int | None = None,
+        vnni: bool | None = None,
     ):
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.dtype.kind not in "iu":
@@ -572,18 +605,29 @@ class DynWeight:
         self.vnni = bool(vnni)
         self.conv = bool(conv)
         self.k, self.n = k, n
-        self.cin = self.cp = None
+        self.cin = self.kw = self.ci = self.seg = None
         codes_k = codes
         if conv:
-            # implicit GEMM: K runs over (tap, channel) with the channels padded to a multiple
-            # of 4 (one k-quad never straddles two taps); padded channels get zero weights
+            # implicit GEMM over the padded quantized image, K in (tap row, tap, channel) order.
+            # With `kw` (no dilation along W): a window row is kw * cin contiguous bytes of the
+            # image, read as ceil(kw * cin / 4) quads (the bytes past the window meet zero
+            # weights). Without: one tap per quad group, channels padded to a multiple of 4.
             if cin is None or cin < 1 or k % cin:
                 raise JaxCompressValueError(f"cin={cin} must divide K={k} for a conv weight")
-            self.cin, self.cp = cin, -(-cin // 4) * 4
             taps = k // cin
-            padded = np.zeros((taps, self.cp, n), codes.dtype)
-            padded[:, :cin] = codes.reshape(taps, cin, n)
-            codes_k = padded.reshape(taps * self.cp, n)
+            if kw is not None:
+                if kw < 1 or taps % kw:
+                    raise JaxCompressValueError(f"kw={kw} must divide the {taps} taps")
+                rows, length = taps // kw, kw * cin
+                self.ci = cin  # bytes per pixel of the padded image
+            else:
+                rows, length = taps, cin
+                self.ci = -(-cin // 4) * 4
+            self.seg = -(-length // 4) * 4
+            padded = np.zeros((rows, self.seg, n), codes.dtype)
+            padded[:, :length] = codes.reshape(rows, length, n)
+            codes_k = padded.reshape(rows * self.seg, n)
+            self.cin, self.kw = cin, kw
         kk = codes_k.shape[0]
         self.kp = kp = -(-kk // 4) * 4
         nb = -(-n // 16)
@@ -629,10 +673,16 @@ class DynWeight:
 
 
 def dyn_weight(
-    codes, scales, *, conv: bool = False, cin: int | None = None, vnni: bool | None = None
+    codes,
+    scales,
+    *,
+    conv: bool = False,
+    cin: int | None = None,
+    kw: int | None = None,
+    vnni: bool | None = None,
 ) -> DynWeight:
     """`DynWeight` (validating its arguments)."""
-    return DynWeight(codes, scales, conv=conv, cin=cin, vnni=vnni)
+    return DynWeight(codes, scales, conv=conv, cin=cin, kw=kw, vnni=vnni)
 
 
 def _bias(bias, w: DynWeight) -> np.ndarray:
@@ -698,7 +748,7 @@ def dyn_linear(x, w: DynWeight, bias=None, act=None) -> np.ndarray:
 
 
 class _ConvGeo:
-    def __init__(self, xshape, kernel_hw, strides, dilation, pads, cp=None):
+    def __init__(self, xshape, kernel_hw, strides, dilation, pads, w: DynWeight):
         b, h, wd, c = xshape
         kh, kw = kernel_hw
         sh, sw = strides
@@ -711,22 +761,24 @@ class _ConvGeo:
         self.out = (oh, ow)
         self.rows = b * oh * ow
         self.k = kh * kw * c
-        cp = -(-c // 4) * 4 if cp is None else cp
         # the padded quantized image: every tap of every output pixel lies inside it
         hp = max(h + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
         wp = max(wd + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
-        self.hp, self.wp, self.cp = hp, wp, cp
-        self.geo = np.array([kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, hp, wp, cp], np.int64)
-        cq = cp // 4
-        self.offs = np.array(
-            [
-                ((u * dh) * wp + v * dw) * cq + q
+        ci = w.ci
+        self.hp, self.wp, self.img = hp, wp, hp * wp * ci
+        self.geo = np.array(
+            [kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, hp, wp, ci, self.img], np.int64
+        )
+        if w.kw is not None:  # quads along each window row (kw * ci contiguous bytes)
+            offs = [(u * dh) * wp * ci + 4 * q for u in range(kh) for q in range(w.seg // 4)]
+        else:  # quads along each tap's (padded) channels
+            offs = [
+                ((u * dh) * wp + v * dw) * ci + 4 * q
                 for u in range(kh)
                 for v in range(kw)
-                for q in range(cq)
-            ],
-            np.int64,
-        )
+                for q in range(w.seg // 4)
+            ]
+        self.offs = np.array(offs, np.int64)
 
 
 def bind_conv2d(w: DynWeight, x, out2, *, kernel_hw, strides, dilation, pads, bias=None, act=None):
@@ -741,21 +793,28 @@ def bind_conv2d(w: DynWeight, x, out2, *, kernel_hw, strides, dilation, pads, bi
         )
     if x.shape[-1] != w.cin:
         raise JaxCompressValueError(f"x has {x.shape[-1]} channels, the weight expects {w.cin}")
-    g = _ConvGeo(x.shape, kernel_hw, strides, dilation, pads, w.cp)
+    if w.kw is not None and (w.kw != kernel_hw[1] or dilation[1] != 1):
+        raise JaxCompressValueError(
+            f"a weight packed by window rows (kw={w.kw}) needs kernel width {w.kw} and no "
+            f"dilation along W, got {kernel_hw} and {dilation}"
+        )
+    g = _ConvGeo(x.shape, kernel_hw, strides, dilation, pads, w)
     if g.k != w.k:
         raise JaxCompressValueError(f"conv K={g.k} does not match the weight's K={w.k}")
     conv = _drivers(w.vnni)[2]
     qt = np.zeros(math.prod(x.shape[1:]), np.uint8)
-    qp = np.zeros((x.shape[0], g.hp * g.wp * g.cp), np.uint8)
-    flat = qp.reshape(-1)
-    qpv = flat.view(np.int32) if w.vnni else flat
+    qp = np.zeros(x.shape[0] * g.img + 4, np.uint8)  # 4 bytes of slack: the last row's quads
     sx = np.zeros(x.shape[0], np.float32)
     zx = np.zeros(x.shape[0], np.int32)
     acc = np.zeros(4 * 2 * 16, np.int32)
+    ea = np.zeros(w.n, np.float32)
+    ez = np.zeros(w.n, np.int32)
     b = _bias(bias, w)
     code = _act_code(act)
     wv, kq, cs, wsc, n, geo, offs = w._wview(), w.kp // 4, w.colsum, w.wsc, w.n, g.geo, g.offs
-    return lambda: conv(x, qt, qp, qpv, geo, offs, wv, kq, cs, wsc, b, code, n, sx, zx, acc, out2)
+    return lambda: conv(
+        x, qt, qp, geo, offs, wv, kq, cs, wsc, b, code, n, sx, zx, acc, ea, ez, out2
+    )
 
 
 def dyn_conv2d(x, w: DynWeight, *, kernel_hw, strides=(1, 1), dilation=(1, 1), pads=((0, 0),) * 2,
@@ -766,7 +825,11 @@ def dyn_conv2d(x, w: DynWeight, *, kernel_hw, strides=(1, 1), dilation=(1, 1), p
     x = np.ascontiguousarray(x, np.float32)
     if x.ndim != 4:
         raise JaxCompressValueError(f"x must be (B, H, W, C), got shape {x.shape}")
-    g = _ConvGeo(x.shape, kernel_hw, strides, dilation, pads)
+    if not w.conv:
+        raise JaxCompressValueError(
+            "w must be packed for convolutions (dyn_weight(..., conv=True, cin=C))"
+        )
+    g = _ConvGeo(x.shape, kernel_hw, strides, dilation, pads, w)
     y = np.empty((g.rows, w.n), np.float32)
     bind_conv2d(
         w, x, y, kernel_hw=kernel_hw, strides=strides, dilation=dilation, pads=pads, bias=bias,

@@ -345,17 +345,18 @@ class _WeightKernel:
         dyn = sum(w.nbytes for w in self._dyn.values() if w is not None)
         return own + dyn + (0 if self._dense is None else self._dense.nbytes)
 
-    def dyn(self, *, vnni: bool, cin: int | None = None):
+    def dyn(self, *, vnni: bool, cin: int | None = None, kw: int | None = None):
         """The `DynWeight` of this weight for the dynamic-range kernels (packed once per tile
-        layout: linear, or conv with `cin` input channels), or None when it is not stored as
-        symmetric integer codes of at most 8 bits with per-channel scales."""
-        key = (cin, vnni)
+        layout: linear, or conv with `cin` input channels and, without dilation along W, its
+        kernel width `kw`), or None when it is not stored as symmetric integer codes of at
+        most 8 bits with per-channel scales."""
+        key = (cin, kw, vnni)
         if key not in self._dyn:
             codes = _dyn_codes(self.entry)
             self._dyn[key] = (
                 None
                 if codes is None
-                else _dyn.DynWeight(*codes, conv=cin is not None, cin=cin, vnni=vnni)
+                else _dyn.DynWeight(*codes, conv=cin is not None, cin=cin, kw=kw, vnni=vnni)
             )
         return self._dyn[key]
 
@@ -1347,7 +1348,7 @@ class _Exec:
         conv = _ConvGeometry(node, x.shape)
         if conv.groups != 1 or conv.nd not in (1, 2):
             return None
-        dw = wk.dyn(vnni=rt.vnni, cin=conv.kernel[-2])
+        dw = wk.dyn(vnni=rt.vnni, cin=conv.kernel[-2], kw=_dyn_kw(conv))
         if dw is None:
             return None
         if scale is not None:
@@ -1434,7 +1435,7 @@ class _Exec:
             conv = _ConvGeometry(node, x.shape)
             y = np.empty((x.shape[0], *conv.out, wk.n), np.float32)
             if rt.dynamic and conv.groups == 1 and conv.nd in (1, 2):
-                dw = wk.dyn(vnni=rt.vnni, cin=conv.kernel[-2])
+                dw = wk.dyn(vnni=rt.vnni, cin=conv.kernel[-2], kw=_dyn_kw(conv))
                 if dw is not None:
                     _dyn_conv_bind(dw, conv, x, y, None, None)()
                     return y
@@ -1594,6 +1595,11 @@ class _ConvGeometry:
             and all(st == 1 for st in self.strides)
             and all(p == (0, 0) for p in self.pads)
         )
+
+
+def _dyn_kw(conv) -> int | None:
+    """The kernel width for the window-row packing of `_dynkernels` (None: dilated along W)."""
+    return conv.kernel[conv.nd - 1] if conv.dilation[-1] == 1 else None
 
 
 def _dyn_conv_bind(dw, conv, x, conv_out, bias, act):

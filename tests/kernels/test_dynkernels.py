@@ -144,9 +144,10 @@ def test_vnni_and_portable_paths_agree_bit_for_bit():
     cc = rng.integers(-128, 128, (27, 40)).astype(np.int8)
     sc = np.full(40, 0.01, np.float32)
     kw = dict(kernel_hw=(3, 3), pads=((1, 1), (1, 1)))
-    a = dk.dyn_conv2d(xc, dk.dyn_weight(cc, sc, conv=True, cin=3, vnni=True), **kw)
-    b = dk.dyn_conv2d(xc, dk.dyn_weight(cc, sc, conv=True, cin=3, vnni=False), **kw)
-    np.testing.assert_array_equal(a, b)
+    for kwidth in (3, None):
+        a = dk.dyn_conv2d(xc, dk.dyn_weight(cc, sc, conv=True, cin=3, kw=kwidth, vnni=True), **kw)
+        b = dk.dyn_conv2d(xc, dk.dyn_weight(cc, sc, conv=True, cin=3, kw=kwidth, vnni=False), **kw)
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("vnni", PATHS)
@@ -156,6 +157,8 @@ def test_vnni_and_portable_paths_agree_bit_for_bit():
         (1, (9, 8), 3, 20, (3, 3), (2, 1), ((1, 1), (1, 0)), (1, 1)),
         (7, (6, 6), 5, 6, (5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1)),
         (2, (10, 4), 2, 33, (3, 1), (1, 1), ((0, 0), (0, 0)), (2, 1)),
+        (1, (9, 9), 3, 5, (2, 3), (1, 2), ((1, 0), (2, 1)), (1, 2)),
+        (3, (28, 28), 1, 20, (5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
         (1, (4, 4), 16, 64, (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)),
     ],
 )
@@ -166,7 +169,8 @@ def test_dyn_conv2d_matches_reference(vnni, b, hw, c, n, kern, st, pads, dil):
     codes = rng.integers(-127, 128, (k, n)).astype(np.int8)
     sc = rng.uniform(0.001, 0.01, n).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    w = dk.dyn_weight(codes, sc, conv=True, cin=c, vnni=vnni)
+    kw = kern[1] if dil[1] == 1 else None  # window-row packing, else per-tap packing
+    w = dk.dyn_weight(codes, sc, conv=True, cin=c, kw=kw, vnni=vnni)
     y = dk.dyn_conv2d(
         x, w, kernel_hw=kern, strides=st, dilation=dil, pads=pads, bias=bias, act="relu"
     )
