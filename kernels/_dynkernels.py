@@ -190,8 +190,8 @@ def _make_vnni_ctile(mr: int, nr: int):
     32-bit loads)."""
 
     @intrinsic
-    def ctile(typingctx, xw, base, rstep, valid, offs, w, g, kq, acc):
-        sig = types.void(xw, base, rstep, valid, offs, w, g, kq, acc)
+    def ctile(typingctx, xw, base, rstep, valid, offs, w, g, kq, acc, m0):
+        sig = types.void(xw, base, rstep, valid, offs, w, g, kq, acc, m0)
 
         def codegen(context, builder, signature, args):
             xa = context.make_array(signature.args[0])(context, builder, args[0])
@@ -248,9 +248,20 @@ def _make_vnni_ctile(mr: int, nr: int):
                             "dyn_vnni",
                         )
                         builder.store(a, s)
-            for t, s in enumerate(slots):
-                dst = builder.bitcast(builder.gep(aa.data, [ir.Constant(_I64, 16 * t)]), vptr)
-                builder.store(builder.load(s), dst, align=4)
+            # raw accumulators to acc[m0 + r, 16 (g nr + b) :] (rows r >= valid repeat the
+            # last valid row: they land on rows the next tile rewrites, or on the slack rows)
+            m0v = args[9]
+            m0v = builder.sext(m0v, _I64) if m0v.type.width < 64 else m0v
+            npad = builder.extract_value(aa.shape, 1)
+            for r in range(mr):
+                rowp = builder.mul(builder.add(m0v, ir.Constant(_I64, r)), npad)
+                for b in range(nr):
+                    col = builder.mul(
+                        builder.add(builder.mul(gv, ir.Constant(_I64, nr)), ir.Constant(_I64, b)),
+                        ir.Constant(_I64, 16),
+                    )
+                    dst = builder.bitcast(builder.gep(aa.data, [builder.add(rowp, col)]), vptr)
+                    builder.store(builder.load(slots[r * nr + b]), dst, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -262,7 +273,7 @@ def _make_portable_ctile(mr: int, nr: int):
     """`_make_vnni_ctile`'s tile as int32 loops over the same bytes."""
 
     @njit(cache=True, nogil=True, inline="always")
-    def ctile(xb, base, rstep, valid, offs, w8, g, kq, acc):
+    def ctile(xb, base, rstep, valid, offs, w8, g, kq, acc, m0):
         for r in range(mr):
             p0 = base + min(r, valid - 1) * rstep
             for b in range(nr):
@@ -274,9 +285,8 @@ def _make_portable_ctile(mr: int, nr: int):
                         xv = np.int32(xb[p + t])
                         for j in range(16):
                             a16[j] = np.int32(a16[j] + xv * np.int32(wq[(16 * b + j) * 4 + t]))
-                base_a = (r * nr + b) * 16
                 for j in range(16):
-                    acc[base_a + j] = a16[j]
+                    acc[m0 + r, 16 * (g * nr + b) + j] = a16[j]
 
     return ctile
 
@@ -366,16 +376,18 @@ def _quantize_rows_kernel(x, q, sx, zx):
 def _quant_padded(xb, qt, qp, zp, inv, pt, pl, h, w, c, wp, cp):
     """Writes image ``xb`` (H * W * C floats) quantized into ``qp`` ((Hp * Wp * Cp) bytes):
     every byte set to the zero point (padding pixels and channels), then the pixels at
-    ``(pt + y, pl + z)``, through the contiguous scratch ``qt`` (H * W * C bytes: the
-    quantization loop then vectorises)."""
-    qp[:] = np.uint8(zp)
-    _quantize_into(xb, inv, zp, qt)
+    ``(pt + y, pl + z)`` (with ``C == Cp`` each image row straight into its padded row, else
+    through the contiguous scratch ``qt``)."""
+    zb = np.uint8(zp)
+    for i in range(qp.shape[0]):
+        qp[i] = zb
     if c == cp:  # one contiguous run of W * C bytes per image row
         run = w * c
         for y in range(h):
             dst = ((pt + y) * wp + pl) * c
-            qp[dst : dst + run] = qt[y * run : (y + 1) * run]
+            _quantize_into(xb[y * run : (y + 1) * run], inv, zp, qp[dst : dst + run])
         return
+    _quantize_into(xb, inv, zp, qt)
     for y in range(h):
         for z in range(w):
             src = (y * w + z) * c
@@ -401,26 +413,28 @@ def _epilogue(acc, base, s, zp, colsum, wsc, bias, act, c0, n, out_row):
         out_row[c] = v
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _epi_row(acc, ab, a, z, bias, act, c0, cnt, out, m):
-    """out[m, c0 + j] = act(a[c] * (acc[ab + j] - z[c]) + bias[c]) for ``j < cnt`` with the
-    per-image ``a = s * wsc`` and ``z = zp * colsum`` (the same float32 operations, in the
-    same order, as `_epilogue`); one loop per activation so each vectorises."""
+@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})
+def _epi_rows(acc, m_start, m_end, a, z, bias, act, n, out):
+    """out[m, c] = act(a[c] * (acc[m, c] - z[c]) + bias[c]) for ``m_start <= m < m_end``,
+    ``c < n``, with the per-image ``a = s * wsc`` and ``z = zp * colsum`` (the same float32
+    operations, in the same order, as `_epilogue`; no contraction into an FMA); one loop nest
+    per activation so each vectorises."""
+    wide_vectors()
     if act == 0:
-        for j in range(cnt):
-            c = c0 + j
-            out[m, c] = a[c] * np.float32(np.int32(acc[ab + j] - z[c])) + bias[c]
+        for m in range(m_start, m_end):
+            for c in range(n):
+                out[m, c] = a[c] * np.float32(acc[m, c] - z[c]) + bias[c]
     elif act == 1:
-        for j in range(cnt):
-            c = c0 + j
-            v = a[c] * np.float32(np.int32(acc[ab + j] - z[c])) + bias[c]
-            out[m, c] = v if v > np.float32(0.0) else np.float32(0.0)
+        for m in range(m_start, m_end):
+            for c in range(n):
+                v = a[c] * np.float32(acc[m, c] - z[c]) + bias[c]
+                out[m, c] = v if v > np.float32(0.0) else np.float32(0.0)
     else:
-        for j in range(cnt):
-            c = c0 + j
-            v = a[c] * np.float32(np.int32(acc[ab + j] - z[c])) + bias[c]
-            v = v if v > np.float32(0.0) else np.float32(0.0)
-            out[m, c] = v if v < np.float32(6.0) else np.float32(6.0)
+        for m in range(m_start, m_end):
+            for c in range(n):
+                v = a[c] * np.float32(acc[m, c] - z[c]) + bias[c]
+                v = v if v > np.float32(0.0) else np.float32(0.0)
+                out[m, c] = v if v < np.float32(6.0) else np.float32(6.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,22 +515,22 @@ def _make_drivers(vnni: bool):
     def conv(x, qt, qp, geo, offs, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, ea, ez, out):
         # geo: kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, hp, wp, ci, img; qp: the B padded
         # quantized images (img bytes each, ci bytes per pixel) and 4 bytes of slack, flat
-        # uint8; offs (KQ,) byte offsets of the k-quads; out (B * OH * OW, N)
+        # uint8; offs (KQ,) byte offsets of the k-quads; acc (B * OH * OW + 3, Np) int32 raw
+        # accumulators; out (B * OH * OW, N). The epilogue runs once per image over all of its
+        # accumulators (long loops that vectorise).
         nb, h, wd, c = x.shape
         sh, sw, pt, pl, oh, ow, wp, ci, img = (
             geo[2], geo[3], geo[6], geo[7], geo[8], geo[9], geo[11], geo[12], geo[13],
         )  # fmt: skip
         ng = w.shape[0]
         nr = w.shape[2] // unit
+        per = oh * ow
         for b in range(nb):
             xb = x[b].reshape(h * wd * c)
             s, inv, zp = _range_params(xb)
             sx[b] = s
             zx[b] = zp
             _quant_padded(xb, qt, qp[b * img : (b + 1) * img], zp, inv, pt, pl, h, wd, c, wp, ci)
-            for cc in range(n):  # the epilogue's per-image factors
-                ea[cc] = s * wsc[cc]
-                ez[cc] = np.int32(zp * np.int32(colsum[cc]))
             for i in range(oh):
                 for j0 in range(0, ow, 4):
                     valid = min(4, ow - j0)
@@ -524,15 +538,13 @@ def _make_drivers(vnni: bool):
                     m0 = (b * oh + i) * ow + j0
                     for g in range(ng):
                         if nr == 2:
-                            c42(qp, base, sw * ci, valid, offs, w, g, kq, acc)
+                            c42(qp, base, sw * ci, valid, offs, w, g, kq, acc, m0)
                         else:
-                            c41(qp, base, sw * ci, valid, offs, w, g, kq, acc)
-                        for r in range(valid):
-                            for bb in range(nr):
-                                c0 = 16 * (g * nr + bb)
-                                cnt = min(16, n - c0)
-                                _epi_row(acc, (r * nr + bb) * 16, ea, ez, bias, act, c0, cnt,
-                                         out, m0 + r)  # fmt: skip
+                            c41(qp, base, sw * ci, valid, offs, w, g, kq, acc, m0)
+            for cc in range(n):  # the epilogue's per-image factors
+                ea[cc] = s * wsc[cc]
+                ez[cc] = np.int32(zp * np.int32(colsum[cc]))
+            _epi_rows(acc, b * per, (b + 1) * per, ea, ez, bias, act, n, out)
 
     return linear, chain, conv
 
@@ -806,7 +818,7 @@ def bind_conv2d(w: DynWeight, x, out2, *, kernel_hw, strides, dilation, pads, bi
     qp = np.zeros(x.shape[0] * g.img + 4, np.uint8)  # 4 bytes of slack: the last row's quads
     sx = np.zeros(x.shape[0], np.float32)
     zx = np.zeros(x.shape[0], np.int32)
-    acc = np.zeros(4 * 2 * 16, np.int32)
+    acc = np.zeros((g.rows + 3, w.wsc.shape[0]), np.int32)  # 3 slack rows: clamped tile rows
     ea = np.zeros(w.n, np.float32)
     ez = np.zeros(w.n, np.int32)
     b = _bias(bias, w)
