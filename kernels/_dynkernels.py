@@ -86,6 +86,16 @@ _V16 = ir.VectorType(_I32, 16)
 # GEMM tiles: acc[(r * nr + b) * 16 + j] = sum_k q[row r, k] * w[k, channel 16 (nb0 + b) + j]
 
 
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` whose data starts on a 64-byte boundary (one zmm load never straddles
+    two cache lines; NumPy only guarantees 16 bytes): ~7% on the LeNet-300-100 chain."""
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    off = (-buf.ctypes.data) % 64
+    out = buf[off : off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def _make_vnni_tile(mr: int, nr: int):
     """``tile(xw, m0, w, g, kq, acc)``: ``xw`` ``(M, KQ)`` int32 (4 uint8 each), ``w``
     ``(NG, KQ, nr * 16)`` int32 (4 int8 each: group ``g`` holds ``nr`` blocks of 16 channels
@@ -437,6 +447,28 @@ def _epi_rows(acc, m_start, m_end, a, z, bias, act, n, out):
                 out[m, c] = v if v < np.float32(6.0) else np.float32(6.0)
 
 
+@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})
+def _epi_vec(acc, s, zp, colsum, wsc, bias, act, n, out_row):
+    """out_row[c] = act(s * wsc[c] * (acc[c] - zp * colsum[c]) + bias[c]) for ``c < n`` (the
+    `_epilogue` arithmetic, one loop per activation so each vectorises)."""
+    wide_vectors()
+    if act == 0:
+        for c in range(n):
+            d = np.int32(acc[c] - np.int32(zp * np.int32(colsum[c])))
+            out_row[c] = s * wsc[c] * np.float32(d) + bias[c]
+    elif act == 1:
+        for c in range(n):
+            d = np.int32(acc[c] - np.int32(zp * np.int32(colsum[c])))
+            v = s * wsc[c] * np.float32(d) + bias[c]
+            out_row[c] = v if v > np.float32(0.0) else np.float32(0.0)
+    else:
+        for c in range(n):
+            d = np.int32(acc[c] - np.int32(zp * np.int32(colsum[c])))
+            v = s * wsc[c] * np.float32(d) + bias[c]
+            v = v if v > np.float32(0.0) else np.float32(0.0)
+            out_row[c] = v if v < np.float32(6.0) else np.float32(6.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # drivers (one set per path)
 
@@ -452,15 +484,16 @@ def _make_drivers(vnni: bool):
         # xrow: (1, KQ) int32 words (VNNI) or (1, Kp) uint8 (portable) holding the row's codes
         ng = w.shape[0]
         nr = w.shape[2] // (16 if vnni else 64)
+        # raw accumulators of every group side by side in acc (Np,), then one epilogue pass
         for g in range(ng):
+            ag = acc[16 * nr * g :]
             if nr == 4:
-                t14(xrow, 0, w, g, kq, acc)
+                t14(xrow, 0, w, g, kq, ag)
             elif nr == 2:
-                t12(xrow, 0, w, g, kq, acc)
+                t12(xrow, 0, w, g, kq, ag)
             else:
-                t11(xrow, 0, w, g, kq, acc)
-            for b in range(nr):
-                _epilogue(acc, 16 * b, s, zp, colsum, wsc, bias, act, 16 * (g * nr + b), n, out_row)
+                t11(xrow, 0, w, g, kq, ag)
+        _epi_vec(acc, s, zp, colsum, wsc, bias, act, n, out_row)
 
     @njit(cache=False, nogil=True)
     def linear(x, q, xv, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, out):
@@ -653,7 +686,7 @@ class DynWeight:
         wp = np.zeros((kp, npad), np.int8)
         wp[:kk, :n] = codes_k
         packed = wp.reshape(kp // 4, 4, ng, nr * 16).transpose(2, 0, 3, 1)  # (NG, KQ, NR*16, 4)
-        self.w8 = np.ascontiguousarray(packed).reshape(ng, kp // 4, nr * 64)
+        self.w8 = _aligned(np.ascontiguousarray(packed).reshape(ng, kp // 4, nr * 64))
         self.w32 = self.w8.view(np.int32).reshape(ng, kp // 4, nr * 16)
         self.colsum = np.zeros(npad, np.float32)  # exact: |colsum| <= 128 * 32768 = 2**22
         self.colsum[:n] = codes.astype(np.int64).sum(0)
@@ -726,7 +759,7 @@ def bind_linear(w: DynWeight, x2, y2, bias=None, act=None):
     xv = w._xview(q)
     sx = np.zeros(m, np.float32)
     zx = np.zeros(m, np.int32)
-    acc = np.zeros(4 * 16, np.int32)
+    acc = np.zeros(w.wsc.shape[0], np.int32)
     b = _bias(bias, w)
     code = _act_code(act)
     wv, kq, cs, wsc, n = w._wview(), w.kp // 4, w.colsum, w.wsc, w.n
@@ -871,7 +904,7 @@ class DynChain:
         self.layers = layers
         self.vnni = vnni
         wv = [w._wview().reshape(-1) for w, _, _ in layers]
-        self.wflat = np.concatenate(wv)
+        self.wflat = _aligned(np.concatenate(wv))  # every layer's block is 64-byte aligned
         vecs = [np.stack([w.colsum, w.wsc, _bias(b, w)]) for w, b, _ in layers]
         self.vflat = np.ascontiguousarray(np.concatenate(vecs, axis=1), np.float32)
         meta = []
@@ -884,7 +917,7 @@ class DynChain:
         self.meta = np.array(meta, np.int64)
         self.qbuf = np.zeros(max(w.kp for w, _, _ in layers), np.uint8)
         self.fbuf = np.zeros((2, max(w.wsc.shape[0] for w, _, _ in layers)), np.float32)
-        self.acc = np.zeros(4 * 16, np.int32)
+        self.acc = np.zeros(max(w.wsc.shape[0] for w, _, _ in layers), np.int32)
 
     @property
     def nbytes(self) -> int:

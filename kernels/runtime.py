@@ -80,6 +80,8 @@ __all__ = [
     "ACTIVATIONS",
 ]
 
+_F32 = np.dtype(np.float32)  # a singleton: `x.dtype is _F32` is the cheapest dtype test
+
 # activation modes: exact float32 (default) and LiteRT-style dynamic-range int8
 ACTIVATIONS = ("float", "dynamic_int8")
 DYNAMIC_SELF_CHECK_RTOL = 5e-2
@@ -569,6 +571,7 @@ class Runtime:
         self.symbolic = g["batch"] == "symbolic"
         self.static_batch = int(artifact.sample_input.shape[0])
         self.input_shape = tuple(g["input_shapes"][0])
+        self._ndim = len(self.input_shape) + 1
         self._last_b = 0
         self._plans: dict[int, _Exec] = {}
         self._choice: dict[tuple[int, int], int] = {}
@@ -711,7 +714,16 @@ class Runtime:
           JaxCompressValueError: the input has the wrong shape or dtype.
           ArtifactError: the plan for this batch size exceeds the runtime's limits.
         """
-        x = self._check_input(inputs)
+        x = inputs
+        if not (  # the common case in a few identity / tuple comparisons, else checked in full
+            x.__class__ is np.ndarray
+            and x.dtype is _F32
+            and x.ndim == self._ndim
+            and x.shape[1:] == self.input_shape
+            and x.shape[0] >= 1
+            and (self.symbolic or x.shape[0] == self.static_batch)
+        ):
+            x = self._check_input(inputs)
         if self.num_threads is not None and _LAST_SET[0] != self.num_threads:
             set_num_threads(self.num_threads)  # numba.get_num_threads() alone costs ~5 us
         ex = self._plans.get(x.shape[0]) or self._exec(x.shape[0])
@@ -1396,7 +1408,7 @@ class _Exec:
 
     # -- running -----------------------------------------------------------------------------
     def run(self, x):
-        np.copyto(self.input_view, x)
+        self.input_view[...] = x  # same shape (checked): ~2x cheaper than np.copyto here
         clock = time.perf_counter
         t = self._t
         k = 0
@@ -1406,7 +1418,10 @@ class _Exec:
             t[k] = clock() - t0
             k += 1
         self.rt._last_b = self.batch
-        return tuple(np.array(v) for v in self.output_views)
+        ov = self.output_views
+        if len(ov) == 1 and ov[0] is not None:
+            return (ov[0].copy(),)
+        return tuple(np.array(v) for v in ov)
 
     def times(self):
         return list(zip(self._first, self.labels, list(self._t), strict=True))
