@@ -35,8 +35,9 @@ Two interchangeable GEMM paths (the integer accumulators are equal bit for bit):
 - **VNNI** (``avx512_vnni``): ``vpdpbusd`` (16 int32 lanes += four ``u8 x s8`` products each) in
   inline assembly (the `_qkernels` technique); ``q`` is already unsigned, so no sign flip. Weights
   are packed at load as ``(N/16, K/4, 16, 4)`` (16 channels x 4 consecutive k per 64-byte vector).
-  A register tile is 1 row x 4 blocks of 16 channels (linear layers, one row at a time) or 4 rows
-  x 2 blocks (convolutions).
+  A register tile is 1 row x 4 blocks of 16 channels (linear layers, one row at a time) or 4
+  output pixels x 2 blocks (8 x 1 when N <= 16) for convolutions, which read the quantized image
+  directly (implicit GEMM, no im2col: `bind_conv2d`).
 - **portable**: the same tiles as int32 loops over the same packed layout.
 
 Small MLP chains run as one compiled call (`DynChain`): per row, quantize, GEMM, epilogue, next
@@ -477,7 +478,7 @@ def _make_drivers(vnni: bool):
     mk = _make_vnni_tile if vnni else _make_portable_tile
     t14, t12, t11 = mk(1, 4), mk(1, 2), mk(1, 1)
     mkc = _make_vnni_ctile if vnni else _make_portable_ctile
-    c42, c41 = mkc(4, 2), mkc(4, 1)
+    c42, c81 = mkc(4, 2), mkc(8, 1)  # 8 accumulators either way
 
     @njit(cache=False, nogil=True, inline="always")
     def gemm_row(xrow, kq, w, colsum, wsc, bias, act, n, s, zp, acc, out_row):
@@ -548,7 +549,7 @@ def _make_drivers(vnni: bool):
     def conv(x, qt, qp, geo, offs, w, kq, colsum, wsc, bias, act, n, sx, zx, acc, ea, ez, out):
         # geo: kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, hp, wp, ci, img; qp: the B padded
         # quantized images (img bytes each, ci bytes per pixel) and 4 bytes of slack, flat
-        # uint8; offs (KQ,) byte offsets of the k-quads; acc (B * OH * OW + 3, Np) int32 raw
+        # uint8; offs (KQ,) byte offsets of the k-quads; acc (B * OH * OW + 7, Np) int32 raw
         # accumulators; out (B * OH * OW, N). The epilogue runs once per image over all of its
         # accumulators (long loops that vectorise).
         nb, h, wd, c = x.shape
@@ -564,16 +565,17 @@ def _make_drivers(vnni: bool):
             sx[b] = s
             zx[b] = zp
             _quant_padded(xb, qt, qp[b * img : (b + 1) * img], zp, inv, pt, pl, h, wd, c, wp, ci)
+            mr = 4 if nr == 2 else 8  # output pixels per tile
             for i in range(oh):
-                for j0 in range(0, ow, 4):
-                    valid = min(4, ow - j0)
+                for j0 in range(0, ow, mr):
+                    valid = min(mr, ow - j0)
                     base = b * img + ((i * sh) * wp + j0 * sw) * ci
                     m0 = (b * oh + i) * ow + j0
                     for g in range(ng):
                         if nr == 2:
                             c42(qp, base, sw * ci, valid, offs, w, g, kq, acc, m0)
                         else:
-                            c41(qp, base, sw * ci, valid, offs, w, g, kq, acc, m0)
+                            c81(qp, base, sw * ci, valid, offs, w, g, kq, acc, m0)
             for cc in range(n):  # the epilogue's per-image factors
                 ea[cc] = s * wsc[cc]
                 ez[cc] = np.int32(zp * np.int32(colsum[cc]))
@@ -602,10 +604,12 @@ class DynWeight:
     Args:
       codes: ``(K, N)`` integer codes in [-128, 127] (symmetric: real weight = code * scale).
       scales: ``(N,)`` float32 per-output-channel scales (or a scalar: per tensor).
-      conv: pack for the convolution tiles (4 output pixels x 2 blocks; K ordered (tap,
-        channel) with ``cin`` channels padded to a multiple of 4) instead of the linear ones (1 row
-        x 4 blocks).
+      conv: pack for the convolution tiles (4 output pixels x 2 blocks, or 8 x 1 when N <= 16)
+        instead of the linear ones (1 row x 4 blocks); K is then ordered (window row, tap,
+        channel), each window row padded to whole 4-byte quads (with `kw`) or each tap's channels
+        padded to a multiple of 4 (without).
       cin: input channels of a conv weight (``K = taps * cin``).
+      kw: kernel width of a conv weight read by window rows (no dilation along W).
       vnni: the GEMM path (None: the host's best).
 
     Attributes:
@@ -851,7 +855,7 @@ def bind_conv2d(w: DynWeight, x, out2, *, kernel_hw, strides, dilation, pads, bi
     qp = np.zeros(x.shape[0] * g.img + 4, np.uint8)  # 4 bytes of slack: the last row's quads
     sx = np.zeros(x.shape[0], np.float32)
     zx = np.zeros(x.shape[0], np.int32)
-    acc = np.zeros((g.rows + 3, w.wsc.shape[0]), np.int32)  # 3 slack rows: clamped tile rows
+    acc = np.zeros((g.rows + 7, w.wsc.shape[0]), np.int32)  # 7 slack rows: clamped tile rows
     ea = np.zeros(w.n, np.float32)
     ez = np.zeros(w.n, np.int32)
     b = _bias(bias, w)
