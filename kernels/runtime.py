@@ -1189,6 +1189,7 @@ class _Exec:
                 layers = [g["dynchain"][2:] for g in groups[s : e + 1]]
                 chain = _dyn.DynChain(layers)
                 fn = chain.bind(groups[s]["dynchain"][0], groups[e]["dynchain"][1])
+                fn()  # compiled at load, not in the first `run`
                 members = [j for g in groups[s : e + 1] for j in g["nodes"]]
                 label = (
                     f"dyn_mlp_chain({e - s + 1} layers, u8 x s8, "
@@ -1200,6 +1201,8 @@ class _Exec:
                 out_built.append((fn, label))
                 s = e + 1
                 continue
+            if "dynchain" in groups[s]:
+                built[s][0]()  # a lone dyn linear step: compiled at load, not in `run`
             out_groups.append(groups[s])
             out_built.append(built[s])
             s += 1
@@ -1319,6 +1322,8 @@ class _Exec:
             dyn = self._dyn_step(grp, node, wk, x, out, bias, act, pool, scale)
             if dyn is not None:
                 step, label = dyn
+                if "dynchain" not in grp:  # linear steps: warmed up once chains are formed
+                    step()  # compiles the dyn drivers (not cached on disk) at load, not in run
                 grp["wlabel"] = label
                 return step, label + sfx + _suffix(bias, act, pool)
         if node["op"] == "linear":
