@@ -112,6 +112,9 @@ class Plan(Mapping):
       flops: total FLOPs at this batch size.
       float_nodes: nodes of a full-integer graph that run in float32 (only with
         ``allow_float_nodes``; empty otherwise).
+      activations: ``"float"`` (exact float activations) or ``"dynamic_int8"`` (the runtime's
+        opt-in dynamic-range mode: nodes with integer weights quantize their input per call;
+        their kernels are labelled ``dyn_*``).
     """
 
     batch: int
@@ -123,6 +126,7 @@ class Plan(Mapping):
     flops: float
     kernels: dict
     float_nodes: list = dataclasses.field(default_factory=list)
+    activations: str = "float"
 
     def __getitem__(self, key):
         return self.kernels[key]

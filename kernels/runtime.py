@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from jaxcompress_kernels import _dynkernels as _dyn
 from jaxcompress_kernels import _qkernels as _qk
 from jaxcompress_kernels import artifact as _artifact
 from jaxcompress_kernels._graph_kernels import (
@@ -68,7 +69,22 @@ from jaxcompress_kernels.quantized import codebook_matmul, codebook_weight, qmat
 from jaxcompress_kernels.runtime_config import _LAST_SET, set_num_threads
 from jaxcompress_kernels.sparse import spmm_csr, spmm_nm
 
-__all__ = ["Runtime", "SelfCheck", "Limits", "Plan", "load", "exec_op", "infer_graph"]
+__all__ = [
+    "Runtime",
+    "SelfCheck",
+    "Limits",
+    "Plan",
+    "load",
+    "exec_op",
+    "infer_graph",
+    "ACTIVATIONS",
+]
+
+_F32 = np.dtype(np.float32)  # a singleton: `x.dtype is _F32` is the cheapest dtype test
+
+# activation modes: exact float32 (default) and LiteRT-style dynamic-range int8
+ACTIVATIONS = ("float", "dynamic_int8")
+DYNAMIC_SELF_CHECK_RTOL = 5e-2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +308,7 @@ class _WeightKernel:
         self.entry = entry
         self.k, self.n = entry.kn
         self._dense = None
+        self._dyn: dict = {}
         self.candidates = []
         native = _native_kernel(entry)
         if native is not None:
@@ -327,7 +344,23 @@ class _WeightKernel:
     def resident(self) -> int:
         """Bytes the kernels hold for this weight (its own container and any decoded copy)."""
         own = sum(c.nbytes for c in self.candidates)
-        return own + (0 if self._dense is None else self._dense.nbytes)
+        dyn = sum(w.nbytes for w in self._dyn.values() if w is not None)
+        return own + dyn + (0 if self._dense is None else self._dense.nbytes)
+
+    def dyn(self, *, vnni: bool, cin: int | None = None, kw: int | None = None):
+        """The `DynWeight` of this weight for the dynamic-range kernels (packed once per tile
+        layout: linear, or conv with `cin` input channels and, without dilation along W, its
+        kernel width `kw`), or None when it is not stored as symmetric integer codes of at
+        most 8 bits with per-channel scales."""
+        key = (cin, kw, vnni)
+        if key not in self._dyn:
+            codes = _dyn_codes(self.entry)
+            self._dyn[key] = (
+                None
+                if codes is None
+                else _dyn.DynWeight(*codes, conv=cin is not None, cin=cin, kw=kw, vnni=vnni)
+            )
+        return self._dyn[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,6 +431,35 @@ def _native_kernel(e):
     return None
 
 
+def _dyn_codes(e):
+    """``(codes (K, N) int8, scales (N,) float32)`` of a weight stored as symmetric integer codes
+    (at most 8 bits) with per-channel scales, else None. Sparse encodings are densified (zeros
+    are code 0)."""
+    k, n = e.kn
+    a = e.attrs
+    if k > _dyn.MAX_K:
+        return None
+    if e.encoding == "csr" and e.parts.get("scales") is not None:
+        v = e.parts["values"]
+        if v.dtype != np.int8:
+            return None
+        ip = e.parts["indptr"].astype(np.int64)
+        rows = np.repeat(np.arange(n), np.diff(ip))
+        codes = np.zeros((n, k), np.int8)
+        codes[rows, e.parts["indices"].astype(np.int64)] = v
+        return np.ascontiguousarray(codes.T), np.asarray(e.parts["scales"], np.float32)
+    if e.encoding in ("packed", "nm") and "codes" in e.parts:
+        if a.get("bits", 9) > 8 or a.get("group_size") is not None:
+            return None
+        if not a.get("symmetric", True):
+            return None
+        codes, scales, zps = _artifact.decode_codes(e)
+        if zps is not None or scales.shape[0] != 1:
+            return None
+        return codes.astype(np.int8), np.ascontiguousarray(scales[0], np.float32)
+    return None
+
+
 def _codebook_kernel(e):
     """A per-tensor codebook weight through a lookup table, never decoded to float32: up to 16
     centroids on AVX-512 hosts, the 4-bit `qmatmul` lanes kernel with the codebook as its
@@ -447,7 +509,21 @@ class Runtime:
         `ArtifactError` naming the node.
       int8_kernels: the integer GEMM path: ``"auto"`` (VNNI ``vpdpbusd`` when the CPU has
         ``avx512_vnni``, else portable), ``"vnni"`` (error if unavailable) or ``"portable"``.
-        Results are identical either way.
+        Results are identical either way. The same choice applies to the ``dynamic_int8``
+        kernels.
+      activations: ``"float"`` (default): activations stay float32 and integer-coded weights
+        are dequantized inside their kernels (exact weight-only arithmetic, equal to JAX to
+        float rounding). ``"dynamic_int8"``: the counterpart of LiteRT's dynamic-range
+        quantization: every ``linear`` and (non-grouped) ``conv`` node whose weight is stored as
+        symmetric integer codes of at most 8 bits with per-channel scales (``packed``, int8
+        ``csr``, quantized ``nm``; sparse ones are densified to int8 at load) quantizes its float
+        input on each call (asymmetric uint8, one scale and zero point per row of a linear
+        layer's input and per image of a conv's input), runs an ``u8 x s8 -> s32`` GEMM (VNNI
+        ``vpdpbusd`` where available) and a float epilogue (scales, bias, batch-norm affine,
+        activation); consecutive such linear layers run as one compiled chain. The outputs are
+        an approximation (docs/export.md gives the error bound); other nodes run as in
+        ``"float"``. The plan's kernels for these nodes are labelled ``dyn_qgemm``,
+        ``dyn_qconv`` and ``dyn_mlp_chain``.
 
     Attributes:
       plan: the `Plan` for the load-time batch (1, or the exported batch of a static-batch
@@ -466,7 +542,14 @@ class Runtime:
         autotune_max_bytes: int = 2 << 20,
         allow_float_nodes: bool = False,
         int8_kernels: str = "auto",
+        activations: str = "float",
     ):
+        if not isinstance(activations, str) or activations not in ACTIVATIONS:
+            raise JaxCompressValueError(
+                f"activations={activations!r} must be one of {', '.join(map(repr, ACTIVATIONS))}"
+            )
+        self.activations = activations
+        self.dynamic = activations == "dynamic_int8"
         if int8_kernels not in ("auto", "vnni", "portable"):
             raise JaxCompressValueError(
                 f"int8_kernels={int8_kernels!r} must be 'auto', 'vnni' or 'portable'"
@@ -491,6 +574,7 @@ class Runtime:
         self.symbolic = g["batch"] == "symbolic"
         self.static_batch = int(artifact.sample_input.shape[0])
         self.input_shape = tuple(g["input_shapes"][0])
+        self._ndim = len(self.input_shape) + 1
         self._last_b = 0
         self._plans: dict[int, _Exec] = {}
         self._choice: dict[tuple[int, int], int] = {}
@@ -641,7 +725,16 @@ class Runtime:
           JaxCompressValueError: the input has the wrong shape or dtype.
           ArtifactError: the plan for this batch size exceeds the runtime's limits.
         """
-        x = self._check_input(inputs)
+        x = inputs
+        if not (  # the common case in a few identity / tuple comparisons, else checked in full
+            x.__class__ is np.ndarray
+            and x.dtype is _F32
+            and x.ndim == self._ndim
+            and x.shape[1:] == self.input_shape
+            and x.shape[0] >= 1
+            and (self.symbolic or x.shape[0] == self.static_batch)
+        ):
+            x = self._check_input(inputs)
         if self.num_threads is not None and _LAST_SET[0] != self.num_threads:
             set_num_threads(self.num_threads)  # numba.get_num_threads() alone costs ~5 us
         ex = self._plans.get(x.shape[0]) or self._exec(x.shape[0])
@@ -732,18 +825,23 @@ class Runtime:
                 out[j] += t * f / tot
         return out
 
-    def self_check(self, *, rtol: float = 1e-5, raise_on_failure: bool = False) -> SelfCheck:
+    def self_check(self, *, rtol: float | None = None, raise_on_failure: bool = False) -> SelfCheck:
         """Runs the bundled sample input and compares with the bundled expected output.
 
         A graph with several outputs is compared on its outputs flattened and concatenated in
         graph order (how `jaxcompress.export.save` bundles them).
 
-        Passes when ``max |y - y_ref| <= rtol * max |y_ref|`` (float arithmetic differs from the
-        exporter's only in summation order).
+        Passes when ``max |y - y_ref| <= rtol * max |y_ref|``. Default `rtol`: 1e-5 with float
+        activations (float arithmetic differs from the exporter's only in summation order);
+        ``DYNAMIC_SELF_CHECK_RTOL`` (5e-2) with ``activations="dynamic_int8"``, whose outputs
+        carry the activation quantization error (a sanity check that the quantized graph still
+        computes the model, not an accuracy bound).
 
         Raises:
           ArtifactError: when `raise_on_failure` and the check fails.
         """
+        if rtol is None:
+            rtol = DYNAMIC_SELF_CHECK_RTOL if self.dynamic else 1e-5
         y = self.run(self.artifact.sample_input)
         if isinstance(y, tuple):  # several outputs: bundled flattened and concatenated in order
             shapes = self.artifact.manifest["sample"].get("output_shapes")
@@ -772,8 +870,15 @@ def load(
     autotune: bool = True,
     allow_float_nodes: bool = False,
     int8_kernels: str = "auto",
+    activations: str = "float",
 ) -> Runtime:
-    """`jaxcompress_kernels.artifact.load` (full verification) + `Runtime` (the load-time plan)."""
+    """`jaxcompress_kernels.artifact.load` (full verification) + `Runtime` (the load-time plan).
+
+    ``activations="dynamic_int8"`` selects the dynamic-range int8 mode (see `Runtime`)."""
+    if not isinstance(activations, str) or activations not in ACTIVATIONS:
+        raise JaxCompressValueError(
+            f"activations={activations!r} must be one of {', '.join(map(repr, ACTIVATIONS))}"
+        )
     return Runtime(
         _artifact.load(path),
         num_threads=num_threads,
@@ -781,6 +886,7 @@ def load(
         autotune=autotune,
         allow_float_nodes=allow_float_nodes,
         int8_kernels=int8_kernels,
+        activations=activations,
     )
 
 
@@ -928,9 +1034,10 @@ class _Exec:
         self._first = first_idx
         kernels = {}
         for grp, label in zip(groups, self.labels, strict=True):
-            w = nodes[grp["nodes"][0]].get("weight")
-            if w is not None:
-                kernels.setdefault(w, grp.get("wlabel", label))
+            for j in grp["nodes"]:  # a fused chain: every layer's weight runs the chain kernel
+                w = nodes[j].get("weight")
+                if w is not None and (j == grp["nodes"][0] or grp["kind"] == "chain"):
+                    kernels.setdefault(w, grp.get("wlabel", label))
         const_bytes = sum(
             int(np.asarray(v).nbytes) for k, v in consts.items() if k not in art.tensors
         )
@@ -945,6 +1052,7 @@ class _Exec:
             flops=float(sum(r.flops for r in records if not r.static)),
             kernels=kernels,
             float_nodes=list(rt.float_nodes),
+            activations=rt.activations,
         )
 
     # -- fusion ------------------------------------------------------------------------------
@@ -1035,7 +1143,9 @@ class _Exec:
 
     def _chain_layers(self, groups, built, uses, outputs):
         """Runs of consecutive float linear steps, each reading only the previous one's output,
-        become one `mlp_chain` step when that measures faster than the separate steps."""
+        become one `mlp_chain` step when that measures faster than the separate steps; runs of
+        dynamic-range int8 linear steps always become one `_dynkernels.DynChain` step."""
+        groups, built = self._chain_dyn(groups, built, uses, outputs)
         if not self.rt.autotune:
             return groups, built
         out_groups, out_built = [], []
@@ -1053,7 +1163,14 @@ class _Exec:
                 e += 1
             if e > s:
                 layers = [(g["chain"][2], g["chain"][3], g["chain"][4]) for g in groups[s : e + 1]]
-                chain = mlp_chain(layers, groups[s]["chain"][0], groups[e]["chain"][1])
+                x_in, y_out = groups[s]["chain"][0], groups[e]["chain"][1]
+                if x_in.shape[0] > 1 and np.shares_memory(x_in, y_out):
+                    # the arena may give the chain's output the memory of its input (dead after
+                    # the first layer of the unfused plan); rows are written while later input
+                    # rows are still to be read, so the chain reads a private copy
+                    chain = _copy_then(x_in, layers, y_out)
+                else:
+                    chain = mlp_chain(layers, x_in, y_out)
                 apart = [built[t][0] for t in range(s, e + 1)]
                 if _min_time([chain]) < 0.95 * _min_time(apart):
                     members = [j for g in groups[s : e + 1] for j in g["nodes"]]
@@ -1125,6 +1242,43 @@ class _Exec:
                     out_built.append(step)
                     s = e + 1
                     continue
+            out_groups.append(groups[s])
+            out_built.append(built[s])
+            s += 1
+        return out_groups, out_built
+
+    def _chain_dyn(self, groups, built, uses, outputs):
+        out_groups, out_built = [], []
+        s = 0
+        while s < len(groups):
+            e = s
+            while (
+                e + 1 < len(groups)
+                and "dynchain" in groups[e]
+                and "dynchain" in groups[e + 1]
+                and _same_buffer(groups[e]["dynchain"][1], groups[e + 1]["dynchain"][0])
+                and uses.get(groups[e]["out"], []) == [groups[e + 1]["nodes"][0]]
+                and groups[e]["out"] not in outputs
+            ):
+                e += 1
+            if e > s:
+                layers = [g["dynchain"][2:] for g in groups[s : e + 1]]
+                chain = _dyn.DynChain(layers)
+                fn = chain.bind(groups[s]["dynchain"][0], groups[e]["dynchain"][1])
+                fn()  # compiled at load, not in the first `run`
+                members = [j for g in groups[s : e + 1] for j in g["nodes"]]
+                label = (
+                    f"dyn_mlp_chain({e - s + 1} layers, u8 x s8, "
+                    f"{'VNNI' if self.rt.vnni else 'portable'})"
+                )
+                out_groups.append(
+                    {"kind": "chain", "nodes": members, "out": groups[e]["out"], "wlabel": label}
+                )
+                out_built.append((fn, label))
+                s = e + 1
+                continue
+            if "dynchain" in groups[s]:
+                built[s][0]()  # a lone dyn linear step: compiled at load, not in `run`
             out_groups.append(groups[s])
             out_built.append(built[s])
             s += 1
@@ -1286,6 +1440,14 @@ class _Exec:
         bias, act, pool = grp["bias"], grp["act"], grp.get("pool")
         scale = grp.get("scale")
         sfx = "+affine" if scale is not None else ""
+        if self.rt.dynamic:
+            dyn = self._dyn_step(grp, node, wk, x, out, bias, act, pool, scale)
+            if dyn is not None:
+                step, label = dyn
+                if "dynchain" not in grp:  # linear steps: warmed up once chains are formed
+                    step()  # compiles the dyn drivers (not cached on disk) at load, not in run
+                grp["wlabel"] = label
+                return step, label + sfx + _suffix(bias, act, pool)
         if node["op"] == "linear":
             x2 = x.reshape(-1, wk.k)
             y2 = out.reshape(x2.shape[0], wk.n)
@@ -1306,6 +1468,46 @@ class _Exec:
         grp["wlabel"] = cand.label
         step = _conv_step(_scaled(cand, scale, wk), wk, conv, x, conv_out, bias, act, pool, out)
         return step, cand.label + sfx + _suffix(bias, act, pool)
+
+    def _dyn_step(self, grp, node, wk, x, out, bias, act, pool, scale):
+        """A dynamic-range int8 step (``activations="dynamic_int8"``) for a linear or non-grouped
+        1-D/2-D conv node whose weight has integer codes; None otherwise (the float path runs)."""
+        rt = self.rt
+        path = "VNNI" if rt.vnni else "portable"
+        if node["op"] == "linear":
+            dw = wk.dyn(vnni=rt.vnni)
+            if dw is None:
+                return None
+            if scale is not None:
+                dw = dw.rescaled(scale)
+            x2 = x.reshape(-1, wk.k)
+            y2 = out.reshape(x2.shape[0], wk.n)
+            grp["dynchain"] = (x2, y2, dw, bias, act)
+            return _dyn.bind_linear(dw, x2, y2, bias, act), f"dyn_qgemm(u8 x s8, {path})"
+        conv = _ConvGeometry(node, x.shape)
+        if conv.groups != 1 or conv.nd not in (1, 2):
+            return None
+        dw = wk.dyn(vnni=rt.vnni, cin=conv.kernel[-2], kw=_dyn_kw(conv))
+        if dw is None:
+            return None
+        if scale is not None:
+            dw = dw.rescaled(scale)
+        if pool is None:
+            conv_out = out
+        else:
+            conv_out = np.empty((*x.shape[:1], *conv.out, wk.n), np.float32)
+        run = _dyn_conv_bind(dw, conv, x, conv_out, bias, act)
+        label = f"dyn_qconv(u8 x s8, {path})"
+        if pool is None:
+            return run, label
+        win, st = pool
+        mp = prepare_max_pool2d(win, conv_out.shape[-1], strides=st).call_unchecked
+
+        def pooled():
+            run()
+            mp(conv_out, out)
+
+        return pooled, label
 
     def _choose(self, i, wk, x2_shape, conv=None) -> _Cand:
         """The kernel for weight node i at this input shape: the encoding's own kernel or, when
@@ -1356,17 +1558,26 @@ class _Exec:
             t = self.rt.artifact.tensors
             arrs = {node[k]: t[node[k]].parts["value"] for k in _QW if k in node}
             return _quant.reference_node(node, ins, self.rt.quant, arrs)
+        rt = self.rt
         if op == "linear":
-            wk = self.rt.weights[node["weight"]]
+            wk = rt.weights[node["weight"]]
             x = ins[0]
             x2 = np.ascontiguousarray(x.reshape(-1, wk.k), np.float32)
+            dw = wk.dyn(vnni=rt.vnni) if rt.dynamic else None
+            if dw is not None:
+                return _dyn.dyn_linear(x2, dw).reshape(*x.shape[:-1], wk.n)
             y = self._choose(i, wk, x2.shape).fn(x2, None)
             return y.reshape(*x.shape[:-1], wk.n)
         if op == "conv":
-            wk = self.rt.weights[node["weight"]]
+            wk = rt.weights[node["weight"]]
             x = np.ascontiguousarray(ins[0], np.float32)
             conv = _ConvGeometry(node, x.shape)
             y = np.empty((x.shape[0], *conv.out, wk.n), np.float32)
+            if rt.dynamic and conv.groups == 1 and conv.nd in (1, 2):
+                dw = wk.dyn(vnni=rt.vnni, cin=conv.kernel[-2], kw=_dyn_kw(conv))
+                if dw is not None:
+                    _dyn_conv_bind(dw, conv, x, y, None, None)()
+                    return y
             cand = self._choose(i, wk, None, conv=conv)
             _conv_step(cand, wk, conv, x, y, None, None, None, y)()
             return y
@@ -1392,6 +1603,19 @@ def _scaled(cand: _Cand, scale, wk=None) -> _Cand:
         return y
 
     return dataclasses.replace(cand, fn=scaled_fn, scaled=True)
+
+
+def _copy_then(src, layers, out):
+    """An `mlp_chain` closure reading a private copy of ``src`` (refreshed on each call)."""
+    buf = np.empty_like(src)
+    inner = mlp_chain(layers, buf, out)
+    copy = np.copyto
+
+    def f():
+        copy(buf, src)
+        inner()
+
+    return f
 
 
 def _same_buffer(a, b) -> bool:
@@ -1510,6 +1734,26 @@ class _ConvGeometry:
             and all(st == 1 for st in self.strides)
             and all(p == (0, 0) for p in self.pads)
         )
+
+
+def _dyn_kw(conv) -> int | None:
+    """The kernel width for the window-row packing of `_dynkernels` (None: dilated along W)."""
+    return conv.kernel[conv.nd - 1] if conv.dilation[-1] == 1 else None
+
+
+def _dyn_conv_bind(dw, conv, x, conv_out, bias, act):
+    """`_dynkernels.bind_conv2d` for a 1-D or 2-D `_ConvGeometry` (1-D as H = 1)."""
+    if conv.nd == 2:
+        x4 = x
+        kern, st, dil, pads = conv.kernel[:2], conv.strides, conv.dilation, conv.pads
+    else:
+        x4 = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2])
+        kern, st, dil = (1, conv.kernel[0]), (1, conv.strides[0]), (1, conv.dilation[0])
+        pads = ((0, 0), conv.pads[0])
+    out2 = conv_out.reshape(conv.rows, dw.n)
+    return _dyn.bind_conv2d(
+        dw, x4, out2, kernel_hw=kern, strides=st, dilation=dil, pads=pads, bias=bias, act=act
+    )
 
 
 def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):

@@ -182,6 +182,7 @@ class EdgeReport:
     self_check_ok: bool
     splits: tuple = ()
     machine: dict = dataclasses.field(default_factory=dict)
+    activations: str = "float"
 
     def to_dict(self) -> dict:
         def proj(p: Projection) -> dict:
@@ -211,6 +212,7 @@ class EdgeReport:
         return {
             "artifact": self.artifact,
             "batch": self.batch,
+            "activations": self.activations,
             "machine": self.machine,
             "latency_measured_host": self.latency.to_dict(),
             "size": dataclasses.asdict(self.size),
@@ -245,6 +247,7 @@ class EdgeReport:
             f"Measured on this host ({self.machine.get('cpu', '?')}), batch {self.batch}, "
             f"numba threads {thr.numba_threads}, BLAS {thr.blas_threads or '?'}, "
             f"CPU affinity {list(thr.affinity) if thr.affinity else '?'}; "
+            f"activations {self.activations}; "
             f"self-check {'passed' if self.self_check_ok else 'FAILED'}."
         )
         out += ["", "| latency (measured) | ms |", "|---|---|"]
@@ -331,6 +334,7 @@ def benchmark(
     quantize_cut: bool = False,
     split_accuracy_n: int = 0,
     eval_batch_size: int = 1000,
+    activations: str | None = None,
 ) -> EdgeReport:
     """Measures and projects an artifact on the edge.
 
@@ -361,6 +365,9 @@ def benchmark(
         `split_accuracy_n` > 0 and labels are given.
       split_accuracy_n: examples of `x`/`y` used to measure each cut's accuracy.
       eval_batch_size: batch size for accuracy runs.
+      activations: the runtime's activation mode for a path or `Artifact` (``"float"``, the
+        default, or ``"dynamic_int8"``: see `jaxcompress_kernels.runtime.Runtime`); a `Runtime`
+        keeps its own (None). The report's per-node kernels and ``activations`` say what ran.
 
     Returns:
       An `EdgeReport` (``to_markdown()``, ``to_dict()``, ``to_json()``).
@@ -381,12 +388,18 @@ def benchmark(
     if y is not None and (x is None or len(x) != len(y)):
         raise JaxCompressValueError("y needs x of the same length")
     t0 = time.perf_counter()
+    mode = {} if activations is None else {"activations": activations}
     if isinstance(artifact, _runtime.Runtime):
+        if activations is not None and activations != artifact.activations:
+            raise JaxCompressValueError(
+                f"activations={activations!r} differs from the given Runtime's "
+                f"{artifact.activations!r}"
+            )
         rt = artifact
     elif isinstance(artifact, _artifact.Artifact):
-        rt = _runtime.Runtime(artifact, num_threads=num_threads)
+        rt = _runtime.Runtime(artifact, num_threads=num_threads, **mode)
     else:  # a path: the init time covers reading, verifying and planning the kernels
-        rt = _runtime.Runtime(_artifact.load(artifact), num_threads=num_threads)
+        rt = _runtime.Runtime(_artifact.load(artifact), num_threads=num_threads, **mode)
     init_s = time.perf_counter() - t0
     art = rt.artifact
     src = x if x is not None else art.sample_input
@@ -488,4 +501,5 @@ def benchmark(
         self_check_ok=bool(ok),
         splits=tuple(splits),
         machine=machine,
+        activations=rt.activations,
     )

@@ -219,3 +219,24 @@ def test_cli(artifacts, tmp_path, capsys):
     assert "refused" in capsys.readouterr().err
     assert main(["x", "--list-devices"]) == 0
     assert "rpi4" in capsys.readouterr().out
+
+
+def test_benchmark_reports_the_dynamic_int8_kernels(tmp_path):
+    """With ``activations="dynamic_int8"`` the report names the mode and the dyn_* kernels the
+    runtime's plan ran for the int8 weights."""
+    from jaxcompress.quantization import quantize_params
+    from jaxcompress_kernels import JaxCompressValueError, runtime
+
+    x = np.random.default_rng(1).standard_normal((4, K)).astype(np.float32)
+    path = str(tmp_path / "int8.jcx")
+    export.save(path, apply, quantize_params(_params(), bits=8, where="kernel"), x, nm=False)
+    rep = benchmark(path, devices=("rpi4",), warmup=1, iters=3, activations="dynamic_int8")
+    assert rep.activations == "dynamic_int8" and rep.self_check_ok
+    assert "activations dynamic_int8" in rep.to_markdown()
+    kernels = [o.kernel for o in rep.graph.ops if o.weight is not None]
+    assert kernels and all(k.startswith("dyn_") or k.startswith("fused") for k in kernels)
+    assert json.loads(rep.to_json())["activations"] == "dynamic_int8"
+    rt = runtime.load(path)
+    assert benchmark(rt, devices=(), warmup=1, iters=3).activations == "float"
+    with pytest.raises(JaxCompressValueError, match="activations"):
+        benchmark(rt, devices=(), warmup=1, iters=3, activations="dynamic_int8")

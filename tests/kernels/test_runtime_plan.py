@@ -301,3 +301,32 @@ def test_mlp_chain_matches_layer_by_layer(dims, m):
     y = np.empty((m, dims[-1]), np.float32)
     mlp_chain(layers, x, y)()
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_fused_float_chain_reads_its_input_before_writing_overlapping_output(tmp_path):
+    """The arena may give a fused chain's output the memory of its input (dead after the first
+    layer of the unfused plan): batches of several rows must still be exact."""
+    rng = np.random.default_rng(11)
+    dims, tensors, parts, nodes, ws, prev = [40, 32, 24, 10], {}, {}, [], [], "input"
+    zero = {"lit": 0.0, "dtype": "float32"}
+    for i in range(3):
+        w = rng.standard_normal((dims[i], dims[i + 1])).astype(np.float32)
+        ws.append(w)
+        tensors[f"w{i}"] = {
+            "encoding": "dense", "shape": list(w.shape), "parts": {"value": f"w{i}:value"}
+        }  # fmt: skip
+        parts[f"w{i}:value"] = w
+        nodes.append({"op": "linear", "in": [prev], "out": f"h{i}", "weight": f"w{i}"})
+        prev = f"h{i}"
+        if i < 2:
+            nodes.append({"op": "max", "in": [prev, zero], "out": f"r{i}"})
+            prev = f"r{i}"
+    p = _write(tmp_path / "chain.jcx", nodes, [prev], (40,), tensors, parts)
+    rt = runtime.load(p, num_threads=1)
+    for m in (1, 3, 7):
+        x = rng.standard_normal((m, 40)).astype(np.float32)
+        h = x.astype(np.float64)
+        for i, w in enumerate(ws):
+            h = h @ w
+            h = np.maximum(h, 0) if i < 2 else h
+        np.testing.assert_allclose(rt.run(x), h, rtol=1e-5, atol=1e-5 * np.abs(h).max())
