@@ -188,4 +188,3 @@ def test_one_table_per_consumer_covers_every_op():
         name = captured.get(prim, prim)
         # calls are inlined and aliases dropped at capture: no node of their own
         assert name in ops.OPS or prim in ALIASES | CALLS, prim
-

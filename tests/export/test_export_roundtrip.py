@@ -17,7 +17,10 @@ EXPECT = {
     "dense": ({"dense"}, ("matmul",)),
     "prune_int8": ({"csr"}, ("spmm_csr(int8",)),
     "nm_4bit": ({"nm", "packed"}, ("spmm_nm", "qmatmul(4-bit")),
-    "clustered": ({"codebook"}, ("codebook_matmul(", "lut_matmul(", "matmul(f32), decoded codebook")),
+    "clustered": (
+        {"codebook"},
+        ("codebook_matmul(", "lut_matmul(", "matmul(f32), decoded codebook"),
+    ),
 }
 
 
