@@ -82,6 +82,7 @@ HOST_FIXED_FEATURES = (
     "mac:qmatmul",
     "mac:codebook",
     "mac:int8",
+    "mac:int8conv",
     "mac:chain",
     "generic",
     "reduce",
@@ -103,6 +104,7 @@ HOST_UNIT_FEATURES = (
     "flops:qmatmul",
     "flops:codebook",
     "flops:int8",
+    "flops:int8conv",
     "flops:pool",
     "flops:dot",
     "elems:ew",
@@ -311,8 +313,8 @@ def roofline_seconds(
 def kernel_family(o: Op, head: Op | None = None) -> str:
     """The kernel family that runs a conv / linear op, read from the plan's kernel label:
     ``csr`` (``spmm_csr``), ``nm`` (``spmm_nm``), ``qmatmul`` (packed codes), ``codebook``
-    (``codebook_matmul`` / ``lut_matmul``), ``int8`` (the full-integer ``qgemm`` / ``qconv`` /
-    ``qdepthwise`` kernels), ``chain`` (float32 layers fused into one ``mlp_chain`` step) or
+    (``codebook_matmul`` / ``lut_matmul``), ``int8`` (the full-integer ``qgemm``: linear and 1x1
+    conv), ``int8conv`` (``qconv`` im2col + GEMM, ``qdepthwise``), ``chain`` (float32 layers fused into one ``mlp_chain`` step) or
     ``float`` (BLAS, the register GEMV, the direct conv, or a compressed weight decoded to float32
     at load). An op fused into a step has the family of the step's first op, `head`. Without a
     label (a synthetic graph): from the stored encoding, as the runtime's own kernel for it."""
@@ -320,8 +322,10 @@ def kernel_family(o: Op, head: Op | None = None) -> str:
     if k.startswith("fused into") and head is not None:
         return kernel_family(head)
     if k.startswith("fused into") or not k:
-        if o.op in ("qconv2d", "qlinear"):
+        if o.op == "qlinear":
             return "int8"
+        if o.op == "qconv2d":
+            return "int8conv"
         if k:
             return "float"
         fmt = weight_format(o)
@@ -336,8 +340,10 @@ def kernel_family(o: Op, head: Op | None = None) -> str:
         return "qmatmul"
     if "codebook_matmul" in k or "lut_matmul" in k:
         return "codebook"
-    if k.startswith(("qgemm", "qconv", "qdepthwise")):
+    if k.startswith("qgemm"):
         return "int8"
+    if k.startswith(("qconv", "qdepthwise")):
+        return "int8conv"
     if k.startswith("mlp_chain"):
         return "chain"
     return "float"
@@ -370,15 +376,19 @@ def _ufunc_ops() -> frozenset:
 def step_features(graph: EdgeGraph, i: int) -> dict:
     """The host cost features of op `i`: what the runtime's plan runs for it, per kernel family.
 
-    Fixed features are 1 for the op that starts an executed step: ``step`` (every step),
-    ``mac`` (a conv / linear step with a float32 kernel) or ``mac:<family>`` (the set-up of a
-    compressed or integer kernel: argument checks, im2col, scales), ``generic`` (an elementwise op through the generic NumPy
+    Fixed features are 1 for the op that starts an executed step, one per kind of step: ``mac``
+    (a conv / linear step with a float32 kernel) or ``mac:<family>`` (a compressed or integer
+    kernel's call and set-up: argument checks, im2col, scales), ``qop`` (a full-integer non-MAC
+    step: quantize, qadd, pools), ``step`` (a NumPy step: an in-place ufunc or a named
+    elementwise / pooling kernel) plus, for the generic NumPy path, ``generic`` (an elementwise op through the generic NumPy
     path rather than an in-place ufunc), ``reduce``, ``broadcast``, ``move``, ``dot``
-    (``dot_general``), ``qop`` (a full-integer non-MAC step: quantize, qadd, pools). Unit
+    (``dot_general``). The run loop's own time per executed step is `CostParams.op_overhead_s`,
+    added by the cost model to every op that starts a step. Unit
     features: ``flops:<family>`` of a conv / linear by `kernel_family` (``flops:conv`` /
     ``flops:dwconv`` / ``flops:linear`` for float32 kernels, dense FLOPs when a compressed
     weight was decoded; ``flops:csr`` / ``flops:nm`` the nonzero FLOPs; ``flops:qmatmul`` /
-    ``flops:codebook`` the dense FLOPs of the packed kernels; ``flops:int8``; ``rows:csr``
+    ``flops:codebook`` the dense FLOPs of the packed kernels; ``flops:int8`` /
+    ``flops:int8conv``; ``rows:csr``
     the rows of W the CSR kernel walks, M x K; ``bytes:weights`` the weight bytes the kernel
     reads, float32 when decoded), ``conv_out``
     (conv output elements), ``flops:pool``, ``flops:dot``, ``elems:ew`` / ``elems:reduce`` /
@@ -394,9 +404,8 @@ def step_features(graph: EdgeGraph, i: int) -> dict:
     fused = _fused(o)
     if fused and cls not in MAC_CLASSES:
         return out
-    if not fused:
-        out["step"] = 1.0
     if o.op == "dot_general":  # a generic NumPy matmul (attention), not a weight kernel
+        out["step"] = 1.0
         out["dot"] = 1.0
         out["flops:dot"] = float(o.flops)
         return out
@@ -422,7 +431,9 @@ def step_features(graph: EdgeGraph, i: int) -> dict:
         return out
     from jaxcompress_kernels.format import ops as _ops
 
+    out["step"] = 1.0
     if o.op in _ops.QUANT_OPS:
+        del out["step"]
         out["qop"] = 1.0
         if cls == "pool":
             out["flops:pool"] = float(o.flops)
@@ -451,6 +462,8 @@ def _host_cost(graph: EdgeGraph, i: int, params: CostParams, lower: float) -> Op
     feats = step_features(graph, i)
     c = params.step_costs
     fixed = sum(c.get(f, 0.0) * v for f, v in feats.items() if f in HOST_FIXED_FEATURES)
+    if feats and not _fused(o):  # the run loop's time per executed step
+        fixed += params.op_overhead_s
     work = sum(c.get(f, 0.0) * v for f, v in feats.items() if f in HOST_UNIT_FEATURES)
     nbytes = 0 if o.static or o.alias else op_bytes(graph, i)
     return OpCost(

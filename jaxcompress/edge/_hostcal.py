@@ -49,7 +49,7 @@ from jaxcompress_kernels.machine import cpu_model
 __all__ = ["measure_host_cost", "host_cost"]
 
 FEATURES = HOST_FIXED_FEATURES + HOST_UNIT_FEATURES
-_MODEL = "host-cost-v2"  # in the cache key: a new feature set is measured afresh
+_MODEL = "host-cost-v4"  # in the cache key: a new feature set is measured afresh
 _MAX_FIT_ERROR = 0.25
 
 
@@ -379,14 +379,12 @@ def measure_host_cost(*, num_threads: int | None = None, warmup: int = 20, iters
 def _params_from(info: dict, peak_flops: float | None = None) -> CostParams:
     """The host's `CostParams` from a measurement (`peak_flops` is unused: the host's costs are
     measured per kernel family, not efficiencies of a peak)."""
-    costs = dict(info["step_costs"])
-    # the run loop's own per-step time is paid once per executed step
-    costs["step"] = costs.get("step", 0.0) + info.get("loop_overhead_s", 0.0)
     return CostParams(
+        op_overhead_s=info["loop_overhead_s"],  # the run loop's time per executed step
         graph_overhead_s=info["run_overhead_s"],
         memory_ceiling=False,
         engine="jaxcompress_kernels.runtime",
-        step_costs=costs,
+        step_costs=dict(info["step_costs"]),
     )
 
 

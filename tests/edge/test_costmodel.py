@@ -368,7 +368,9 @@ _HOST_COSTS = {f: (i + 1) * 1e-6 for i, f in enumerate(HOST_FIXED_FEATURES)} | {
 
 
 def _host_params():
-    return CostParams(graph_overhead_s=3e-6, memory_ceiling=False, step_costs=_HOST_COSTS)
+    return CostParams(
+        graph_overhead_s=3e-6, op_overhead_s=0.25e-6, memory_ceiling=False, step_costs=_HOST_COSTS
+    )
 
 
 def _lin(name, inp, kernel, *, encoding="dense", bits=32, flops=None, k=64, n=32):
@@ -402,7 +404,7 @@ def test_host_cost_of_compressed_ops_uses_their_kernel_familys_constants():
         _lin("e", "d", "codebook_matmul(4-bit, 16 centroids, LUT)", encoding="codebook", bits=4),
     )
     g = EdgeGraph("x", (1, 64), "float32", ops, ("e",))
-    c = _HOST_COSTS
+    c = dict(_HOST_COSTS, step=0.25e-6)  # a kernel step: the run loop's time, no NumPy step cost
     bw = c["bytes:weights"]
     dense = 2.0 * 64 * 32
     want = [
@@ -419,7 +421,7 @@ def test_host_cost_of_compressed_ops_uses_their_kernel_familys_constants():
     assert [kernel_family(o) for o in ops] == ["csr", "qmatmul", "float", "nm", "codebook"]
     # fixed parts are the overhead, per-unit parts the compute
     oc = _host_cost(g, 0)
-    assert oc.overhead_s == pytest.approx(c["step"] + c["mac:csr"])
+    assert oc.overhead_s == pytest.approx(0.25e-6 + c["mac:csr"])
     assert oc.compute_s == pytest.approx(410 * c["flops:csr"] + 64 * c["rows:csr"] + 99 * bw)
 
 
@@ -438,14 +440,17 @@ def test_host_overheads_counted_once_per_call_and_per_step():
     c = _HOST_COSTS
     want = (
         3e-6  # per call, once
-        + 2 * c["step"]  # two executed steps: the chain and the add
-        + c["mac:chain"]  # one kernel set-up for the chain
+        + 2 * 0.25e-6  # the run loop, per executed step: the chain and the add
+        + c["mac:chain"]  # one kernel call for the chain
+        + c["step"]  # one NumPy step for the add
         + (2 * 64 * 32 + 2 * 32 * 32) * c["flops:chain"]  # both layers' FLOPs, chain rate
         + 4 * (64 * 32 + 32 * 32) * c["bytes:weights"]  # and their float32 weights
         + 32 * c["elems:ew"]  # the add (an in-place ufunc: no generic cost)
     )
     assert pr.total_s == pytest.approx(want, rel=1e-12)
-    assert pr.by_part()["overhead"] == pytest.approx(3e-6 + 2 * c["step"] + c["mac:chain"])
+    assert pr.by_part()["overhead"] == pytest.approx(
+        3e-6 + 2 * 0.25e-6 + c["mac:chain"] + c["step"]
+    )
     assert [pr.ops[i].seconds for i in (2, 4)] == [0.0, 0.0]  # view, fused epilogue
 
 
@@ -468,8 +473,8 @@ def test_host_features_of_transformer_and_integer_ops():
     assert feats[3] == {"step": 1.0, "elems:ew": 400.0}  # np.exp in place
     assert feats[4] == {"step": 1.0, "generic": 1.0, "elems:ew": 400.0}  # the generic path
     assert feats[5] == {"step": 1.0, "move": 1.0, "elems:move": 400.0}
-    assert feats[6] == {"step": 1.0, "mac:int8": 1.0, "flops:int8": 640.0, "bytes:weights": 0.0}
-    assert feats[7] == {"step": 1.0, "qop": 1.0, "elems:ew": 320.0}
+    assert feats[6] == {"mac:int8": 1.0, "flops:int8": 640.0, "bytes:weights": 0.0}
+    assert feats[7] == {"qop": 1.0, "elems:ew": 320.0}
 
 
 def test_host_step_costs_are_validated():
