@@ -340,7 +340,7 @@ def kernel_family(o: Op, head: Op | None = None) -> str:
         return "qmatmul"
     if "codebook_matmul" in k or "lut_matmul" in k:
         return "codebook"
-    if k.startswith("qgemm"):
+    if k.startswith(("qgemm", "qmlp_chain")):  # an int8 GEMM, or a chain of them in one step
         return "int8"
     if k.startswith(("qconv", "qdepthwise")):
         return "int8conv"

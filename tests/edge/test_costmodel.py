@@ -483,3 +483,13 @@ def test_host_step_costs_are_validated():
     with pytest.raises(JaxCompressValueError, match="must be a number >= 0"):
         CostParams(step_costs={"step": -1.0})
     assert not CostParams(step_costs={"step": 1e-6}).neutral
+
+
+def test_fused_layers_take_their_steps_kernel_family():
+    ops = (
+        Op("a", "qlinear", ("x",), (1, 16), dtype="int8", flops=256, kernel="qmlp_chain(2, int8)"),
+        Op("b", "qlinear", ("a",), (1, 16), dtype="int8", flops=512, kernel="fused into step 0"),
+    )
+    g = EdgeGraph("x", (1, 8), "int8", ops, ("b",))
+    assert step_features(g, 1) == {"flops:int8": 512.0, "bytes:weights": 0.0}  # no fixed cost
+    assert kernel_family(ops[1], ops[0]) == "int8"
