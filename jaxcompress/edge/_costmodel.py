@@ -391,7 +391,7 @@ def step_features(graph: EdgeGraph, i: int) -> dict:
     ``flops:int8conv``; ``rows:csr``
     the rows of W the CSR kernel walks, M x K; ``bytes:weights`` the weight bytes the kernel
     reads, float32 when decoded), ``conv_out``
-    (conv output elements), ``flops:pool``, ``flops:dot``, ``elems:ew`` / ``elems:reduce`` /
+    (output elements of a float32 or CSR conv), ``flops:pool``, ``flops:dot``, ``elems:ew`` / ``elems:reduce`` /
     ``elems:move`` (elements written / read). Views, folded constants and epilogues fused into
     a conv / linear step have none; a linear layer fused into an ``mlp_chain`` step keeps its
     FLOPs and no fixed cost.
@@ -426,7 +426,9 @@ def step_features(graph: EdgeGraph, i: int) -> dict:
         if fam == "csr":  # the CSR kernel walks every row of W (K) per input row (M)
             n = o.shape[-1] if o.shape else 1
             out["rows:csr"] = (o.out_elements / max(n, 1)) * (o.weight_elements / max(n, 1))
-        if cls in ("conv", "dwconv"):
+        if cls in ("conv", "dwconv") and fam not in ("int8", "int8conv"):
+            # float32 convs: the direct kernel's / im2col's per-output cost (the integer conv
+            # kernels' is in their own per-FLOP rate)
             out["conv_out"] = float(o.out_elements)
         return out
     from jaxcompress_kernels.format import ops as _ops

@@ -49,7 +49,7 @@ from jaxcompress_kernels.machine import cpu_model
 __all__ = ["measure_host_cost", "host_cost"]
 
 FEATURES = HOST_FIXED_FEATURES + HOST_UNIT_FEATURES
-_MODEL = "host-cost-v5"  # in the cache key: a new feature set is measured afresh
+_MODEL = "host-cost-v6"  # in the cache key: a new feature set is measured afresh
 _MAX_FIT_ERROR = 0.25
 
 
