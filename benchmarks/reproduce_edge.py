@@ -5,12 +5,16 @@ fine-tuning epoch with the masks fixed (after one float epoch), int8 per-channel
 fine-tuning, 4-bit weights with group size 32), export both to artifacts, then
 ``jaxcompress.edge.benchmark`` each: latency *measured* on this host with the JAX-free runtime
 (single stream, batch 1, 1 kernel thread, BLAS pinned to 1 thread), size, planned arena, accuracy
-against the float model, and the roofline *projection* on rpi4 and stm32h7a3 (fits or not).
+against the float model, and the *projection* of the same graph by the per-op cost model on this
+host (its per-kernel-family costs measured on the runtime, `jaxcompress.edge._hostcal`), rpi4 and
+stm32h7a3 (fits or not), each with its calibration status; the host column also shows the
+projection's error against the same run's measured p50.
 Then the split planner for LeNet-5 (edge: rpi4 projected; cloud: this host's measured per-op
 times) over 1, 10 and 100 Mbit/s links, with float and int8 activations at the cut.
 
 Run (under the shared benchmark lock):
-  flock /tmp/jaxcompress-bench.lock /work/venv/bin/python benchmarks/reproduce_edge.py
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+    flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_edge.py --data-dir DIR
   ... --quick   (a small smoke run: a fraction of an epoch, fewer timing iterations)
 """
 
@@ -224,9 +228,10 @@ def main(argv=None) -> int:
                 splits.append((variant, rep, q, slow[0]))
     # ---- write the table
     lines = ["# Edge emulation: LeNet-5 and the tiny transformer, dense vs compressed", ""]
-    cmd = "flock /tmp/jaxcompress-bench.lock /work/venv/bin/python benchmarks/reproduce_edge.py" + (
-        " " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
-    )
+    cmd = (
+        "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "
+        "flock /tmp/jaxcompress-bench.lock python benchmarks/reproduce_edge.py"
+    ) + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     lines += [
         f"- Command: `{cmd}`",
         f"- Date: {datetime.datetime.now().isoformat(timespec='seconds')}",
@@ -239,23 +244,25 @@ def main(argv=None) -> int:
         "- Latency: *measured* here with the JAX-free runtime (`jaxcompress_kernels`), "
         f"batch 1 single stream, {iters} timed runs after 20 warm-ups, 1 Numba kernel "
         "thread, BLAS limited to 1 thread (threadpoolctl).",
-        f"- Host profile (calibrated, measured): {host.peak_flops / 1e9:.1f} GFLOP/s "
-        f"float32 matmul, {host.bandwidth / 1e9:.1f} GB/s read bandwidth.",
-        "- rpi4 / stm32h7a3: *projected* by the per-op roofline "
-        "`max(flops / peak, bytes / bandwidth)` from `jaxcompress/edge/profiles.json` "
-        "(numbers and sources there); energy = projected latency x active power, an "
-        "estimate. Fits = planned activation arena (+ weights in RAM on the Pi; weights in "
-        "flash on the MCU).",
+        f"- Host profile (measured): {host.peak_flops / 1e9:.1f} GFLOP/s "
+        f"float32 matmul, {host.bandwidth / 1e9:.1f} GB/s read bandwidth; host projection: "
+        f"{rows[0][2].projections['host'].status if rows else ''}. `host err` = (projected - "
+        "measured p50) / measured p50 in the same run (target: within 25%).",
+        "- Devices *projected* by the per-op cost model (`jaxcompress/edge/_costmodel.py`, "
+        "profiles and sources in `jaxcompress/edge/profiles.json`), each with its status: "
+        + "; ".join(f"{d}: {rows[0][2].projections[d].status}" for d in devices if rows)
+        + ". Energy = projected latency x active power, an estimate. Fits = planned "
+        "activation arena (+ weights in RAM on the Pi; weights in flash on the MCU).",
         *notes,
         "",
     ]
     ms = 1e3
     lines += [
         "| model | variant | artifact KB | bits/weight | sparsity | accuracy | "
-        "vs float | host p50 ms (meas.) | host p90 ms (meas.) | host ms (proj.) | "
+        "vs float | host p50 ms (meas.) | host p90 ms (meas.) | host ms (proj.) | host err | "
         "rpi4 ms (proj.) | rpi4 fits | stm32h7a3 ms (proj.) | stm32h7a3 mJ (est.) | "
         "stm32h7a3 fits |",
-        "|" + "---|" * 15,
+        "|" + "---|" * 16,
     ]
     for name, variant, r in rows:
         a = r.accuracy
@@ -275,9 +282,24 @@ def main(argv=None) -> int:
             f"{r.size.bits_per_weight:.2f} | {r.size.sparsity:.3f} | {a.accuracy:.4f} | "
             f"{a.relative * 100:.2f}% ({'meets' if a.meets_99 else 'misses'} 99%) | "
             f"{r.latency.p50 * ms:.3f} | {r.latency.p90 * ms:.3f} | {h.total_s * ms:.3f} | "
+            f"{100 * (h.total_s - r.latency.p50) / r.latency.p50:+.0f}% | "
             f"{pi.total_s * ms:.3f} | {fit_s('rpi4')} | {mcu.total_s * ms:.2f} | "
             f"{mcu.energy_j * 1e3:.3f} | {fit_s('stm32h7a3')} |"
         )
+    errs = [
+        (f"{n} {v}", (r.projections["host"].total_s - r.latency.p50) / r.latency.p50)
+        for n, v, r in rows
+    ]
+    off = [f"{k} {100 * e:+.0f}%" for k, e in errs if abs(e) > 0.25]
+    lines += [
+        "",
+        "Host projection vs measurement: "
+        + (
+            "every row within 25%."
+            if not off
+            else "DISAGREES by more than 25% on " + ", ".join(off) + "."
+        ),
+    ]
     lines += ["", "Planned activation arena / weights stored:", ""]
     for name, variant, r in rows:
         enc = ", ".join(

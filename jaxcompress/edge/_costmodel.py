@@ -62,11 +62,55 @@ __all__ = [
     "roofline_seconds",
     "core_classes",
     "calibration",
+    "HOST_FIXED_FEATURES",
+    "HOST_UNIT_FEATURES",
+    "kernel_family",
+    "step_features",
 ]
 
 OP_CLASSES = ("conv", "dwconv", "linear", "pool", "elementwise", "move", "view")
 WEIGHT_FORMATS = ("float32", "int8", "packed", "sparse", "codebook")
 MAC_CLASSES = ("conv", "dwconv", "linear")
+
+# The host's per-step cost features (`step_features`): fixed costs counted once per executed
+# step, and per-unit costs (FLOPs or elements) per kernel family of the runtime's plan.
+HOST_FIXED_FEATURES = (
+    "step",
+    "mac",
+    "mac:csr",
+    "mac:nm",
+    "mac:qmatmul",
+    "mac:codebook",
+    "mac:int8",
+    "mac:int8conv",
+    "mac:chain",
+    "generic",
+    "reduce",
+    "broadcast",
+    "move",
+    "dot",
+    "qop",
+)
+HOST_UNIT_FEATURES = (
+    "conv_out",
+    "flops:conv",
+    "flops:dwconv",
+    "flops:linear",
+    "flops:chain",
+    "flops:csr",
+    "rows:csr",
+    "bytes:weights",
+    "flops:nm",
+    "flops:qmatmul",
+    "flops:codebook",
+    "flops:int8",
+    "flops:int8conv",
+    "flops:pool",
+    "flops:dot",
+    "elems:ew",
+    "elems:reduce",
+    "elems:move",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +141,10 @@ class CostParams:
       graph_overhead_s: fixed time per inference (the host runtime's input check, output copy).
       memory_ceiling: False when the measured efficiencies already include the memory system
         (the host), so no separate ``bytes / bandwidth`` ceiling applies.
+      step_costs: ``{feature: seconds per unit}`` of the host's measured per-kernel-family costs
+        (`step_features`: fixed costs per executed step and per FLOP / element of each kernel
+        family the runtime's plan runs); when given, an op costs ``sum_f step_costs[f] *
+        features[f]`` and the efficiency terms above are not used.
     """
 
     efficiency: dict = dataclasses.field(default_factory=dict)
@@ -113,8 +161,14 @@ class CostParams:
     memory_ceiling: bool = True
     mac_op_overhead_s: float = 0.0
     seconds_per_output: float = 0.0
+    step_costs: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        known = HOST_FIXED_FEATURES + HOST_UNIT_FEATURES
+        for k, v in self.step_costs.items():
+            if k not in known:
+                raise JaxCompressValueError(f"step_costs: unknown feature {k!r}; {known}")
+            _nonneg(f"step_costs[{k!r}]", v)
         for k, v in self.efficiency.items():
             if k not in OP_CLASSES:
                 raise JaxCompressValueError(f"efficiency: unknown op class {k!r}; {OP_CLASSES}")
@@ -154,6 +208,7 @@ class CostParams:
             and self.flash_stream_factor == 0
             and all(v == 0 for v in self.decode_cycles_per_weight.values())
             and self.engine_factor == 1.0
+            and not any(self.step_costs.values())
         )
 
 
@@ -255,6 +310,181 @@ def roofline_seconds(
     return max(float(o.flops) / peak, op_bytes(graph, i) / bandwidth)
 
 
+def kernel_family(o: Op, head: Op | None = None) -> str:
+    """The kernel family that runs a conv / linear op, read from the plan's kernel label:
+    ``csr`` (``spmm_csr``), ``nm`` (``spmm_nm``), ``qmatmul`` (packed codes), ``codebook``
+    (``codebook_matmul`` / ``lut_matmul``), ``int8`` (the full-integer ``qgemm``: linear and 1x1
+    conv), ``int8conv`` (``qconv`` im2col + GEMM, ``qdepthwise``), ``chain`` (float32 layers fused into one ``mlp_chain`` step) or
+    ``float`` (BLAS, the register GEMV, the direct conv, or a compressed weight decoded to float32
+    at load). An op fused into a step has the family of the step's first op, `head`. Without a
+    label (a synthetic graph): from the stored encoding, as the runtime's own kernel for it."""
+    k = o.kernel
+    if k.startswith("fused into") and head is not None:
+        return kernel_family(head)
+    if k.startswith("fused into") or not k:
+        if o.op == "qlinear":
+            return "int8"
+        if o.op == "qconv2d":
+            return "int8conv"
+        if k:
+            return "float"
+        fmt = weight_format(o)
+        return {"sparse": "nm" if o.encoding == "nm" else "csr", "packed": "qmatmul"}.get(
+            fmt, "codebook" if fmt == "codebook" else "float"
+        )
+    if "spmm_csr" in k:
+        return "csr"
+    if "spmm_nm" in k:
+        return "nm"
+    if k.startswith("qmatmul"):
+        return "qmatmul"
+    if "codebook_matmul" in k or "lut_matmul" in k:
+        return "codebook"
+    if k.startswith(("qgemm", "qmlp_chain")):  # an int8 GEMM, or a chain of them in one step
+        return "int8"
+    if k.startswith(("qconv", "qdepthwise")):
+        return "int8conv"
+    if k.startswith("mlp_chain"):
+        return "chain"
+    return "float"
+
+
+def _step_head(graph: EdgeGraph, i: int) -> Op | None:
+    """The first op of the step op `i` is fused into (the nearest earlier op that runs a step)."""
+    for j in range(i - 1, -1, -1):
+        o = graph.ops[j]
+        if not (o.static or o.alias or _fused(o) or o.kernel in ("view", "folded at load")):
+            return o
+    return None
+
+
+def _dense_flops(o: Op) -> float:
+    """FLOPs of op `o` with its weight dense (a compressed weight run by a dense kernel)."""
+    n = o.shape[-1] if o.shape else 1
+    if o.weight_elements and n:
+        return 2.0 * (o.out_elements / n) * o.weight_elements
+    return float(o.flops)
+
+
+@functools.cache
+def _ufunc_ops() -> frozenset:
+    from jaxcompress_kernels import runtime as _rt
+
+    return frozenset(_rt._UFUNCS) - _rt._CMP
+
+
+def step_features(graph: EdgeGraph, i: int) -> dict:
+    """The host cost features of op `i`: what the runtime's plan runs for it, per kernel family.
+
+    Fixed features are 1 for the op that starts an executed step, one per kind of step: ``mac``
+    (a conv / linear step with a float32 kernel) or ``mac:<family>`` (a compressed or integer
+    kernel's call and set-up: argument checks, im2col, scales), ``qop`` (a full-integer non-MAC
+    step: quantize, qadd, pools), ``step`` (a NumPy step: an in-place ufunc or a named
+    elementwise / pooling kernel) plus, for the generic NumPy path, ``generic`` (an elementwise op through the generic NumPy
+    path rather than an in-place ufunc), ``reduce``, ``broadcast``, ``move``, ``dot``
+    (``dot_general``). The run loop's own time per executed step is `CostParams.op_overhead_s`,
+    added by the cost model to every op that starts a step. Unit
+    features: ``flops:<family>`` of a conv / linear by `kernel_family` (``flops:conv`` /
+    ``flops:dwconv`` / ``flops:linear`` for float32 kernels, dense FLOPs when a compressed
+    weight was decoded; ``flops:csr`` / ``flops:nm`` the nonzero FLOPs; ``flops:qmatmul`` /
+    ``flops:codebook`` the dense FLOPs of the packed kernels; ``flops:int8`` /
+    ``flops:int8conv``; ``rows:csr``
+    the rows of W the CSR kernel walks, M x K; ``bytes:weights`` the weight bytes the kernel
+    reads, float32 when decoded), ``conv_out``
+    (output elements of a float32 or CSR conv), ``flops:pool``, ``flops:dot``, ``elems:ew`` / ``elems:reduce`` /
+    ``elems:move`` (elements written / read). Views, folded constants and epilogues fused into
+    a conv / linear step have none; a linear layer fused into an ``mlp_chain`` step keeps its
+    FLOPs and no fixed cost.
+    """
+    o = graph.ops[i]
+    cls = op_class(o)
+    out: dict = {}
+    if o.static or cls == "view":
+        return out
+    fused = _fused(o)
+    if fused and cls not in MAC_CLASSES:
+        return out
+    if o.op == "dot_general":  # a generic NumPy matmul (attention), not a weight kernel
+        out["step"] = 1.0
+        out["dot"] = 1.0
+        out["flops:dot"] = float(o.flops)
+        return out
+    if cls in MAC_CLASSES:
+        fam = kernel_family(o, _step_head(graph, i) if fused else None)
+        if not fused:
+            out["mac" if fam == "float" else f"mac:{fam}"] = 1.0
+        if fam == "float":
+            out[f"flops:{cls}"] = _dense_flops(o)
+        elif fam in ("qmatmul", "codebook", "chain"):
+            out[f"flops:{fam}"] = _dense_flops(o)
+        else:
+            out[f"flops:{fam}"] = float(o.flops)
+        # the weight's bytes as the kernel reads them (float32 when decoded at load): a batch-1
+        # layer whose weight leaves the caches is bound by them
+        dense_kernel = fam in ("float", "chain")
+        out["bytes:weights"] = float(4 * o.weight_elements if dense_kernel else o.param_bytes)
+        if fam == "csr":  # the CSR kernel walks every row of W (K) per input row (M)
+            n = o.shape[-1] if o.shape else 1
+            out["rows:csr"] = (o.out_elements / max(n, 1)) * (o.weight_elements / max(n, 1))
+        if cls in ("conv", "dwconv") and fam not in ("int8", "int8conv"):
+            # float32 convs: the direct kernel's / im2col's per-output cost (the integer conv
+            # kernels' is in their own per-FLOP rate)
+            out["conv_out"] = float(o.out_elements)
+        return out
+    from jaxcompress_kernels.format import ops as _ops
+
+    out["step"] = 1.0
+    if o.op in _ops.QUANT_OPS:
+        del out["step"]
+        out["qop"] = 1.0
+        if cls == "pool":
+            out["flops:pool"] = float(o.flops)
+        else:
+            out["elems:ew"] = float(o.out_elements)
+        return out
+    generic = o.kernel in ("", o.op)  # the plan labels a generic NumPy step by its op name
+    if cls == "pool":
+        if generic and not o.op.startswith("reduce_window"):
+            out["reduce"] = 1.0
+            out["elems:reduce"] = float(o.flops)
+        else:
+            out["flops:pool"] = float(o.flops)
+    elif cls == "move":
+        out["broadcast" if o.op == "broadcast_in_dim" else "move"] = 1.0
+        out["elems:move"] = float(o.out_elements)
+    else:
+        if generic and o.op not in _ufunc_ops():
+            out["generic"] = 1.0
+        out["elems:ew"] = float(o.out_elements)
+    return out
+
+
+def _host_cost(graph: EdgeGraph, i: int, params: CostParams, lower: float) -> OpCost:
+    o = graph.ops[i]
+    feats = step_features(graph, i)
+    c = params.step_costs
+    fixed = sum(c.get(f, 0.0) * v for f, v in feats.items() if f in HOST_FIXED_FEATURES)
+    if feats and not _fused(o):  # the run loop's time per executed step
+        fixed += params.op_overhead_s
+    work = sum(c.get(f, 0.0) * v for f, v in feats.items() if f in HOST_UNIT_FEATURES)
+    nbytes = 0 if o.static or o.alias else op_bytes(graph, i)
+    return OpCost(
+        o.name,
+        o.op,
+        op_class(o),
+        weight_format(o),
+        float(o.flops),
+        nbytes,
+        work,
+        0.0,
+        fixed,
+        0.0,
+        0.0,
+        fixed + work,
+        lower,
+    )
+
+
 def op_cost(
     graph: EdgeGraph,
     i: int,
@@ -282,6 +512,8 @@ def op_cost(
     o = graph.ops[i]
     cls, fmt = op_class(o), weight_format(o)
     lower = roofline_seconds(graph, i, peak_flops, bandwidth, int8_ratio)
+    if params.step_costs:  # the host: its measured per-kernel-family costs
+        return _host_cost(graph, i, params, lower)
     if o.static or cls == "view":
         b = 0 if o.static else op_bytes(graph, i)
         return OpCost(

@@ -496,8 +496,9 @@ def calibrate_host() -> DeviceProfile:
         cost=cost,
         sources={
             "cost": (
-                f"per-step overhead {1e6 * info['op_overhead_s']:.1f} us and per-op-class "
-                f"throughput of the edge runtime, measured on {info['steps']} steps of 4 "
+                f"per-call {1e6 * info['run_overhead_s']:.1f} us, run loop per step "
+                f"{1e6 * cost.op_overhead_s:.2f} us and per-kernel-family costs of "
+                f"the edge runtime, measured on {info['steps']} steps of {info['graphs']} "
                 f"calibration graphs (fit median |error| {100 * info['fit_median_rel_error']:.0f}%)"
             ),
             "peak_flops": "measured: best of 5 float32 512x512 NumPy matmuls",

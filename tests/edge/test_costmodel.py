@@ -19,7 +19,16 @@ from jaxcompress.edge import (
     project,
 )
 from jaxcompress.edge._calibrate import Measurement, fit_cost_model
-from jaxcompress.edge._costmodel import class_efficiency, op_class, weight_format
+from jaxcompress.edge._costmodel import (
+    HOST_FIXED_FEATURES,
+    HOST_UNIT_FEATURES,
+    class_efficiency,
+    kernel_family,
+    op_class,
+    op_cost,
+    step_features,
+    weight_format,
+)
 
 
 def _conv_graph(encoding="dense", bits=32, kernel=""):
@@ -252,7 +261,8 @@ def test_calibration_is_deterministic_and_recovers_known_parameters():
 
 def test_host_projection_carries_its_measured_status():
     host = get_profile("host")
-    assert host.cost is not None and host.cost.op_overhead_s > 0
+    assert host.cost is not None and host.cost.step_costs["step"] > 0
+    assert host.cost.graph_overhead_s > 0
     pr = project(_conv_graph(), host)
     assert pr.calibrated and pr.status.startswith("calibrated by measurement on this host")
 
@@ -348,3 +358,138 @@ def test_linear_layers_use_the_class_instruction_count_ratio():
     eff = class_efficiency("cortex-m4f", 0.3)
     assert eff["conv"] == 0.3 and eff["linear"] == pytest.approx(0.3 / 1.44)
     assert class_efficiency("cortex-a72", 0.5)["linear"] == 0.5  # no ratio given: 1
+
+
+# ---- the host: measured per-kernel-family costs (step_costs) ------------------------------------
+
+_HOST_COSTS = {f: (i + 1) * 1e-6 for i, f in enumerate(HOST_FIXED_FEATURES)} | {
+    f: (i + 1) * 1e-12 for i, f in enumerate(HOST_UNIT_FEATURES)
+}
+
+
+def _host_params():
+    return CostParams(
+        graph_overhead_s=3e-6, op_overhead_s=0.25e-6, memory_ceiling=False, step_costs=_HOST_COSTS
+    )
+
+
+def _lin(name, inp, kernel, *, encoding="dense", bits=32, flops=None, k=64, n=32):
+    return Op(
+        name,
+        "linear",
+        (inp,),
+        (1, n),
+        flops=2 * k * n if flops is None else flops,
+        weight=f"w_{name}",
+        weight_elements=k * n,
+        weight_bits=bits,
+        encoding=encoding,
+        kernel=kernel,
+        param_bytes=99,
+    )
+
+
+def _host_cost(g, i):
+    return op_cost(
+        g, i, peak_flops=1e9, bandwidth=1e9, clock_hz=None, int8_ratio=1.0, params=_host_params()
+    )
+
+
+def test_host_cost_of_compressed_ops_uses_their_kernel_familys_constants():
+    ops = (
+        _lin("a", "x", "spmm_csr(int8, density=0.100)", encoding="csr", bits=8, flops=410),
+        _lin("b", "a", "qmatmul(4-bit, g=32)", encoding="packed", bits=4),
+        _lin("c", "b", "matmul(f32), decoded csr", encoding="csr", bits=8, flops=410),
+        _lin("d", "c", "spmm_nm(2:4, 4-bit per-channel)", encoding="nm", bits=4, flops=2048),
+        _lin("e", "d", "codebook_matmul(4-bit, 16 centroids, LUT)", encoding="codebook", bits=4),
+    )
+    g = EdgeGraph("x", (1, 64), "float32", ops, ("e",))
+    c = dict(_HOST_COSTS, step=0.25e-6)  # a kernel step: the run loop's time, no NumPy step cost
+    bw = c["bytes:weights"]
+    dense = 2.0 * 64 * 32
+    want = [
+        # the CSR kernel: its nonzero FLOPs, the rows of W it walks (M x K), its stored bytes
+        c["step"] + c["mac:csr"] + 410 * c["flops:csr"] + 64 * c["rows:csr"] + 99 * bw,
+        c["step"] + c["mac:qmatmul"] + dense * c["flops:qmatmul"] + 99 * bw,
+        # decoded to float32 at load: the dense kernel's constants and the dense FLOPs
+        c["step"] + c["mac"] + dense * c["flops:linear"] + 4 * 64 * 32 * bw,
+        c["step"] + c["mac:nm"] + 2048 * c["flops:nm"] + 99 * bw,
+        c["step"] + c["mac:codebook"] + dense * c["flops:codebook"] + 99 * bw,
+    ]
+    got = [_host_cost(g, i).seconds for i in range(len(ops))]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert [kernel_family(o) for o in ops] == ["csr", "qmatmul", "float", "nm", "codebook"]
+    # fixed parts are the overhead, per-unit parts the compute
+    oc = _host_cost(g, 0)
+    assert oc.overhead_s == pytest.approx(0.25e-6 + c["mac:csr"])
+    assert oc.compute_s == pytest.approx(410 * c["flops:csr"] + 64 * c["rows:csr"] + 99 * bw)
+
+
+def test_host_overheads_counted_once_per_call_and_per_step():
+    ops = (
+        _lin("a", "x", "mlp_chain(2 layers, f32)"),
+        _lin("b", "a", "fused into step 0", k=32),
+        Op("r", "reshape", ("b",), (1, 32), alias=True, kernel="view"),
+        Op("s", "add", ("r",), (1, 32), flops=32, kernel="add"),
+        Op("t", "max", ("s",), (1, 32), flops=32, kernel="fused into step 1"),
+    )
+    g = EdgeGraph("x", (1, 64), "float32", ops, ("t",))
+    pr = project(
+        g, DeviceProfile("h", "", 1e9, 1e9, None, None, None, "ram"), params=_host_params()
+    )
+    c = _HOST_COSTS
+    want = (
+        3e-6  # per call, once
+        + 2 * 0.25e-6  # the run loop, per executed step: the chain and the add
+        + c["mac:chain"]  # one kernel call for the chain
+        + c["step"]  # one NumPy step for the add
+        + (2 * 64 * 32 + 2 * 32 * 32) * c["flops:chain"]  # both layers' FLOPs, chain rate
+        + 4 * (64 * 32 + 32 * 32) * c["bytes:weights"]  # and their float32 weights
+        + 32 * c["elems:ew"]  # the add (an in-place ufunc: no generic cost)
+    )
+    assert pr.total_s == pytest.approx(want, rel=1e-12)
+    assert pr.by_part()["overhead"] == pytest.approx(
+        3e-6 + 2 * 0.25e-6 + c["mac:chain"] + c["step"]
+    )
+    assert [pr.ops[i].seconds for i in (2, 4)] == [0.0, 0.0]  # view, fused epilogue
+
+
+def test_host_features_of_transformer_and_integer_ops():
+    ops = (
+        Op("d", "dot_general", ("x",), (1, 4, 10, 10), flops=6400, kernel="dot_general"),
+        Op("m", "reduce_max", ("d",), (1, 4, 10), flops=400, kernel="reduce_max"),
+        Op("b", "broadcast_in_dim", ("m",), (1, 4, 10, 1), kernel="broadcast_in_dim"),
+        Op("e", "exp", ("d",), (1, 4, 10, 10), flops=400, kernel="exp"),
+        Op("v", "div", ("e",), (1, 4, 10, 10), flops=400, kernel="div"),
+        Op("t", "transpose", ("v",), (1, 10, 4, 10), kernel="transpose"),
+        Op("q", "qlinear", ("t",), (1, 10, 4, 8), dtype="int8", flops=640, kernel="qgemm(int8)"),
+        Op("z", "quantize", ("q",), (1, 10, 4, 8), dtype="int8", kernel="quantize(f32->int8)"),
+    )
+    g = EdgeGraph("x", (1, 4, 10, 8), "float32", ops, ("z",))
+    feats = [step_features(g, i) for i in range(len(ops))]
+    assert feats[0] == {"step": 1.0, "dot": 1.0, "flops:dot": 6400.0}
+    assert feats[1] == {"step": 1.0, "reduce": 1.0, "elems:reduce": 400.0}
+    assert feats[2] == {"step": 1.0, "broadcast": 1.0, "elems:move": 40.0}
+    assert feats[3] == {"step": 1.0, "elems:ew": 400.0}  # np.exp in place
+    assert feats[4] == {"step": 1.0, "generic": 1.0, "elems:ew": 400.0}  # the generic path
+    assert feats[5] == {"step": 1.0, "move": 1.0, "elems:move": 400.0}
+    assert feats[6] == {"mac:int8": 1.0, "flops:int8": 640.0, "bytes:weights": 0.0}
+    assert feats[7] == {"qop": 1.0, "elems:ew": 320.0}
+
+
+def test_host_step_costs_are_validated():
+    with pytest.raises(JaxCompressValueError, match="unknown feature 'nope'"):
+        CostParams(step_costs={"nope": 1.0})
+    with pytest.raises(JaxCompressValueError, match="must be a number >= 0"):
+        CostParams(step_costs={"step": -1.0})
+    assert not CostParams(step_costs={"step": 1e-6}).neutral
+
+
+def test_fused_layers_take_their_steps_kernel_family():
+    ops = (
+        Op("a", "qlinear", ("x",), (1, 16), dtype="int8", flops=256, kernel="qmlp_chain(2, int8)"),
+        Op("b", "qlinear", ("a",), (1, 16), dtype="int8", flops=512, kernel="fused into step 0"),
+    )
+    g = EdgeGraph("x", (1, 8), "int8", ops, ("b",))
+    assert step_features(g, 1) == {"flops:int8": 512.0, "bytes:weights": 0.0}  # no fixed cost
+    assert kernel_family(ops[1], ops[0]) == "int8"
