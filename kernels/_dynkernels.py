@@ -58,7 +58,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from jaxcompress_kernels import _qkernels as _qk
-from jaxcompress_kernels._intrinsics import wide_vectors
+from jaxcompress_kernels._intrinsics import emit_vpdpbusd_tile, wide_vectors
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
 
 __all__ = [
@@ -131,9 +131,6 @@ def _make_vnni_tile(mr: int, nr: int):
                 slots = [builder.alloca(_V16) for _ in range(mr * nr)]
             for s in slots:
                 builder.store(ir.Constant(_V16, None), s)
-            undef = ir.Constant(_V16, ir.Undefined)
-            zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
-            asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
             vptr = _V16.as_pointer()
             with cgutils.for_range(builder, kqv) as loop:
                 kb = loop.index
@@ -145,21 +142,8 @@ def _make_vnni_tile(mr: int, nr: int):
                     )
                     for b in range(nr)
                 ]
-                for r in range(mr):
-                    xi = builder.load(builder.gep(xrows[r], [kb]), align=1)
-                    xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
-                    xv = builder.shuffle_vector(xv, undef, zeros)
-                    for b in range(nr):
-                        s = slots[r * nr + b]
-                        a = builder.asm(
-                            asm_ty,
-                            "vpdpbusd $2, $1, $0",
-                            "=v,v,v,0",
-                            [xv, wv[b], builder.load(s)],
-                            False,
-                            "dyn_vnni",
-                        )
-                        builder.store(a, s)
+                xw = [builder.load(builder.gep(xrows[r], [kb]), align=1) for r in range(mr)]
+                emit_vpdpbusd_tile(builder, xw, wv, slots, "dyn_vnni")
             for t, s in enumerate(slots):
                 dst = builder.bitcast(builder.gep(aa.data, [ir.Constant(_I64, 16 * t)]), vptr)
                 builder.store(builder.load(s), dst, align=4)
@@ -228,9 +212,6 @@ def _make_vnni_ctile(mr: int, nr: int):
                 slots = [builder.alloca(_V16) for _ in range(mr * nr)]
             for s in slots:
                 builder.store(ir.Constant(_V16, None), s)
-            undef = ir.Constant(_V16, ir.Undefined)
-            zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
-            asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
             vptr = _V16.as_pointer()
             with cgutils.for_range(builder, kqv) as loop:
                 kb = loop.index
@@ -243,22 +224,11 @@ def _make_vnni_ctile(mr: int, nr: int):
                     )
                     for b in range(nr)
                 ]
-                for r in range(mr):
-                    xp = builder.bitcast(builder.gep(xrows[r], [off]), i32p)
-                    xi = builder.load(xp, align=1)
-                    xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
-                    xv = builder.shuffle_vector(xv, undef, zeros)
-                    for b in range(nr):
-                        s = slots[r * nr + b]
-                        a = builder.asm(
-                            asm_ty,
-                            "vpdpbusd $2, $1, $0",
-                            "=v,v,v,0",
-                            [xv, wv[b], builder.load(s)],
-                            False,
-                            "dyn_vnni",
-                        )
-                        builder.store(a, s)
+                xw = [
+                    builder.load(builder.bitcast(builder.gep(xrows[r], [off]), i32p), align=1)
+                    for r in range(mr)
+                ]
+                emit_vpdpbusd_tile(builder, xw, wv, slots, "dyn_vnni")
             # raw accumulators to acc[m0 + r, 16 (g nr + b) :] (rows r >= valid repeat the
             # last valid row: they land on rows the next tile rewrites, or on the slack rows)
             m0v = args[9]

@@ -83,3 +83,35 @@ def wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+_V16 = ir.VectorType(_I32, 16)
+_VNNI_TY = ir.FunctionType(_V16, [_V16, _V16, _V16])
+
+
+def emit_vpdpbusd_tile(builder, xwords, wv, slots, name: str) -> None:
+    """Emit one k-quad of an ``len(xwords) x len(wv)`` int8 register tile (LLVM IR, inside a
+    codegen): ``slots[r * nr + b] += vpdpbusd(broadcast(xwords[r]), wv[b])``.
+
+    `xwords` are i32 values holding 4 unsigned input bytes of row r, `wv` are <16 x i32> vectors
+    of 4 signed weight bytes per output column, `slots` are allocas of <16 x i32> accumulators.
+    Shared by the full-integer (`_qkernels`) and dynamic-range (`_dynkernels`) GEMM tiles; the
+    caller checks that the CPU has AVX-512 VNNI.
+    """
+    undef = ir.Constant(_V16, ir.Undefined)
+    zeros = ir.Constant(_V16, [0] * 16)
+    nr = len(wv)
+    for r, xi in enumerate(xwords):
+        xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
+        xv = builder.shuffle_vector(xv, undef, zeros)
+        for b in range(nr):
+            s = slots[r * nr + b]
+            acc = builder.asm(
+                _VNNI_TY,
+                "vpdpbusd $2, $1, $0",
+                "=v,v,v,0",
+                [xv, wv[b], builder.load(s)],
+                False,
+                name,
+            )
+            builder.store(acc, s)

@@ -48,7 +48,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from jaxcompress_kernels._intrinsics import wide_vectors
+from jaxcompress_kernels._intrinsics import emit_vpdpbusd_tile, wide_vectors
 from jaxcompress_kernels.errors import JaxCompressValueError
 
 __all__ = [
@@ -204,9 +204,6 @@ def _make_tile(mr: int, nr: int, interleaved: bool = False):
             for s in slots:
                 builder.store(ir.Constant(_V16, None), s)
             flip = ir.Constant(_I32, 0x80808080 - (1 << 32))
-            undef = ir.Constant(_V16, ir.Undefined)
-            zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
-            asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
             vptr = _V16.as_pointer()
 
             with cgutils.for_range(builder, kqv) as loop:
@@ -218,23 +215,11 @@ def _make_tile(mr: int, nr: int, interleaved: bool = False):
                     )
                     for wb in wbases
                 ]
-                for r in range(mr):
-                    xi = builder.load(builder.gep(xrows[r], [kb]), align=1)
-                    xi = builder.xor(xi, flip)
-                    xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
-                    xv = builder.shuffle_vector(xv, undef, zeros)
-                    for b in range(nr):
-                        s = slots[r * nr + b]
-                        acc = builder.load(s)
-                        acc = builder.asm(
-                            asm_ty,
-                            "vpdpbusd $2, $1, $0",
-                            "=v,v,v,0",
-                            [xv, wv[b], acc],
-                            False,
-                            "vnni",
-                        )
-                        builder.store(acc, s)
+                xw = [
+                    builder.xor(builder.load(builder.gep(xrows[r], [kb]), align=1), flip)
+                    for r in range(mr)
+                ]
+                emit_vpdpbusd_tile(builder, xw, wv, slots, "vnni")
             _epilogue(context, builder, signature, args, slots, yrows, cbases, mr, nr, 6)
             return context.get_dummy_value()
 
@@ -294,9 +279,6 @@ def _make_dconv_tile(mr: int, nr: int):
                 slots = [builder.alloca(_V16) for _ in range(mr * nr)]
             for s in slots:
                 builder.store(ir.Constant(_V16, None), s)
-            undef = ir.Constant(_V16, ir.Undefined)
-            zeros = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
-            asm_ty = ir.FunctionType(_V16, [_V16, _V16, _V16])
             vptr = _V16.as_pointer()
             c16 = ir.Constant(_I64, 16)
             with cgutils.for_range(builder, nsegs) as sloop:
@@ -315,21 +297,8 @@ def _make_dconv_tile(mr: int, nr: int):
                         )
                         for wb in wseg
                     ]
-                    for r in range(mr):
-                        xi = builder.load(builder.gep(xs[r], [kb]), align=1)
-                        xv = builder.insert_element(undef, xi, ir.Constant(_I32, 0))
-                        xv = builder.shuffle_vector(xv, undef, zeros)
-                        for b in range(nr):
-                            s = slots[r * nr + b]
-                            acc = builder.asm(
-                                asm_ty,
-                                "vpdpbusd $2, $1, $0",
-                                "=v,v,v,0",
-                                [xv, wv[b], builder.load(s)],
-                                False,
-                                "vnni",
-                            )
-                            builder.store(acc, s)
+                    xw = [builder.load(builder.gep(xs[r], [kb]), align=1) for r in range(mr)]
+                    emit_vpdpbusd_tile(builder, xw, wv, slots, "vnni")
             _epilogue(context, builder, signature, args, slots, yrows, cbases, mr, nr, 7)
             return context.get_dummy_value()
 
