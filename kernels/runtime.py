@@ -49,6 +49,7 @@ from jaxcompress_kernels._graph_kernels import (
     mlp_chain,
 )
 from jaxcompress_kernels._plan import ALIGN, Limits, Plan, assign_arena, infer_graph
+from jaxcompress_kernels._sparse_conv import SparsePlaneConv
 from jaxcompress_kernels._validate import check_int
 from jaxcompress_kernels.conv import (
     prepare_avg_pool2d,
@@ -1466,8 +1467,13 @@ class _Exec:
             conv_out = np.empty((*x.shape[:1], *conv.out, wk.n), np.float32)
         cand = self._choose(i, wk, None, conv=conv)
         grp["wlabel"] = cand.label
-        step = _conv_step(_scaled(cand, scale, wk), wk, conv, x, conv_out, bias, act, pool, out)
-        return step, cand.label + sfx + _suffix(bias, act, pool)
+        sc = _scaled(cand, scale, wk)
+        step = _conv_step(sc, wk, conv, x, conv_out, bias, act, pool, out)
+        label = cand.label
+        if _plane_ok(sc, conv):
+            label = label.replace("spmm_csr(", "spmm_csr_conv(planar, ", 1)
+            grp["wlabel"] = label
+        return step, label + sfx + _suffix(bias, act, pool)
 
     def _dyn_step(self, grp, node, wk, x, out, bias, act, pool, scale):
         """A dynamic-range int8 step (``activations="dynamic_int8"``) for a linear or non-grouped
@@ -1767,6 +1773,12 @@ def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
     elif cand.dense is not None or cand.fn is None:
         dense = cand.dense if cand.dense is not None else wk.dense()
         run = _direct_conv(conv, dense, x, conv_out, bias, act)
+    elif _plane_ok(cand, conv):
+        fused = pool is not None and conv.nd == 2
+        run = _plane_conv(cand.csr, conv, x, out if fused else conv_out, bias, act,
+                          pool if fused else None)  # fmt: skip
+        if fused:
+            return run
     elif cand.csr is not None and conv.nd in (1, 2) and not cand.scaled:
         run = _sparse_conv(cand.csr, conv, x, conv_out, bias, act)
     else:
@@ -1909,6 +1921,37 @@ def _direct_conv(conv, dense2d, x, out, bias, act):
     else:
         return _grouped_conv(conv, dense2d.reshape(conv.kernel), x, out, bias, act)
     run = cw.call_unchecked
+    return lambda: run(x4, o4)
+
+
+def _plane_ok(cand, conv) -> bool:
+    """A CSR weight on a stride-1 1-D/2-D conv runs `_sparse_conv.SparsePlaneConv`."""
+    return (
+        cand.csr is not None
+        and not cand.scaled
+        and conv.nd in (1, 2)
+        and conv.groups == 1
+        and all(st == 1 for st in conv.strides)
+        and all(lo >= 0 and hi >= 0 for lo, hi in conv.pads)
+        and math.prod(d + lo + hi for d, (lo, hi) in zip(conv.xshape[1:-1], conv.pads, strict=True))
+        * conv.xshape[-1]
+        < 2**30
+    )
+
+
+def _plane_conv(w, conv, x, out, bias, act, pool):
+    """A CSR conv, stride 1: one output plane per channel in registers, one vector FMA per
+    nonzero and 16 pixels (`_sparse_conv`); bias, activation and (2-D) max pooling fused."""
+    if conv.nd == 2:
+        x4, kern, dil, pads = x, conv.kernel[:2], conv.dilation, conv.pads
+    else:
+        x4 = x.reshape(x.shape[0], 1, *x.shape[1:])
+        kern, dil, pads = (1, conv.kernel[0]), (1, conv.dilation[0]), ((0, 0), conv.pads[0])
+    code = {None: 0, _RELU: 1, _RELU6: 2}[act]
+    sp = SparsePlaneConv(w.indptr, w.indices, w.values, w.scales, kernel_hw=kern, dilation=dil,
+                         pads=pads, xshape=x4.shape, bias=bias, act=code, pool=pool)  # fmt: skip
+    o4 = out.reshape(sp.out_shape)
+    run = sp.run
     return lambda: run(x4, o4)
 
 

@@ -15,7 +15,7 @@ TOL = 1e-5
 # the artifact encoding each compressed kernel must get, and the kernel it must run on
 EXPECT = {
     "dense": ({"dense"}, ("matmul",)),
-    "prune_int8": ({"csr"}, ("spmm_csr(int8",)),
+    "prune_int8": ({"csr"}, ("spmm_csr(int8", "spmm_csr_conv(planar, int8")),
     "nm_4bit": ({"nm", "packed"}, ("spmm_nm", "qmatmul(4-bit")),
     "clustered": (
         {"codebook"},

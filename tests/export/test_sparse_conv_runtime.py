@@ -1,0 +1,62 @@
+"""Pruned convolutions in the runtime: stride-1 CSR convs run the planar sparse kernel (bias,
+activation and max pooling fused), strided ones the transposed-im2col CSR path, and both match
+the JAX model with the same masked weights."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+from flax import nnx
+
+from jaxcompress.export import reference_output, save
+from jaxcompress.models import functional
+from jaxcompress_kernels import runtime
+from tests.export._models import _magnitude, _map_kernels, inputs, rel_err
+
+
+class _Net(nnx.Module):
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(3, 8, (3, 3), padding="SAME", rngs=rngs)
+        self.c2 = nnx.Conv(8, 12, (3, 3), kernel_dilation=(2, 2), padding="VALID", rngs=rngs)
+        self.c3 = nnx.Conv(12, 6, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs)
+        self.fc = nnx.Linear(6 * 2 * 2, 5, rngs=rngs)
+
+    def __call__(self, x, train=False, rngs=None):
+        del train, rngs
+        x = nnx.max_pool(nnx.relu(self.c1(x)), (2, 2), (2, 2))  # 14x14 -> 7x7
+        x = jax.nn.relu6(self.c2(x))  # 7x7 -> 3x3
+        x = self.c3(x)  # stride 2: 3x3 -> 2x2
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+class _Net1d(nnx.Module):
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(3, 64, (9,), padding=((2, 1),), rngs=rngs)
+        self.fc = nnx.Linear(64 * 15, 3, rngs=rngs)
+
+    def __call__(self, x, train=False, rngs=None):
+        del train, rngs
+        x = nnx.relu(self.c1(x))
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize(("cls", "shape", "planar"), [(_Net, (14, 14, 3), 2), (_Net1d, (20, 3), 1)])
+@pytest.mark.parametrize("int8", [False, True])
+def test_pruned_convs_match_jax(tmp_path, cls, shape, planar, int8):
+    from jaxcompress import quantization
+
+    apply_fn, params = functional(cls(rngs=nnx.Rngs(0)))
+    p = _map_kernels(lambda n, w: _magnitude(n, w, 0.85), params)
+    if int8:
+        p = quantization.quantize_params(p, bits=8, where=r"kernel")
+    path = tmp_path / "net.jcx"
+    info = save(path, apply_fn, p, inputs(shape, 2, seed=1))
+    enc = {n: t["encoding"] for n, t in info.tensors.items() if n.endswith("kernel") and n.startswith("c")}
+    assert set(enc.values()) == {"csr"}, enc
+    rt = runtime.load(path, num_threads=1, autotune=False)
+    convs = [v for n, v in rt.plan.items() if n.startswith("c")]
+    assert sum(v.startswith("spmm_csr_conv(planar") for v in convs) == planar, rt.plan
+    for batch in (1, 3):
+        x = inputs(shape, batch, seed=batch)
+        ref = reference_output(apply_fn, p, x)
+        assert rel_err(ref, rt.run(x)) <= 1e-5
