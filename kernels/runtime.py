@@ -68,7 +68,7 @@ from jaxcompress_kernels.formats import (
 )
 from jaxcompress_kernels.quantized import codebook_matmul, codebook_weight, qmatmul
 from jaxcompress_kernels.runtime_config import _LAST_SET, set_num_threads
-from jaxcompress_kernels.sparse import spmm_csr, spmm_nm
+from jaxcompress_kernels.sparse import bind_nm24_gemv, nm24_gemv_ok, spmm_csr, spmm_nm
 
 __all__ = [
     "Runtime",
@@ -309,6 +309,7 @@ class _WeightKernel:
         self.entry = entry
         self.k, self.n = entry.kn
         self._dense = None
+        self._plane = None
         self._dyn: dict = {}
         self.candidates = []
         native = _native_kernel(entry)
@@ -345,6 +346,7 @@ class _WeightKernel:
     def resident(self) -> int:
         """Bytes the kernels hold for this weight (its own container and any decoded copy)."""
         own = sum(c.nbytes for c in self.candidates)
+        own += 0 if self._plane is None else self._plane.nbytes
         dyn = sum(w.nbytes for w in self._dyn.values() if w is not None)
         return own + dyn + (0 if self._dense is None else self._dense.nbytes)
 
@@ -375,6 +377,7 @@ class _Cand:
     gemv: bool = False  # dense weight through the direct kernel as a 1x1 conv (bias, act fused)
     csr: object = None  # the CSRMatrix of a csr kernel (a conv streams transposed im2col rows)
     scaled: bool = False  # an affine epilogue wraps fn (the sparse conv path does not apply it)
+    nm: object = None  # the NMSparse of an spmm_nm kernel (batch 1: the bound AVX-512 GEMV)
 
 
 def _native_kernel(e):
@@ -406,7 +409,9 @@ def _native_kernel(e):
     if enc == "nm" and a["m"] == 4 and a["n"] in (1, 2):
         if "values" in e.parts:
             w = nm_from_dense(_artifact.decode_dense(e).reshape(k, n), n=a["n"])
-            return _Cand(f"spmm_nm({a['n']}:4, f32)", lambda x, bias: spmm_nm(x, w, bias), w.nbytes)
+            return _Cand(
+                f"spmm_nm({a['n']}:4, f32)", lambda x, bias: spmm_nm(x, w, bias), w.nbytes, nm=w
+            )
         codes, scales, _ = _artifact.decode_codes(e)
         if a["bits"] <= 4 and a.get("group_size") is None:
             w = nm_from_quantized(codes.astype(np.int8), np.ascontiguousarray(scales[0]), n=a["n"])
@@ -1523,6 +1528,11 @@ class _Exec:
         cands = list(wk.candidates)
         if conv is not None and conv.groups != 1:
             return wk.direct_candidate()
+        if conv is not None and rt.autotune and wk.entry.encoding == "nm":
+            plane = wk.plane_candidate()  # N:M weights as CSR through the planar sparse conv
+            if _plane_ok(plane, conv):
+                cands.append(plane)
+        n_native = len(cands)
         if not cands or (rt.autotune and wk.decoded_bytes <= rt.autotune_max_bytes):
             if conv is not None:
                 cands.append(wk.direct_candidate())
@@ -1536,7 +1546,7 @@ class _Exec:
             return cands[0]
         key = (i, self.batch)
         if key not in rt._choice:
-            rt._choice[key] = _fastest(cands, len(wk.candidates), x2_shape, conv, wk)
+            rt._choice[key] = _fastest(cands, n_native, x2_shape, conv, wk)
         return cands[rt._choice[key]]
 
     # -- running -----------------------------------------------------------------------------
@@ -1703,6 +1713,9 @@ def _linear_step(cand, x2, y2, bias, act):
             bias_act(y2, b, code)
 
         return f
+    if cand.nm is not None and not cand.scaled and x2.shape[0] == 1 and nm24_gemv_ok(cand.nm):
+        code = {None: 0, _RELU: 1, _RELU6: 2}[act]
+        return bind_nm24_gemv(cand.nm, x2[0], y2[0], bias, code)
     fn = cand.fn
 
     def h():
@@ -1851,6 +1864,28 @@ def _direct_candidate(self) -> _Cand:
 
 
 _WeightKernel.direct_candidate = _direct_candidate
+
+
+def _plane_candidate(self) -> _Cand:
+    """The weight's nonzeros as CSR (for a sparse encoding without its own CSR, e.g. N:M): the
+    planar sparse conv's input. Built once from the decoded weight."""
+    if self._plane is None:
+        d = self.dense()
+        nz = d.T != 0  # (N, K)
+        indptr = np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64)
+        cols = np.nonzero(nz)[1]
+        w = CSRMatrix(
+            shape=(self.k, self.n),
+            indptr=indptr,
+            indices=cols.astype(np.uint16 if self.k <= 65536 else np.int32),
+            values=np.ascontiguousarray(d.T[nz], np.float32),
+        )
+        label = f"spmm_csr(f32 from {self.entry.encoding}, density={w.nnz / max(d.size, 1):.3f})"
+        self._plane = _Cand(label, lambda x, bias: spmm_csr(x, w, bias), w.nbytes, csr=w)
+    return self._plane
+
+
+_WeightKernel.plane_candidate = _plane_candidate
 
 
 def _im2col(conv, x, cols):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from jaxcompress_kernels import _nm_gemv
 from jaxcompress_kernels._nm_tile import nm_tile_dot, nm_tile_dot4, nm_tile_dot_pair
 from jaxcompress_kernels._validate import check_array
 from jaxcompress_kernels.errors import JaxCompressTypeError, JaxCompressValueError
@@ -172,6 +173,68 @@ def _nm_store(buf, r, m, t, scales, q4, out):
                 out[m + i, c] = buf[i, lane] * sc
 
 
+_G1, _G2, _G3, _G4 = _nm_gemv.GEMVS
+
+
+@njit(cache=True, nogil=True)
+def _spmv_nm24(x1, positions, values, buf, bias, act, out):
+    """out = act(x1 @ W + bias) for one row (x1 zero-padded to Kp) of a float32 2:4 `NMSparse`,
+    `_nm_gemv` over groups of up to four tiles; act 0 none, 1 relu, 2 relu6."""
+    ntiles = positions.shape[0]
+    t = 0
+    while t < ntiles:
+        r = min(ntiles - t, 4)
+        if r == 4:
+            _G4(x1, positions, values, t, buf[16 * t :])
+        elif r == 3:
+            _G3(x1, positions, values, t, buf[16 * t :])
+        elif r == 2:
+            _G2(x1, positions, values, t, buf[16 * t :])
+        else:
+            _G1(x1, positions, values, t, buf[16 * t :])
+        t += r
+    for i in range(out.shape[0]):
+        v = buf[i] + bias[i]
+        if act != 0 and v < np.float32(0.0):
+            v = np.float32(0.0)
+        if act == 2 and v > np.float32(6.0):
+            v = np.float32(6.0)
+        out[i] = v
+
+
+def nm24_gemv_ok(w: NMSparse) -> bool:
+    """True if `bind_nm24_gemv` serves `w` here: float32 2:4 values on an AVX-512 host."""
+    return w.bits is None and w.n == 2 and w.m == 4 and _nm_gemv.available()
+
+
+def bind_nm24_gemv(w: NMSparse, x1: np.ndarray, out: np.ndarray, bias=None, act: int = 0):
+    """A closure computing ``out[:] = act(x1 @ W + bias)`` for one row: ``x1`` ``(K,)`` and
+    ``out`` ``(N,)`` float32 C-contiguous buffers the caller owns (read/written on each call).
+    Checked here once (`nm24_gemv_ok` must hold); the closure does no checks."""
+    if not nm24_gemv_ok(w):
+        raise JaxCompressValueError("bind_nm24_gemv needs float32 2:4 values and an AVX-512 host")
+    k, n = w.shape
+    check_array("x1", x1, dtype=np.float32, shape=(k,))
+    check_array("out", out, dtype=np.float32, shape=(n,))
+    b = np.zeros(n, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    check_array("bias", b, dtype=np.float32, shape=(n,))
+    if act not in (0, 1, 2):
+        raise JaxCompressValueError(f"act={act!r} must be 0, 1 or 2")
+    kp = w.positions.shape[1] * 8
+    buf = np.zeros(w.positions.shape[0] * 16, np.float32)
+    pos, vals = w.positions, w.values
+    if kp == k:
+        return lambda: _spmv_nm24(x1, pos, vals, buf, b, act, out)
+    xp = np.zeros(kp, np.float32)
+    head = xp[:k]
+
+    def run():
+        head[...] = x1
+        _spmv_nm24(xp, pos, vals, buf, b, act, out)
+
+    return run
+
+
 def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.ndarray:
     """N:M structured-sparse matmul ``y = x @ W + bias`` (2:4 or 1:4; float32 or 4-bit values).
 
@@ -204,6 +267,10 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
     else:
         xp = x2
     q4 = w.bits == 4
+    if m == 1 and nm24_gemv_ok(w):  # batch 1: the AVX-512 permute GEMV (`_nm_gemv`)
+        buf = np.zeros(w.positions.shape[0] * 16, np.float32)
+        _spmv_nm24(xp[0], w.positions, w.values, buf, np.zeros(n, np.float32), 0, out[0])
+        return _finish(out, bias, squeeze)
     scales = w.scales if q4 else np.ones(1, np.float32)
     _spmm_nm_tiles(xp, w.positions, w.values, scales, q4, out)
     return _finish(out, bias, squeeze)
