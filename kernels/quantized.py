@@ -665,6 +665,88 @@ def codebook_matmul(x: np.ndarray, cw, bias: np.ndarray | None = None) -> np.nda
     return out[0] if squeeze else out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _gemv1_prep(x1, xp, xsum, g):
+    xr = xp[0]
+    for i in range(x1.shape[0]):
+        xr[i] = x1[i]
+    for gi in range(xsum.shape[1]):
+        t = np.float32(0.0)
+        for j in range(gi * g, (gi + 1) * g):
+            t += xr[j]
+        xsum[0, gi] = t
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gemv1_store(o, bias, act, b, out):
+    c0 = b * LANE_BLOCK
+    for c in range(min(LANE_BLOCK, out.shape[0] - c0)):
+        v = o[0, c] + bias[c0 + c]
+        if act != 0 and v < np.float32(0.0):
+            v = np.float32(0.0)
+        if act == 2 and v > np.float32(6.0):
+            v = np.float32(6.0)
+        out[c0 + c] = v
+
+
+@njit(cache=True, nogil=True)
+def _lanes_gemv1(x1, xp, xsum, d, s, zs, bias, act, o, out):
+    """out = act(x1 @ dequant(W) + bias) for one row on the lanes layout, serial, into buffers
+    the caller owns (`bind_lanes_gemv`): xp (1, Kp) zero-padded, xsum (1, G), o (1, LANE_BLOCK);
+    act 0 none, 1 relu, 2 relu6."""
+    _gemv1_prep(x1, xp, xsum, d.shape[2])
+    for b in range(d.shape[0]):
+        o[0, :] = 0.0
+        lanes_dot(xp, 0, xsum, d, s, zs, b, o)
+        _gemv1_store(o, bias, act, b, out)
+
+
+@njit(cache=True, nogil=True)
+def _lanes_gemv1_table(x1, xp, xsum, d, s, zs, table, bias, act, o, out):
+    """As `_lanes_gemv1`, the 4-bit codes decoded through ``table`` (a codebook)."""
+    _gemv1_prep(x1, xp, xsum, d.shape[2])
+    for b in range(d.shape[0]):
+        o[0, :] = 0.0
+        lanes_dot_table(xp, 0, xsum, d, s, zs, b, o, table)
+        _gemv1_store(o, bias, act, b, out)
+
+
+def bind_lanes_gemv(w, x1: np.ndarray, out: np.ndarray, bias=None, act: int = 0, table=None):
+    """A closure computing ``out[:] = act(x1 @ W + bias)`` for one row of x on the lanes layout,
+    single-threaded, with every buffer allocated here: the batch-1 step of the runtime.
+
+    Args:
+      w: a `PackedWeight` with the lanes layout (4- or 8-bit; `qmatmul`'s batch-1 kernel), or
+        the ``(PackedWeight, table)`` of `codebook_weight` (then `table` is taken from it).
+      x1: ``(K,)`` float32, read on each call; out: ``(N,)`` float32, written on each call.
+      bias: ``(N,)`` float32 or None; act: 0 none, 1 relu, 2 relu6.
+
+    Checked once here; the closure does no checks.
+    """
+    if isinstance(w, tuple):
+        w, table = w
+    if not isinstance(w, PackedWeight) or w.lanes is None:
+        raise JaxCompressValueError("bind_lanes_gemv needs a PackedWeight with the lanes layout")
+    k, n = w.shape
+    check_array("x1", x1, dtype=np.float32, shape=(k,))
+    check_array("out", out, dtype=np.float32, shape=(n,))
+    b = np.zeros(n, np.float32) if bias is None else bias
+    check_array("bias", b, dtype=np.float32, shape=(n,))
+    if act not in (0, 1, 2):
+        raise JaxCompressValueError(f"act={act!r} must be 0, 1 or 2")
+    d, s, zs = w.lanes
+    _, ng, g, _ = d.shape
+    xp = np.zeros((1, ng * g), np.float32)
+    xsum = np.zeros((1, ng), np.float32)
+    o = np.zeros((1, LANE_BLOCK), np.float32)
+    if table is None:
+        return lambda: _lanes_gemv1(x1, xp, xsum, d, s, zs, b, act, o, out)
+    check_array("table", table, dtype=np.float32, shape=(16,))
+    if w.bits != 4:
+        raise JaxCompressValueError(f"a codebook table needs 4-bit codes, got {w.bits}-bit")
+    return lambda: _lanes_gemv1_table(x1, xp, xsum, d, s, zs, table, b, act, o, out)
+
+
 # compute="int8": x is rounded per block by `_int8x` (its comment gives the exact integer-lane
 # arithmetic of the kernels below).
 @njit(cache=True, nogil=True)

@@ -66,7 +66,12 @@ from jaxcompress_kernels.formats import (
     nm_from_quantized,
     pack_weight,
 )
-from jaxcompress_kernels.quantized import codebook_matmul, codebook_weight, qmatmul
+from jaxcompress_kernels.quantized import (
+    bind_lanes_gemv,
+    codebook_matmul,
+    codebook_weight,
+    qmatmul,
+)
 from jaxcompress_kernels.runtime_config import _LAST_SET, set_num_threads
 from jaxcompress_kernels.sparse import bind_nm24_gemv, nm24_gemv_ok, spmm_csr, spmm_nm
 
@@ -378,6 +383,7 @@ class _Cand:
     csr: object = None  # the CSRMatrix of a csr kernel (a conv streams transposed im2col rows)
     scaled: bool = False  # an affine epilogue wraps fn (the sparse conv path does not apply it)
     nm: object = None  # the NMSparse of an spmm_nm kernel (batch 1: the bound AVX-512 GEMV)
+    lanes: object = None  # qmatmul's PackedWeight / codebook_weight (batch 1: bound lanes GEMV)
 
 
 def _native_kernel(e):
@@ -431,7 +437,8 @@ def _native_kernel(e):
             )
             gdesc = "per-channel" if gs is None else f"g={gs}"
             label = f"qmatmul({bits}-bit, {gdesc}" + (", from N:M storage)" if enc == "nm" else ")")
-            return _Cand(label, lambda x, bias: qmatmul(x, w, bias), w.nbytes)
+            lanes = w if w.lanes is not None else None
+            return _Cand(label, lambda x, bias: qmatmul(x, w, bias), w.nbytes, lanes=lanes)
     if enc == "codebook":
         return _codebook_kernel(e)
     return None
@@ -481,7 +488,7 @@ def _codebook_kernel(e):
     cw = codebook_weight(idx, table) if table.shape[0] <= 16 else None
     if cw is not None:
         label = f"codebook_matmul({bits}-bit, {table.shape[0]} centroids, LUT)"
-        return _Cand(label, lambda x, bias: codebook_matmul(x, cw, bias), cw[0].nbytes)
+        return _Cand(label, lambda x, bias: codebook_matmul(x, cw, bias), cw[0].nbytes, lanes=cw)
     idx_t = np.ascontiguousarray(idx.T.astype(np.uint8))
     label = f"lut_matmul({bits}-bit codebook, {table.shape[0]} centroids)"
     return _Cand(label, lambda x, bias: lut_matmul_unchecked(x, idx_t, table, bias), idx_t.nbytes)
@@ -1713,9 +1720,12 @@ def _linear_step(cand, x2, y2, bias, act):
             bias_act(y2, b, code)
 
         return f
-    if cand.nm is not None and not cand.scaled and x2.shape[0] == 1 and nm24_gemv_ok(cand.nm):
+    if not cand.scaled and x2.shape[0] == 1:  # batch 1: a bound GEMV, bias and act fused
         code = {None: 0, _RELU: 1, _RELU6: 2}[act]
-        return bind_nm24_gemv(cand.nm, x2[0], y2[0], bias, code)
+        if cand.nm is not None and nm24_gemv_ok(cand.nm):
+            return bind_nm24_gemv(cand.nm, x2[0], y2[0], bias, code)
+        if cand.lanes is not None:
+            return bind_lanes_gemv(cand.lanes, x2[0], y2[0], bias, code)
     fn = cand.fn
 
     def h():
