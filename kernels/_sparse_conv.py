@@ -261,10 +261,12 @@ class SparsePlaneConv:
       bias: ``(N,)`` float32 or None; act: 0 none, 1 relu, 2 relu6.
       pool: None or ``((ph, pw), (sh, sw))``: a VALID max pooling after the conv, fused (the
         bias and a monotone activation commute with the max, so this equals pooling last).
+      col_scale: None or ``(N,)`` float32: outputs scaled per channel before the bias (an affine
+        epilogue; folded into the values, so a negative scale stays correct under the pool).
     """
 
     def __init__(self, indptr, indices, values, scales, *, kernel_hw, dilation, pads, xshape,
-                 bias=None, act=0, pool=None):  # fmt: skip
+                 bias=None, act=0, pool=None, col_scale=None):  # fmt: skip
         bsz, h, w, c = (int(v) for v in xshape)
         kh, kw = (int(v) for v in kernel_hw)
         dh, dw = (int(v) for v in dilation)
@@ -293,9 +295,11 @@ class SparsePlaneConv:
             raise JaxCompressValueError("SparsePlaneConv: an index is outside the kernel")
         self.offs = np.ascontiguousarray(offs, np.int32)
         v = np.asarray(values, np.float32)
+        rows = np.repeat(np.arange(n), np.diff(indptr))
         if scales is not None:
-            rows = np.repeat(np.arange(n), np.diff(indptr))
             v = v * np.asarray(scales, np.float32)[rows]
+        if col_scale is not None:  # a per-output-channel affine scale after the conv
+            v = v * np.asarray(col_scale, np.float32)[rows]
         self.vals = np.ascontiguousarray(v, np.float32)
         self.indptr = np.ascontiguousarray(indptr, np.int64)
         # tail: a row's last chunk reads up to owp - ow floats past the padded plane's end

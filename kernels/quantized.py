@@ -678,10 +678,10 @@ def _gemv1_prep(x1, xp, xsum, g):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _gemv1_store(o, bias, act, b, out):
+def _gemv1_store(o, scale, bias, act, b, out):
     c0 = b * LANE_BLOCK
     for c in range(min(LANE_BLOCK, out.shape[0] - c0)):
-        v = o[0, c] + bias[c0 + c]
+        v = o[0, c] * scale[c0 + c] + bias[c0 + c]
         if act != 0 and v < np.float32(0.0):
             v = np.float32(0.0)
         if act == 2 and v > np.float32(6.0):
@@ -690,7 +690,7 @@ def _gemv1_store(o, bias, act, b, out):
 
 
 @njit(cache=True, nogil=True)
-def _lanes_gemv1(x1, xp, xsum, d, s, zs, bias, act, o, out):
+def _lanes_gemv1(x1, xp, xsum, d, s, zs, scale, bias, act, o, out):
     """out = act(x1 @ dequant(W) + bias) for one row on the lanes layout, serial, into buffers
     the caller owns (`bind_lanes_gemv`): xp (1, Kp) zero-padded, xsum (1, G), o (1, LANE_BLOCK);
     act 0 none, 1 relu, 2 relu6."""
@@ -698,21 +698,24 @@ def _lanes_gemv1(x1, xp, xsum, d, s, zs, bias, act, o, out):
     for b in range(d.shape[0]):
         o[0, :] = 0.0
         lanes_dot(xp, 0, xsum, d, s, zs, b, o)
-        _gemv1_store(o, bias, act, b, out)
+        _gemv1_store(o, scale, bias, act, b, out)
 
 
 @njit(cache=True, nogil=True)
-def _lanes_gemv1_table(x1, xp, xsum, d, s, zs, table, bias, act, o, out):
+def _lanes_gemv1_table(x1, xp, xsum, d, s, zs, table, scale, bias, act, o, out):
     """As `_lanes_gemv1`, the 4-bit codes decoded through ``table`` (a codebook)."""
     _gemv1_prep(x1, xp, xsum, d.shape[2])
     for b in range(d.shape[0]):
         o[0, :] = 0.0
         lanes_dot_table(xp, 0, xsum, d, s, zs, b, o, table)
-        _gemv1_store(o, bias, act, b, out)
+        _gemv1_store(o, scale, bias, act, b, out)
 
 
-def bind_lanes_gemv(w, x1: np.ndarray, out: np.ndarray, bias=None, act: int = 0, table=None):
-    """A closure computing ``out[:] = act(x1 @ W + bias)`` for one row of x on the lanes layout,
+def bind_lanes_gemv(
+    w, x1: np.ndarray, out: np.ndarray, bias=None, act: int = 0, table=None, *, scale=None
+):
+    """A closure computing ``out[:] = act((x1 @ W) * scale + bias)`` for one row of x on the
+    lanes layout (`scale`: optional ``(N,)`` per-channel factor, e.g. a folded batch norm),
     single-threaded, with every buffer allocated here: the batch-1 step of the runtime.
 
     Args:
@@ -734,17 +737,19 @@ def bind_lanes_gemv(w, x1: np.ndarray, out: np.ndarray, bias=None, act: int = 0,
     check_array("bias", b, dtype=np.float32, shape=(n,))
     if act not in (0, 1, 2):
         raise JaxCompressValueError(f"act={act!r} must be 0, 1 or 2")
+    sc = np.ones(n, np.float32) if scale is None else scale
+    check_array("scale", sc, dtype=np.float32, shape=(n,))
     d, s, zs = w.lanes
     _, ng, g, _ = d.shape
     xp = np.zeros((1, ng * g), np.float32)
     xsum = np.zeros((1, ng), np.float32)
     o = np.zeros((1, LANE_BLOCK), np.float32)
     if table is None:
-        return lambda: _lanes_gemv1(x1, xp, xsum, d, s, zs, b, act, o, out)
+        return lambda: _lanes_gemv1(x1, xp, xsum, d, s, zs, sc, b, act, o, out)
     check_array("table", table, dtype=np.float32, shape=(16,))
     if w.bits != 4:
         raise JaxCompressValueError(f"a codebook table needs 4-bit codes, got {w.bits}-bit")
-    return lambda: _lanes_gemv1_table(x1, xp, xsum, d, s, zs, table, b, act, o, out)
+    return lambda: _lanes_gemv1_table(x1, xp, xsum, d, s, zs, table, sc, b, act, o, out)
 
 
 # compute="int8": x is rounded per block by `_int8x` (its comment gives the exact integer-lane

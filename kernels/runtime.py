@@ -384,6 +384,7 @@ class _Cand:
     scaled: bool = False  # an affine epilogue wraps fn (the sparse conv path does not apply it)
     nm: object = None  # the NMSparse of an spmm_nm kernel (batch 1: the bound AVX-512 GEMV)
     lanes: object = None  # qmatmul's PackedWeight / codebook_weight (batch 1: bound lanes GEMV)
+    scale: np.ndarray | None = None  # the (N,) affine scale `fn` applies when `scaled`
 
 
 def _native_kernel(e):
@@ -1625,7 +1626,9 @@ def _scaled(cand: _Cand, scale, wk=None) -> _Cand:
             y += bias
         return y
 
-    return dataclasses.replace(cand, fn=scaled_fn, scaled=True)
+    return dataclasses.replace(
+        cand, fn=scaled_fn, scaled=True, scale=np.ascontiguousarray(scale, np.float32)
+    )
 
 
 def _copy_then(src, layers, out):
@@ -1720,12 +1723,12 @@ def _linear_step(cand, x2, y2, bias, act):
             bias_act(y2, b, code)
 
         return f
-    if not cand.scaled and x2.shape[0] == 1:  # batch 1: a bound GEMV, bias and act fused
+    if x2.shape[0] == 1:  # batch 1: a bound GEMV, affine scale, bias and act fused
         code = {None: 0, _RELU: 1, _RELU6: 2}[act]
         if cand.nm is not None and nm24_gemv_ok(cand.nm):
-            return bind_nm24_gemv(cand.nm, x2[0], y2[0], bias, code)
+            return bind_nm24_gemv(cand.nm, x2[0], y2[0], bias, code, scale=cand.scale)
         if cand.lanes is not None:
-            return bind_lanes_gemv(cand.lanes, x2[0], y2[0], bias, code)
+            return bind_lanes_gemv(cand.lanes, x2[0], y2[0], bias, code, scale=cand.scale)
     fn = cand.fn
 
     def h():
@@ -1799,7 +1802,7 @@ def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
     elif _plane_ok(cand, conv):
         fused = pool is not None and conv.nd == 2
         run = _plane_conv(cand.csr, conv, x, out if fused else conv_out, bias, act,
-                          pool if fused else None)  # fmt: skip
+                          pool if fused else None, cand.scale)  # fmt: skip
         if fused:
             return run
     elif cand.csr is not None and conv.nd in (1, 2) and not cand.scaled:
@@ -1860,7 +1863,16 @@ def _fastest(cands, n_native, x2_shape, conv, wk) -> int:
         return min(floats, key=best.__getitem__)
     native = min(range(n_native), key=best.__getitem__)
     fl = min(floats, key=best.__getitem__) if len(floats) else native
-    return fl if best[fl] < 0.95 * best[native] else native
+    # a float linear layer at a small batch may join an `mlp_chain` with its neighbours, which
+    # saves a step of its own: credit it that step's cost (else a chain of small compressed
+    # layers is cut into separate steps that are each a little faster and together slower)
+    credit = _CHAIN_CREDIT_S if conv is None and x2_shape[0] <= 4 else 0.0
+    return fl if best[fl] - credit < 0.95 * best[native] else native
+
+
+# Measured on LeNet-5 / FC AutoEncoder steps (AMD EPYC, one thread): a layer run as its own step
+# costs ~1 us more than the same layer inside an `mlp_chain` (dispatch, call, arena views).
+_CHAIN_CREDIT_S = 1.0e-6
 
 
 def _direct_candidate(self) -> _Cand:
@@ -1970,10 +1982,10 @@ def _direct_conv(conv, dense2d, x, out, bias, act):
 
 
 def _plane_ok(cand, conv) -> bool:
-    """A CSR weight on a stride-1 1-D/2-D conv runs `_sparse_conv.SparsePlaneConv`."""
+    """A CSR weight on a stride-1 1-D/2-D conv runs `_sparse_conv.SparsePlaneConv` (an affine
+    scale is folded into its values)."""
     return (
         cand.csr is not None
-        and not cand.scaled
         and conv.nd in (1, 2)
         and conv.groups == 1
         and all(st == 1 for st in conv.strides)
@@ -1984,7 +1996,7 @@ def _plane_ok(cand, conv) -> bool:
     )
 
 
-def _plane_conv(w, conv, x, out, bias, act, pool):
+def _plane_conv(w, conv, x, out, bias, act, pool, scale=None):
     """A CSR conv, stride 1: one output plane per channel in registers, one vector FMA per
     nonzero and 16 pixels (`_sparse_conv`); bias, activation and (2-D) max pooling fused."""
     if conv.nd == 2:
@@ -1994,7 +2006,8 @@ def _plane_conv(w, conv, x, out, bias, act, pool):
         kern, dil, pads = (1, conv.kernel[0]), (1, conv.dilation[0]), ((0, 0), conv.pads[0])
     code = {None: 0, _RELU: 1, _RELU6: 2}[act]
     sp = SparsePlaneConv(w.indptr, w.indices, w.values, w.scales, kernel_hw=kern, dilation=dil,
-                         pads=pads, xshape=x4.shape, bias=bias, act=code, pool=pool)  # fmt: skip
+                         pads=pads, xshape=x4.shape, bias=bias, act=code, pool=pool,
+                         col_scale=scale)  # fmt: skip
     o4 = out.reshape(sp.out_shape)
     run = sp.run
     return lambda: run(x4, o4)

@@ -177,7 +177,7 @@ _G1, _G2, _G3, _G4 = _nm_gemv.GEMVS
 
 
 @njit(cache=True, nogil=True)
-def _spmv_nm24(x1, positions, values, buf, bias, act, out):
+def _spmv_nm24(x1, positions, values, buf, scale, bias, act, out):
     """out = act(x1 @ W + bias) for one row (x1 zero-padded to Kp) of a float32 2:4 `NMSparse`,
     `_nm_gemv` over groups of up to four tiles; act 0 none, 1 relu, 2 relu6."""
     ntiles = positions.shape[0]
@@ -194,7 +194,7 @@ def _spmv_nm24(x1, positions, values, buf, bias, act, out):
             _G1(x1, positions, values, t, buf[16 * t :])
         t += r
     for i in range(out.shape[0]):
-        v = buf[i] + bias[i]
+        v = buf[i] * scale[i] + bias[i]
         if act != 0 and v < np.float32(0.0):
             v = np.float32(0.0)
         if act == 2 and v > np.float32(6.0):
@@ -207,8 +207,11 @@ def nm24_gemv_ok(w: NMSparse) -> bool:
     return w.bits is None and w.n == 2 and w.m == 4 and _nm_gemv.available()
 
 
-def bind_nm24_gemv(w: NMSparse, x1: np.ndarray, out: np.ndarray, bias=None, act: int = 0):
-    """A closure computing ``out[:] = act(x1 @ W + bias)`` for one row: ``x1`` ``(K,)`` and
+def bind_nm24_gemv(
+    w: NMSparse, x1: np.ndarray, out: np.ndarray, bias=None, act: int = 0, *, scale=None
+):
+    """A closure computing ``out[:] = act((x1 @ W) * scale + bias)`` for one row (`scale`: an
+    optional ``(N,)`` per-channel factor, e.g. a folded batch norm): ``x1`` ``(K,)`` and
     ``out`` ``(N,)`` float32 C-contiguous buffers the caller owns (read/written on each call).
     Checked here once (`nm24_gemv_ok` must hold); the closure does no checks."""
     if not nm24_gemv_ok(w):
@@ -220,17 +223,19 @@ def bind_nm24_gemv(w: NMSparse, x1: np.ndarray, out: np.ndarray, bias=None, act:
     check_array("bias", b, dtype=np.float32, shape=(n,))
     if act not in (0, 1, 2):
         raise JaxCompressValueError(f"act={act!r} must be 0, 1 or 2")
+    sc = np.ones(n, np.float32) if scale is None else scale
+    check_array("scale", sc, dtype=np.float32, shape=(n,))
     kp = w.positions.shape[1] * 8
     buf = np.zeros(w.positions.shape[0] * 16, np.float32)
     pos, vals = w.positions, w.values
     if kp == k:
-        return lambda: _spmv_nm24(x1, pos, vals, buf, b, act, out)
+        return lambda: _spmv_nm24(x1, pos, vals, buf, sc, b, act, out)
     xp = np.zeros(kp, np.float32)
     head = xp[:k]
 
     def run():
         head[...] = x1
-        _spmv_nm24(xp, pos, vals, buf, b, act, out)
+        _spmv_nm24(xp, pos, vals, buf, sc, b, act, out)
 
     return run
 
@@ -269,7 +274,8 @@ def spmm_nm(x: np.ndarray, w: NMSparse, bias: np.ndarray | None = None) -> np.nd
     q4 = w.bits == 4
     if m == 1 and nm24_gemv_ok(w):  # batch 1: the AVX-512 permute GEMV (`_nm_gemv`)
         buf = np.zeros(w.positions.shape[0] * 16, np.float32)
-        _spmv_nm24(xp[0], w.positions, w.values, buf, np.zeros(n, np.float32), 0, out[0])
+        one, zero = np.ones(n, np.float32), np.zeros(n, np.float32)
+        _spmv_nm24(xp[0], w.positions, w.values, buf, one, zero, 0, out[0])
         return _finish(out, bias, squeeze)
     scales = w.scales if q4 else np.ones(1, np.float32)
     _spmm_nm_tiles(xp, w.positions, w.values, scales, q4, out)

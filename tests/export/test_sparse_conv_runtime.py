@@ -5,6 +5,7 @@ the JAX model with the same masked weights."""
 from __future__ import annotations
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -51,7 +52,11 @@ def test_pruned_convs_match_jax(tmp_path, cls, shape, planar, int8):
         p = quantization.quantize_params(p, bits=8, where=r"kernel")
     path = tmp_path / "net.jcx"
     info = save(path, apply_fn, p, inputs(shape, 2, seed=1))
-    enc = {n: t["encoding"] for n, t in info.tensors.items() if n.endswith("kernel") and n.startswith("c")}
+    enc = {
+        n: t["encoding"]
+        for n, t in info.tensors.items()
+        if n.endswith("kernel") and n.startswith("c")
+    }
     assert set(enc.values()) == {"csr"}, enc
     rt = runtime.load(path, num_threads=1, autotune=False)
     convs = [v for n, v in rt.plan.items() if n.startswith("c")]
@@ -60,3 +65,69 @@ def test_pruned_convs_match_jax(tmp_path, cls, shape, planar, int8):
         x = inputs(shape, batch, seed=batch)
         ref = reference_output(apply_fn, p, x)
         assert rel_err(ref, rt.run(x)) <= 1e-5
+
+
+def _random_bn(model, seed):
+    rng = np.random.default_rng(seed)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.BatchNorm):
+            n = node.mean.shape[0]
+            node.mean.set_value(np.asarray(rng.normal(0, 0.2, n), np.float32))
+            node.var.set_value(np.asarray(rng.uniform(0.5, 1.5, n), np.float32))
+            # negative scales too: the affine epilogue must not commute with the max pool
+            node.scale.set_value(np.asarray(rng.uniform(-1.3, 1.3, n), np.float32))
+            node.bias.set_value(np.asarray(rng.normal(0, 0.1, n), np.float32))
+
+
+class _BnNet(nnx.Module):
+    """Compressed conv and linear layers followed by batch norm: the runtime fuses the norm into
+    the step as a per-channel affine epilogue (the export folds it only into float kernels)."""
+
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(3, 16, (3, 3), padding="SAME", rngs=rngs)
+        self.b1 = nnx.BatchNorm(16, rngs=rngs)
+        self.f1 = nnx.Linear(16 * 4 * 4, 256, rngs=rngs)
+        self.b2 = nnx.BatchNorm(256, rngs=rngs)
+        self.f2 = nnx.Linear(256, 130, rngs=rngs)
+
+    def __call__(self, x, train=False, rngs=None):
+        del rngs
+        x = nnx.max_pool(
+            nnx.relu(self.b1(self.c1(x), use_running_average=not train)), (2, 2), (2, 2)
+        )
+        x = nnx.relu(self.b2(self.f1(x.reshape(x.shape[0], -1)), use_running_average=not train))
+        return self.f2(x)
+
+
+@pytest.mark.parametrize(
+    ("way", "conv_kernel", "fc_kernel"),
+    [
+        ("prune_int8", "spmm_csr_conv(planar, int8", None),
+        ("int4", None, "qmatmul(4-bit"),
+        ("nm", None, "spmm_nm(2:4, f32"),
+    ],
+)
+def test_affine_epilogue_on_bound_kernels(tmp_path, way, conv_kernel, fc_kernel):
+    from jaxcompress import quantization
+    from tests.export._models import _nm
+
+    model = _BnNet(rngs=nnx.Rngs(0))
+    _random_bn(model, 1)
+    apply_fn, params = functional(model)
+    if way == "prune_int8":
+        p = _map_kernels(lambda n, w: _magnitude(n, w, 0.85), params)
+        p = quantization.quantize_params(p, bits=8, where=r"kernel")
+    elif way == "int4":
+        p = quantization.quantize_params(params, bits=4, where=r"kernel")
+    else:
+        p = _map_kernels(_nm, params)
+    path = tmp_path / "bn.jcx"
+    save(path, apply_fn, p, inputs((8, 8, 3), 2, seed=1))
+    rt = runtime.load(path, num_threads=1, autotune=False)
+    if conv_kernel:
+        assert rt.plan["c1/kernel"].startswith(conv_kernel), rt.plan
+    if fc_kernel:
+        assert rt.plan["f1/kernel"].startswith(fc_kernel), rt.plan
+    for batch in (1, 2):  # batch 1 runs the bound GEMVs, batch 2 the general kernels
+        x = inputs((8, 8, 3), batch, seed=batch)
+        assert rel_err(reference_output(apply_fn, p, x), rt.run(x)) <= 1e-5

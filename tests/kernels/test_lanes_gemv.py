@@ -80,3 +80,20 @@ def test_checks_once():
         bind_lanes_gemv(w, np.zeros(800, np.float32), np.zeros(500, np.float32), act=5)
     with pytest.raises(JaxCompressValueError):
         bind_lanes_gemv("w", np.zeros(800, np.float32), np.zeros(500, np.float32))
+
+
+def test_per_channel_scale():
+    rng = np.random.default_rng(4)
+    codes, scales, zps = random_codes(rng, 4, 800, 500, None, False)
+    w = pack_weight(codes, scales, zps, bits=4)
+    if w.lanes is None:
+        return  # no lanes layout on this host (test_checks_once)
+    x1 = rng.standard_normal(800).astype(np.float32)
+    out = np.empty(500, np.float32)
+    scale = rng.uniform(-2, 2, 500).astype(np.float32)
+    bias = rng.standard_normal(500).astype(np.float32)
+    bind_lanes_gemv(w, x1, out, bias, 2, scale=scale)()
+    want = np.clip(jk.qmatmul(x1[None], w)[0].astype(np.float64) * scale + bias, 0, 6)
+    rel_close(out, want, 1e-6)
+    with pytest.raises(ValueError, match="scale"):
+        bind_lanes_gemv(w, x1, out, bias, scale=np.ones(499, np.float32))

@@ -72,3 +72,19 @@ def test_bind_checks_its_buffers():
         bind_nm24_gemv(nm, np.zeros(32, np.float32), np.zeros(20, np.float64))
     with pytest.raises(JaxCompressValueError, match="act"):
         bind_nm24_gemv(nm, np.zeros(32, np.float32), np.zeros(20, np.float32), act=3)
+
+
+def test_per_channel_scale():
+    rng = np.random.default_rng(9)
+    w = _w24(rng, 64, 40)
+    nm = nm_from_dense(w, n=2)
+    x1 = rng.standard_normal(64).astype(np.float32)
+    out = np.empty(40, np.float32)
+    scale = rng.uniform(-2, 2, 40).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    if not nm24_gemv_ok(nm):
+        return  # refused on this host (test_bind_checks_its_buffers)
+    bind_nm24_gemv(nm, x1, out, bias, 1, scale=scale)()
+    rel_close(out, np.maximum((x1.astype(np.float64) @ w) * scale + bias, 0))
+    with pytest.raises(ValueError, match="scale"):
+        bind_nm24_gemv(nm, x1, out, bias, 1, scale=scale[:-1])
