@@ -1536,10 +1536,14 @@ class _Exec:
         cands = list(wk.candidates)
         if conv is not None and conv.groups != 1:
             return wk.direct_candidate()
-        if conv is not None and rt.autotune and wk.entry.encoding == "nm":
-            plane = wk.plane_candidate()  # N:M weights as CSR through the planar sparse conv
-            if _plane_ok(plane, conv):
-                cands.append(plane)
+        if conv is not None and rt.autotune and wk.entry.encoding not in ("csr", "csr_codebook"):
+            # a conv weight with at most half its entries nonzero (N:M, or pruned and then
+            # quantized / clustered into a dense encoding) may run the planar sparse conv on its
+            # nonzeros as CSR; timed like any candidate
+            if np.count_nonzero(wk.dense()) <= 0.5 * wk.k * wk.n:
+                plane = wk.plane_candidate()
+                if _plane_ok(plane, conv):
+                    cands.append(plane)
         n_native = len(cands)
         if not cands or (rt.autotune and wk.decoded_bytes <= rt.autotune_max_bytes):
             if conv is not None:

@@ -131,3 +131,25 @@ def test_affine_epilogue_on_bound_kernels(tmp_path, way, conv_kernel, fc_kernel)
     for batch in (1, 2):  # batch 1 runs the bound GEMVs, batch 2 the general kernels
         x = inputs((8, 8, 3), batch, seed=batch)
         assert rel_err(reference_output(apply_fn, p, x), rt.run(x)) <= 1e-5
+
+
+def test_pruned_weights_in_a_dense_encoding_may_run_planar(tmp_path):
+    """A pruned conv whose quantized codes are stored dense (`packed`: at 30% density int8 CSR is
+    not smaller) gets the planar sparse conv as an autotuned candidate, on its nonzeros."""
+    from jaxcompress import quantization
+
+    apply_fn, params = functional(_Net(rngs=nnx.Rngs(0)))
+    p = _map_kernels(lambda n, w: _magnitude(n, w, 0.7), params)
+    p = quantization.quantize_params(p, bits=8, where=r"kernel")
+    path = tmp_path / "packed.jcx"
+    info = save(path, apply_fn, p, inputs((14, 14, 3), 2, seed=1))
+    assert info.tensors["c1/kernel"]["encoding"] == "packed"
+    rt = runtime.load(path, num_threads=1)  # autotuned
+    wk = rt.weights["c1/kernel"]
+    plane = wk.plane_candidate()
+    d = wk.dense()
+    assert plane.csr.nnz == np.count_nonzero(d)
+    np.testing.assert_array_equal(plane.csr.values, d.T[d.T != 0])
+    for batch in (1, 2):
+        x = inputs((14, 14, 3), batch, seed=batch)
+        assert rel_err(reference_output(apply_fn, p, x), rt.run(x)) <= 1e-5
