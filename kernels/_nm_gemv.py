@@ -40,16 +40,11 @@ _V4 = ir.VectorType(_F32, 4)
 
 
 def available() -> bool:
-    """True if the host has AVX-512 and Numba compiles for the host CPU."""
-    import llvmlite.binding as ll
-    from numba.core import config
+    """True if the host has AVX-512 and Numba compiles for the host CPU (the test the lanes
+    tile uses for ``vpermps``)."""
+    from jaxcompress_kernels._lanes_tile import _use_permvar
 
-    if config.CPU_NAME not in (None, "host"):
-        return False
-    try:
-        return bool(ll.get_host_cpu_features().get("avx512f", False))
-    except RuntimeError:
-        return False
+    return _use_permvar()
 
 
 def _c(v):
