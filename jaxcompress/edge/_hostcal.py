@@ -23,8 +23,8 @@ node), and the fit is a non-negative least squares on the relative error::
              (g: per call: input check, copy in and out; d: the run loop's own time per step)
 
 The result is cached in ``$XDG_CACHE_HOME/jaxcompress/host_cost.json`` (default
-``~/.cache/...``), keyed by the model version, the CPU model, CPU count, kernel threads and
-library versions, so the measurement (about a minute and a half, most of it exporting the
+``~/.cache/...``), keyed by the model version, the CPU model, CPU count, kernel threads, library versions and a
+hash of the kernel package's sources (an edited kernel is measured afresh), so the measurement (about a minute and a half, most of it exporting the
 calibration graphs and compiling kernels) runs once per machine; ``JAXCOMPRESS_HOST_CACHE=0``
 disables the cache. The host's rates already include its caches and memory system for models of
 this size, so the host's cost model has no separate bandwidth ceiling (``memory_ceiling=False``).
@@ -32,6 +32,8 @@ this size, so the host's cost model has no separate bandwidth ceiling (``memory_
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -396,10 +398,32 @@ def _cache_path() -> str:
     return os.path.join(base, "jaxcompress", "host_cost.json")
 
 
+@functools.lru_cache(maxsize=1)
+def _kernels_fingerprint() -> str:
+    """sha256 (first 16 hex digits) of the kernel package's Python sources: an edited kernel in
+    a checkout whose version string did not change still gets measured afresh."""
+    import jaxcompress_kernels
+
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(jaxcompress_kernels.__file__))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(f for f in filenames if f.endswith(".py")):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, root).encode() + b"\0")
+            try:
+                with open(path, "rb") as f:
+                    h.update(f.read())
+            except OSError:
+                h.update(b"?")
+    return h.hexdigest()[:16]
+
+
 def _key(num_threads) -> str:
     from importlib.metadata import version
 
     parts = [_MODEL, cpu_model(), str(os.cpu_count()), str(num_threads)]
+    parts.append(f"kernels={_kernels_fingerprint()}")
     for pkg in ("numpy", "numba", "jaxcompress"):
         try:
             parts.append(f"{pkg}={version(pkg)}")

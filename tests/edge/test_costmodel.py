@@ -493,3 +493,28 @@ def test_fused_layers_take_their_steps_kernel_family():
     g = EdgeGraph("x", (1, 8), "int8", ops, ("b",))
     assert step_features(g, 1) == {"flops:int8": 512.0, "bytes:weights": 0.0}  # no fixed cost
     assert kernel_family(ops[1], ops[0]) == "int8"
+
+
+def test_host_cost_cache_key_tracks_the_kernel_sources(tmp_path, monkeypatch):
+    """An edited kernel with an unchanged version string must not reuse a cached host fit."""
+    import jaxcompress_kernels
+    from jaxcompress.edge import _hostcal
+
+    (tmp_path / "__init__.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "k.py").write_text("def f():\n    return 1\n")
+    monkeypatch.setattr(jaxcompress_kernels, "__file__", str(tmp_path / "__init__.py"))
+    _hostcal._kernels_fingerprint.cache_clear()
+    try:
+        k1 = _hostcal._key(1)
+        _hostcal._kernels_fingerprint.cache_clear()
+        assert _hostcal._key(1) == k1  # deterministic
+        (tmp_path / "sub" / "k.py").write_text("def f():\n    return 2\n")
+        _hostcal._kernels_fingerprint.cache_clear()
+        k2 = _hostcal._key(1)
+        assert k2 != k1 and "kernels=" in k2
+        (tmp_path / "sub" / "notes.txt").write_text("not source")
+        _hostcal._kernels_fingerprint.cache_clear()
+        assert _hostcal._key(1) == k2  # only Python sources count
+    finally:
+        _hostcal._kernels_fingerprint.cache_clear()
