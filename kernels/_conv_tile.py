@@ -41,6 +41,8 @@ __all__ = [
         for kind in ("conv", "dw", "max")
         for v, h in ((1, ""), (2, ""), (3, ""), (4, ""), (0, "h"), (1, "h"), (2, "h"), (3, "h"))
     ],
+    "DW3_PIXELS",
+    *[f"dw3_tile{p}s{s}w{w}" for p in (8, 4, 2, 1) for s in (1, 2) for w in (16, 8)],
 ]
 
 VL = 16  # float lanes per full vector
@@ -312,3 +314,105 @@ max_tile0h = _tile_for("max", 0, 1)
 max_tile1h = _tile_for("max", 1, 1)
 max_tile2h = _tile_for("max", 2, 1)
 max_tile3h = _tile_for("max", 3, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# depthwise 3-wide rows: input vectors reused across the pixels of a row, no padded copy
+#
+# ``dw3_tile{P}s{S}w{L}``: P consecutive output pixels of one row x one vector of L (16 or 8)
+# channels of a depthwise conv whose kernel is 3 wide with W-stride S (1 or 2) and no W
+# dilation, read straight from the unpadded input. Per kernel row the (P - 1) S + 3 input
+# vectors the P windows span are each loaded once and feed every window they fall in (up to 3
+# FMAs per load; the general `dw_tile` loads an input vector per FMA and ran load-bound).
+# Padding: the caller passes only the kernel rows inside the image (``nrows`` from row
+# ``wr0``) and a bit mask of the tile's input columns inside it (``colmask``; a column outside
+# is a masked-off load: exactly the zero padding's contribution). Taps are
+# added in the same (kernel row, kernel column) order as `dw_tile`, from the same bias start.
+# Loads and stores are masked to ``nlast`` lanes (never past the channel run).
+DW3_PIXELS = (8, 4, 2, 1)
+
+
+def _make_dw3(npixels: int, sw: int, width: int):
+    @intrinsic
+    def tile(
+        typingctx, x, w, x0, cstride, rowstep, nrows, wr0, brow, c0, out, o0, nlast, act, colmask
+    ):
+        ints = (x0, cstride, rowstep, nrows, wr0, brow, c0, o0, nlast, act, colmask)
+        f32 = types.float32
+        if not (
+            _arrays_ok(x, w, out, dtypes=(f32, f32, f32))
+            and w.ndim == 2
+            and all(isinstance(i, types.Integer) for i in ints)
+        ):
+            return None
+        sig = types.void(
+            x, w, x0, cstride, rowstep, nrows, wr0, brow, c0, out, o0, nlast, act, colmask
+        )
+
+        def codegen(context, builder, signature, args):
+            return _dw3_codegen(context, builder, signature, args, npixels, sw, width)
+
+        return sig, codegen
+
+    return tile
+
+
+def _dw3_codegen(context, builder, signature, args, npixels, sw, width):
+    """out[o0 + p C + j] = act(w[brow, c0 + j] + sum_{i < nrows, t < 3} x[x0 + i rowstep + (p sw + t) C + j]
+    w[wr0 + 3 i + t, c0 + j]) for p < npixels, j < nlast (C = cstride), leaving out the input
+    columns p sw + t whose bit is clear in colmask (they lie in the zero padding)."""
+    st = signature.args
+    xa = context.make_array(st[0])(context, builder, args[0])
+    wa = context.make_array(st[1])(context, builder, args[1])
+    da = context.make_array(st[9])(context, builder, args[9])
+    x0, cstride, rowstep, nrows, wr0, brow, c0, o0, nlast, act, colmask = (
+        _as_i64(builder, args[i], st[i]) for i in (2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13)
+    )
+    ldw = builder.extract_value(wa.shape, 1)
+    mask = _lane_mask(builder, nlast, width)
+    ncols = (npixels - 1) * sw + 3
+    off = ir.Constant(mask.type, [0] * width)
+    cmasks = [
+        builder.select(
+            builder.icmp_unsigned("!=", builder.and_(colmask, _c(1 << col)), _c(0)), mask, off
+        )
+        for col in range(ncols)
+    ]
+    wbase = builder.gep(wa.data, [c0])
+    accs = _init_accs(builder, builder.gep(wbase, [builder.mul(brow, ldw)]), npixels, (width,))
+    with _for_range_no_unroll(builder, nrows) as i:
+        xrow = builder.gep(xa.data, [builder.add(x0, builder.mul(i, rowstep))])
+        wr = builder.add(wr0, builder.mul(i, _c(3)))
+        wv = [
+            _vload(builder, builder.gep(wbase, [builder.mul(builder.add(wr, _c(t)), ldw)]), width)
+            for t in range(3)
+        ]
+        for col in range(ncols):
+            ptr = builder.gep(xrow, [builder.mul(_c(col), cstride)])
+            xv = _masked_load(builder, ptr, cmasks[col], width)
+            for t in range(3):
+                if (col - t) % sw or not 0 <= (col - t) // sw < npixels:
+                    continue
+                a = accs[(col - t) // sw][0]
+                builder.store(_fmuladd(builder, wv[t], xv, builder.load(a)), a)
+    obase = builder.gep(da.data, [o0])
+    _store_tile(builder, accs, obase, cstride, _c(npixels), nlast, act, npixels, (width,))
+    return context.get_dummy_value()
+
+
+dw3_tile8s1w16 = _make_dw3(8, 1, VL)
+dw3_tile8s1w8 = _make_dw3(8, 1, HALF)
+dw3_tile8s2w16 = _make_dw3(8, 2, VL)
+dw3_tile8s2w8 = _make_dw3(8, 2, HALF)
+dw3_tile4s1w16 = _make_dw3(4, 1, VL)
+dw3_tile4s1w8 = _make_dw3(4, 1, HALF)
+dw3_tile4s2w16 = _make_dw3(4, 2, VL)
+dw3_tile4s2w8 = _make_dw3(4, 2, HALF)
+dw3_tile2s1w16 = _make_dw3(2, 1, VL)
+dw3_tile2s1w8 = _make_dw3(2, 1, HALF)
+dw3_tile2s2w16 = _make_dw3(2, 2, VL)
+dw3_tile2s2w8 = _make_dw3(2, 2, HALF)
+dw3_tile1s1w16 = _make_dw3(1, 1, VL)
+dw3_tile1s1w8 = _make_dw3(1, 1, HALF)
+dw3_tile1s2w16 = _make_dw3(1, 2, VL)
+dw3_tile1s2w8 = _make_dw3(1, 2, HALF)

@@ -33,6 +33,7 @@ from numba import njit, prange
 from numba.np.ufunc.parallel import _iget_num_threads
 
 from jaxcompress_kernels._conv_tile import (  # noqa: F401 (tiles used in compiled code)
+    DW3_PIXELS,
     DW_TILE_PIXELS,
     HALF,
     TILE_PIXELS,
@@ -45,6 +46,22 @@ from jaxcompress_kernels._conv_tile import (  # noqa: F401 (tiles used in compil
     conv_tile3,
     conv_tile3h,
     conv_tile4,
+    dw3_tile1s1w8,
+    dw3_tile1s1w16,
+    dw3_tile1s2w8,
+    dw3_tile1s2w16,
+    dw3_tile2s1w8,
+    dw3_tile2s1w16,
+    dw3_tile2s2w8,
+    dw3_tile2s2w16,
+    dw3_tile4s1w8,
+    dw3_tile4s1w16,
+    dw3_tile4s2w8,
+    dw3_tile4s2w16,
+    dw3_tile8s1w8,
+    dw3_tile8s1w16,
+    dw3_tile8s2w8,
+    dw3_tile8s2w16,
     dw_tile0h,
     dw_tile1,
     dw_tile1h,
@@ -306,6 +323,113 @@ def _do_tile(xp, w, out, g, toff, offs, blk, q0, ohw, ow_, hp, wp):
     )
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _run_dw3(p, sw, x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm):
+    """The `dw3_tile` of P = p pixels, W-stride sw and lane width 16 (8 when nl <= 8)."""
+    if nl > HALF:
+        if sw == 1:
+            if p == 8:
+                dw3_tile8s1w16(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+            elif p == 4:
+                dw3_tile4s1w16(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+            elif p == 2:
+                dw3_tile2s1w16(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+            else:
+                dw3_tile1s1w16(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        else:
+            if p == 8:
+                dw3_tile8s2w16(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+            elif p == 4:
+                dw3_tile4s2w16(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+            elif p == 2:
+                dw3_tile2s2w16(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+            else:
+                dw3_tile1s2w16(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+    elif sw == 1:
+        if p == 8:
+            dw3_tile8s1w8(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        elif p == 4:
+            dw3_tile4s1w8(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        elif p == 2:
+            dw3_tile2s1w8(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        else:
+            dw3_tile1s1w8(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+    else:
+        if p == 8:
+            dw3_tile8s2w8(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        elif p == 4:
+            dw3_tile4s2w8(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        elif p == 2:
+            dw3_tile2s2w8(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        else:
+            dw3_tile1s2w8(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dw3_rows(x, w, out, g, r0, r1):
+    """Output rows r0 <= r < r1 (r = b * OH + oh) of a depthwise conv with a 3-wide kernel, W
+    stride 1 or 2 and no W dilation, from the unpadded input: the kernel rows inside the image
+    only; per 16-lane (or 8-lane tail) channel vector, the row in runs of 8 / 4 / 2 / 1 pixels,
+    the input columns of a run that fall in the left / right padding masked off."""
+    cc = g[_G_COUT]
+    kh = g[_G_KH]
+    sh = g[_G_SH]
+    sw = g[_G_SW]
+    dh = g[_G_DH]
+    pt = g[_G_PT]
+    pl = g[_G_PL]
+    act = g[_G_ACT]
+    hh = x.shape[1]
+    ww = x.shape[2]
+    oh_n = out.shape[1]
+    ow_n = out.shape[2]
+    rowstep = dh * ww * cc
+    brow = kh * 3
+    for r in range(r0, r1):
+        b = r // oh_n
+        oh = r - b * oh_n
+        ih0 = oh * sh - pt
+        # kernel rows i with 0 <= ih0 + i dh < H
+        i_lo = 0 if ih0 >= 0 else (-ih0 + dh - 1) // dh
+        i_hi = kh if ih0 + (kh - 1) * dh < hh else (hh - 1 - ih0) // dh + 1 if ih0 < hh else 0
+        nrows = max(i_hi - i_lo, 0)
+        xrow = (b * hh + ih0 + i_lo * dh) * ww * cc
+        wr0 = i_lo * 3
+        orow = r * ow_n * cc
+        for c0 in range(0, cc, VL):
+            nl = min(VL, cc - c0)
+            ow = 0
+            while ow < ow_n:
+                left = ow_n - ow
+                p = 8 if left >= 8 else (4 if left >= 4 else (2 if left >= 2 else 1))
+                iw0 = ow * sw - pl
+                cm = (1 << ((p - 1) * sw + 3)) - 1
+                if iw0 < 0 or iw0 + (p - 1) * sw + 2 >= ww:  # the tile touches the padding
+                    cm = 0
+                    for col in range((p - 1) * sw + 3):
+                        if 0 <= iw0 + col < ww:
+                            cm |= 1 << col
+                _run_dw3(p, sw, x, w, xrow + iw0 * cc + c0, cc, rowstep, nrows, wr0, brow, c0,
+                         out, orow + ow * cc + c0, nl, act, cm)  # fmt: skip
+                ow += p
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dw3_ok(g):
+    """A depthwise conv the `dw3_tile`s serve (3-wide kernel, W stride <= 2, no W dilation,
+    no cropping)."""
+    return (
+        g[_G_KIND] == _DEPTHWISE
+        and g[_G_KW] == 3
+        and g[_G_DW] == 1
+        and g[_G_SW] <= 2
+        and g[_G_PT] >= 0
+        and g[_G_PB] >= 0
+        and g[_G_PL] >= 0
+        and g[_G_PR] >= 0
+    )
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _conv_kernel(x, w, out, g):
     """out (B, OH, OW, Cout) = act(conv(x, W) + bias) (see module docstring).
@@ -314,6 +438,16 @@ def _conv_kernel(x, w, out, g):
     than one thread and the layer has at least `_PARALLEL_MIN_MACS` multiply-adds, then the
     tiles are split in contiguous runs over the threads.
     """
+    if _dw3_ok(g):  # no padded copy
+        rows = out.shape[0] * out.shape[1]
+        nth = _iget_num_threads()
+        if nth == 1 or rows * out.shape[2] * 9 * w.shape[1] < _PARALLEL_MIN_MACS:
+            _dw3_rows(x, w, out, g, 0, rows)
+            return
+        nch = min(rows, nth)
+        for ch in prange(nch):
+            _dw3_rows(x, w, out, g, ch * rows // nch, (ch + 1) * rows // nch)
+        return
     depthwise = g[_G_KIND] != _CONV
     fill = -np.inf if g[_G_KIND] == _MAXPOOL else 0.0
     xp = _pad_input(x, g[_G_PT], g[_G_PB], g[_G_PL], g[_G_PR], fill)

@@ -86,6 +86,71 @@ def test_depthwise_matches_twin(c, gi):
     np.testing.assert_array_equal(jk.depthwise_conv2d(x, k, b, **kw_), y)
 
 
+# 3-wide depthwise kernels with W stride <= 2 and no W dilation run the row tiles (`dw3_tile`,
+# no padded copy): rows of every length mod 8 / 4 / 2, padding on any side, H stride / dilation
+DW3_GEOMS = [
+    # (H, W, KH, strides, pads, H dilation)
+    (25, 5, 3, (1, 1), ((1, 1), (1, 1)), 1),  # DS-CNN
+    (9, 17, 3, (2, 2), ((0, 1), (0, 1)), 1),  # TF "same", stride 2
+    (6, 6, 3, (1, 1), ((1, 1), (1, 1)), 1),
+    (7, 15, 2, (3, 1), ((2, 0), (0, 2)), 1),
+    (5, 30, 5, (1, 2), ((3, 3), (4, 4)), 2),  # whole kernel rows / windows in the padding
+    (1, 3, 1, (1, 1), ((0, 0), (0, 0)), 1),  # one output pixel
+    (2, 2, 1, (1, 1), ((0, 0), (1, 1)), 1),  # narrower than the kernel: padding both sides
+    (8, 11, 3, (2, 1), ((0, 0), (2, 0)), 3),
+]
+
+
+@pytest.mark.parametrize("c", (1, 3, 8, 20, 64, 70))
+@pytest.mark.parametrize("gi", range(len(DW3_GEOMS)))
+def test_depthwise_row_tiles_match_twin(c, gi):
+    h, w, kh, strides, pads, dh = DW3_GEOMS[gi]
+    rng = np.random.default_rng(1000 * gi + c)
+    act = ACTS[(c + gi) % 3]
+    x, k, b = _data(rng, 1 + (c + gi) % 2, h, w, c, (kh, 3, 1, c), bias=(c + gi) % 4 != 3)
+    kw_ = dict(strides=strides, pads=pads, dilation=(dh, 1), activation=act)
+    pw = jk.prepare_depthwise_conv2d(k, b, **kw_)
+    y = pw(x)
+    rel_close(y, reference.depthwise_conv2d(x, k, b, **kw_))
+    out = np.full(y.shape, np.nan, np.float32)
+    pw.call_unchecked(x, out)  # every output element written
+    np.testing.assert_array_equal(out, y)
+
+
+def test_depthwise_row_tiles_nan_stays_in_its_windows():
+    """A NaN / inf pixel reaches exactly the windows that contain it (masked padding columns
+    and lanes past the channel run read nothing), as in the reference."""
+    rng = np.random.default_rng(3)
+    for c, (i, j) in ((20, (0, 0)), (8, (6, 10)), (33, (3, 0))):
+        x, k, b = _data(rng, 1, 7, 11, c, (3, 3, 1, c))
+        x[0, i, j, c - 1] = np.nan
+        x[0, (i + 3) % 7, (j + 5) % 11, 0] = np.inf
+        kw_ = dict(strides=(1, 2), pads=((1, 1), (1, 1)))
+        y = jk.depthwise_conv2d(x, k, b, **kw_)
+        yr = reference.depthwise_conv2d(x, k, b, **kw_)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(yr))
+        np.testing.assert_array_equal(np.isinf(y), np.isinf(yr))
+        fin = np.isfinite(yr)
+        rel_close(y[fin], yr[fin])
+
+
+def test_depthwise_row_tiles_parallel_equals_serial():
+    rng = np.random.default_rng(9)
+    x, k, b = _data(rng, 2, 66, 64, 64, (3, 3, 1, 64))
+    pw = jk.prepare_depthwise_conv2d(k, b, strides=(2, 2), pads=((0, 1), (0, 1)))
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        y1 = pw(x)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        y2 = pw(x)
+    finally:
+        numba.set_num_threads(old)
+    assert y1.size * 9 * 64 >= conv._PARALLEL_MIN_MACS
+    np.testing.assert_array_equal(y1, y2)
+    rel_close(y1, reference.depthwise_conv2d(x, k, b, strides=(2, 2), pads=((0, 1), (0, 1))))
+
+
 @pytest.mark.parametrize("cin,m", [(3, 2), (5, 3), (1, 4)])
 def test_depthwise_multiplier(cin, m):
     rng = np.random.default_rng(cin * m)
