@@ -43,6 +43,7 @@ __all__ = [
     ],
     "DW3_PIXELS",
     *[f"dw3_tile{p}s{s}w{w}" for p in (8, 4, 2, 1) for s in (1, 2) for w in (16, 8)],
+    *[f"dw3_tile{p}s{s}v4" for p in (4, 2, 1) for s in (1, 2)],
 ]
 
 VL = 16  # float lanes per full vector
@@ -332,7 +333,7 @@ max_tile3h = _tile_for("max", 3, 1)
 DW3_PIXELS = (8, 4, 2, 1)
 
 
-def _make_dw3(npixels: int, sw: int, width: int):
+def _make_dw3(npixels: int, sw: int, width: int, nvec: int = 1):
     @intrinsic
     def tile(
         typingctx, x, w, x0, cstride, rowstep, nrows, wr0, brow, c0, out, o0, nlast, act, colmask
@@ -350,17 +351,18 @@ def _make_dw3(npixels: int, sw: int, width: int):
         )
 
         def codegen(context, builder, signature, args):
-            return _dw3_codegen(context, builder, signature, args, npixels, sw, width)
+            return _dw3_codegen(context, builder, signature, args, npixels, sw, width, nvec)
 
         return sig, codegen
 
     return tile
 
 
-def _dw3_codegen(context, builder, signature, args, npixels, sw, width):
+def _dw3_codegen(context, builder, signature, args, npixels, sw, width, nvec):
     """out[o0 + p C + j] = act(w[brow, c0 + j] + sum_{i < nrows, t < 3} x[x0 + i rowstep + (p sw + t) C + j]
-    w[wr0 + 3 i + t, c0 + j]) for p < npixels, j < nlast (C = cstride), leaving out the input
-    columns p sw + t whose bit is clear in colmask (they lie in the zero padding)."""
+    w[wr0 + 3 i + t, c0 + j]) for p < npixels, j < 16 (nvec - 1) + nlast (C = cstride), leaving
+    out the input columns p sw + t whose bit is clear in colmask (they lie in the zero padding).
+    Vectors 0 .. nvec - 2 are 16 lanes, the last one `width`."""
     st = signature.args
     xa = context.make_array(st[0])(context, builder, args[0])
     wa = context.make_array(st[1])(context, builder, args[1])
@@ -368,35 +370,44 @@ def _dw3_codegen(context, builder, signature, args, npixels, sw, width):
     x0, cstride, rowstep, nrows, wr0, brow, c0, o0, nlast, act, colmask = (
         _as_i64(builder, args[i], st[i]) for i in (2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13)
     )
+    widths = (VL,) * (nvec - 1) + (width,)
     ldw = builder.extract_value(wa.shape, 1)
-    mask = _lane_mask(builder, nlast, width)
     ncols = (npixels - 1) * sw + 3
-    off = ir.Constant(mask.type, [0] * width)
-    cmasks = [
-        builder.select(
-            builder.icmp_unsigned("!=", builder.and_(colmask, _c(1 << col)), _c(0)), mask, off
-        )
+    inside = [
+        builder.icmp_unsigned("!=", builder.and_(colmask, _c(1 << col)), _c(0))
         for col in range(ncols)
     ]
+    cmasks = []  # [vector][col]: the lanes to load
+    for v, n in enumerate(widths):
+        lanes = _lane_mask(builder, nlast if v == nvec - 1 else _c(n), n)
+        off = ir.Constant(lanes.type, [0] * n)
+        cmasks.append([builder.select(inside[col], lanes, off) for col in range(ncols)])
     wbase = builder.gep(wa.data, [c0])
-    accs = _init_accs(builder, builder.gep(wbase, [builder.mul(brow, ldw)]), npixels, (width,))
+    accs = _init_accs(builder, builder.gep(wbase, [builder.mul(brow, ldw)]), npixels, widths)
     with _for_range_no_unroll(builder, nrows) as i:
         xrow = builder.gep(xa.data, [builder.add(x0, builder.mul(i, rowstep))])
         wr = builder.add(wr0, builder.mul(i, _c(3)))
-        wv = [
-            _vload(builder, builder.gep(wbase, [builder.mul(builder.add(wr, _c(t)), ldw)]), width)
-            for t in range(3)
-        ]
-        for col in range(ncols):
-            ptr = builder.gep(xrow, [builder.mul(_c(col), cstride)])
-            xv = _masked_load(builder, ptr, cmasks[col], width)
-            for t in range(3):
-                if (col - t) % sw or not 0 <= (col - t) // sw < npixels:
-                    continue
-                a = accs[(col - t) // sw][0]
-                builder.store(_fmuladd(builder, wv[t], xv, builder.load(a)), a)
+        for v, n in enumerate(widths):
+            wv = [
+                _vload(
+                    builder,
+                    builder.gep(
+                        wbase, [builder.add(builder.mul(builder.add(wr, _c(t)), ldw), _c(VL * v))]
+                    ),
+                    n,
+                )
+                for t in range(3)
+            ]
+            for col in range(ncols):
+                ptr = builder.gep(xrow, [builder.add(builder.mul(_c(col), cstride), _c(VL * v))])
+                xv = _masked_load(builder, ptr, cmasks[v][col], n)
+                for t in range(3):
+                    if (col - t) % sw or not 0 <= (col - t) // sw < npixels:
+                        continue
+                    a = accs[(col - t) // sw][v]
+                    builder.store(_fmuladd(builder, wv[t], xv, builder.load(a)), a)
     obase = builder.gep(da.data, [o0])
-    _store_tile(builder, accs, obase, cstride, _c(npixels), nlast, act, npixels, (width,))
+    _store_tile(builder, accs, obase, cstride, _c(npixels), nlast, act, npixels, widths)
     return context.get_dummy_value()
 
 
@@ -416,3 +427,9 @@ dw3_tile1s1w16 = _make_dw3(1, 1, VL)
 dw3_tile1s1w8 = _make_dw3(1, 1, HALF)
 dw3_tile1s2w16 = _make_dw3(1, 2, VL)
 dw3_tile1s2w8 = _make_dw3(1, 2, HALF)
+dw3_tile4s1v4 = _make_dw3(4, 1, VL, 4)
+dw3_tile4s2v4 = _make_dw3(4, 2, VL, 4)
+dw3_tile2s1v4 = _make_dw3(2, 1, VL, 4)
+dw3_tile2s2v4 = _make_dw3(2, 2, VL, 4)
+dw3_tile1s1v4 = _make_dw3(1, 1, VL, 4)
+dw3_tile1s2v4 = _make_dw3(1, 2, VL, 4)

@@ -46,16 +46,22 @@ from jaxcompress_kernels._conv_tile import (  # noqa: F401 (tiles used in compil
     conv_tile3,
     conv_tile3h,
     conv_tile4,
+    dw3_tile1s1v4,
     dw3_tile1s1w8,
     dw3_tile1s1w16,
+    dw3_tile1s2v4,
     dw3_tile1s2w8,
     dw3_tile1s2w16,
+    dw3_tile2s1v4,
     dw3_tile2s1w8,
     dw3_tile2s1w16,
+    dw3_tile2s2v4,
     dw3_tile2s2w8,
     dw3_tile2s2w16,
+    dw3_tile4s1v4,
     dw3_tile4s1w8,
     dw3_tile4s1w16,
+    dw3_tile4s2v4,
     dw3_tile4s2w8,
     dw3_tile4s2w16,
     dw3_tile8s1w8,
@@ -366,11 +372,31 @@ def _run_dw3(p, sw, x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, ac
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _run_dw3v4(p, sw, x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm):
+    """The 4-vector (64-channel) `dw3_tile` of P = p pixels and W-stride sw."""
+    if sw == 1:
+        if p == 4:
+            dw3_tile4s1v4(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        elif p == 2:
+            dw3_tile2s1v4(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        else:
+            dw3_tile1s1v4(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+    else:
+        if p == 4:
+            dw3_tile4s2v4(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        elif p == 2:
+            dw3_tile2s2v4(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+        else:
+            dw3_tile1s2v4(x, w, x0, cc, rowstep, nrows, wr0, brow, c0, out, o0, nl, act, cm)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _dw3_rows(x, w, out, g, r0, r1):
     """Output rows r0 <= r < r1 (r = b * OH + oh) of a depthwise conv with a 3-wide kernel, W
     stride 1 or 2 and no W dilation, from the unpadded input: the kernel rows inside the image
-    only; per 16-lane (or 8-lane tail) channel vector, the row in runs of 8 / 4 / 2 / 1 pixels,
-    the input columns of a run that fall in the left / right padding masked off."""
+    only; per block of 64 channels (4 vectors) the row in runs of 4 / 2 / 1 pixels, per remaining
+    16-lane (or 8-lane tail) vector in runs of 8 / 4 / 2 / 1, the input columns of a run that
+    fall in the left / right padding masked off."""
     cc = g[_G_COUT]
     kh = g[_G_KH]
     sh = g[_G_SH]
@@ -396,12 +422,16 @@ def _dw3_rows(x, w, out, g, r0, r1):
         xrow = (b * hh + ih0 + i_lo * dh) * ww * cc
         wr0 = i_lo * 3
         orow = r * ow_n * cc
-        for c0 in range(0, cc, VL):
-            nl = min(VL, cc - c0)
+        c0 = 0
+        while c0 < cc:
+            # 64 channels at a time while they last (narrow rows: 4x fewer tiles), then 16 / 8
+            v4 = cc - c0 >= 4 * VL
+            nl = VL if v4 else min(VL, cc - c0)
+            pmax = 4 if v4 else 8
             ow = 0
             while ow < ow_n:
                 left = ow_n - ow
-                p = 8 if left >= 8 else (4 if left >= 4 else (2 if left >= 2 else 1))
+                p = pmax if left >= pmax else (4 if left >= 4 else (2 if left >= 2 else 1))
                 iw0 = ow * sw - pl
                 cm = (1 << ((p - 1) * sw + 3)) - 1
                 if iw0 < 0 or iw0 + (p - 1) * sw + 2 >= ww:  # the tile touches the padding
@@ -409,9 +439,14 @@ def _dw3_rows(x, w, out, g, r0, r1):
                     for col in range((p - 1) * sw + 3):
                         if 0 <= iw0 + col < ww:
                             cm |= 1 << col
-                _run_dw3(p, sw, x, w, xrow + iw0 * cc + c0, cc, rowstep, nrows, wr0, brow, c0,
-                         out, orow + ow * cc + c0, nl, act, cm)  # fmt: skip
+                if v4:
+                    _run_dw3v4(p, sw, x, w, xrow + iw0 * cc + c0, cc, rowstep, nrows, wr0, brow,
+                               c0, out, orow + ow * cc + c0, nl, act, cm)  # fmt: skip
+                else:
+                    _run_dw3(p, sw, x, w, xrow + iw0 * cc + c0, cc, rowstep, nrows, wr0, brow,
+                             c0, out, orow + ow * cc + c0, nl, act, cm)  # fmt: skip
                 ow += p
+            c0 += 4 * VL if v4 else VL
 
 
 @njit(cache=True, nogil=True, inline="always")

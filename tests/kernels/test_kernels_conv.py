@@ -101,7 +101,7 @@ DW3_GEOMS = [
 ]
 
 
-@pytest.mark.parametrize("c", (1, 3, 8, 20, 64, 70))
+@pytest.mark.parametrize("c", (1, 3, 8, 20, 64, 70, 136))
 @pytest.mark.parametrize("gi", range(len(DW3_GEOMS)))
 def test_depthwise_row_tiles_match_twin(c, gi):
     h, w, kh, strides, pads, dh = DW3_GEOMS[gi]
