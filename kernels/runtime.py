@@ -385,6 +385,7 @@ class _Cand:
     nm: object = None  # the NMSparse of an spmm_nm kernel (batch 1: the bound AVX-512 GEMV)
     lanes: object = None  # qmatmul's PackedWeight / codebook_weight (batch 1: bound lanes GEMV)
     scale: np.ndarray | None = None  # the (N,) affine scale `fn` applies when `scaled`
+    plane: bool = False  # a pointwise conv runs this CSR as the planar sparse conv, not linear
 
 
 def _native_kernel(e):
@@ -1483,7 +1484,7 @@ class _Exec:
         sc = _scaled(cand, scale, wk)
         step = _conv_step(sc, wk, conv, x, conv_out, bias, act, pool, out)
         label = cand.label
-        if _plane_ok(sc, conv):
+        if _plane_ok(sc, conv) and (sc.plane or not conv.pointwise):
             label = label.replace("spmm_csr(", "spmm_csr_conv(planar, ", 1)
             grp["wlabel"] = label
         return step, label + sfx + _suffix(bias, act, pool)
@@ -1544,6 +1545,14 @@ class _Exec:
                 plane = wk.plane_candidate()
                 if _plane_ok(plane, conv):
                     cands.append(plane)
+        if conv is not None and conv.pointwise and rt.autotune:
+            # a 1x1 conv runs a CSR weight as a linear kernel over the pixels; the planar
+            # sparse conv (pixels in vector lanes) is the other candidate
+            cands += [
+                dataclasses.replace(c, plane=True)
+                for c in cands
+                if c.csr is not None and _plane_ok(c, conv)
+            ]
         n_native = len(cands)
         if not cands or (rt.autotune and wk.decoded_bytes <= rt.autotune_max_bytes):
             if conv is not None:
@@ -1795,7 +1804,7 @@ def _dyn_conv_bind(dw, conv, x, conv_out, bias, act):
 def _conv_step(cand, wk, conv, x, conv_out, bias, act, pool, out):
     """One fused conv step: the direct float32 kernel, or im2col + the weight's own kernel;
     then bias, activation and max pooling into ``out``."""
-    if conv.pointwise and not cand.label.startswith("conv("):
+    if conv.pointwise and not cand.label.startswith("conv(") and not cand.plane:
         # a 1x1 stride-1 conv is a matmul over the pixels: any linear kernel, no im2col
         run = _linear_step(
             cand, x.reshape(conv.rows, conv.k), conv_out.reshape(conv.rows, wk.n), bias, act

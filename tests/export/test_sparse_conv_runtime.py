@@ -153,3 +153,44 @@ def test_pruned_weights_in_a_dense_encoding_may_run_planar(tmp_path):
     for batch in (1, 2):
         x = inputs((14, 14, 3), batch, seed=batch)
         assert rel_err(reference_output(apply_fn, p, x), rt.run(x)) <= 1e-5
+
+
+class _PwNet(nnx.Module):
+    """A 1x1 (pointwise) conv between two 3x3 convs, as in MobileNet/DS-CNN blocks."""
+
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(3, 16, (3, 3), padding="SAME", rngs=rngs)
+        self.c2 = nnx.Conv(16, 24, (1, 1), rngs=rngs)
+        self.fc = nnx.Linear(24 * 6 * 6, 4, rngs=rngs)
+
+    def __call__(self, x, train=False, rngs=None):
+        del train, rngs
+        x = nnx.relu(self.c2(nnx.relu(self.c1(x))))
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("pick", ["linear", "planar"])
+def test_pruned_pointwise_conv_label_says_what_ran(tmp_path, monkeypatch, pick):
+    """A pruned 1x1 conv runs its CSR weight either as a linear kernel over the pixels or as the
+    planar sparse conv; both match JAX and the plan's label names the one that ran."""
+    apply_fn, params = functional(_PwNet(rngs=nnx.Rngs(0)))
+    p = _map_kernels(lambda n, w: _magnitude(n, w, 0.9), params)
+    path = tmp_path / "pw.jcx"
+    info = save(path, apply_fn, p, inputs((6, 6, 3), 2, seed=1), nm=False)
+    assert info.tensors["c2/kernel"]["encoding"] == "csr"
+    if pick == "planar":
+        # the chooser picks the planar candidate of the pointwise conv (timing would decide)
+        def first_planar(cands, n_native, x2_shape, conv, wk):
+            if conv is not None and conv.pointwise:
+                return next(i for i, c in enumerate(cands) if c.plane)
+            return 0
+
+        monkeypatch.setattr(runtime, "_fastest", first_planar)
+        rt = runtime.load(path, num_threads=1)
+    else:
+        rt = runtime.load(path, num_threads=1, autotune=False)
+    label = rt.plan["c2/kernel"]
+    assert label.startswith("spmm_csr_conv(planar" if pick == "planar" else "spmm_csr("), label
+    for batch in (1, 3):
+        x = inputs((6, 6, 3), batch, seed=batch)
+        assert rel_err(reference_output(apply_fn, p, x), rt.run(x)) <= 1e-5
