@@ -362,14 +362,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--no-write-calibration", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibrate_devices.md"))
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results file (default benchmarks/results/calibrate_devices.md, or "
+        "calibrate_host.md with --host)",
+    )
     ap.add_argument("--host", action="store_true", help="validate the host projection instead")
     args = ap.parse_args(argv)
+    results = ROOT / "benchmarks" / "results"
     if args.host:
         return host_validation(
-            str(ROOT / "benchmarks" / "results" / "calibrate_host.md"),
+            args.out or str(results / "calibrate_host.md"),
             list(argv if argv is not None else sys.argv[1:]),
         )
+    args.out = args.out or str(results / "calibrate_devices.md")
 
     from jaxcompress.edge import get_profile
     from jaxcompress.edge._calibrate import fit_cost_model, leave_one_model_out
